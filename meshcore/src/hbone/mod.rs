@@ -1,0 +1,97 @@
+//! HBONE: TCP tunnelled as HTTP/2 CONNECT streams over mutual TLS, port 15008.
+//!
+//! [`client::HboneClient`] opens tunnels from a pool of HTTP/2 connections keyed by identities and
+//! address; [`server`] accepts connections, verifies the peer and hands each CONNECT stream to the
+//! application, which decides (policy) before answering 200 / 401 / 503.
+
+pub mod client;
+mod headers;
+pub mod server;
+mod stream;
+
+pub use client::{ClientSettings, ConnectRequest, HboneClient, PoolStats};
+pub use headers::{forwarded_for, parse_forwarded_for, Baggage, TraceParent};
+pub use server::{InboundConnect, ServerCounters, ServerSettings};
+pub use stream::H2Stream;
+
+use std::time::Duration;
+
+/// The HBONE port.
+pub const HBONE_PORT: u16 = 15008;
+
+/// HTTP/2 settings Istio uses for HBONE.
+pub mod settings {
+    /// Per-stream flow-control window.
+    pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+    /// Connection flow-control window.
+    pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+    /// Largest DATA frame we accept.
+    pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
+    /// Header list limits.
+    pub const CLIENT_MAX_HEADER_LIST: u32 = 16 * 1024;
+    pub const SERVER_MAX_HEADER_LIST: u32 = 64 * 1024;
+    /// Streams a pooled client connection carries before the pool opens another.
+    pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
+}
+
+/// Default interval between HTTP/2 keepalive pings, and how long a pong may take.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HboneError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {addr}: {source}")]
+    Handshake {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("peer {0} did not negotiate ALPN h2")]
+    NoAlpn(std::net::SocketAddr),
+    #[error("HTTP/2 with {addr}: {source}")]
+    Http2 {
+        addr: std::net::SocketAddr,
+        source: h2::Error,
+    },
+    #[error("{what} timed out after {after:?}")]
+    Timeout { what: &'static str, after: Duration },
+    /// The server answered the CONNECT with something other than 200.
+    #[error("tunnel to {target} refused with HTTP {status}{}", reason(*status))]
+    Refused {
+        target: std::net::SocketAddr,
+        status: http::StatusCode,
+    },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+fn reason(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => " (bad request)",
+        401 => " (denied by policy)",
+        503 => " (destination unreachable)",
+        _ => "",
+    }
+}
+
+/// Keeps an HTTP/2 connection's liveness checked; returns when a ping goes unanswered.
+pub(crate) async fn keepalive(mut ping_pong: h2::PingPong, interval: Duration, timeout: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!("keepalive ping failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::info!("keepalive: no pong within {timeout:?}, closing connection");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! HBONE server: accept TCP, complete mutual TLS, speak HTTP/2, and hand every CONNECT stream to
+//! the application with the verified peer identity. A connection that fails the handshake (plain
+//! text, no or untrusted client certificate) is closed and counted; others are not disturbed.
+
+use super::{keepalive, settings, H2Stream, HboneError};
+use crate::identity::SpiffeId;
+use crate::tls::peer_identity;
+use bytes::Bytes;
+use h2::server::SendResponse;
+use http::{HeaderMap, Method, Response, StatusCode};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Time allowed for the TLS handshake; a silent client is dropped after it.
+    pub handshake_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// Streams one client connection may hold open at once.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: super::KEEPALIVE_INTERVAL,
+            keepalive_timeout: super::KEEPALIVE_TIMEOUT,
+            max_concurrent_streams: 1000,
+        }
+    }
+}
+
+/// What the server has seen, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    pub connections_accepted: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    pub streams: AtomicU64,
+    pub bad_requests: AtomicU64,
+}
+
+/// One CONNECT stream awaiting the application's decision. Dropping it unanswered answers 503.
+pub struct InboundConnect {
+    /// The identity the client proved in the TLS handshake.
+    pub peer: SpiffeId,
+    /// The TCP address the connection came from (a node's or waypoint's address, not the client's).
+    pub peer_addr: SocketAddr,
+    /// The CONNECT authority: the real destination `ip:port`.
+    pub destination: SocketAddr,
+    pub headers: HeaderMap,
+    respond: Option<SendResponse<Bytes>>,
+    recv: Option<h2::RecvStream>,
+}
+
+impl InboundConnect {
+    /// The original client address from the `forwarded` header, if present.
+    pub fn forwarded_for(&self) -> Option<SocketAddr> {
+        self.headers
+            .get("forwarded")
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::parse_forwarded_for)
+    }
+
+    /// Answers 200 and returns the tunnel.
+    pub fn accept(mut self) -> Result<H2Stream, HboneError> {
+        let mut respond = self.respond.take().expect("answered once");
+        let recv = self.recv.take().expect("answered once");
+        let response = Response::builder()
+            .status(StatusCode::OK)
+            .body(())
+            .expect("static response");
+        let send = respond
+            .send_response(response, false)
+            .map_err(|source| HboneError::Http2 {
+                addr: self.peer_addr,
+                source,
+            })?;
+        Ok(H2Stream::new(send, recv, None))
+    }
+
+    /// Refuses the tunnel: 401 for a policy denial, 503 when the destination is unreachable.
+    pub fn reject(mut self, status: StatusCode) {
+        if let Some(respond) = self.respond.take() {
+            answer(respond, status);
+        }
+    }
+}
+
+impl Drop for InboundConnect {
+    fn drop(&mut self) {
+        if let Some(respond) = self.respond.take() {
+            answer(respond, StatusCode::SERVICE_UNAVAILABLE);
+        }
+    }
+}
+
+fn answer(mut respond: SendResponse<Bytes>, status: StatusCode) {
+    let response = Response::builder()
+        .status(status)
+        .body(())
+        .expect("static response");
+    let _ = respond.send_response(response, true);
+}
+
+/// Accepts HBONE connections and dispatches their CONNECT streams.
+pub struct HboneServer {
+    acceptor: TlsAcceptor,
+    settings: ServerSettings,
+    counters: Arc<ServerCounters>,
+}
+
+impl HboneServer {
+    pub fn new(tls: Arc<rustls::ServerConfig>, settings: ServerSettings) -> Arc<Self> {
+        Arc::new(Self {
+            acceptor: TlsAcceptor::from(tls),
+            settings,
+            counters: Arc::default(),
+        })
+    }
+
+    pub fn counters(&self) -> &Arc<ServerCounters> {
+        &self.counters
+    }
+
+    /// Accepts connections until `shutdown` completes; each connection runs in its own task and
+    /// outlives the accept loop (draining is the caller's policy).
+    pub async fn serve<H, F>(
+        self: Arc<Self>,
+        listener: TcpListener,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+    ) where
+        H: Fn(InboundConnect) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => {
+                        let server = self.clone();
+                        let handler = handler.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = server.serve_connection(tcp, handler).await {
+                                tracing::debug!("hbone connection ended: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("hbone accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = &mut shutdown => return,
+            }
+        }
+    }
+
+    /// Runs one connection to its end.
+    pub async fn serve_connection<H, F>(&self, tcp: TcpStream, handler: H) -> Result<(), HboneError>
+    where
+        H: Fn(InboundConnect) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let peer_addr = tcp
+            .peer_addr()
+            .map_err(|source| HboneError::Connect {
+                addr: ([0, 0, 0, 0], 0).into(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        self.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
+
+        let handshake = tokio::time::timeout(self.settings.handshake_timeout, self.acceptor.accept(tcp)).await;
+        let tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(source)) => {
+                self.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%peer_addr, "hbone: TLS handshake refused: {source}");
+                return Err(HboneError::Handshake { addr: peer_addr, source });
+            }
+            Err(_) => {
+                self.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(HboneError::Timeout {
+                    what: "TLS handshake",
+                    after: self.settings.handshake_timeout,
+                });
+            }
+        };
+        let (_, session) = tls.get_ref();
+        if session.alpn_protocol() != Some(crate::tls::ALPN_H2) {
+            self.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(HboneError::NoAlpn(peer_addr));
+        }
+        let peer = peer_identity(session).expect("the client verifier admits only SPIFFE identities");
+
+        let h2_err = |source| HboneError::Http2 { addr: peer_addr, source };
+        let mut conn = h2::server::Builder::new()
+            .initial_window_size(settings::STREAM_WINDOW)
+            .initial_connection_window_size(settings::CONNECTION_WINDOW)
+            .max_frame_size(settings::MAX_FRAME_SIZE)
+            .max_header_list_size(settings::SERVER_MAX_HEADER_LIST)
+            .max_concurrent_streams(self.settings.max_concurrent_streams)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(h2_err)?;
+        let ping_pong = conn.ping_pong().expect("first call");
+        let alive = keepalive(ping_pong, self.settings.keepalive_interval, self.settings.keepalive_timeout);
+        tokio::pin!(alive);
+
+        loop {
+            let next = tokio::select! {
+                next = conn.accept() => next,
+                _ = &mut alive => {
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    return Ok(());
+                }
+            };
+            let Some(next) = next else {
+                // No more streams will arrive; let those in flight finish before returning.
+                return std::future::poll_fn(|cx| conn.poll_closed(cx)).await.map_err(h2_err);
+            };
+            let (request, mut respond) = next.map_err(h2_err)?;
+            let (parts, body) = request.into_parts();
+            if parts.method != Method::CONNECT {
+                self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer_addr, method = %parts.method, "hbone: not a CONNECT, answering 400");
+                answer(respond, StatusCode::BAD_REQUEST);
+                continue;
+            }
+            let destination = parts
+                .uri
+                .authority()
+                .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
+            let Some(destination) = destination else {
+                self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer_addr, uri = %parts.uri, "hbone: CONNECT authority is not ip:port, answering 400");
+                answer(respond, StatusCode::BAD_REQUEST);
+                continue;
+            };
+            // A client that already reset the stream gets nothing.
+            if respond.poll_reset(&mut std::task::Context::from_waker(std::task::Waker::noop())).is_ready() {
+                continue;
+            }
+            self.counters.streams.fetch_add(1, Ordering::Relaxed);
+            let inbound = InboundConnect {
+                peer: peer.clone(),
+                peer_addr,
+                destination,
+                headers: parts.headers,
+                respond: Some(respond),
+                recv: Some(body),
+            };
+            tokio::spawn(handler(inbound));
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The mesh's shared core: SPIFFE identities, the PKI (CA, CSRs, certificate inspection), mutual
+//! TLS for both ends of an HBONE connection, and the HBONE tunnel itself (HTTP/2 CONNECT over
+//! that TLS) with its bidirectional copy. ztunnel, the waypoint and istiod-lite build on it.
+
+pub mod identity;
+pub mod pki;
+pub mod tls;
+pub mod hbone;
+pub mod copy;

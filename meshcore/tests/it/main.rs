@@ -1,0 +1,4 @@
+mod hbone;
+mod pki;
+mod support;
+mod tls;
