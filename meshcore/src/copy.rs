@@ -121,12 +121,14 @@ where
     let mut b_to_a = Direction::new();
     poll_fn(|cx| {
         if !a_to_b.done {
-            if let Poll::Ready(result) = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b)) {
+            if let Poll::Ready(result) = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))
+            {
                 result?;
             }
         }
         if !b_to_a.done {
-            if let Poll::Ready(result) = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a)) {
+            if let Poll::Ready(result) = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))
+            {
                 result?;
             }
         }
@@ -151,7 +153,8 @@ mod tests {
     async fn copies_both_ways_with_half_close() {
         let (mut client, mut proxy_a) = tokio::io::duplex(64 * 1024);
         let (mut proxy_b, mut server) = tokio::io::duplex(64 * 1024);
-        let proxy = tokio::spawn(async move { copy_bidirectional(&mut proxy_a, &mut proxy_b).await });
+        let proxy =
+            tokio::spawn(async move { copy_bidirectional(&mut proxy_a, &mut proxy_b).await });
 
         let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = payload.clone();
@@ -170,7 +173,13 @@ mod tests {
         server.shutdown().await.unwrap();
         assert_eq!(writer.await.unwrap(), b"reply after half-close");
         let t = proxy.await.unwrap().unwrap();
-        assert_eq!(t, Transferred { a_to_b: 1_000_000, b_to_a: 22 });
+        assert_eq!(
+            t,
+            Transferred {
+                a_to_b: 1_000_000,
+                b_to_a: 22
+            }
+        );
     }
 
     #[tokio::test]
@@ -183,7 +192,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(d.total, data.len() as u64);
-        assert_eq!(d.buf.len(), MAX_BUFFER, "bulk flow grew its buffer to the cap");
+        assert_eq!(
+            d.buf.len(),
+            MAX_BUFFER,
+            "bulk flow grew its buffer to the cap"
+        );
 
         let mut chat = Direction::new();
         let mut small: &[u8] = b"hi";
@@ -193,6 +206,10 @@ mod tests {
         })
         .await;
         assert_eq!(chat.total, 2);
-        assert_eq!(chat.buf.len(), INITIAL_BUFFER, "chatty flow keeps the small buffer");
+        assert_eq!(
+            chat.buf.len(),
+            INITIAL_BUFFER,
+            "chatty flow keeps the small buffer"
+        );
     }
 }

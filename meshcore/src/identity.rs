@@ -110,7 +110,13 @@ fn parse_body(body: &str, original: &str) -> Result<SpiffeId, IdentityError> {
         return Err(IdentityError::EmptyTrustDomain(original.to_owned()));
     }
     let mut parts = path.split('/');
-    match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
         (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => SpiffeId::new(trust_domain, ns, sa),
         _ => {
             // Report the trust domain first if that is also wrong: it is the more basic mistake.
@@ -124,9 +130,9 @@ fn parse_body(body: &str, original: &str) -> Result<SpiffeId, IdentityError> {
 pub fn validate_trust_domain(td: &str) -> Result<(), IdentityError> {
     let ok = !td.is_empty()
         && td.len() <= 255
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        });
     if ok {
         Ok(())
     } else {
@@ -157,7 +163,9 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/sleep".parse().unwrap();
+        let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/sleep"
+            .parse()
+            .unwrap();
         assert_eq!(id.trust_domain(), "cluster.local");
         assert_eq!(id.namespace(), "default");
         assert_eq!(id.service_account(), "sleep");

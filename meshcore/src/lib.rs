@@ -2,8 +2,8 @@
 //! TLS for both ends of an HBONE connection, and the HBONE tunnel itself (HTTP/2 CONNECT over
 //! that TLS) with its bidirectional copy. ztunnel, the waypoint and istiod-lite build on it.
 
+pub mod copy;
+pub mod hbone;
 pub mod identity;
 pub mod pki;
 pub mod tls;
-pub mod hbone;
-pub mod copy;

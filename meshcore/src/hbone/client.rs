@@ -8,7 +8,7 @@
 use super::stream::StreamSlot;
 use super::{keepalive, settings, Baggage, H2Stream, HboneError, TraceParent};
 use crate::identity::SpiffeId;
-use crate::tls::{client_config, Credentials};
+use crate::tls::{client_config, peer_identity, Credentials};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use rustls_pki_types::ServerName;
@@ -83,6 +83,8 @@ pub struct PoolStats {
 }
 
 struct PooledConnection {
+    /// The identity the server proved.
+    peer: Arc<SpiffeId>,
     sender: h2::client::SendRequest<Bytes>,
     active: AtomicUsize,
     /// Milliseconds since the pool's epoch when the last tunnel ended.
@@ -101,7 +103,9 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if self.conn.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             if let Some(pool) = self.pool.upgrade() {
-                self.conn.idle_since_ms.store(pool.now_ms(), Ordering::Relaxed);
+                self.conn
+                    .idle_since_ms
+                    .store(pool.now_ms(), Ordering::Relaxed);
             }
         }
     }
@@ -131,7 +135,9 @@ impl PoolInner {
         list.iter()
             .find(|c| {
                 c.active
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < max).then_some(n + 1)
+                    })
                     .is_ok()
             })
             .cloned()
@@ -150,6 +156,9 @@ impl PoolInner {
             });
             !list.is_empty()
         });
+        // Forget dial gates of keys that have no connection and nobody dialling.
+        let mut dialing = self.dialing.lock().expect("pool lock");
+        dialing.retain(|key, gate| conns.contains_key(key) || Arc::strong_count(gate) > 1);
     }
 }
 
@@ -250,10 +259,13 @@ impl HboneClient {
                 .connect(ServerName::IpAddress(addr.ip().into()), tcp)
                 .await
                 .map_err(|source| HboneError::Handshake { addr, source })?;
-            if tls.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN_H2) {
+            let session = tls.get_ref().1;
+            if session.alpn_protocol() != Some(crate::tls::ALPN_H2) {
                 return Err(HboneError::NoAlpn(addr));
             }
-            h2::client::Builder::new()
+            let peer =
+                peer_identity(session).expect("the server verifier admits only SPIFFE identities");
+            let (sender, connection) = h2::client::Builder::new()
                 .initial_window_size(settings::STREAM_WINDOW)
                 .initial_connection_window_size(settings::CONNECTION_WINDOW)
                 .max_frame_size(settings::MAX_FRAME_SIZE)
@@ -261,9 +273,10 @@ impl HboneClient {
                 .enable_push(false)
                 .handshake::<_, Bytes>(tls)
                 .await
-                .map_err(|source| HboneError::Http2 { addr, source })
+                .map_err(|source| HboneError::Http2 { addr, source })?;
+            Ok((peer, sender, connection))
         };
-        let (sender, mut connection) = tokio::time::timeout(settings.connect_timeout, setup)
+        let (peer, sender, mut connection) = tokio::time::timeout(settings.connect_timeout, setup)
             .await
             .map_err(|_| HboneError::Timeout {
                 what: "HBONE connection setup",
@@ -271,15 +284,23 @@ impl HboneClient {
             })??;
 
         let conn = Arc::new(PooledConnection {
+            peer: Arc::new(peer),
             sender,
             active: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(self.inner.now_ms()),
             closed: AtomicBool::new(false),
         });
-        self.inner.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .stats
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
 
         let ping_pong = connection.ping_pong().expect("first call");
-        let alive = keepalive(ping_pong, settings.keepalive_interval, settings.keepalive_timeout);
+        let alive = keepalive(
+            ping_pong,
+            settings.keepalive_interval,
+            settings.keepalive_timeout,
+        );
         let watched = Arc::downgrade(&conn);
         let pool = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
@@ -295,7 +316,9 @@ impl HboneClient {
                 conn.closed.store(true, Ordering::Release);
             }
             if let Some(pool) = pool.upgrade() {
-                pool.stats.connections_closed.fetch_add(1, Ordering::Relaxed);
+                pool.stats
+                    .connections_closed
+                    .fetch_add(1, Ordering::Relaxed);
             }
         });
         Ok(conn)
@@ -326,8 +349,16 @@ impl HboneClient {
                 status: response.status(),
             });
         }
-        self.inner.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
-        Ok(H2Stream::new(send, response.into_body(), Some(Box::new(slot))))
+        self.inner
+            .stats
+            .streams_opened
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(H2Stream::new(
+            conn.peer.clone(),
+            send,
+            response.into_body(),
+            Some(Box::new(slot)),
+        ))
     }
 
     fn start_reaper(&self) {
@@ -349,7 +380,10 @@ impl HboneClient {
 }
 
 fn build_connect(req: &ConnectRequest) -> Result<Request<()>, HboneError> {
-    let trace = req.trace.map(|t| t.child()).unwrap_or_else(TraceParent::random);
+    let trace = req
+        .trace
+        .map(|t| t.child())
+        .unwrap_or_else(TraceParent::random);
     let mut builder = Request::builder()
         .method(Method::CONNECT)
         .uri(req.target.to_string())

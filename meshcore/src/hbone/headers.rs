@@ -68,7 +68,8 @@ impl Baggage {
                 "service.name" => b.service_name = v,
                 "service.version" => b.service_version = v,
                 k => {
-                    if let Some(kind) = k.strip_prefix("k8s.").and_then(|r| r.strip_suffix(".name")) {
+                    if let Some(kind) = k.strip_prefix("k8s.").and_then(|r| r.strip_suffix(".name"))
+                    {
                         b.workload_kind = Some(kind.to_owned());
                         b.workload_name = v;
                     }
@@ -118,7 +119,8 @@ impl TraceParent {
 
     pub fn parse(value: &str) -> Option<Self> {
         let mut parts = value.trim().split('-');
-        let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let (version, trace, span, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         if version.len() != 2 || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
             return None;
         }
@@ -143,7 +145,10 @@ mod tests {
             let addr: SocketAddr = addr.parse().unwrap();
             assert_eq!(parse_forwarded_for(&forwarded_for(addr)), Some(addr));
         }
-        assert_eq!(forwarded_for("[::1]:80".parse().unwrap()), "for=\"[::1]:80\"");
+        assert_eq!(
+            forwarded_for("[::1]:80".parse().unwrap()),
+            "for=\"[::1]:80\""
+        );
         assert_eq!(
             parse_forwarded_for("proto=https; for=\"10.1.2.3:9\""),
             Some("10.1.2.3:9".parse().unwrap())
@@ -177,7 +182,10 @@ mod tests {
         assert_eq!(TraceParent::parse(&s), Some(t));
         let c = t.child();
         assert_eq!(c.trace_id, t.trace_id);
-        assert_eq!(TraceParent::parse("00-00000000000000000000000000000000-0000000000000001-01"), None);
+        assert_eq!(
+            TraceParent::parse("00-00000000000000000000000000000000-0000000000000001-01"),
+            None
+        );
         assert_eq!(TraceParent::parse("garbage"), None);
     }
 }

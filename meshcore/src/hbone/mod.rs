@@ -45,7 +45,7 @@ pub enum HboneError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("TLS handshake with {addr}: {source}")]
+    #[error("TLS handshake with {addr}: {}", describe_tls_error(source))]
     Handshake {
         addr: std::net::SocketAddr,
         source: std::io::Error,
@@ -67,6 +67,19 @@ pub enum HboneError {
     },
     #[error("invalid request: {0}")]
     Invalid(String),
+}
+
+/// rustls wraps our verifiers' messages in debug formatting; dig them out for humans.
+pub(crate) fn describe_tls_error(e: &std::io::Error) -> String {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(CertificateError::Other(other))) => {
+            format!("peer certificate refused: {}", other.0)
+        }
+        Some(Error::InvalidCertificate(reason)) => format!("peer certificate refused: {reason:?}"),
+        Some(other) => other.to_string(),
+        None => e.to_string(),
+    }
 }
 
 fn reason(status: http::StatusCode) -> &'static str {

@@ -48,8 +48,8 @@ pub struct ServerCounters {
 
 /// One CONNECT stream awaiting the application's decision. Dropping it unanswered answers 503.
 pub struct InboundConnect {
-    /// The identity the client proved in the TLS handshake.
-    pub peer: SpiffeId,
+    /// The identity the client proved in the TLS handshake (shared by the connection's streams).
+    pub peer: Arc<SpiffeId>,
     /// The TCP address the connection came from (a node's or waypoint's address, not the client's).
     pub peer_addr: SocketAddr,
     /// The CONNECT authority: the real destination `ip:port`.
@@ -82,7 +82,7 @@ impl InboundConnect {
                 addr: self.peer_addr,
                 source,
             })?;
-        Ok(H2Stream::new(send, recv, None))
+        Ok(H2Stream::new(self.peer.clone(), send, recv, None))
     }
 
     /// Refuses the tunnel: 401 for a policy denial, 503 when the destination is unreachable.
@@ -170,25 +170,33 @@ impl HboneServer {
         H: Fn(InboundConnect) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
-        let peer_addr = tcp
-            .peer_addr()
-            .map_err(|source| HboneError::Connect {
-                addr: ([0, 0, 0, 0], 0).into(),
-                source,
-            })?;
+        let peer_addr = tcp.peer_addr().map_err(|source| HboneError::Connect {
+            addr: ([0, 0, 0, 0], 0).into(),
+            source,
+        })?;
         let _ = tcp.set_nodelay(true);
-        self.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
 
-        let handshake = tokio::time::timeout(self.settings.handshake_timeout, self.acceptor.accept(tcp)).await;
+        let handshake =
+            tokio::time::timeout(self.settings.handshake_timeout, self.acceptor.accept(tcp)).await;
         let tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err(source)) => {
-                self.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%peer_addr, "hbone: TLS handshake refused: {source}");
-                return Err(HboneError::Handshake { addr: peer_addr, source });
+                self.counters
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%peer_addr, "hbone: TLS handshake refused: {}", super::describe_tls_error(&source));
+                return Err(HboneError::Handshake {
+                    addr: peer_addr,
+                    source,
+                });
             }
             Err(_) => {
-                self.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 return Err(HboneError::Timeout {
                     what: "TLS handshake",
                     after: self.settings.handshake_timeout,
@@ -197,12 +205,19 @@ impl HboneServer {
         };
         let (_, session) = tls.get_ref();
         if session.alpn_protocol() != Some(crate::tls::ALPN_H2) {
-            self.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
             return Err(HboneError::NoAlpn(peer_addr));
         }
-        let peer = peer_identity(session).expect("the client verifier admits only SPIFFE identities");
+        let peer = Arc::new(
+            peer_identity(session).expect("the client verifier admits only SPIFFE identities"),
+        );
 
-        let h2_err = |source| HboneError::Http2 { addr: peer_addr, source };
+        let h2_err = |source| HboneError::Http2 {
+            addr: peer_addr,
+            source,
+        };
         let mut conn = h2::server::Builder::new()
             .initial_window_size(settings::STREAM_WINDOW)
             .initial_connection_window_size(settings::CONNECTION_WINDOW)
@@ -213,7 +228,11 @@ impl HboneServer {
             .await
             .map_err(h2_err)?;
         let ping_pong = conn.ping_pong().expect("first call");
-        let alive = keepalive(ping_pong, self.settings.keepalive_interval, self.settings.keepalive_timeout);
+        let alive = keepalive(
+            ping_pong,
+            self.settings.keepalive_interval,
+            self.settings.keepalive_timeout,
+        );
         tokio::pin!(alive);
 
         loop {
@@ -226,7 +245,9 @@ impl HboneServer {
             };
             let Some(next) = next else {
                 // No more streams will arrive; let those in flight finish before returning.
-                return std::future::poll_fn(|cx| conn.poll_closed(cx)).await.map_err(h2_err);
+                return std::future::poll_fn(|cx| conn.poll_closed(cx))
+                    .await
+                    .map_err(h2_err);
             };
             let (request, mut respond) = next.map_err(h2_err)?;
             let (parts, body) = request.into_parts();
@@ -247,7 +268,10 @@ impl HboneServer {
                 continue;
             };
             // A client that already reset the stream gets nothing.
-            if respond.poll_reset(&mut std::task::Context::from_waker(std::task::Waker::noop())).is_ready() {
+            if respond
+                .poll_reset(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+                .is_ready()
+            {
                 continue;
             }
             self.counters.streams.fetch_add(1, Ordering::Relaxed);

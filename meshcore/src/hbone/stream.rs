@@ -5,10 +5,12 @@
 //! bytes in one reusable buffer; shutdown sends END_STREAM (half-close), and reading END_STREAM
 //! yields EOF.
 
+use crate::identity::SpiffeId;
 use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -16,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub(crate) trait StreamSlot: Send + Sync {}
 
 pub struct H2Stream {
+    peer: Arc<SpiffeId>,
     send: SendStream<Bytes>,
     recv: RecvStream,
     pending: Bytes,
@@ -29,17 +32,20 @@ impl std::fmt::Debug for H2Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("H2Stream")
             .field("stream_id", &self.send.stream_id())
+            .field("peer", &self.peer.to_string())
             .finish()
     }
 }
 
 impl H2Stream {
     pub(crate) fn new(
+        peer: Arc<SpiffeId>,
         send: SendStream<Bytes>,
         recv: RecvStream,
         slot: Option<Box<dyn StreamSlot>>,
     ) -> Self {
         Self {
+            peer,
             send,
             recv,
             pending: Bytes::new(),
@@ -48,6 +54,13 @@ impl H2Stream {
             write_closed: false,
             _slot: slot,
         }
+    }
+}
+
+impl H2Stream {
+    /// The identity the other end proved in the TLS handshake of this stream's connection.
+    pub fn peer_identity(&self) -> &SpiffeId {
+        &self.peer
     }
 }
 
@@ -130,9 +143,7 @@ impl AsyncWrite for H2Stream {
         let this = self.get_mut();
         if !this.write_closed {
             this.write_closed = true;
-            this.send
-                .send_data(Bytes::new(), true)
-                .map_err(h2_to_io)?;
+            this.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
         }
         Poll::Ready(Ok(()))
     }

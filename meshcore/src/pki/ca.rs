@@ -7,8 +7,8 @@ use super::{cert_to_pem, parse_pem_certs, pem_encode, verify_chain_signatures, P
 use crate::identity::SpiffeId;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber, PKCS_ECDSA_P256_SHA256,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    PKCS_ECDSA_P256_SHA256,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
@@ -78,7 +78,10 @@ impl ValidatedCsr {
         let reject = |m: String| PkiError::CsrRejected(m);
         let der = pem::parse(csr_pem).map_err(|e| reject(format!("not a PEM CSR: {e}")))?;
         if der.tag() != "CERTIFICATE REQUEST" && der.tag() != "NEW CERTIFICATE REQUEST" {
-            return Err(reject(format!("PEM block is {:?}, not a CERTIFICATE REQUEST", der.tag())));
+            return Err(reject(format!(
+                "PEM block is {:?}, not a CERTIFICATE REQUEST",
+                der.tag()
+            )));
         }
         let (_, csr) = X509CertificationRequest::from_der(der.contents())
             .map_err(|e| reject(format!("malformed CSR: {e}")))?;
@@ -86,9 +89,9 @@ impl ValidatedCsr {
             .map_err(|e| reject(format!("CSR signature does not verify: {e}")))?;
         check_key(&csr)?;
         let identity = csr_identity(&csr)?;
-        let request = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
-            der.contents(),
-        ))
+        let request = CertificateSigningRequestParams::from_der(
+            &CertificateSigningRequestDer::from(der.contents()),
+        )
         .map_err(|e| reject(format!("unsupported CSR content: {e}")))?;
         Ok(Self { identity, request })
     }
@@ -136,8 +139,8 @@ fn csr_identity(csr: &X509CertificationRequest<'_>) -> Result<SpiffeId, PkiError
                     GeneralName::URI(uri) => uris.push(*uri),
                     other => {
                         return Err(PkiError::CsrRejected(format!(
-                            "CSR carries a non-SPIFFE SAN ({other}); only one spiffe:// URI is allowed"
-                        )))
+                        "CSR carries a non-SPIFFE SAN ({other}); only one spiffe:// URI is allowed"
+                    )))
                     }
                 }
             }
@@ -222,10 +225,11 @@ impl CertificateAuthority {
             other => other,
         })?;
 
-        let issuer = Issuer::from_ca_cert_der(&ca_der, key).map_err(|e| PkiError::BadCertificate {
-            what: "ca-cert.pem".into(),
-            detail: e.to_string(),
-        })?;
+        let issuer =
+            Issuer::from_ca_cert_der(&ca_der, key).map_err(|e| PkiError::BadCertificate {
+                what: "ca-cert.pem".into(),
+                detail: e.to_string(),
+            })?;
         Ok(Self {
             issuer,
             key_pem: pem_encode("PRIVATE KEY", pkcs8.secret_pkcs8_der()),
@@ -255,7 +259,11 @@ impl CertificateAuthority {
     }
 
     /// Signs an intermediate CA (ECDSA P-256) under this CA; returns (certificate PEM, key PEM).
-    pub fn issue_intermediate(&self, org: &str, ttl: Duration) -> Result<(String, String), PkiError> {
+    pub fn issue_intermediate(
+        &self,
+        org: &str,
+        ttl: Duration,
+    ) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = ca_params(org, Validity::from_now(ttl))?;
         params.use_authority_key_identifier_extension = true;
@@ -299,7 +307,9 @@ impl CertificateAuthority {
 
     /// The trust anchor workloads verify peers against (root-cert.pem).
     pub fn root_pem(&self) -> &str {
-        self.chain_pems.last().expect("chain holds at least the CA cert")
+        self.chain_pems
+            .last()
+            .expect("chain holds at least the CA cert")
     }
 
     /// The CA's own certificate (ca-cert.pem).
@@ -336,7 +346,9 @@ impl CertificateAuthority {
 fn ca_params(org: &str, validity: Validity) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::OrganizationName, org);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, org);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,

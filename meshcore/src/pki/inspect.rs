@@ -88,7 +88,11 @@ pub fn verify_chain_signatures(chain: &[impl AsRef<[u8]>]) -> Result<(), PkiErro
                 PkiError::BrokenChain(format!(
                     "chain[{i}] ({}) is not signed by {} ({}): {e}",
                     cert.subject(),
-                    if i + 1 < parsed.len() { format!("chain[{}]", i + 1) } else { "itself".into() },
+                    if i + 1 < parsed.len() {
+                        format!("chain[{}]", i + 1)
+                    } else {
+                        "itself".into()
+                    },
                     issuer.subject()
                 ))
             })?;

@@ -12,7 +12,10 @@ const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
 
 /// Reads a PEM private key in PKCS#8, PKCS#1 (RSA) or SEC1 (P-256 / P-384) form as PKCS#8.
-pub fn private_key_to_pkcs8(pem: &str, what: &str) -> Result<PrivatePkcs8KeyDer<'static>, PkiError> {
+pub fn private_key_to_pkcs8(
+    pem: &str,
+    what: &str,
+) -> Result<PrivatePkcs8KeyDer<'static>, PkiError> {
     let bad = |detail: String| PkiError::BadKey {
         what: what.to_owned(),
         detail,
@@ -21,17 +24,27 @@ pub fn private_key_to_pkcs8(pem: &str, what: &str) -> Result<PrivatePkcs8KeyDer<
     match key {
         PrivateKeyDer::Pkcs8(k) => Ok(k),
         PrivateKeyDer::Pkcs1(k) => {
-            let alg = der(0x30, &[der(0x06, OID_RSA_ENCRYPTION), der(0x05, &[])].concat());
+            let alg = der(
+                0x30,
+                &[der(0x06, OID_RSA_ENCRYPTION), der(0x05, &[])].concat(),
+            );
             Ok(wrap_pkcs8(&alg, k.secret_pkcs1_der()))
         }
         PrivateKeyDer::Sec1(k) => {
             let curve = match sec1_private_key_len(k.secret_sec1_der()) {
                 Some(32) => OID_P256,
                 Some(48) => OID_P384,
-                Some(n) => return Err(bad(format!("EC key of {n} bytes: only P-256 and P-384 are supported"))),
+                Some(n) => {
+                    return Err(bad(format!(
+                        "EC key of {n} bytes: only P-256 and P-384 are supported"
+                    )))
+                }
                 None => return Err(bad("malformed SEC1 EC private key".into())),
             };
-            let alg = der(0x30, &[der(0x06, OID_EC_PUBLIC_KEY), der(0x06, curve)].concat());
+            let alg = der(
+                0x30,
+                &[der(0x06, OID_EC_PUBLIC_KEY), der(0x06, curve)].concat(),
+            );
             Ok(wrap_pkcs8(&alg, k.secret_sec1_der()))
         }
         _ => Err(bad("unknown private key format".into())),
@@ -84,7 +97,9 @@ fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, b| acc << 8 | *b as usize);
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| acc << 8 | *b as usize);
         rest = &rest[n..];
         len
     };
@@ -107,6 +122,10 @@ mod tests {
     #[test]
     fn garbage_key_is_named() {
         let err = private_key_to_pkcs8("not a key", "ca-key.pem").unwrap_err();
-        assert!(err.to_string().starts_with("ca-key.pem: unsupported or malformed private key"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("ca-key.pem: unsupported or malformed private key"),
+            "{err}"
+        );
     }
 }

@@ -4,7 +4,9 @@
 
 use super::TlsError;
 use crate::identity::SpiffeId;
-use crate::pki::{inspect_cert, parse_pem_certs};
+use crate::pki::{
+    generate_csr, inspect_cert, parse_pem_certs, CertificateAuthority, ValidatedCsr, Validity,
+};
 use arc_swap::ArcSwap;
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
@@ -45,15 +47,27 @@ impl WorkloadCert {
         let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
             .map_err(|e| TlsError::Config(format!("private key: {e}")))?;
         let certified_key = CertifiedKey::new(chain, signing_key);
-        certified_key
-            .keys_match()
-            .map_err(|e| TlsError::Config(format!("private key does not match certificate: {e}")))?;
+        certified_key.keys_match().map_err(|e| {
+            TlsError::Config(format!("private key does not match certificate: {e}"))
+        })?;
         Ok(Self {
             identity,
             not_before: leaf.not_before,
             not_after: leaf.not_after,
             certified_key: Arc::new(certified_key),
         })
+    }
+
+    /// Issues a fresh certificate for `identity` straight from a CA held in this process (local
+    /// mode and tests): new key, CSR, signature.
+    pub fn issue(
+        ca: &CertificateAuthority,
+        identity: &SpiffeId,
+        validity: Validity,
+    ) -> Result<Self, TlsError> {
+        let csr = generate_csr(identity)?;
+        let chain = ca.sign(&ValidatedCsr::from_pem(&csr.csr_pem)?, validity)?;
+        Self::from_pem(&chain.to_pem(), &csr.key_pem)
     }
 
     pub fn identity(&self) -> &SpiffeId {

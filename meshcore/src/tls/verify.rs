@@ -215,7 +215,8 @@ impl std::fmt::Display for WebpkiError {
 impl std::error::Error for WebpkiError {}
 
 fn spiffe_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, Error> {
-    let info = inspect_cert(cert).map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let info =
+        inspect_cert(cert).map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
     info.spiffe_id.ok_or_else(|| {
         other(format!(
             "peer certificate carries no single SPIFFE URI SAN (URI SANs: {:?})",
@@ -226,7 +227,9 @@ fn spiffe_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, Error> {
 
 /// A verification failure with a message for the logs.
 fn other(message: String) -> Error {
-    Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Message(message)))))
+    Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Message(
+        message,
+    )))))
 }
 
 #[derive(Debug)]

@@ -2,15 +2,17 @@
 
 use crate::support::id;
 use meshcore::pki::{
-    generate_csr, inspect_pem_chain, parse_pem_certs, verify_chain_signatures, CertificateAuthority,
-    PkiError, ValidatedCsr, DEFAULT_WORKLOAD_TTL,
+    generate_csr, inspect_pem_chain, parse_pem_certs, verify_chain_signatures,
+    CertificateAuthority, PkiError, ValidatedCsr, DEFAULT_WORKLOAD_TTL,
 };
 use rcgen::{CertificateParams, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 fn fixture(dir: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir)
 }
 
 fn csr_with_sans(sans: Vec<SanType>) -> String {
@@ -22,7 +24,8 @@ fn csr_with_sans(sans: Vec<SanType>) -> String {
 
 #[test]
 fn signs_workload_cert_with_spiffe_san_and_default_ttl() {
-    let ca = CertificateAuthority::generate_root("cluster.local", Duration::from_secs(86400 * 365)).unwrap();
+    let ca = CertificateAuthority::generate_root("cluster.local", Duration::from_secs(86400 * 365))
+        .unwrap();
     let identity = id("spiffe://cluster.local/ns/default/sa/sleep");
     let csr = generate_csr(&identity).unwrap();
     let chain = ca.sign_csr(&csr.csr_pem, DEFAULT_WORKLOAD_TTL).unwrap();
@@ -37,14 +40,20 @@ fn signs_workload_cert_with_spiffe_san_and_default_ttl() {
     assert!(infos[1].is_ca);
     let life = leaf.not_after.duration_since(leaf.not_before).unwrap();
     // 24 h plus the clock-skew allowance, to the second.
-    assert!(life >= DEFAULT_WORKLOAD_TTL && life <= DEFAULT_WORKLOAD_TTL + Duration::from_secs(61), "{life:?}");
+    assert!(
+        life >= DEFAULT_WORKLOAD_TTL && life <= DEFAULT_WORKLOAD_TTL + Duration::from_secs(61),
+        "{life:?}"
+    );
     assert!(leaf.is_valid_at(SystemTime::now()));
     let ders = parse_pem_certs(&chain.to_pem(), "chain").unwrap();
     verify_chain_signatures(&ders).unwrap();
 
     // Two certificates for the same key never share a serial.
     let again = ca.sign_csr(&csr.csr_pem, DEFAULT_WORKLOAD_TTL).unwrap();
-    assert_ne!(inspect_pem_chain(&again.to_pem()).unwrap()[0].serial, leaf.serial);
+    assert_ne!(
+        inspect_pem_chain(&again.to_pem()).unwrap()[0].serial,
+        leaf.serial
+    );
 }
 
 #[test]
@@ -71,9 +80,14 @@ fn refuses_csrs_with_wrong_sans() {
         ),
     ];
     for (sans, want) in cases {
-        let err = ValidatedCsr::from_pem(&csr_with_sans(sans)).err().expect("refused");
+        let err = ValidatedCsr::from_pem(&csr_with_sans(sans))
+            .err()
+            .expect("refused");
         assert!(matches!(err, PkiError::CsrRejected(_)), "{err}");
-        assert!(err.to_string().contains(want), "{err} should mention {want:?}");
+        assert!(
+            err.to_string().contains(want),
+            "{err} should mention {want:?}"
+        );
     }
     let err = ValidatedCsr::from_pem("garbage").err().unwrap();
     assert!(err.to_string().contains("not a PEM CSR"), "{err}");
@@ -87,7 +101,10 @@ fn refuses_tampered_csr() {
     der[n - 5] ^= 0xff; // inside the signature
     let tampered = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der));
     let err = ValidatedCsr::from_pem(&tampered).err().unwrap();
-    assert!(err.to_string().contains("signature") || err.to_string().contains("malformed"), "{err}");
+    assert!(
+        err.to_string().contains("signature") || err.to_string().contains("malformed"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -95,7 +112,9 @@ fn loads_rsa_root_with_pkcs1_key() {
     let ca = CertificateAuthority::from_istio_dir(&fixture("rsa-root")).unwrap();
     let identity = id("spiffe://cluster.local/ns/prod/sa/api");
     let csr = generate_csr(&identity).unwrap();
-    let chain = ca.sign_csr(&csr.csr_pem, Duration::from_secs(3600)).unwrap();
+    let chain = ca
+        .sign_csr(&csr.csr_pem, Duration::from_secs(3600))
+        .unwrap();
     assert_eq!(chain.pems.len(), 2);
     verify_chain_signatures(&parse_pem_certs(&chain.to_pem(), "chain").unwrap()).unwrap();
 }
@@ -104,19 +123,27 @@ fn loads_rsa_root_with_pkcs1_key() {
 fn loads_ec_intermediate_with_sec1_key_under_rsa_root() {
     let ca = CertificateAuthority::from_istio_dir(&fixture("rsa-root-ec-intermediate")).unwrap();
     let csr = generate_csr(&id("spiffe://cluster.local/ns/prod/sa/api")).unwrap();
-    let chain = ca.sign_csr(&csr.csr_pem, Duration::from_secs(3600)).unwrap();
+    let chain = ca
+        .sign_csr(&csr.csr_pem, Duration::from_secs(3600))
+        .unwrap();
     assert_eq!(chain.pems.len(), 3, "leaf, intermediate, root");
     let infos = inspect_pem_chain(&chain.to_pem()).unwrap();
     assert!(infos[1].subject.contains("Intermediate CA"));
     assert!(infos[2].subject.contains("Root CA"));
-    assert_eq!(infos[0].issuer, infos[1].subject, "issuer name copied byte-exact from the CA cert");
+    assert_eq!(
+        infos[0].issuer, infos[1].subject,
+        "issuer name copied byte-exact from the CA cert"
+    );
     verify_chain_signatures(&parse_pem_certs(&chain.to_pem(), "chain").unwrap()).unwrap();
 }
 
 #[test]
 fn generated_intermediate_works_as_plugin_ca() {
-    let root = CertificateAuthority::generate_root("cluster.local", Duration::from_secs(86400)).unwrap();
-    let (cert, key) = root.issue_intermediate("cluster.local", Duration::from_secs(3600)).unwrap();
+    let root =
+        CertificateAuthority::generate_root("cluster.local", Duration::from_secs(86400)).unwrap();
+    let (cert, key) = root
+        .issue_intermediate("cluster.local", Duration::from_secs(3600))
+        .unwrap();
     let ca = CertificateAuthority::from_pem(&cert, &key, None, Some(root.root_pem())).unwrap();
     assert_eq!(ca.root_pem(), root.root_pem());
     let csr = generate_csr(&id("spiffe://cluster.local/ns/a/sa/b")).unwrap();
@@ -125,7 +152,9 @@ fn generated_intermediate_works_as_plugin_ca() {
     verify_chain_signatures(&parse_pem_certs(&chain.to_pem(), "chain").unwrap()).unwrap();
 
     // A persisted CA loads back with the same root.
-    let reloaded = CertificateAuthority::from_pem(ca.ca_cert_pem(), ca.key_pem(), Some(&ca.chain_pem()), None).unwrap();
+    let reloaded =
+        CertificateAuthority::from_pem(ca.ca_cert_pem(), ca.key_pem(), Some(&ca.chain_pem()), None)
+            .unwrap();
     assert_eq!(reloaded.root_pem(), root.root_pem());
 }
 
@@ -133,26 +162,44 @@ fn generated_intermediate_works_as_plugin_ca() {
 fn load_errors_name_the_problem() {
     let a = CertificateAuthority::generate_root("cluster.local", Duration::from_secs(60)).unwrap();
     let b = CertificateAuthority::generate_root("cluster.local", Duration::from_secs(60)).unwrap();
-    let err = CertificateAuthority::from_pem(a.ca_cert_pem(), b.key_pem(), None, None).err().unwrap();
+    let err = CertificateAuthority::from_pem(a.ca_cert_pem(), b.key_pem(), None, None)
+        .err()
+        .unwrap();
     assert!(matches!(err, PkiError::KeyMismatch), "{err}");
 
     let (cert, key) = a.issue_intermediate("x", Duration::from_secs(60)).unwrap();
-    let err = CertificateAuthority::from_pem(&cert, &key, None, Some(b.root_pem())).err().unwrap();
-    assert!(err.to_string().contains("must lead to root-cert.pem"), "{err}");
+    let err = CertificateAuthority::from_pem(&cert, &key, None, Some(b.root_pem()))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("must lead to root-cert.pem"),
+        "{err}"
+    );
 
     let csr = generate_csr(&id("spiffe://cluster.local/ns/a/sa/b")).unwrap();
     let leaf = a.sign_csr(&csr.csr_pem, Duration::from_secs(60)).unwrap();
-    let err = CertificateAuthority::from_pem(leaf.leaf_pem(), &csr.key_pem, None, None).err().unwrap();
+    let err = CertificateAuthority::from_pem(leaf.leaf_pem(), &csr.key_pem, None, None)
+        .err()
+        .unwrap();
     assert!(matches!(err, PkiError::NotACa), "{err}");
 
-    let err = CertificateAuthority::from_istio_dir(Path::new("/nonexistent")).err().unwrap();
-    assert!(err.to_string().contains("/nonexistent/ca-cert.pem"), "{err}");
+    let err = CertificateAuthority::from_istio_dir(Path::new("/nonexistent"))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("/nonexistent/ca-cert.pem"),
+        "{err}"
+    );
 }
 
 /// An ordinary client's view: OpenSSL must accept the chain we issue (skipped if openssl is absent).
 #[test]
 fn openssl_verifies_issued_chain() {
-    if std::process::Command::new("openssl").arg("version").output().is_err() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
         eprintln!("SKIPPED openssl_verifies_issued_chain: no openssl binary");
         return;
     }
@@ -173,5 +220,10 @@ fn openssl_verifies_issued_chain() {
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -4,7 +4,7 @@ use meshcore::copy::copy_bidirectional;
 use meshcore::hbone::server::HboneServer;
 use meshcore::hbone::{ClientSettings, ConnectRequest, HboneClient, ServerSettings};
 use meshcore::identity::SpiffeId;
-use meshcore::pki::{generate_csr, CertificateAuthority, ValidatedCsr, Validity};
+use meshcore::pki::{CertificateAuthority, Validity};
 use meshcore::tls::{server_config, Credentials, TrustRoots, WorkloadCert};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +22,8 @@ pub struct Mesh {
 impl Mesh {
     pub fn new() -> Self {
         Self {
-            ca: CertificateAuthority::generate_root("cluster.local", Duration::from_secs(3600)).unwrap(),
+            ca: CertificateAuthority::generate_root("cluster.local", Duration::from_secs(3600))
+                .unwrap(),
         }
     }
 
@@ -31,12 +32,7 @@ impl Mesh {
     }
 
     pub fn cert(&self, identity: &SpiffeId, validity: Validity) -> WorkloadCert {
-        let csr = generate_csr(identity).unwrap();
-        let chain = self
-            .ca
-            .sign(&ValidatedCsr::from_pem(&csr.csr_pem).unwrap(), validity)
-            .unwrap();
-        WorkloadCert::from_pem(&chain.to_pem(), &csr.key_pem).unwrap()
+        WorkloadCert::issue(&self.ca, identity, validity).unwrap()
     }
 
     pub fn creds(&self, identity: &str) -> Arc<Credentials> {
@@ -65,13 +61,19 @@ pub async fn forwarding_server(creds: Arc<Credentials>) -> ForwardingServer {
                 inbound.reject(http::StatusCode::SERVICE_UNAVAILABLE);
                 return;
             };
+            let peer = inbound.peer.clone();
             if let Ok(mut tunnel) = inbound.accept() {
+                assert_eq!(tunnel.peer_identity(), &*peer);
                 let _ = copy_bidirectional(&mut tunnel, &mut upstream).await;
             }
         },
         std::future::pending(),
     ));
-    ForwardingServer { addr, server, creds }
+    ForwardingServer {
+        addr,
+        server,
+        creds,
+    }
 }
 
 /// A TCP server echoing every connection back, half-close aware.
