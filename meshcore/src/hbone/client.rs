@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
+/// Bytes h2 may buffer per stream before asking the writer to wait (h2's default is 400 KiB).
+pub(crate) const SEND_BUFFER: usize = 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
     pub max_streams_per_connection: usize,
@@ -101,14 +104,25 @@ impl StreamSlot for Slot {}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if self.conn.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Some(pool) = self.pool.upgrade() {
-                self.conn
-                    .idle_since_ms
-                    .store(pool.now_ms(), Ordering::Relaxed);
-            }
+        // Stamp before releasing, so the reaper never sees an idle connection with an old stamp.
+        if let Some(pool) = self.pool.upgrade() {
+            self.conn
+                .idle_since_ms
+                .store(pool.now_ms(), Ordering::Relaxed);
         }
+        self.conn.active.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+#[derive(Default)]
+struct DialState {
+    /// When the last dial for this key failed, and why.
+    last_failure: Option<(Instant, String)>,
+}
+
+/// Errors after which a pooled connection cannot carry new streams.
+fn connection_unusable(e: &h2::Error) -> bool {
+    e.is_go_away() || e.is_io() || e.reason() == Some(h2::Reason::REFUSED_STREAM)
 }
 
 struct PoolInner {
@@ -116,7 +130,7 @@ struct PoolInner {
     epoch: Instant,
     conns: Mutex<HashMap<PoolKey, Vec<Arc<PooledConnection>>>>,
     /// Serialises connection setup per key so a burst of tunnels shares one new connection.
-    dialing: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
+    dialing: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<DialState>>>>,
     stats: PoolStats,
     reaper_started: AtomicBool,
 }
@@ -131,9 +145,13 @@ impl PoolInner {
         let mut conns = self.conns.lock().expect("pool lock");
         let list = conns.get_mut(key)?;
         list.retain(|c| !c.closed.load(Ordering::Acquire));
-        let max = self.settings.max_streams_per_connection;
         list.iter()
             .find(|c| {
+                // Respect a server that allows fewer concurrent streams than we would use.
+                let max = self
+                    .settings
+                    .max_streams_per_connection
+                    .min(c.sender.current_max_send_streams());
                 c.active
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                         (n < max).then_some(n + 1)
@@ -209,15 +227,27 @@ impl HboneClient {
             bind_ip: req.bind_ip,
             hbone_addr: req.hbone_addr,
         };
-        let conn = match self.inner.checkout(&key) {
-            Some(conn) => conn,
-            None => self.dial_or_wait(&key, req).await?,
-        };
-        let slot = Slot {
-            conn: conn.clone(),
-            pool: Arc::downgrade(&self.inner),
-        };
-        self.open_stream(&conn, slot, req).await
+        loop {
+            // Only a connection that sat in the pool may have gone stale; a fresh one that fails
+            // is a real failure, and is not retried.
+            let (conn, pooled) = match self.inner.checkout(&key) {
+                Some(conn) => (conn, true),
+                None => (self.dial_or_wait(&key, req).await?, false),
+            };
+            let slot = Slot {
+                conn: conn.clone(),
+                pool: Arc::downgrade(&self.inner),
+            };
+            match self.open_stream(&conn, slot, req).await {
+                // The server is draining (GOAWAY) or the connection broke while other tunnels
+                // keep it alive: stop handing it out and try again (another pooled connection
+                // or a fresh one).
+                Err(HboneError::Http2 { source, .. }) if pooled && connection_unusable(&source) => {
+                    conn.closed.store(true, Ordering::Release);
+                }
+                result => return result,
+            }
+        }
     }
 
     async fn dial_or_wait(
@@ -229,12 +259,25 @@ impl HboneClient {
             let mut dialing = self.inner.dialing.lock().expect("pool lock");
             dialing.entry(key.clone()).or_default().clone()
         };
-        let _turn = gate.lock().await;
+        let waiting_since = Instant::now();
+        let mut turn = gate.lock().await;
         // Someone else may have dialled while we waited.
         if let Some(conn) = self.inner.checkout(key) {
             return Ok(conn);
         }
-        let conn = self.dial(req).await?;
+        // Or failed while we waited: share that answer instead of queueing another attempt.
+        if let Some((at, reason)) = &turn.last_failure {
+            if *at >= waiting_since {
+                return Err(HboneError::DialFailed(reason.clone()));
+            }
+        }
+        let conn = match self.dial(req).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                turn.last_failure = Some((Instant::now(), e.to_string()));
+                return Err(e);
+            }
+        };
         conn.active.store(1, Ordering::Release);
         self.inner
             .conns
@@ -271,6 +314,7 @@ impl HboneClient {
                 .max_frame_size(settings::MAX_FRAME_SIZE)
                 .max_header_list_size(settings::CLIENT_MAX_HEADER_LIST)
                 .enable_push(false)
+                .max_send_buffer_size(SEND_BUFFER)
                 .handshake::<_, Bytes>(tls)
                 .await
                 .map_err(|source| HboneError::Http2 { addr, source })?;

@@ -65,6 +65,9 @@ pub enum HboneError {
         target: std::net::SocketAddr,
         status: http::StatusCode,
     },
+    /// Another caller's attempt to reach the same destination just failed.
+    #[error("connecting failed: {0}")]
+    DialFailed(String),
     #[error("invalid request: {0}")]
     Invalid(String),
 }

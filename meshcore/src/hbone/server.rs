@@ -101,6 +101,11 @@ impl Drop for InboundConnect {
     }
 }
 
+/// Completes once the server is draining. (The watch guard must not live across an await.)
+async fn drained(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|draining| *draining).await;
+}
+
 fn answer(mut respond: SendResponse<Bytes>, status: StatusCode) {
     let response = Response::builder()
         .status(status)
@@ -114,6 +119,8 @@ pub struct HboneServer {
     acceptor: TlsAcceptor,
     settings: ServerSettings,
     counters: Arc<ServerCounters>,
+    /// Set once by [`Self::drain`]; every connection task watches it.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl HboneServer {
@@ -122,15 +129,22 @@ impl HboneServer {
             acceptor: TlsAcceptor::from(tls),
             settings,
             counters: Arc::default(),
+            draining: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Starts a graceful drain: the accept loop stops, and every connection sends GOAWAY, so
+    /// clients open new tunnels elsewhere while tunnels already open run to their end.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
     }
 
     pub fn counters(&self) -> &Arc<ServerCounters> {
         &self.counters
     }
 
-    /// Accepts connections until `shutdown` completes; each connection runs in its own task and
-    /// outlives the accept loop (draining is the caller's policy).
+    /// Accepts connections until `shutdown` completes or [`Self::drain`] is called; each
+    /// connection runs in its own task and outlives the accept loop.
     pub async fn serve<H, F>(
         self: Arc<Self>,
         listener: TcpListener,
@@ -141,8 +155,10 @@ impl HboneServer {
         F: Future<Output = ()> + Send + 'static,
     {
         tokio::pin!(shutdown);
+        let mut draining = self.draining.subscribe();
         loop {
             tokio::select! {
+                _ = drained(&mut draining) => return,
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, _)) => {
                         let server = self.clone();
@@ -179,8 +195,10 @@ impl HboneServer {
             .connections_accepted
             .fetch_add(1, Ordering::Relaxed);
 
-        let handshake =
-            tokio::time::timeout(self.settings.handshake_timeout, self.acceptor.accept(tcp)).await;
+        // One deadline covers the TLS and the HTTP/2 handshakes: a peer that goes quiet in
+        // either holds nothing for long.
+        let deadline = tokio::time::Instant::now() + self.settings.handshake_timeout;
+        let handshake = tokio::time::timeout_at(deadline, self.acceptor.accept(tcp)).await;
         let tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err(source)) => {
@@ -218,14 +236,20 @@ impl HboneServer {
             addr: peer_addr,
             source,
         };
-        let mut conn = h2::server::Builder::new()
+        let h2_handshake = h2::server::Builder::new()
             .initial_window_size(settings::STREAM_WINDOW)
             .initial_connection_window_size(settings::CONNECTION_WINDOW)
             .max_frame_size(settings::MAX_FRAME_SIZE)
             .max_header_list_size(settings::SERVER_MAX_HEADER_LIST)
             .max_concurrent_streams(self.settings.max_concurrent_streams)
-            .handshake::<_, Bytes>(tls)
+            .max_send_buffer_size(super::client::SEND_BUFFER)
+            .handshake::<_, Bytes>(tls);
+        let mut conn = tokio::time::timeout_at(deadline, h2_handshake)
             .await
+            .map_err(|_| HboneError::Timeout {
+                what: "HTTP/2 handshake",
+                after: self.settings.handshake_timeout,
+            })?
             .map_err(h2_err)?;
         let ping_pong = conn.ping_pong().expect("first call");
         let alive = keepalive(
@@ -234,12 +258,22 @@ impl HboneServer {
             self.settings.keepalive_timeout,
         );
         tokio::pin!(alive);
+        let mut draining = self.draining.subscribe();
+        let mut goaway_sent = false;
 
         loop {
             let next = tokio::select! {
                 next = conn.accept() => next,
+                _ = drained(&mut draining), if !goaway_sent => {
+                    conn.graceful_shutdown();
+                    goaway_sent = true;
+                    continue;
+                }
                 _ = &mut alive => {
+                    // Send GOAWAY if the peer is still there to read it, but do not wait long.
                     conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    let closing = std::future::poll_fn(|cx| conn.poll_closed(cx));
+                    let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
                     return Ok(());
                 }
             };

@@ -16,7 +16,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 use time::OffsetDateTime;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
-use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_PKCS1_RSAENCRYPTION};
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_PKCS1_RSAENCRYPTION, OID_SIG_ECDSA_WITH_SHA256,
+};
 use x509_parser::prelude::{FromDer, X509CertificationRequest};
 use x509_parser::public_key::PublicKey;
 
@@ -107,6 +109,14 @@ fn check_key(csr: &X509CertificationRequest<'_>) -> Result<(), PkiError> {
     if alg.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
         let curve = alg.parameters.as_ref().and_then(|p| p.as_oid().ok());
         if curve.as_ref() == Some(&OID_EC_P256) {
+            // The certificate's key description is derived from the CSR's signature algorithm,
+            // so a P-256 key must come with ecdsa-with-SHA256.
+            if csr.signature_algorithm.algorithm != OID_SIG_ECDSA_WITH_SHA256 {
+                return Err(PkiError::CsrRejected(format!(
+                    "P-256 key signed with {}; use ecdsa-with-SHA256",
+                    csr.signature_algorithm.algorithm
+                )));
+            }
             return Ok(());
         }
         return Err(PkiError::CsrRejected(
@@ -165,18 +175,22 @@ pub struct CertificateAuthority {
     key_pem: String,
     /// The CA certificate, then any intermediates, then the root (the root alone for a root CA).
     chain_pems: Vec<String>,
+    /// Leaves never outlive the CA certificate.
+    not_after: SystemTime,
 }
 
 impl CertificateAuthority {
     /// Creates a self-signed ECDSA P-256 root, `O=<trust domain>`, valid for `ttl`.
     pub fn generate_root(trust_domain: &str, ttl: Duration) -> Result<Self, PkiError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let params = ca_params(trust_domain, Validity::from_now(ttl))?;
+        let validity = Validity::from_now(ttl);
+        let params = ca_params(trust_domain, validity)?;
         let cert = params.self_signed(&key)?;
         Ok(Self {
             key_pem: key.serialize_pem(),
             chain_pems: vec![cert.pem()],
             issuer: Issuer::new(params, key),
+            not_after: validity.not_after,
         })
     }
 
@@ -230,11 +244,40 @@ impl CertificateAuthority {
                 what: "ca-cert.pem".into(),
                 detail: e.to_string(),
             })?;
-        Ok(Self {
+        let ca = Self {
             issuer,
             key_pem: pem_encode("PRIVATE KEY", pkcs8.secret_pkcs8_der()),
             chain_pems: chain.iter().map(|c| cert_to_pem(c)).collect(),
-        })
+            not_after: SystemTime::UNIX_EPOCH
+                + Duration::from_secs(parsed.validity().not_after.timestamp().max(0) as u64),
+        };
+        ca.check_issued_names_match(parsed.subject().as_raw())?;
+        Ok(ca)
+    }
+
+    /// Signs a probe certificate and checks that its issuer name is byte-for-byte the CA's
+    /// subject. rcgen rebuilds names and cannot reproduce every encoding (repeated or
+    /// multi-valued attributes); verifiers compare names bytewise, so refuse such a CA up front
+    /// rather than issue certificates that never verify.
+    fn check_issued_names_match(&self, ca_subject: &[u8]) -> Result<(), PkiError> {
+        let probe_id = SpiffeId::new("probe.invalid", "probe", "probe").expect("valid literal");
+        let csr = super::generate_csr(&probe_id)?;
+        let probe = self.sign(
+            &ValidatedCsr::from_pem(&csr.csr_pem)?,
+            Validity::from_now(Duration::from_secs(60)),
+        )?;
+        let der = parse_pem_certs(probe.leaf_pem(), "probe")?.swap_remove(0);
+        let leaf = parse_x509(&der, "probe")?;
+        if leaf.issuer().as_raw() != ca_subject {
+            return Err(PkiError::BadCertificate {
+                what: "ca-cert.pem".into(),
+                detail: format!(
+                    "subject {} cannot be reproduced exactly in issued certificates (repeated or multi-valued attributes are not supported)",
+                    leaf.issuer()
+                ),
+            });
+        }
+        verify_chain_signatures(&parse_pem_certs(&probe.to_pem(), "probe chain")?)
     }
 
     /// Loads Istio's plug-in CA layout from a directory: `ca-cert.pem`, `ca-key.pem`, and optional
@@ -297,7 +340,7 @@ impl CertificateAuthority {
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial()?);
         params.not_before = to_offset(validity.not_before);
-        params.not_after = to_offset(validity.not_after);
+        params.not_after = to_offset(validity.not_after.min(self.not_after));
         let leaf = request.signed_by(&self.issuer)?;
         let mut pems = Vec::with_capacity(1 + self.chain_pems.len());
         pems.push(leaf.pem());

@@ -160,26 +160,27 @@ impl Credentials {
 
     /// Replaces the certificate (rotation). The identity must stay the same.
     pub fn rotate(&self, cert: WorkloadCert) -> Result<(), TlsError> {
-        let old = self.current.load();
-        if cert.identity != old.cert.identity {
+        let current = self.current.load().cert.identity.clone();
+        if cert.identity != current {
             return Err(TlsError::Config(format!(
-                "rotation would change identity from {} to {}",
-                old.cert.identity, cert.identity
+                "rotation would change identity from {current} to {}",
+                cert.identity
             )));
         }
-        self.current.store(Arc::new(CredentialSnapshot {
-            cert: Arc::new(cert),
+        let cert = Arc::new(cert);
+        // rcu: a concurrent set_roots is never lost.
+        self.current.rcu(|old| CredentialSnapshot {
+            cert: cert.clone(),
             roots: old.roots.clone(),
-        }));
+        });
         Ok(())
     }
 
     /// Replaces the trust roots.
     pub fn set_roots(&self, roots: TrustRoots) {
-        let old = self.current.load();
-        self.current.store(Arc::new(CredentialSnapshot {
+        self.current.rcu(|old| CredentialSnapshot {
             cert: old.cert.clone(),
-            roots,
-        }));
+            roots: roots.clone(),
+        });
     }
 }

@@ -419,3 +419,109 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
             .supported_schemes()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_keeps_open_tunnels_and_pool_moves_to_a_new_server() {
+    let mesh = Mesh::new();
+    let echo = echo_server().await;
+    let server_creds = mesh.creds("spiffe://cluster.local/ns/app/sa/server");
+    let old = forwarding_server(server_creds.clone()).await;
+    let creds = mesh.creds("spiffe://cluster.local/ns/app/sa/client");
+    let pool = client();
+    let mut long_lived = pool.connect(&request(&creds, &old, echo)).await.unwrap();
+    long_lived.write_all(b"before drain;").await.unwrap();
+
+    // The old server drains (GOAWAY) and a new one takes over its address, like a ztunnel restart.
+    old.server.drain();
+    let new_server = loop {
+        if let Ok(listener) = TcpListener::bind(old.addr).await {
+            break listener;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let replacement = HboneServer::new(
+        server_config(server_creds.clone()),
+        ServerSettings::default(),
+    );
+    tokio::spawn(replacement.clone().serve(
+        new_server,
+        |inbound| async move {
+            let mut upstream = TcpStream::connect(inbound.destination).await.unwrap();
+            let mut tunnel = inbound.accept().unwrap();
+            let _ = meshcore::copy::copy_bidirectional(&mut tunnel, &mut upstream).await;
+        },
+        std::future::pending(),
+    ));
+    // Give the GOAWAY time to reach the client.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // A new tunnel does not get stuck on the draining connection: it lands on the new server.
+    let mut fresh = pool.connect(&request(&creds, &old, echo)).await.unwrap();
+    fresh.write_all(b"fresh").await.unwrap();
+    fresh.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    fresh.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"fresh");
+    assert_eq!(replacement.counters().streams.load(Ordering::Relaxed), 1);
+    assert_eq!(pool.stats().connections_opened.load(Ordering::Relaxed), 2);
+
+    // The tunnel opened before the drain still works to its end.
+    long_lived.write_all(b" after drain").await.unwrap();
+    long_lived.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    long_lived.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"before drain; after drain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_queued_behind_a_failed_dial_fail_fast() {
+    let mesh = Mesh::new();
+    // An address that accepts TCP but never speaks TLS: each dial waits for the connect timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let _keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let fake = ForwardingServer {
+        addr: silent_addr,
+        server: HboneServer::new(
+            server_config(mesh.creds("spiffe://cluster.local/ns/a/sa/s")),
+            ServerSettings::default(),
+        ),
+        creds: mesh.creds("spiffe://cluster.local/ns/a/sa/s"),
+    };
+    let pool = HboneClient::new(ClientSettings {
+        connect_timeout: Duration::from_millis(300),
+        ..ClientSettings::default()
+    });
+    let creds = mesh.creds("spiffe://cluster.local/ns/a/sa/c");
+    let req = request(&creds, &fake, "127.0.0.1:9".parse().unwrap());
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (pool, req) = (pool.clone(), req.clone());
+            tokio::spawn(async move { pool.connect(&req).await.unwrap_err() })
+        })
+        .collect();
+    let mut shared = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            HboneError::DialFailed(reason) => {
+                assert!(reason.contains("timed out"), "{reason}");
+                shared += 1;
+            }
+            HboneError::Timeout { .. } => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(shared >= 1, "waiters reuse the failure");
+    // Ten sequential timeouts would take 3 s.
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        started.elapsed()
+    );
+}

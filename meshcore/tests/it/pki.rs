@@ -227,3 +227,96 @@ fn openssl_verifies_issued_chain() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn leaves_never_outlive_the_ca() {
+    let ca =
+        CertificateAuthority::generate_root("cluster.local", Duration::from_secs(600)).unwrap();
+    let csr = generate_csr(&id("spiffe://cluster.local/ns/a/sa/b")).unwrap();
+    let chain = ca.sign_csr(&csr.csr_pem, DEFAULT_WORKLOAD_TTL).unwrap();
+    let infos = inspect_pem_chain(&chain.to_pem()).unwrap();
+    assert!(infos[0].not_after <= infos[1].not_after);
+}
+
+/// CSRs and CAs made by openssl that we must refuse (skipped if openssl is absent).
+#[test]
+fn refuses_what_openssl_can_make_but_we_cannot_honour() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED refuses_what_openssl_can_make_but_we_cannot_honour: no openssl binary");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("meshcore-openssl-refuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // A P-256 key in a CSR signed with SHA-384: the issued certificate would misdescribe the key.
+    run(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "k.pem",
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-key",
+        "k.pem",
+        "-sha384",
+        "-subj",
+        "/",
+        "-addext",
+        "subjectAltName=URI:spiffe://cluster.local/ns/a/sa/b",
+        "-out",
+        "csr.pem",
+    ]);
+    let err = ValidatedCsr::from_pem(&std::fs::read_to_string(dir.join("csr.pem")).unwrap())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("use ecdsa-with-SHA256"), "{err}");
+
+    // A CA whose subject repeats an attribute (DC=corp, DC=example) cannot be named exactly.
+    run(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "k.pem",
+        "-sha256",
+        "-days",
+        "1",
+        "-subj",
+        "/DC=corp/DC=example/CN=ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+        "-out",
+        "ca.pem",
+    ]);
+    let cert = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    let key = std::fs::read_to_string(dir.join("k.pem")).unwrap();
+    let result = CertificateAuthority::from_pem(&cert, &key, None, None);
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = result.err().expect("refused");
+    assert!(
+        err.to_string().contains("cannot be reproduced exactly"),
+        "{err}"
+    );
+}
