@@ -439,19 +439,7 @@ async fn drain_keeps_open_tunnels_and_pool_moves_to_a_new_server() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let replacement = HboneServer::new(
-        server_config(server_creds.clone()),
-        ServerSettings::default(),
-    );
-    tokio::spawn(replacement.clone().serve(
-        new_server,
-        |inbound| async move {
-            let mut upstream = TcpStream::connect(inbound.destination).await.unwrap();
-            let mut tunnel = inbound.accept().unwrap();
-            let _ = meshcore::copy::copy_bidirectional(&mut tunnel, &mut upstream).await;
-        },
-        std::future::pending(),
-    ));
+    let replacement = serve_forwarding(new_server, server_creds.clone());
     // Give the GOAWAY time to reach the client.
     tokio::time::sleep(Duration::from_millis(100)).await;
 

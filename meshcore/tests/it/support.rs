@@ -53,7 +53,17 @@ pub struct ForwardingServer {
 pub async fn forwarding_server(creds: Arc<Credentials>) -> ForwardingServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = HboneServer::new(server_config(creds.clone()), ServerSettings::default());
+    let server = serve_forwarding(listener, creds.clone());
+    ForwardingServer {
+        addr,
+        server,
+        creds,
+    }
+}
+
+/// Serves HBONE on `listener`, connecting every accepted tunnel to its CONNECT destination.
+pub fn serve_forwarding(listener: TcpListener, creds: Arc<Credentials>) -> Arc<HboneServer> {
+    let server = HboneServer::new(server_config(creds), ServerSettings::default());
     tokio::spawn(server.clone().serve(
         listener,
         |inbound| async move {
@@ -69,11 +79,7 @@ pub async fn forwarding_server(creds: Arc<Credentials>) -> ForwardingServer {
         },
         std::future::pending(),
     ));
-    ForwardingServer {
-        addr,
-        server,
-        creds,
-    }
+    server
 }
 
 /// A TCP server echoing every connection back, half-close aware.
