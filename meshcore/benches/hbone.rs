@@ -121,6 +121,11 @@ async fn stream_bulk<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mu
         s.write_all(&chunk[..n]).await.unwrap();
         left -= n;
     }
+    close_and_await_ack(s).await;
+}
+
+/// Half-closes and waits for the sink's one-byte acknowledgement: one full round trip.
+async fn close_and_await_ack<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
     s.shutdown().await.unwrap();
     let mut ack = [0u8; 1];
     s.read_exact(&mut ack).await.unwrap();
@@ -172,10 +177,7 @@ fn bench_connections(c: &mut Criterion, rt: &Runtime, fx: &Fixture) {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let mut s = TcpStream::connect(fx.sink).await.unwrap();
-                    s.shutdown().await.unwrap();
-                    let mut ack = [0u8; 1];
-                    s.read_exact(&mut ack).await.unwrap();
+                    close_and_await_ack(TcpStream::connect(fx.sink).await.unwrap()).await;
                 }
                 let took = start.elapsed();
                 record("connect/plain_tcp", iters as f64, took);
@@ -190,10 +192,7 @@ fn bench_connections(c: &mut Criterion, rt: &Runtime, fx: &Fixture) {
                 for _ in 0..iters {
                     // A fresh pool forces a new TCP + mTLS + HTTP/2 connection every time.
                     let client = HboneClient::new(ClientSettings::default());
-                    let mut s = client.connect(&fx.request).await.unwrap();
-                    s.shutdown().await.unwrap();
-                    let mut ack = [0u8; 1];
-                    s.read_exact(&mut ack).await.unwrap();
+                    close_and_await_ack(client.connect(&fx.request).await.unwrap()).await;
                 }
                 let took = start.elapsed();
                 record("connect/hbone_new_connection", iters as f64, took);
@@ -207,10 +206,7 @@ fn bench_connections(c: &mut Criterion, rt: &Runtime, fx: &Fixture) {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let mut s = client.connect(&fx.request).await.unwrap();
-                    s.shutdown().await.unwrap();
-                    let mut ack = [0u8; 1];
-                    s.read_exact(&mut ack).await.unwrap();
+                    close_and_await_ack(client.connect(&fx.request).await.unwrap()).await;
                 }
                 let took = start.elapsed();
                 record("connect/hbone_pooled_stream", iters as f64, took);

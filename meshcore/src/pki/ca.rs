@@ -1,7 +1,7 @@
 //! The mesh CA: a self-signed root or a user's root/intermediate (Istio's `cacerts` layout), signing
 //! workload certificates from CSRs.
 
-use super::inspect::{parse_x509, uri_sans};
+use super::inspect::parse_x509;
 use super::keys::private_key_to_pkcs8;
 use super::{cert_to_pem, parse_pem_certs, pem_encode, verify_chain_signatures, PkiError};
 use crate::identity::SpiffeId;
@@ -368,21 +368,6 @@ impl CertificateAuthority {
     /// The signing key as PKCS#8 PEM, for persisting a generated root.
     pub fn key_pem(&self) -> &str {
         &self.key_pem
-    }
-
-    /// Checks a certificate's URI SANs the way the CA would issue them (used by tests and tools).
-    pub fn leaf_identity(leaf_der: &[u8]) -> Result<SpiffeId, PkiError> {
-        let cert = parse_x509(leaf_der, "leaf")?;
-        match uri_sans(&cert).as_slice() {
-            [uri] => uri.parse().map_err(|e| PkiError::BadCertificate {
-                what: "leaf".into(),
-                detail: format!("{e}"),
-            }),
-            other => Err(PkiError::BadCertificate {
-                what: "leaf".into(),
-                detail: format!("expected one URI SAN, found {}", other.len()),
-            }),
-        }
     }
 }
 

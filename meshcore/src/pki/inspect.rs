@@ -25,15 +25,6 @@ impl CertInfo {
     pub fn is_valid_at(&self, now: SystemTime) -> bool {
         self.not_before <= now && now <= self.not_after
     }
-
-    /// The moment half of the lifetime has passed: when a workload certificate is renewed.
-    pub fn half_life(&self) -> SystemTime {
-        let life = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default();
-        self.not_before + life / 2
-    }
 }
 
 pub(crate) fn parse_x509<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, PkiError> {
