@@ -1,9 +1,10 @@
 //! The mesh's shared core: SPIFFE identities, the PKI (CA, CSRs, certificate inspection), mutual
 //! TLS for both ends of an HBONE connection, and the HBONE tunnel itself (HTTP/2 CONNECT over
-//! that TLS) with its bidirectional copy. ztunnel, the waypoint and istiod-lite build on it.
+//! that TLS) with its bidirectional copy, and the L4 authorization engine. ztunnel, the waypoint and istiod-lite build on it.
 
 pub mod copy;
 pub mod hbone;
 pub mod identity;
 pub mod pki;
+pub mod policy;
 pub mod tls;
