@@ -34,6 +34,9 @@ pub struct ClientSettings {
     pub response_timeout: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// SO_MARK for outgoing sockets, so capture rules can tell the proxy's own traffic apart
+    /// (Istio uses 0x539). Needs CAP_NET_ADMIN; `None` leaves sockets unmarked.
+    pub socket_mark: Option<u32>,
 }
 
 impl Default for ClientSettings {
@@ -45,6 +48,7 @@ impl Default for ClientSettings {
             response_timeout: Duration::from_secs(10),
             keepalive_interval: super::KEEPALIVE_INTERVAL,
             keepalive_timeout: super::KEEPALIVE_TIMEOUT,
+            socket_mark: None,
         }
     }
 }
@@ -294,7 +298,7 @@ impl HboneClient {
         let addr = req.hbone_addr;
         let settings = &self.inner.settings;
         let setup = async {
-            let tcp = connect_tcp(addr, req.bind_ip)
+            let tcp = connect_tcp(addr, req.bind_ip, self.inner.settings.socket_mark)
                 .await
                 .map_err(|source| HboneError::Connect { addr, source })?;
             let tls_config = client_config(req.credentials.clone(), req.expected.clone());
@@ -443,12 +447,20 @@ fn build_connect(req: &ConnectRequest) -> Result<Request<()>, HboneError> {
         .map_err(|e| HboneError::Invalid(format!("CONNECT request: {e}")))
 }
 
-async fn connect_tcp(addr: SocketAddr, bind_ip: Option<IpAddr>) -> std::io::Result<TcpStream> {
+/// Opens a TCP connection from `bind_ip` (any local address if `None`), carrying `mark`.
+pub async fn connect_tcp(
+    addr: SocketAddr,
+    bind_ip: Option<IpAddr>,
+    mark: Option<u32>,
+) -> std::io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
+    if let Some(mark) = mark {
+        socket2::SockRef::from(&socket).set_mark(mark)?;
+    }
     if let Some(ip) = bind_ip {
         socket.bind(SocketAddr::new(ip, 0))?;
     }

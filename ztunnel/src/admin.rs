@@ -1,0 +1,260 @@
+//! The HTTP side doors: admin on 15000 (localhost: `/config_dump`, `/logging`,
+//! `/quitquitquit`), Prometheus metrics on 15020 (`/metrics`, `/stats/prometheus`) and
+//! readiness on 15021 (`/healthz/ready`). Plain HTTP/1.1 with hyper.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::certs::{rfc3339, CertManager};
+use crate::config::watch::SourceStatus;
+use crate::metrics::Metrics;
+use crate::proxy::{Drain, Proxy};
+
+/// Changes the log filter at run time (the process owns the subscriber).
+pub trait LogControl: Send + Sync {
+    fn current(&self) -> String;
+    fn set(&self, filter: &str) -> Result<(), String>;
+}
+
+/// The most recent policy denials, shown by `/config_dump`.
+#[derive(Default)]
+pub struct DenialLog {
+    recent: Mutex<VecDeque<Denial>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Denial {
+    pub at: String,
+    pub connection: String,
+    pub reason: String,
+}
+
+const DENIALS_KEPT: usize = 64;
+
+impl DenialLog {
+    pub fn record(&self, connection: String, reason: String) {
+        let mut recent = self.recent.lock().expect("denial log lock");
+        if recent.len() == DENIALS_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(Denial {
+            at: rfc3339(std::time::SystemTime::now()),
+            connection,
+            reason,
+        });
+    }
+
+    pub fn recent(&self) -> Vec<Denial> {
+        self.recent
+            .lock()
+            .expect("denial log lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// What the HTTP endpoints read and control.
+pub struct AdminContext {
+    pub proxy: Arc<Proxy>,
+    pub source: Arc<Mutex<SourceStatus>>,
+    pub certs: Arc<CertManager>,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<AtomicBool>,
+    pub logging: Option<Arc<dyn LogControl>>,
+    /// Notified by `/quitquitquit`: the process drains and exits.
+    pub quit: Arc<Notify>,
+}
+
+#[derive(Clone, Copy)]
+pub enum Endpoints {
+    Admin,
+    Stats,
+    Readiness,
+}
+
+/// Serves one of the HTTP listeners until draining starts.
+pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, which: Endpoints, drain: Drain) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            // Metrics stay scrapable while connections drain.
+            _ = drain.started(), if !matches!(which, Endpoints::Stats) => return,
+            _ = drain.closed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(route(&ctx, which, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(body.into()))
+        .expect("static response")
+}
+
+fn route(ctx: &AdminContext, which: Endpoints, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    match (which, req.method(), path) {
+        (Endpoints::Readiness, _, "/healthz/ready") => {
+            if ctx.ready.load(Ordering::Acquire) && !ctx.proxy.drain.is_draining() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (Endpoints::Stats, _, "/metrics" | "/stats/prometheus") => Response::builder()
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(Full::new(ctx.metrics.render().into()))
+            .expect("static response"),
+        (Endpoints::Admin, _, "/config_dump") => {
+            let body = serde_json::to_vec_pretty(&config_dump(ctx)).expect("serializable dump");
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(body.into()))
+                .expect("static response")
+        }
+        (Endpoints::Admin, _, "/logging") => logging(ctx, req.method(), req.uri().query()),
+        (Endpoints::Admin, &Method::POST, "/quitquitquit") => {
+            ctx.quit.notify_one();
+            text(StatusCode::OK, "draining\n")
+        }
+        (Endpoints::Admin, _, "/quitquitquit") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
+        }
+        (Endpoints::Admin, _, "/") => text(
+            StatusCode::OK,
+            "GET /config_dump\nGET|POST /logging?level=<filter>\nPOST /quitquitquit\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn logging(ctx: &AdminContext, method: &Method, query: Option<&str>) -> Response<Full<Bytes>> {
+    let Some(control) = &ctx.logging else {
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "log level is not adjustable in this process\n",
+        );
+    };
+    let level = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("level="));
+    match (method, level) {
+        (&Method::POST, Some(level)) | (&Method::PUT, Some(level)) => match control.set(level) {
+            Ok(()) => text(
+                StatusCode::OK,
+                format!("log level: {}\n", control.current()),
+            ),
+            Err(e) => text(
+                StatusCode::BAD_REQUEST,
+                format!("invalid level {level:?}: {e}\n"),
+            ),
+        },
+        (&Method::GET, None) => text(
+            StatusCode::OK,
+            format!("log level: {}\n", control.current()),
+        ),
+        _ => text(
+            StatusCode::BAD_REQUEST,
+            "GET /logging shows the filter; POST /logging?level=<filter> changes it\n",
+        ),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigDump {
+    served_workload: String,
+    identity: String,
+    config_version: u64,
+    config_source: SourceStatus,
+    workloads: Vec<crate::state::Workload>,
+    services: Vec<ServiceDump>,
+    policies: Vec<meshcore::policy::Authorization>,
+    /// Policies that apply to the served workload, in evaluation order.
+    served_policies: Vec<String>,
+    certificates: Vec<crate::certs::CertStatus>,
+    recent_denials: Vec<Denial>,
+    active_connections: usize,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceDump {
+    #[serde(flatten)]
+    service: crate::state::Service,
+    endpoints: Vec<String>,
+}
+
+fn config_dump(ctx: &AdminContext) -> ConfigDump {
+    let snap = ctx.proxy.state.load();
+    let served = ctx.proxy.served(&snap);
+    ConfigDump {
+        served_workload: format!(
+            "{}/{}",
+            ctx.proxy.workload.namespace, ctx.proxy.workload.name
+        ),
+        identity: ctx.proxy.identity.to_string(),
+        config_version: snap.version,
+        config_source: ctx.source.lock().expect("status lock").clone(),
+        workloads: snap.config.workloads.clone(),
+        services: snap
+            .config
+            .services
+            .iter()
+            .map(|s| ServiceDump {
+                service: s.clone(),
+                endpoints: snap
+                    .services_by_host(&s.hostname)
+                    .iter()
+                    .filter(|e| e.service.namespace == s.namespace)
+                    .flat_map(|e| {
+                        e.endpoints
+                            .iter()
+                            .map(|ep| ep.workload.workload.uid.clone())
+                    })
+                    .collect(),
+            })
+            .collect(),
+        policies: snap.config.policies.clone(),
+        served_policies: served
+            .map(|w| {
+                snap.policies_for(&w)
+                    .policies()
+                    .iter()
+                    .map(|p| p.key())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        certificates: ctx.certs.status(),
+        recent_denials: ctx.proxy.denials.recent(),
+        active_connections: ctx.proxy.drain.active(),
+    }
+}

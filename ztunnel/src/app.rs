@@ -1,0 +1,256 @@
+//! Wires a ztunnel together: binds the listeners, loads config and the first certificate, and
+//! runs until told to drain. `main` and the in-process tests start it the same way.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meshcore::hbone::{server::HboneServer, ClientSettings, HboneClient, ServerSettings};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::admin::{self, AdminContext, Endpoints, LogControl};
+use crate::certs::{CertManager, CertificateProvider, LocalCa};
+use crate::config::watch::{LocalFileSource, SourceStatus};
+use crate::metrics::Metrics;
+use crate::proxy::{self, inbound, outbound, socks5, Drain, Proxy};
+use crate::settings::Settings;
+use crate::state::StateStore;
+
+/// Istio's ztunnel ports.
+pub mod ports {
+    pub const OUTBOUND: u16 = 15001;
+    pub const INBOUND_PLAINTEXT: u16 = 15006;
+    pub const HBONE: u16 = meshcore::hbone::HBONE_PORT;
+    pub const SOCKS5: u16 = 15080;
+    pub const ADMIN: u16 = 15000;
+    pub const STATS: u16 = 15020;
+    pub const READINESS: u16 = 15021;
+}
+
+/// Where each listener ended up.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub hbone: SocketAddr,
+    pub inbound_plaintext: SocketAddr,
+    pub outbound: SocketAddr,
+    pub socks5: SocketAddr,
+    pub admin: SocketAddr,
+    pub stats: SocketAddr,
+    pub readiness: SocketAddr,
+}
+
+/// A running ztunnel.
+pub struct Ztunnel {
+    pub proxy: Arc<Proxy>,
+    pub addresses: Addresses,
+    pub metrics: Arc<Metrics>,
+    hbone_server: Arc<HboneServer>,
+    quit: Arc<Notify>,
+    drain_timeout: Duration,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("binding the {what} listener on {addr}: {e}"))
+}
+
+/// Starts a ztunnel: everything is listening and ready when this returns.
+pub async fn start(
+    settings: Settings,
+    logging: Option<Arc<dyn LogControl>>,
+) -> Result<Ztunnel, String> {
+    settings.validate()?;
+    let workload = settings
+        .proxy_workload_info
+        .clone()
+        .expect("validated: dedicated mode has PROXY_WORKLOAD_INFO");
+    let identity = workload
+        .identity(&settings.trust_domain)
+        .map_err(|e| format!("PROXY_WORKLOAD_INFO: {e}"))?;
+
+    let ip = settings.bind_address;
+    let local = settings.local_only_address();
+    let hbone_l = bind((ip, ports::HBONE).into(), "HBONE").await?;
+    let plaintext_l = bind((ip, ports::INBOUND_PLAINTEXT).into(), "inbound plaintext").await?;
+    let outbound_l = bind((ip, ports::OUTBOUND).into(), "outbound").await?;
+    let socks5_l = bind((local, ports::SOCKS5).into(), "SOCKS5").await?;
+    let admin_l = bind((local, ports::ADMIN).into(), "admin").await?;
+    let stats_l = bind((ip, ports::STATS).into(), "metrics").await?;
+    let readiness_l = bind((ip, ports::READINESS).into(), "readiness").await?;
+    let addr = |l: &TcpListener| l.local_addr().expect("bound listener");
+    let addresses = Addresses {
+        hbone: addr(&hbone_l),
+        inbound_plaintext: addr(&plaintext_l),
+        outbound: addr(&outbound_l),
+        socks5: addr(&socks5_l),
+        admin: addr(&admin_l),
+        stats: addr(&stats_l),
+        readiness: addr(&readiness_l),
+    };
+
+    let drain = Drain::default();
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(StateStore::new(&settings.trust_domain));
+    let source_status = Arc::new(Mutex::new(SourceStatus::default()));
+    if let Some(path) = &settings.local_xds_path {
+        let mut source = LocalFileSource::new(
+            path,
+            &settings.trust_domain,
+            state.clone(),
+            source_status.clone(),
+        );
+        source.poll().map_err(|e| format!("local config: {e}"))?;
+        let drain = drain.clone();
+        tokio::spawn(source.run(settings.config_poll_interval, async move {
+            drain.closed().await
+        }));
+    }
+
+    let provider: Arc<dyn CertificateProvider> = Arc::new(match &settings.ca_dir {
+        Some(dir) => LocalCa::from_dir(dir, &settings.trust_domain, settings.secret_ttl)?,
+        None => {
+            tracing::warn!("no CA_DIR: using an in-memory development CA only this process trusts");
+            LocalCa::generate(&settings.trust_domain, settings.secret_ttl)?
+        }
+    });
+    let certs = CertManager::new(provider);
+    let server_creds = certs.credentials(&identity).await?;
+    let hbone_server = HboneServer::new(
+        meshcore::tls::server_config(server_creds),
+        ServerSettings::default(),
+    );
+
+    let mark = (settings.socket_mark != 0).then_some(settings.socket_mark);
+    let metrics = Arc::new(Metrics::new());
+    let proxy = Arc::new(Proxy {
+        workload,
+        identity,
+        cluster_id: settings.cluster_id.clone(),
+        state: state.clone(),
+        certs: certs.clone(),
+        hbone: HboneClient::new(ClientSettings {
+            socket_mark: mark,
+            ..ClientSettings::default()
+        }),
+        metrics: metrics.clone(),
+        drain: drain.clone(),
+        bind_ip: (settings.bind_outbound && !ip.is_unspecified()).then_some(ip),
+        socket_mark: mark,
+        own_addresses: vec![
+            addresses.hbone,
+            addresses.inbound_plaintext,
+            addresses.outbound,
+            addresses.socks5,
+        ],
+        denials: Default::default(),
+    });
+
+    let quit = Arc::new(Notify::new());
+    let admin_ctx = Arc::new(AdminContext {
+        proxy: proxy.clone(),
+        source: source_status,
+        certs,
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        logging,
+        quit: quit.clone(),
+    });
+    for (listener, which) in [
+        (admin_l, Endpoints::Admin),
+        (stats_l, Endpoints::Stats),
+        (readiness_l, Endpoints::Readiness),
+    ] {
+        tokio::spawn(admin::serve(
+            listener,
+            admin_ctx.clone(),
+            which,
+            drain.clone(),
+        ));
+    }
+
+    let p = proxy.clone();
+    let handler = move |req| {
+        let proxy = p.clone();
+        let guard = proxy.drain.track();
+        async move {
+            let drain = proxy.drain.clone();
+            tokio::select! {
+                _ = inbound::handle_hbone(proxy, req, guard) => {}
+                _ = drain.closed() => {}
+            }
+        }
+    };
+    let d = drain.clone();
+    tokio::spawn(
+        hbone_server
+            .clone()
+            .serve(hbone_l, handler, async move { d.started().await }),
+    );
+    let p = proxy.clone();
+    tokio::spawn(proxy::accept_loop(
+        outbound_l,
+        drain.clone(),
+        "outbound",
+        move |tcp, peer, guard| outbound::handle_captured(p.clone(), tcp, peer, guard),
+    ));
+    let p = proxy.clone();
+    tokio::spawn(proxy::accept_loop(
+        plaintext_l,
+        drain.clone(),
+        "inbound plaintext",
+        move |tcp, peer, guard| inbound::handle_plaintext(p.clone(), tcp, peer, guard),
+    ));
+    let p = proxy.clone();
+    tokio::spawn(proxy::accept_loop(
+        socks5_l,
+        drain.clone(),
+        "socks5",
+        move |tcp, peer, guard| socks5::handle(p.clone(), tcp, peer, guard),
+    ));
+
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        workload = %format!("{}/{}", proxy.workload.namespace, proxy.workload.name),
+        identity = %proxy.identity,
+        hbone = %addresses.hbone,
+        socks5 = %addresses.socks5,
+        admin = %addresses.admin,
+        "ztunnel ready"
+    );
+    Ok(Ztunnel {
+        proxy,
+        addresses,
+        metrics,
+        hbone_server,
+        quit,
+        drain_timeout: settings.drain_timeout,
+    })
+}
+
+impl Ztunnel {
+    /// Completes when `/quitquitquit` is called.
+    pub async fn quit_requested(&self) {
+        self.quit.notified().await
+    }
+
+    /// Graceful shutdown: stop accepting, send GOAWAY on HBONE connections, let open
+    /// connections finish until the drain deadline, then cut what is left.
+    pub async fn shutdown(self) {
+        let drain = &self.proxy.drain;
+        tracing::info!(open = drain.active(), deadline = ?self.drain_timeout, "draining");
+        drain.start();
+        self.hbone_server.drain();
+        let left = drain.wait_idle(self.drain_timeout).await;
+        if left > 0 {
+            tracing::warn!(
+                open = left,
+                "drain deadline passed; closing remaining connections"
+            );
+        }
+        drain.close();
+        tracing::info!("ztunnel stopped");
+    }
+}

@@ -1,0 +1,320 @@
+//! Workload certificates: a provider that can issue one for an identity, and a manager that
+//! fetches on first use, caches per identity and renews at half-life.
+//!
+//! The provider is a trait so the local CA (this file) and the remote CA client (istiod-lite's
+//! CreateCertificate) plug in the same way. Renewal failures keep the valid certificate and
+//! retry with capped exponential backoff.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use meshcore::identity::SpiffeId;
+use meshcore::pki::{CertificateAuthority, Validity};
+use meshcore::tls::{Credentials, TrustRoots, WorkloadCert};
+use serde::Serialize;
+use tokio::sync::OnceCell;
+
+pub type IssueFuture<'a> = Pin<Box<dyn Future<Output = Result<WorkloadCert, String>> + Send + 'a>>;
+
+/// Something that can issue a certificate for a workload identity.
+pub trait CertificateProvider: Send + Sync + 'static {
+    fn issue<'a>(&'a self, id: &'a SpiffeId) -> IssueFuture<'a>;
+    /// The mesh roots peers are verified against.
+    fn roots(&self) -> TrustRoots;
+}
+
+/// A CA held in this process: from Istio's `cacerts` files, or generated for development.
+pub struct LocalCa {
+    ca: CertificateAuthority,
+    roots: TrustRoots,
+    ttl: Duration,
+}
+
+const DEV_ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+impl LocalCa {
+    pub fn new(ca: CertificateAuthority, ttl: Duration) -> Result<Self, String> {
+        let roots = TrustRoots::from_pem(ca.root_pem()).map_err(|e| format!("CA roots: {e}"))?;
+        Ok(Self { ca, roots, ttl })
+    }
+
+    /// A development root in memory; only this process trusts it.
+    pub fn generate(trust_domain: &str, ttl: Duration) -> Result<Self, String> {
+        let ca = CertificateAuthority::generate_root(trust_domain, DEV_ROOT_TTL)
+            .map_err(|e| format!("generating a development CA: {e}"))?;
+        Self::new(ca, ttl)
+    }
+
+    /// Loads the CA from `dir` (Istio's `cacerts` layout). An absent or empty directory gets a
+    /// generated development root written into it first (atomically, so ztunnels started
+    /// together end up sharing one root).
+    pub fn from_dir(dir: &Path, trust_domain: &str, ttl: Duration) -> Result<Self, String> {
+        let has_ca = dir.join("ca-cert.pem").exists();
+        if !has_ca {
+            let ca = CertificateAuthority::generate_root(trust_domain, DEV_ROOT_TTL)
+                .map_err(|e| format!("generating a development CA: {e}"))?;
+            persist(dir, &ca).map_err(|e| format!("writing CA into {}: {e}", dir.display()))?;
+            tracing::warn!(dir = %dir.display(), "generated a development root CA; use a real one in production");
+        }
+        let ca = CertificateAuthority::from_istio_dir(dir)
+            .map_err(|e| format!("CA in {}: {e}", dir.display()))?;
+        Self::new(ca, ttl)
+    }
+
+    pub fn authority(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+}
+
+/// Writes the CA files into a fresh sibling directory and renames it into place; when another
+/// process won the race, its CA stays and ours is dropped.
+fn persist(dir: &Path, ca: &CertificateAuthority) -> std::io::Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let tmp = parent.join(format!(
+        ".{}.tmp-{}",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("ca"),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::write(tmp.join("ca-cert.pem"), ca.ca_cert_pem())?;
+    std::fs::write(tmp.join("ca-key.pem"), ca.key_pem())?;
+    std::fs::write(tmp.join("root-cert.pem"), ca.root_pem())?;
+    std::fs::write(tmp.join("cert-chain.pem"), ca.chain_pem())?;
+    // An existing empty directory would make rename fail; remove it first (only if empty).
+    let _ = std::fs::remove_dir(dir);
+    match std::fs::rename(&tmp, dir) {
+        Ok(()) => Ok(()),
+        Err(_) if dir.join("ca-cert.pem").exists() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl CertificateProvider for LocalCa {
+    fn issue<'a>(&'a self, id: &'a SpiffeId) -> IssueFuture<'a> {
+        Box::pin(async move {
+            WorkloadCert::issue(&self.ca, id, Validity::from_now(self.ttl))
+                .map_err(|e| format!("issuing certificate for {id}: {e}"))
+        })
+    }
+
+    fn roots(&self) -> TrustRoots {
+        self.roots.clone()
+    }
+}
+
+/// One identity's certificate as the admin dump shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertStatus {
+    pub identity: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub renew_at: String,
+    pub renewals: u64,
+    pub last_error: Option<String>,
+}
+
+struct Entry {
+    cell: OnceCell<Arc<Credentials>>,
+    status: std::sync::Mutex<Option<CertStatus>>,
+}
+
+/// Caches credentials per identity and keeps them fresh.
+pub struct CertManager {
+    provider: Arc<dyn CertificateProvider>,
+    /// Copy-on-write map: lookups on the connection path are lock-free.
+    entries: ArcSwap<HashMap<SpiffeId, Arc<Entry>>>,
+    backoff_cap: Duration,
+}
+
+impl CertManager {
+    pub fn new(provider: Arc<dyn CertificateProvider>) -> Arc<Self> {
+        Arc::new(Self {
+            provider,
+            entries: ArcSwap::default(),
+            backoff_cap: Duration::from_secs(60),
+        })
+    }
+
+    /// The credentials for `id`, issuing them on first use. Concurrent first callers share one
+    /// issuance; a failed issuance is retried by the next caller.
+    pub async fn credentials(self: &Arc<Self>, id: &SpiffeId) -> Result<Arc<Credentials>, String> {
+        let entry = self.entry(id);
+        if let Some(creds) = entry.cell.get() {
+            return Ok(creds.clone());
+        }
+        let creds = entry
+            .cell
+            .get_or_try_init(|| async {
+                let cert = self.provider.issue(id).await?;
+                let renew_at = renewal_time(&cert, SystemTime::now());
+                set_status(&entry, &cert, renew_at, 0, None);
+                let creds = Credentials::new(cert, self.provider.roots());
+                tokio::spawn(renew_loop(
+                    Arc::downgrade(self),
+                    id.clone(),
+                    Arc::downgrade(&entry),
+                    creds.clone(),
+                    renew_at,
+                ));
+                Ok::<_, String>(creds)
+            })
+            .await?;
+        Ok(creds.clone())
+    }
+
+    fn entry(&self, id: &SpiffeId) -> Arc<Entry> {
+        if let Some(e) = self.entries.load().get(id) {
+            return e.clone();
+        }
+        let fresh = Arc::new(Entry {
+            cell: OnceCell::new(),
+            status: std::sync::Mutex::new(None),
+        });
+        let mut chosen = fresh.clone();
+        self.entries.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            chosen = map
+                .entry(id.clone())
+                .or_insert_with(|| fresh.clone())
+                .clone();
+            map
+        });
+        chosen
+    }
+
+    /// Every identity with a certificate, for the admin dump.
+    pub fn status(&self) -> Vec<CertStatus> {
+        let mut all: Vec<CertStatus> = self
+            .entries
+            .load()
+            .values()
+            .filter_map(|e| e.status.lock().expect("status lock").clone())
+            .collect();
+        all.sort_by(|a, b| a.identity.cmp(&b.identity));
+        all
+    }
+
+    /// Whether a certificate for `id` has been issued.
+    pub fn has(&self, id: &SpiffeId) -> bool {
+        self.entries
+            .load()
+            .get(id)
+            .is_some_and(|e| e.cell.initialized())
+    }
+}
+
+/// Half-way between now (when the certificate arrived) and its expiry: the certificate's own
+/// not-before is back-dated for clock skew and would make short-lived certificates renew at once.
+fn renewal_time(cert: &WorkloadCert, received: SystemTime) -> SystemTime {
+    let left = cert
+        .not_after()
+        .duration_since(received)
+        .unwrap_or_default();
+    received + (left / 2).max(Duration::from_secs(1))
+}
+
+fn set_status(
+    entry: &Entry,
+    cert: &WorkloadCert,
+    renew_at: SystemTime,
+    renewals: u64,
+    error: Option<String>,
+) {
+    *entry.status.lock().expect("status lock") = Some(CertStatus {
+        identity: cert.identity().to_string(),
+        not_before: rfc3339(cert.not_before()),
+        not_after: rfc3339(cert.not_after()),
+        renew_at: rfc3339(renew_at),
+        renewals,
+        last_error: error,
+    });
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "?".into())
+}
+
+async fn renew_loop(
+    manager: Weak<CertManager>,
+    id: SpiffeId,
+    entry: Weak<Entry>,
+    creds: Arc<Credentials>,
+    mut renew_at: SystemTime,
+) {
+    let mut renewals = 0;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let wait = renew_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        let (Some(manager), Some(entry)) = (manager.upgrade(), entry.upgrade()) else {
+            return;
+        };
+        match manager.provider.issue(&id).await {
+            Ok(cert) => match creds.rotate(cert) {
+                Ok(()) => {
+                    renewals += 1;
+                    backoff = Duration::from_secs(1);
+                    let current = creds.snapshot().cert.clone();
+                    renew_at = renewal_time(&current, SystemTime::now());
+                    set_status(&entry, &current, renew_at, renewals, None);
+                    tracing::debug!(identity = %id, "certificate renewed");
+                }
+                Err(e) => tracing::error!(identity = %id, "renewed certificate refused: {e}"),
+            },
+            Err(e) => {
+                // Keep serving with the valid certificate; try again soon.
+                tracing::warn!(identity = %id, retry_in = ?backoff, "certificate renewal failed: {e}");
+                let current = creds.snapshot().cert.clone();
+                renew_at = SystemTime::now() + backoff;
+                set_status(&entry, &current, renew_at, renewals, Some(e));
+                backoff = (backoff * 2).min(manager.backoff_cap);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn issues_once_per_identity_and_renews_at_half_life() {
+        let ca = LocalCa::generate("cluster.local", Duration::from_secs(2)).unwrap();
+        let manager = CertManager::new(Arc::new(ca));
+        let id = SpiffeId::new("cluster.local", "default", "sleep").unwrap();
+        let (a, b) = tokio::join!(manager.credentials(&id), manager.credentials(&id));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(Arc::ptr_eq(&a, &b), "concurrent callers share one issuance");
+        assert!(manager.has(&id));
+        let first = a.snapshot().cert.not_after();
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert!(
+            a.snapshot().cert.not_after() > first,
+            "renewed after about 1 s"
+        );
+        assert_eq!(manager.status()[0].renewals, 1);
+    }
+
+    #[test]
+    fn dev_ca_in_a_directory_is_shared() {
+        let dir = std::env::temp_dir().join(format!("zt-ca-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = LocalCa::from_dir(&dir, "cluster.local", Duration::from_secs(60)).unwrap();
+        let b = LocalCa::from_dir(&dir, "cluster.local", Duration::from_secs(60)).unwrap();
+        assert_eq!(a.authority().root_pem(), b.authority().root_pem());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

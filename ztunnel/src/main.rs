@@ -1,0 +1,71 @@
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+use ztunnel::admin::LogControl;
+use ztunnel::Settings;
+
+/// `/logging` support: the filter sits behind a reload handle.
+struct ReloadableFilter {
+    handle: reload::Handle<EnvFilter, Registry>,
+    current: Mutex<String>,
+}
+
+impl LogControl for ReloadableFilter {
+    fn current(&self) -> String {
+        self.current.lock().expect("log lock").clone()
+    }
+
+    fn set(&self, filter: &str) -> Result<(), String> {
+        let parsed = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+        self.handle.reload(parsed).map_err(|e| e.to_string())?;
+        *self.current.lock().expect("log lock") = filter.to_owned();
+        Ok(())
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let settings = Settings::parse();
+    let filter = match EnvFilter::try_new(&settings.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("ztunnel: invalid log level {:?}: {e}", settings.log_level);
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer())
+        .init();
+    let logging = Arc::new(ReloadableFilter {
+        handle,
+        current: Mutex::new(settings.log_level.clone()),
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let zt = match ztunnel::start(settings, Some(logging)).await {
+            Ok(zt) => zt,
+            Err(e) => {
+                tracing::error!("ztunnel cannot start: {e}");
+                eprintln!("ztunnel: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+            _ = zt.quit_requested() => tracing::info!("/quitquitquit called"),
+        }
+        zt.shutdown().await;
+        std::process::ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,225 @@
+//! Istio's TCP metrics (names and labels as Istio's ztunnel exports them, so existing
+//! dashboards work), recorded through the `metrics` crate into a Prometheus recorder.
+//!
+//! Each ztunnel instance owns its recorder (not the process-global one), so several instances
+//! in one process, as in tests, keep separate counts. Counters are registered once per
+//! connection, never per byte.
+
+use std::sync::Arc;
+
+use metrics::{Counter, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+
+use crate::state::{ServiceEntry, WorkloadEntry};
+
+pub const OPENED: &str = "istio_tcp_connections_opened_total";
+pub const CLOSED: &str = "istio_tcp_connections_closed_total";
+pub const FAILED: &str = "istio_tcp_connections_failed_total";
+pub const RECEIVED: &str = "istio_tcp_received_bytes_total";
+pub const SENT: &str = "istio_tcp_sent_bytes_total";
+
+static META: Metadata<'static> = Metadata::new("ztunnel", Level::INFO, Some(module_path!()));
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let describe = |name: &'static str, unit, help: &'static str| {
+            recorder.describe_counter(
+                KeyName::from_const_str(name),
+                Some(unit),
+                SharedString::const_str(help),
+            );
+        };
+        describe(OPENED, Unit::Count, "TCP connections opened");
+        describe(CLOSED, Unit::Count, "TCP connections closed");
+        describe(
+            FAILED,
+            Unit::Count,
+            "TCP connections that failed (denied by policy, upstream unreachable)",
+        );
+        describe(
+            RECEIVED,
+            Unit::Bytes,
+            "Bytes received by the destination (client to server)",
+        );
+        describe(
+            SENT,
+            Unit::Bytes,
+            "Bytes sent by the destination (server to client)",
+        );
+        Self { recorder }
+    }
+
+    /// Prometheus text exposition of everything recorded so far.
+    pub fn render(&self) -> String {
+        self.recorder.handle().render()
+    }
+
+    fn counter(&self, name: &'static str, labels: &[Label]) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels.to_vec()), &META)
+    }
+
+    /// Counts an established connection as opened; the returned record counts its bytes and
+    /// its close.
+    pub fn opened(self: &Arc<Self>, labels: ConnectionLabels) -> ConnectionRecord {
+        let labels = labels.into_labels("-");
+        self.counter(OPENED, &labels).increment(1);
+        ConnectionRecord {
+            metrics: self.clone(),
+            labels,
+        }
+    }
+
+    /// Counts a connection that could not be established (`flag`: `DENY`, `CONNECT`, ...).
+    pub fn failed(&self, labels: ConnectionLabels, flag: &'static str) {
+        let labels = labels.into_labels(flag);
+        self.counter(FAILED, &labels).increment(1);
+    }
+}
+
+/// A connection between open and close.
+pub struct ConnectionRecord {
+    metrics: Arc<Metrics>,
+    labels: Vec<Label>,
+}
+
+impl ConnectionRecord {
+    /// `received`: client → server bytes; `sent`: server → client bytes.
+    pub fn closed(self, received: u64, sent: u64) {
+        self.metrics
+            .counter(RECEIVED, &self.labels)
+            .increment(received);
+        self.metrics.counter(SENT, &self.labels).increment(sent);
+        self.metrics.counter(CLOSED, &self.labels).increment(1);
+    }
+}
+
+/// Which side reports.
+#[derive(Debug, Clone, Copy)]
+pub enum Reporter {
+    Source,
+    Destination,
+}
+
+/// The label values of one connection.
+pub struct ConnectionLabels<'a> {
+    pub reporter: Reporter,
+    pub cluster: &'a str,
+    pub source: Option<&'a WorkloadEntry>,
+    /// The source's proven (inbound) or own (outbound) identity, as `spiffe://...`.
+    pub source_principal: Option<String>,
+    pub destination: Option<&'a WorkloadEntry>,
+    pub destination_service: Option<&'a ServiceEntry>,
+    pub destination_principal: Option<String>,
+    pub mutual_tls: bool,
+}
+
+fn or_unknown(s: &str) -> String {
+    if s.is_empty() {
+        "unknown".into()
+    } else {
+        s.to_owned()
+    }
+}
+
+impl ConnectionLabels<'_> {
+    fn into_labels(self, flag: &'static str) -> Vec<Label> {
+        let mut out = Vec::with_capacity(22);
+        let mut put = |k: &'static str, v: String| out.push(Label::new(k, v));
+        put(
+            "reporter",
+            match self.reporter {
+                Reporter::Source => "source",
+                Reporter::Destination => "destination",
+            }
+            .into(),
+        );
+        let workload = |w: Option<&WorkloadEntry>, f: fn(&WorkloadEntry) -> &str| {
+            w.map_or_else(|| "unknown".to_owned(), |w| or_unknown(f(w)))
+        };
+        put(
+            "source_workload",
+            workload(self.source, |w| w.workload.metrics_name()),
+        );
+        put(
+            "source_workload_namespace",
+            workload(self.source, |w| &w.workload.namespace),
+        );
+        put(
+            "source_canonical_service",
+            workload(self.source, |w| w.workload.canonical_service()),
+        );
+        put(
+            "source_canonical_revision",
+            workload(self.source, |w| &w.workload.canonical_revision),
+        );
+        put(
+            "source_principal",
+            self.source_principal.unwrap_or_else(|| "unknown".into()),
+        );
+        let cluster = |w: Option<&WorkloadEntry>| match w {
+            None => "unknown".to_owned(),
+            Some(w) if w.workload.cluster_id.is_empty() => self.cluster.to_owned(),
+            Some(w) => w.workload.cluster_id.clone(),
+        };
+        put("source_cluster", cluster(self.source));
+        put(
+            "destination_workload",
+            workload(self.destination, |w| w.workload.metrics_name()),
+        );
+        put(
+            "destination_workload_namespace",
+            workload(self.destination, |w| &w.workload.namespace),
+        );
+        put(
+            "destination_canonical_service",
+            workload(self.destination, |w| w.workload.canonical_service()),
+        );
+        put(
+            "destination_canonical_revision",
+            workload(self.destination, |w| &w.workload.canonical_revision),
+        );
+        put(
+            "destination_principal",
+            self.destination_principal
+                .unwrap_or_else(|| "unknown".into()),
+        );
+        put("destination_cluster", cluster(self.destination));
+        let svc = self.destination_service.map(|s| &s.service);
+        put(
+            "destination_service",
+            svc.map_or_else(|| "unknown".into(), |s| s.hostname.clone()),
+        );
+        put(
+            "destination_service_name",
+            svc.map_or_else(|| "unknown".into(), |s| s.name.clone()),
+        );
+        put(
+            "destination_service_namespace",
+            svc.map_or_else(|| "unknown".into(), |s| s.namespace.clone()),
+        );
+        put("request_protocol", "tcp".into());
+        put("response_flags", flag.into());
+        put(
+            "connection_security_policy",
+            if self.mutual_tls {
+                "mutual_tls"
+            } else {
+                "unknown"
+            }
+            .into(),
+        );
+        out
+    }
+}

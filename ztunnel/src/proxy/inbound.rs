@@ -1,0 +1,168 @@
+//! Inbound: HBONE tunnels on 15008 (peer identity proven by mutual TLS) and captured plaintext
+//! on 15006 (no identity) both end in [`authorize_and_connect`]: the L4 policy engine decides,
+//! denials name the deciding policy, then ztunnel connects to the application.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::StatusCode;
+use meshcore::copy::copy_bidirectional;
+use meshcore::hbone::{client::connect_tcp, InboundConnect};
+use meshcore::identity::SpiffeId;
+use meshcore::policy::{Connection, Reason};
+use tokio::net::TcpStream;
+
+use super::{ConnectionGuard, Proxy, CONNECT_TIMEOUT};
+use crate::metrics::{ConnectionLabels, ConnectionRecord, Reporter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    #[error("the served workload {0} is not in the config")]
+    NotServed(String),
+    #[error("destination {dst} is not an address of the served workload {workload}")]
+    WrongDestination { dst: SocketAddr, workload: String },
+    #[error("destination {0} is one of ztunnel's own listeners")]
+    Loop(SocketAddr),
+    #[error("{0}")]
+    Denied(Reason),
+    #[error("connecting to the application at {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl InboundError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            InboundError::Denied(_) => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Decides the connection and, if allowed, connects to the application at `dst`.
+/// `client` is the original client's address when known (HBONE `forwarded` header).
+pub async fn authorize_and_connect(
+    proxy: &Proxy,
+    source_ip: IpAddr,
+    client: Option<SocketAddr>,
+    peer: Option<&SpiffeId>,
+    dst: SocketAddr,
+) -> Result<(TcpStream, ConnectionRecord), InboundError> {
+    if proxy.own_addresses.contains(&dst) {
+        return Err(InboundError::Loop(dst));
+    }
+    let snap = proxy.state.load();
+    let workload_key = || format!("{}/{}", proxy.workload.namespace, proxy.workload.name);
+    let served = proxy
+        .served(&snap)
+        .ok_or_else(|| InboundError::NotServed(workload_key()))?;
+    let source = snap
+        .workload_by_ip("", client.map_or(source_ip, |c| c.ip()))
+        .or_else(|| snap.workload_by_ip("", source_ip));
+    let principal = peer.map(SpiffeId::principal);
+    let labels = || ConnectionLabels {
+        reporter: Reporter::Destination,
+        cluster: &proxy.cluster_id,
+        source: source.map(|s| s.as_ref()),
+        source_principal: peer.map(ToString::to_string),
+        destination: Some(&served),
+        destination_service: None,
+        destination_principal: Some(served.identity.to_string()),
+        mutual_tls: peer.is_some(),
+    };
+    if !served.workload.workload_ips.contains(&dst.ip()) {
+        proxy.metrics.failed(labels(), "NR");
+        return Err(InboundError::WrongDestination {
+            dst,
+            workload: workload_key(),
+        });
+    }
+    let conn = Connection {
+        source_ip,
+        destination: dst,
+        identity: peer,
+        principal: principal.as_deref(),
+    };
+    let decision = snap.policies_for(&served).decide(&conn);
+    if let Some((verdict, reason)) = &decision.dry_run {
+        tracing::info!(connection = %conn, dry_run_verdict = ?verdict, "dry-run policy: {reason} (not enforced)");
+    }
+    if !decision.allowed() {
+        proxy.metrics.failed(labels(), "DENY");
+        tracing::info!(connection = %conn, "connection denied: {}", decision.reason);
+        proxy
+            .denials
+            .record(conn.to_string(), decision.reason.to_string());
+        return Err(InboundError::Denied(decision.reason));
+    }
+    let app = match tokio::time::timeout(CONNECT_TIMEOUT, connect_tcp(dst, None, None)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(source)) => {
+            proxy.metrics.failed(labels(), "CONNECT");
+            return Err(InboundError::Connect { addr: dst, source });
+        }
+        Err(_) => {
+            proxy.metrics.failed(labels(), "CONNECT");
+            return Err(InboundError::Connect {
+                addr: dst,
+                source: std::io::ErrorKind::TimedOut.into(),
+            });
+        }
+    };
+    Ok((app, proxy.metrics.opened(labels())))
+}
+
+/// One CONNECT stream on 15008.
+pub async fn handle_hbone(proxy: Arc<Proxy>, req: InboundConnect, _guard: ConnectionGuard) {
+    let peer = req.peer.clone();
+    let client = req.forwarded_for();
+    let dst = req.destination;
+    match authorize_and_connect(&proxy, req.peer_addr.ip(), client, Some(&peer), dst).await {
+        Ok((mut app, record)) => {
+            let Ok(mut tunnel) = req.accept() else {
+                record.closed(0, 0);
+                return;
+            };
+            match copy_bidirectional(&mut tunnel, &mut app).await {
+                Ok(t) => record.closed(t.a_to_b, t.b_to_a),
+                Err(e) => {
+                    tracing::debug!(%dst, "inbound tunnel ended with error: {e}");
+                    record.closed(0, 0);
+                }
+            }
+        }
+        Err(e) => {
+            if !matches!(e, InboundError::Denied(_)) {
+                tracing::warn!(peer = %peer, %dst, "inbound tunnel refused: {e}");
+            }
+            req.reject(e.status());
+        }
+    }
+}
+
+/// One captured plaintext connection on 15006: no identity, so only policies that allow
+/// unauthenticated sources let it through (STRICT PeerAuthentication refuses it).
+pub async fn handle_plaintext(
+    proxy: Arc<Proxy>,
+    mut tcp: TcpStream,
+    client: SocketAddr,
+    _guard: ConnectionGuard,
+) {
+    let dst = match super::original_dst::original_dst(&tcp) {
+        Ok(dst) => dst,
+        Err(e) => {
+            tracing::warn!(%client, "plaintext inbound without an original destination (not captured?): {e}");
+            return;
+        }
+    };
+    match authorize_and_connect(&proxy, client.ip(), Some(client), None, dst).await {
+        Ok((mut app, record)) => match copy_bidirectional(&mut tcp, &mut app).await {
+            Ok(t) => record.closed(t.a_to_b, t.b_to_a),
+            Err(_) => record.closed(0, 0),
+        },
+        Err(InboundError::Denied(_)) => {}
+        Err(e) => tracing::warn!(%client, %dst, "plaintext inbound refused: {e}"),
+    }
+}

@@ -1,0 +1,188 @@
+//! The data path. Several front doors end in two functions:
+//! - outbound (15001 capture, 15080 SOCKS5): [`outbound::open`] resolves the destination and
+//!   opens an HBONE tunnel or a plain TCP connection for the served workload;
+//! - inbound (15008 HBONE, 15006 plaintext): [`inbound::authorize_and_connect`] decides with
+//!   the L4 policy engine, then connects to the local application.
+
+pub mod inbound;
+pub mod original_dst;
+pub mod outbound;
+pub mod socks5;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshcore::hbone::HboneClient;
+use meshcore::identity::SpiffeId;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::certs::CertManager;
+use crate::metrics::Metrics;
+use crate::settings::WorkloadInfo;
+use crate::state::{StateStore, WorkloadEntry};
+
+/// Time allowed to connect to an application or a plain TCP destination.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a connection handler needs; shared by all listeners of one served workload.
+pub struct Proxy {
+    pub workload: WorkloadInfo,
+    pub identity: SpiffeId,
+    pub cluster_id: String,
+    pub state: Arc<StateStore>,
+    pub certs: Arc<CertManager>,
+    pub hbone: HboneClient,
+    pub metrics: Arc<Metrics>,
+    pub drain: Drain,
+    /// Outgoing connections are dialled from here (the workload's address), when set.
+    pub bind_ip: Option<IpAddr>,
+    pub socket_mark: Option<u32>,
+    /// ztunnel's own listener addresses: a connection "to" one of them is a loop, refused.
+    pub own_addresses: Vec<SocketAddr>,
+    pub denials: crate::admin::DenialLog,
+}
+
+impl Proxy {
+    /// The served workload as the current config describes it.
+    pub fn served(&self, snap: &crate::state::Snapshot) -> Option<Arc<WorkloadEntry>> {
+        snap.workload_by_name(&self.workload.namespace, &self.workload.name)
+            .cloned()
+    }
+}
+
+/// Graceful shutdown: listeners stop accepting once draining starts, and every connection
+/// holds a [`ConnectionGuard`] so shutdown can wait for the open ones to finish.
+#[derive(Clone)]
+pub struct Drain {
+    inner: Arc<DrainInner>,
+}
+
+/// Phases of a shutdown.
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const CLOSED: u8 = 2;
+
+struct DrainInner {
+    signal: watch::Sender<u8>,
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(DrainInner {
+                signal: watch::Sender::new(RUNNING),
+                active: AtomicUsize::new(0),
+                idle: Notify::new(),
+            }),
+        }
+    }
+}
+
+impl Drain {
+    /// Stops accepting; open connections carry on.
+    pub fn start(&self) {
+        self.inner.signal.send_if_modified(|s| {
+            let changed = *s == RUNNING;
+            *s = (*s).max(DRAINING);
+            changed
+        });
+    }
+
+    /// Ends whatever is still open (the drain deadline passed).
+    pub fn close(&self) {
+        self.inner.signal.send_replace(CLOSED);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.inner.signal.borrow() != RUNNING
+    }
+
+    /// Completes once draining starts.
+    pub async fn started(&self) {
+        let mut rx = self.inner.signal.subscribe();
+        let _ = rx.wait_for(|s| *s != RUNNING).await;
+    }
+
+    /// Completes once the drain deadline has passed.
+    pub async fn closed(&self) {
+        let mut rx = self.inner.signal.subscribe();
+        let _ = rx.wait_for(|s| *s == CLOSED).await;
+    }
+
+    /// Runs `fut` as a tracked connection that is cut when the drain deadline passes.
+    pub fn spawn_connection<F>(&self, fut: impl FnOnce(ConnectionGuard) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let fut = fut(self.track());
+        let drain = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = fut => {}
+                _ = drain.closed() => {}
+            }
+        });
+    }
+
+    pub fn track(&self) -> ConnectionGuard {
+        self.inner.active.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(self.inner.clone())
+    }
+
+    pub fn active(&self) -> usize {
+        self.inner.active.load(Ordering::Relaxed)
+    }
+
+    /// Waits until no connection is open, or `deadline` passes; returns how many were left.
+    pub async fn wait_idle(&self, deadline: Duration) -> usize {
+        let wait = async {
+            loop {
+                let notified = self.inner.idle.notified();
+                if self.active() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(deadline, wait).await;
+        self.active()
+    }
+}
+
+pub struct ConnectionGuard(Arc<DrainInner>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Accepts on `listener` until draining starts, handing each connection to `handle`.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, drain: Drain, name: &'static str, handle: F)
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr, ConnectionGuard) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            _ = drain.started() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    drain.spawn_connection(|guard| handle(tcp, peer, guard));
+                }
+                Err(e) => {
+                    tracing::warn!(listener = name, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}

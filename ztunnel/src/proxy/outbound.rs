@@ -1,0 +1,302 @@
+//! Outbound: from the served workload to wherever it connects. A workload that speaks HBONE
+//! is reached through a tunnel to `<its ip>:15008` with the served workload's certificate,
+//! expecting the destination's service account (plus the service's subjectAltNames); anything
+//! else gets plain TCP, and addresses outside the mesh's view pass through untouched.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use meshcore::copy::copy_bidirectional;
+use meshcore::hbone::{
+    client::connect_tcp, Baggage, ConnectRequest, H2Stream, HboneError, HBONE_PORT,
+};
+use meshcore::identity::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::{ConnectionGuard, Proxy, CONNECT_TIMEOUT};
+use crate::metrics::{ConnectionLabels, ConnectionRecord, Reporter};
+use crate::state::{Destination, Protocol, WorkloadEntry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error("destination {0} is one of ztunnel's own listeners")]
+    Loop(SocketAddr),
+    #[error("service {0} has no healthy endpoint")]
+    NoHealthyEndpoint(String),
+    #[error("service {service} has no port {port}")]
+    UnknownServicePort { service: String, port: u16 },
+    #[error("workload {0} has no address")]
+    NoAddress(String),
+    #[error("certificate for {0}: {1}")]
+    Certificate(SpiffeId, String),
+    #[error("denied by the destination's authorization policy (HBONE 401)")]
+    Denied,
+    #[error("{0}")]
+    Hbone(HboneError),
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl OutboundError {
+    /// Istio's `response_flags` for the failure.
+    pub fn response_flag(&self) -> &'static str {
+        match self {
+            OutboundError::Denied => "DENY",
+            OutboundError::NoHealthyEndpoint(_) | OutboundError::UnknownServicePort { .. } => "NR",
+            _ => "CONNECT",
+        }
+    }
+}
+
+pub enum Upstream {
+    Hbone(H2Stream),
+    Tcp(TcpStream),
+}
+
+/// An established outbound connection, ready to relay.
+pub struct Opened {
+    pub upstream: Upstream,
+    pub record: ConnectionRecord,
+    /// Where it went, for the access log.
+    pub route: String,
+}
+
+/// Resolves `dst` and opens the upstream side for a connection from `client`.
+pub async fn open(
+    proxy: &Proxy,
+    client: SocketAddr,
+    dst: SocketAddr,
+) -> Result<Opened, OutboundError> {
+    if proxy.own_addresses.contains(&dst) {
+        return Err(OutboundError::Loop(dst));
+    }
+    let snap = proxy.state.load();
+    let source = proxy.served(&snap);
+    let (workload, service, port) = match snap.resolve(dst) {
+        Destination::Service {
+            service,
+            workload,
+            port,
+        } => (Some(workload), Some(service), port),
+        Destination::Workload { workload, port } => (Some(workload), None, port),
+        Destination::Unknown => (None, None, dst.port()),
+        Destination::NoHealthyEndpoint { service } => {
+            return Err(fail(
+                proxy,
+                source.as_deref(),
+                None,
+                OutboundError::NoHealthyEndpoint(service.service.key()),
+            ));
+        }
+        Destination::UnknownServicePort { service, port } => {
+            return Err(fail(
+                proxy,
+                source.as_deref(),
+                None,
+                OutboundError::UnknownServicePort {
+                    service: service.service.key(),
+                    port,
+                },
+            ));
+        }
+    };
+    let labels = |mtls: bool| ConnectionLabels {
+        reporter: Reporter::Source,
+        cluster: &proxy.cluster_id,
+        source: source.as_deref(),
+        source_principal: Some(proxy.identity.to_string()),
+        destination: workload.map(|w| w.as_ref()),
+        destination_service: service.map(|s| s.as_ref()),
+        destination_principal: workload
+            .filter(|w| w.workload.protocol == Protocol::HBONE)
+            .map(|w| w.identity.to_string()),
+        mutual_tls: mtls,
+    };
+    let result = match workload {
+        Some(w) if w.workload.protocol == Protocol::HBONE => {
+            let expected = expected_identities(w, service.map(|s| &s.service.subject_alt_names));
+            let target = SocketAddr::new(workload_ip(w, dst)?, port);
+            tunnel(proxy, source.as_deref(), client, target, expected)
+                .await
+                .map(|s| {
+                    (
+                        Upstream::Hbone(s),
+                        format!("{target} via HBONE as {}", w.identity),
+                    )
+                })
+        }
+        Some(w) => {
+            let target = SocketAddr::new(workload_ip(w, dst)?, port);
+            plain(proxy, target)
+                .await
+                .map(|t| (Upstream::Tcp(t), format!("{target} plain TCP")))
+        }
+        None => plain(proxy, dst)
+            .await
+            .map(|t| (Upstream::Tcp(t), format!("{dst} passthrough"))),
+    };
+    match result {
+        Ok((upstream, route)) => {
+            let mtls = matches!(upstream, Upstream::Hbone(_));
+            Ok(Opened {
+                upstream,
+                record: proxy.metrics.opened(labels(mtls)),
+                route,
+            })
+        }
+        Err(e) => {
+            proxy.metrics.failed(labels(false), e.response_flag());
+            Err(e)
+        }
+    }
+}
+
+fn fail(
+    proxy: &Proxy,
+    source: Option<&WorkloadEntry>,
+    dst: Option<&WorkloadEntry>,
+    e: OutboundError,
+) -> OutboundError {
+    proxy.metrics.failed(
+        ConnectionLabels {
+            reporter: Reporter::Source,
+            cluster: &proxy.cluster_id,
+            source,
+            source_principal: Some(proxy.identity.to_string()),
+            destination: dst,
+            destination_service: None,
+            destination_principal: None,
+            mutual_tls: false,
+        },
+        e.response_flag(),
+    );
+    e
+}
+
+/// The destination's service account, plus the service's subjectAltNames.
+fn expected_identities(w: &WorkloadEntry, sans: Option<&Vec<String>>) -> Vec<SpiffeId> {
+    let mut ids = vec![w.identity.clone()];
+    for san in sans.into_iter().flatten() {
+        let body = san.strip_prefix("spiffe://").unwrap_or(san);
+        if let Ok(id) = SpiffeId::from_principal(body) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
+/// The workload's address in the family the client used, else its first.
+fn workload_ip(w: &WorkloadEntry, dst: SocketAddr) -> Result<std::net::IpAddr, OutboundError> {
+    let ips = &w.workload.workload_ips;
+    ips.iter()
+        .find(|ip| ip.is_ipv4() == dst.is_ipv4())
+        .or(ips.first())
+        .copied()
+        .ok_or_else(|| OutboundError::NoAddress(w.workload.uid.clone()))
+}
+
+async fn tunnel(
+    proxy: &Proxy,
+    source: Option<&WorkloadEntry>,
+    client: SocketAddr,
+    target: SocketAddr,
+    expected: Vec<SpiffeId>,
+) -> Result<H2Stream, OutboundError> {
+    let credentials = proxy
+        .certs
+        .credentials(&proxy.identity)
+        .await
+        .map_err(|e| OutboundError::Certificate(proxy.identity.clone(), e))?;
+    let baggage = source.map(|s| Baggage {
+        cluster: Some(if s.workload.cluster_id.is_empty() {
+            proxy.cluster_id.clone()
+        } else {
+            s.workload.cluster_id.clone()
+        }),
+        namespace: Some(s.workload.namespace.clone()),
+        workload_kind: (!s.workload.workload_type.is_empty())
+            .then(|| s.workload.workload_type.clone()),
+        workload_name: Some(s.workload.metrics_name().to_owned()),
+        service_name: Some(s.workload.canonical_service().to_owned()),
+        service_version: (!s.workload.canonical_revision.is_empty())
+            .then(|| s.workload.canonical_revision.clone()),
+    });
+    let req = ConnectRequest {
+        credentials,
+        expected,
+        hbone_addr: SocketAddr::new(target.ip(), HBONE_PORT),
+        target,
+        source: Some(client),
+        bind_ip: proxy.bind_ip,
+        baggage,
+        trace: None,
+    };
+    proxy.hbone.connect(&req).await.map_err(|e| match e {
+        HboneError::Refused { status, .. } if status == http::StatusCode::UNAUTHORIZED => {
+            OutboundError::Denied
+        }
+        e => OutboundError::Hbone(e),
+    })
+}
+
+async fn plain(proxy: &Proxy, addr: SocketAddr) -> Result<TcpStream, OutboundError> {
+    let bind = proxy.bind_ip.filter(|ip| ip.is_ipv4() == addr.is_ipv4());
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect_tcp(addr, bind, proxy.socket_mark)).await {
+        Ok(Ok(tcp)) => Ok(tcp),
+        Ok(Err(source)) => Err(OutboundError::Connect { addr, source }),
+        Err(_) => Err(OutboundError::Connect {
+            addr,
+            source: std::io::ErrorKind::TimedOut.into(),
+        }),
+    }
+}
+
+/// Copies between the client and the opened upstream until both sides close, then records
+/// the bytes.
+pub async fn relay<D>(mut downstream: D, opened: Opened)
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let result = match opened.upstream {
+        Upstream::Hbone(mut s) => copy_bidirectional(&mut downstream, &mut s).await,
+        Upstream::Tcp(mut t) => copy_bidirectional(&mut downstream, &mut t).await,
+    };
+    match result {
+        Ok(t) => {
+            tracing::debug!(route = %opened.route, sent = t.a_to_b, received = t.b_to_a, "outbound connection closed");
+            opened.record.closed(t.a_to_b, t.b_to_a);
+        }
+        Err(e) => {
+            tracing::debug!(route = %opened.route, "outbound connection ended with error: {e}");
+            opened.record.closed(0, 0);
+        }
+    }
+}
+
+/// The 15001 listener's handler: a captured connection, addressed to its original destination.
+pub async fn handle_captured(
+    proxy: Arc<Proxy>,
+    tcp: TcpStream,
+    client: SocketAddr,
+    _guard: ConnectionGuard,
+) {
+    let dst = match super::original_dst::original_dst(&tcp) {
+        Ok(dst) => dst,
+        Err(e) => {
+            tracing::warn!(%client, "outbound connection without an original destination (not captured?): {e}");
+            return;
+        }
+    };
+    match open(&proxy, client, dst).await {
+        Ok(opened) => relay(tcp, opened).await,
+        Err(e) => {
+            tracing::info!(%client, %dst, flag = e.response_flag(), "outbound connection failed: {e}")
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! SOCKS5 (RFC 1928) on 15080, for sending traffic through ztunnel without capture: no
+//! authentication, CONNECT only, IPv4, IPv6 and domain names (a mesh service's hostname
+//! resolves to its VIP; other names through the system resolver).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::outbound::{self, OutboundError};
+use super::{ConnectionGuard, Proxy};
+
+const VERSION: u8 = 5;
+const NO_AUTH: u8 = 0;
+const NO_ACCEPTABLE_METHOD: u8 = 0xff;
+const CMD_CONNECT: u8 = 1;
+
+/// Reply codes.
+const SUCCEEDED: u8 = 0;
+const GENERAL_FAILURE: u8 = 1;
+const NOT_ALLOWED: u8 = 2;
+const HOST_UNREACHABLE: u8 = 4;
+const CONNECTION_REFUSED: u8 = 5;
+const COMMAND_NOT_SUPPORTED: u8 = 7;
+const ADDRESS_TYPE_NOT_SUPPORTED: u8 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocksError {
+    #[error("reading the SOCKS request: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not SOCKS5 (version byte {0})")]
+    Version(u8),
+    #[error("client offers no 'no authentication' method")]
+    NoMethod,
+    #[error("command {0} is not supported (only CONNECT)")]
+    Command(u8),
+    #[error("address type {0} is not supported")]
+    AddressType(u8),
+    #[error("cannot resolve {0:?}")]
+    Resolve(String),
+}
+
+/// Reads the greeting and the CONNECT request; answers method selection, and answers failures
+/// itself. Returns the destination.
+pub async fn handshake(tcp: &mut TcpStream, proxy: &Proxy) -> Result<SocketAddr, SocksError> {
+    let mut head = [0u8; 2];
+    tcp.read_exact(&mut head).await?;
+    if head[0] != VERSION {
+        return Err(SocksError::Version(head[0]));
+    }
+    let mut methods = vec![0u8; head[1] as usize];
+    tcp.read_exact(&mut methods).await?;
+    if !methods.contains(&NO_AUTH) {
+        tcp.write_all(&[VERSION, NO_ACCEPTABLE_METHOD]).await?;
+        return Err(SocksError::NoMethod);
+    }
+    tcp.write_all(&[VERSION, NO_AUTH]).await?;
+
+    let mut req = [0u8; 4];
+    tcp.read_exact(&mut req).await?;
+    if req[0] != VERSION {
+        return Err(SocksError::Version(req[0]));
+    }
+    if req[1] != CMD_CONNECT {
+        reply(tcp, COMMAND_NOT_SUPPORTED).await?;
+        return Err(SocksError::Command(req[1]));
+    }
+    let ip: IpAddr = match req[3] {
+        1 => {
+            let mut b = [0u8; 4];
+            tcp.read_exact(&mut b).await?;
+            Ipv4Addr::from(b).into()
+        }
+        4 => {
+            let mut b = [0u8; 16];
+            tcp.read_exact(&mut b).await?;
+            Ipv6Addr::from(b).into()
+        }
+        3 => {
+            let len = tcp.read_u8().await? as usize;
+            let mut name = vec![0u8; len];
+            tcp.read_exact(&mut name).await?;
+            let name = String::from_utf8_lossy(&name).into_owned();
+            match resolve(proxy, &name).await {
+                Some(ip) => ip,
+                None => {
+                    reply(tcp, HOST_UNREACHABLE).await?;
+                    return Err(SocksError::Resolve(name));
+                }
+            }
+        }
+        other => {
+            reply(tcp, ADDRESS_TYPE_NOT_SUPPORTED).await?;
+            return Err(SocksError::AddressType(other));
+        }
+    };
+    let port = tcp.read_u16().await?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// A mesh service hostname (preferring the served workload's namespace), else DNS.
+async fn resolve(proxy: &Proxy, name: &str) -> Option<IpAddr> {
+    let snap = proxy.state.load();
+    let services = snap.services_by_host(name);
+    let best = services
+        .iter()
+        .find(|s| s.service.namespace == proxy.workload.namespace)
+        .or(services.first());
+    if let Some(vip) = best.and_then(|s| s.service.vips.first()) {
+        return Some(vip.ip);
+    }
+    tokio::net::lookup_host((name, 0))
+        .await
+        .ok()?
+        .next()
+        .map(|a| a.ip())
+}
+
+async fn reply(tcp: &mut TcpStream, code: u8) -> std::io::Result<()> {
+    // Bound address: unspecified; clients do not need it.
+    tcp.write_all(&[VERSION, code, 0, 1, 0, 0, 0, 0, 0, 0])
+        .await
+}
+
+fn reply_code(e: &OutboundError) -> u8 {
+    match e {
+        OutboundError::Denied | OutboundError::Loop(_) => NOT_ALLOWED,
+        OutboundError::NoHealthyEndpoint(_) | OutboundError::NoAddress(_) => HOST_UNREACHABLE,
+        OutboundError::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+        {
+            CONNECTION_REFUSED
+        }
+        _ => GENERAL_FAILURE,
+    }
+}
+
+/// The 15080 listener's handler.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    mut tcp: TcpStream,
+    client: SocketAddr,
+    _guard: ConnectionGuard,
+) {
+    let dst = match handshake(&mut tcp, &proxy).await {
+        Ok(dst) => dst,
+        Err(e) => {
+            tracing::info!(%client, "SOCKS5 request refused: {e}");
+            return;
+        }
+    };
+    match outbound::open(&proxy, client, dst).await {
+        Ok(opened) => {
+            if reply(&mut tcp, SUCCEEDED).await.is_ok() {
+                outbound::relay(tcp, opened).await;
+            } else {
+                opened.record.closed(0, 0);
+            }
+        }
+        Err(e) => {
+            tracing::info!(%client, %dst, flag = e.response_flag(), "outbound connection failed: {e}");
+            let _ = reply(&mut tcp, reply_code(&e)).await;
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Process settings: Istio ztunnel's environment variables, each with a matching flag.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use meshcore::identity::{self, SpiffeId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyMode {
+    /// One ztunnel per node serving every enrolled pod through in-pod capture (needs the node
+    /// agent; not available yet).
+    Shared,
+    /// Serve exactly one workload, named by PROXY_WORKLOAD_INFO.
+    Dedicated,
+}
+
+/// ztunnel: the per-node L4 proxy of the ambient mesh.
+///
+/// Carries workload TCP traffic over HBONE (HTTP/2 CONNECT over mutual TLS with SPIFFE
+/// identities), enforces L4 AuthorizationPolicy on inbound connections and exports Istio's TCP
+/// metrics. Every flag can also be set through the environment variable shown.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ztunnel", version, about, long_about)]
+pub struct Settings {
+    /// YAML file with workloads, services and policies in the shape of Istio ztunnel's local
+    /// config. Re-read when it changes; a broken file keeps the last good state.
+    #[arg(long, env = "LOCAL_XDS_PATH")]
+    pub local_xds_path: Option<PathBuf>,
+
+    /// How workloads are served.
+    #[arg(long, env = "PROXY_MODE", value_enum, default_value = "dedicated")]
+    pub proxy_mode: ProxyMode,
+
+    /// The workload served in dedicated mode, as `namespace/name/serviceaccount`.
+    #[arg(long, env = "PROXY_WORKLOAD_INFO", value_parser = parse_workload_info)]
+    pub proxy_workload_info: Option<WorkloadInfo>,
+
+    /// Trust domain of the mesh's SPIFFE identities.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+
+    /// Cluster name reported in metrics and baggage.
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+
+    /// Directory holding the mesh CA in Istio's `cacerts` layout (ca-cert.pem, ca-key.pem,
+    /// cert-chain.pem, root-cert.pem). An absent or empty directory gets a freshly generated
+    /// development root, so several local ztunnels pointed at it share one CA. Without this
+    /// flag a development CA lives in memory only.
+    #[arg(long, env = "CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+
+    /// Lifetime of workload certificates (e.g. `24h`, `90m`, `45s`); renewed at half-life.
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub secret_ttl: Duration,
+
+    /// Log filter, `RUST_LOG` syntax (`info`, `ztunnel=debug,info`); changeable at run time
+    /// through the admin endpoint `/logging`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// Address every listener binds to. Listeners meant for localhost only (admin 15000,
+    /// SOCKS5 15080) use 127.0.0.1 while this is unspecified (0.0.0.0 or ::). Give each local
+    /// instance its own 127.0.0.x to run several on one host.
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+
+    /// Dial outgoing connections from the bind address (when it is a specific address), so
+    /// peers see the workload's address as the source.
+    #[arg(long, env = "BIND_OUTBOUND", default_value_t = true, action = clap::ArgAction::Set)]
+    pub bind_outbound: bool,
+
+    /// SO_MARK on ztunnel's outgoing sockets so capture rules let them pass (0 disables).
+    /// Setting it needs CAP_NET_ADMIN; without it sockets go unmarked.
+    #[arg(long, env = "SOCKET_MARK", default_value = "0x539", value_parser = parse_mark)]
+    pub socket_mark: u32,
+
+    /// How long open connections may run on after SIGTERM or `/quitquitquit`.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// How often the local config file is checked for changes.
+    #[arg(long, env = "LOCAL_XDS_POLL", default_value = "250ms", value_parser = parse_duration)]
+    pub config_poll_interval: Duration,
+}
+
+impl Settings {
+    /// Settings with every default, as a test or embedding program starts from.
+    pub fn defaults() -> Self {
+        Settings::parse_from(["ztunnel"])
+    }
+
+    /// Checks what flags alone cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        identity::validate_trust_domain(&self.trust_domain).map_err(|e| e.to_string())?;
+        match (self.proxy_mode, &self.proxy_workload_info) {
+            (ProxyMode::Dedicated, None) => Err(
+                "PROXY_MODE=dedicated needs PROXY_WORKLOAD_INFO=namespace/name/serviceaccount"
+                    .into(),
+            ),
+            (ProxyMode::Shared, _) => Err(
+                "PROXY_MODE=shared serves pods through in-pod capture handed over by the node \
+                 agent, which this build does not have yet; run one ztunnel per workload with \
+                 PROXY_MODE=dedicated and PROXY_WORKLOAD_INFO"
+                    .into(),
+            ),
+            (ProxyMode::Dedicated, Some(_)) => Ok(()),
+        }
+    }
+
+    /// The address of a listener meant for localhost only.
+    pub fn local_only_address(&self) -> IpAddr {
+        if self.bind_address.is_unspecified() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            self.bind_address
+        }
+    }
+}
+
+/// `namespace/name/serviceaccount`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadInfo {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+}
+
+impl WorkloadInfo {
+    pub fn identity(&self, trust_domain: &str) -> Result<SpiffeId, identity::IdentityError> {
+        SpiffeId::new(trust_domain, &self.namespace, &self.service_account)
+    }
+}
+
+fn parse_workload_info(s: &str) -> Result<WorkloadInfo, String> {
+    match s.split('/').collect::<Vec<_>>()[..] {
+        [ns, name, sa] if !ns.is_empty() && !name.is_empty() && !sa.is_empty() => {
+            Ok(WorkloadInfo {
+                namespace: ns.into(),
+                name: name.into(),
+                service_account: sa.into(),
+            })
+        }
+        _ => Err(format!(
+            "{s:?} is not namespace/name/serviceaccount (three non-empty parts)"
+        )),
+    }
+}
+
+/// `250ms`, `45s`, `90m`, `24h` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 250ms, 30s, 90m or 24h"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    })
+}
+
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let parsed = match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|_| format!("{s:?} is not a socket mark (decimal or 0x-hex)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_marks() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse_mark("0x539"), Ok(1337));
+        assert_eq!(parse_mark("0"), Ok(0));
+    }
+
+    #[test]
+    fn workload_info_and_mode_rules() {
+        let s = Settings::parse_from(["ztunnel", "--proxy-workload-info", "default/sleep-1/sleep"]);
+        assert_eq!(
+            s.proxy_workload_info.as_ref().unwrap().service_account,
+            "sleep"
+        );
+        assert_eq!(s.validate(), Ok(()));
+        assert!(Settings::try_parse_from(["ztunnel", "--proxy-workload-info", "a/b"]).is_err());
+        assert!(Settings::defaults()
+            .validate()
+            .unwrap_err()
+            .contains("PROXY_WORKLOAD_INFO"));
+    }
+}
