@@ -113,6 +113,7 @@ impl CertificateProvider for LocalCa {
 
 /// One identity's certificate as the admin dump shows it.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CertStatus {
     pub identity: String,
     pub not_before: String,

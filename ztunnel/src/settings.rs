@@ -134,6 +134,13 @@ impl WorkloadInfo {
     }
 }
 
+impl std::str::FromStr for WorkloadInfo {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_workload_info(s)
+    }
+}
+
 fn parse_workload_info(s: &str) -> Result<WorkloadInfo, String> {
     match s.split('/').collect::<Vec<_>>()[..] {
         [ns, name, sa] if !ns.is_empty() && !name.is_empty() && !sa.is_empty() => {

@@ -12,6 +12,7 @@ use crate::state::StateStore;
 
 /// What the admin dump and readiness report about the config source.
 #[derive(Debug, Default, Serialize, Clone)]
+#[serde(rename_all = "camelCase")]
 pub struct SourceStatus {
     pub path: Option<PathBuf>,
     /// Snapshot version of the last good load.

@@ -1,0 +1,249 @@
+//! Transparent capture, as root: two network namespaces joined by a veth pair, nftables in the
+//! client's namespace redirecting its outbound TCP to ztunnel's 15001 (ztunnel's own sockets
+//! carry mark 0x539 and pass), and in the server's namespace redirecting inbound TCP (except
+//! 15008) to 15006. A plain `connect()` from the client is carried over HBONE; a plaintext
+//! connection into the server is held to the policies (STRICT refuses it).
+//!
+//! Without root, or without `ip`/`nft`, the test says SKIPPED loudly and passes.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::Mesh;
+
+const CLIENT_IP: &str = "10.201.0.1";
+const SERVER_IP: &str = "10.201.0.2";
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("-V").output().is_ok() || Command::new(tool).arg("help").output().is_ok()
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect(args[0]);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Network namespaces and processes made by the test; removed on drop, also after a panic.
+struct Lab {
+    client_ns: String,
+    server_ns: String,
+    children: Vec<Child>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.client_ns, &self.server_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Runs `f` on a thread inside the named network namespace (sockets it creates live there).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).expect("netns file");
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: z\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn wait_ready(ns: &str, ip: &str) {
+    let addr: SocketAddr = format!("{ip}:15021").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let ok = in_netns(ns, move || http_get(addr, "/healthz/ready"));
+        if ok.is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("ztunnel in {ns} never became ready");
+}
+
+fn metric_line_count(body: &str, name: &str, labels: &[&str]) -> u64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|kv| l.contains(kv)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+        .sum()
+}
+
+#[test]
+fn captured_connect_is_tunnelled_and_plaintext_inbound_is_held_to_policy() {
+    if unsafe { libc::geteuid() } != 0 || !have("ip") || !have("nft") {
+        eprintln!("SKIPPED captured_connect_is_tunnelled: needs root plus `ip` (iproute2) and `nft` (nftables); scripts/test installs them");
+        return;
+    }
+    let mesh = Mesh::new();
+    let id = std::process::id();
+    let mut lab = Lab {
+        client_ns: format!("zt-cli-{id}"),
+        server_ns: format!("zt-srv-{id}"),
+        children: Vec::new(),
+    };
+    let (c, s) = (lab.client_ns.clone(), lab.server_ns.clone());
+    let (vc, vs) = (format!("ztc{id}"), format!("zts{id}"));
+    run(&["ip", "netns", "add", &c]);
+    run(&["ip", "netns", "add", &s]);
+    run(&[
+        "ip", "link", "add", &vc, "netns", &c, "type", "veth", "peer", "name", &vs, "netns", &s,
+    ]);
+    for (ns, dev, ip) in [(&c, &vc, CLIENT_IP), (&s, &vs, SERVER_IP)] {
+        run(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            dev,
+        ]);
+        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+    // Client pod: outbound TCP not marked by ztunnel → 15001.
+    run(&["ip", "netns", "exec", &c, "nft", "add table ip ztunnel; add chain ip ztunnel output { type nat hook output priority -100; }; add rule ip ztunnel output meta l4proto tcp meta mark != 0x539 ip daddr != 127.0.0.0/8 redirect to :15001"]);
+    // Server pod: inbound TCP from outside, except HBONE → 15006.
+    run(&["ip", "netns", "exec", &s, "nft", "add table ip ztunnel; add chain ip ztunnel prerouting { type nat hook prerouting priority -100; }; add rule ip ztunnel prerouting iifname != lo meta l4proto tcp tcp dport != 15008 redirect to :15006"]);
+
+    mesh.write_config(&format!(
+        r#"
+workloads:
+- {{name: client, namespace: default, serviceAccount: client, workloadIps: [{CLIENT_IP}], protocol: HBONE}}
+- {{name: server, namespace: default, serviceAccount: server, workloadIps: [{SERVER_IP}], protocol: HBONE,
+   authorizationPolicies: [istio-system/strict]}}
+policies:
+- {{name: strict, namespace: istio-system, scope: WorkloadSelector, action: Deny,
+   rules: [[[{{notPrincipals: [!Presence []]}}]]]}}
+"#
+    ));
+    let log_dir = mesh.dir.clone();
+    let spawn = |ns: &str, workload: &str, bind: &str, log: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_ztunnel")])
+            .env("PROXY_WORKLOAD_INFO", workload)
+            .env("LOCAL_XDS_PATH", &mesh.config)
+            .env("CA_DIR", mesh.dir.join("ca"))
+            .env("BIND_ADDRESS", bind)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(File::create(log_dir.join(log)).unwrap())
+            .spawn()
+            .expect("ztunnel in netns")
+    };
+    lab.children
+        .push(spawn(&s, "default/server/server", SERVER_IP, "server.log"));
+    wait_ready(&s, SERVER_IP);
+    lab.children
+        .push(spawn(&c, "default/client/client", "0.0.0.0", "client.log"));
+    wait_ready(&c, "127.0.0.1");
+
+    // The application: an echo server that prefixes what it returns with the peer it saw.
+    let listener = in_netns(&s, || TcpListener::bind((SERVER_IP, 8080)).unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let peer = conn.peer_addr().unwrap().ip().to_string();
+                let mut buf = [0u8; 64];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let _ = conn.write_all(format!("{peer}|").as_bytes());
+                let _ = conn.write_all(&buf[..n]);
+            });
+        }
+    });
+
+    // A plain connect() from the client pod to the server's address.
+    let reply = in_netns(&c, || {
+        let mut tcp = TcpStream::connect((SERVER_IP, 8080)).expect("connect from client pod");
+        tcp.write_all(b"hello").unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).unwrap();
+        out
+    });
+    // The server application was reached by the server's ztunnel (its own address), not the client.
+    assert_eq!(
+        reply,
+        format!("{SERVER_IP}|hello"),
+        "logs in {}",
+        log_dir.display()
+    );
+
+    let stats: SocketAddr = format!("{SERVER_IP}:15020").parse().unwrap();
+    let metrics = in_netns(&s, move || http_get(stats, "/metrics")).unwrap();
+    let tunnelled = [
+        "reporter=\"destination\"",
+        "connection_security_policy=\"mutual_tls\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/client\"",
+    ];
+    assert_eq!(
+        metric_line_count(&metrics, "istio_tcp_connections_opened_total", &tunnelled),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_line_count(&metrics, "istio_tcp_received_bytes_total", &tunnelled),
+        5
+    );
+
+    // Plaintext into the server pod, bypassing the client's capture with ztunnel's mark: it is
+    // redirected to 15006, has no identity, and STRICT (deny without principal) refuses it.
+    let refused = in_netns(&c, || {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_mark(0x539).unwrap();
+        sock.connect(&SocketAddr::from(([10, 201, 0, 2], 8080)).into())
+            .unwrap();
+        let mut tcp: TcpStream = sock.into();
+        let _ = tcp.write_all(b"plain");
+        let mut out = Vec::new();
+        let _ = tcp.read_to_end(&mut out);
+        out
+    });
+    assert!(
+        refused.is_empty(),
+        "plaintext reached the application: {:?}",
+        String::from_utf8_lossy(&refused)
+    );
+    let metrics = in_netns(&s, move || http_get(stats, "/metrics")).unwrap();
+    let denied = [
+        "response_flags=\"DENY\"",
+        "connection_security_policy=\"unknown\"",
+    ];
+    assert_eq!(
+        metric_line_count(&metrics, "istio_tcp_connections_failed_total", &denied),
+        1,
+        "{metrics}"
+    );
+}

@@ -1,0 +1,131 @@
+//! The real binary: settings from the environment, readiness, run-time log level, and both
+//! ways to stop it (SIGTERM, `/quitquitquit`); a broken config at start is refused by name.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn spawn(mesh: &Mesh, last: u8, workload: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ztunnel"))
+        .env_clear()
+        .env("PROXY_WORKLOAD_INFO", workload)
+        .env("LOCAL_XDS_PATH", &mesh.config)
+        .env("CA_DIR", mesh.dir.join("ca"))
+        .env("BIND_ADDRESS", mesh.ip(last).to_string())
+        .env("SOCKET_MARK", "0")
+        .env("DRAIN_TIMEOUT", "3s")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ztunnel")
+}
+
+async fn wait_ready(mesh: &Mesh, last: u8) {
+    let addr: std::net::SocketAddr = (mesh.ip(last), 15021).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = tcp
+                .write_all(b"GET /healthz/ready HTTP/1.1\r\nhost: z\r\nconnection: close\r\n\r\n")
+                .await;
+            let mut out = String::new();
+            let _ = tcp.read_to_string(&mut out).await;
+            if out.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("ztunnel on {} never became ready", mesh.ip(last));
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ztunnel did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const CONFIG: &str = r#"
+workloads:
+- {name: sleep, namespace: default, serviceAccount: sleep, workloadIps: ["{2}"], protocol: HBONE}
+- {name: echo, namespace: default, serviceAccount: echo, workloadIps: ["{3}"], protocol: HBONE}
+"#;
+
+#[tokio::test]
+async fn binary_serves_drains_on_sigterm_and_quits_on_request() {
+    let mesh = Mesh::new();
+    mesh.write_config(CONFIG);
+    echo_server((mesh.ip(3), 8080).into()).await;
+    let mut a = spawn(&mesh, 2, "default/sleep/sleep");
+    wait_ready(&mesh, 2).await;
+    let mut b = spawn(&mesh, 3, "default/echo/echo");
+    wait_ready(&mesh, 3).await;
+
+    let admin = (mesh.ip(2), 15000).into();
+    let (status, body) = http(admin, "POST", "/logging?level=debug").await;
+    assert_eq!((status, body.as_str()), (200, "log level: debug\n"));
+    let (status, body) = http(admin, "POST", "/logging?level=no=such=level").await;
+    assert_eq!(status, 400, "{body}");
+
+    // Traffic through both processes; a tunnel open while SIGTERM arrives still completes.
+    let s = socks5((mesh.ip(2), 15080).into(), (mesh.ip(3), 8080).into())
+        .await
+        .unwrap();
+    echo_roundtrip(s, 1 << 20, 11).await;
+    let open = socks5((mesh.ip(2), 15080).into(), (mesh.ip(3), 8080).into())
+        .await
+        .unwrap();
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(b.id() as i32, libc::SIGTERM) };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    echo_roundtrip(open, 100_000, 12).await;
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut b, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(status.success(), "SIGTERM exit: {status}");
+
+    let (status, _) = http(admin, "POST", "/quitquitquit").await;
+    assert_eq!(status, 200);
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut a, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(status.success(), "/quitquitquit exit: {status}");
+}
+
+#[test]
+fn broken_config_at_start_is_refused_by_name() {
+    let mesh = Mesh::new();
+    mesh.write_config(
+        "workloads:\n- {name: a, namespace: default, workloadIps: [\"{2}\"], protocl: HBONE}\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ztunnel"))
+        .env_clear()
+        .env("PROXY_WORKLOAD_INFO", "default/a/default")
+        .env("LOCAL_XDS_PATH", &mesh.config)
+        .env("BIND_ADDRESS", mesh.ip(2).to_string())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("workloads[0]: unknown field `protocl`"),
+        "{stderr}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ztunnel"))
+        .env_clear()
+        .env("PROXY_MODE", "dedicated")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PROXY_WORKLOAD_INFO"));
+}
