@@ -81,6 +81,11 @@ pub struct Settings {
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Threads of the data-plane runtime. Fewer threads mean fewer cross-thread wake-ups per
+    /// request; more let one ztunnel use more cores.
+    #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
+
     /// How often the local config file is checked for changes.
     #[arg(long, env = "LOCAL_XDS_POLL", default_value = "250ms", value_parser = parse_duration)]
     pub config_poll_interval: Duration,

@@ -6,6 +6,7 @@
 
 pub mod client;
 mod headers;
+mod relay;
 pub mod server;
 mod stream;
 

@@ -57,14 +57,37 @@ impl H2Stream {
     }
 }
 
+/// The pieces of a stream, for the zero-copy relay.
+pub(crate) type StreamParts = (
+    SendStream<Bytes>,
+    RecvStream,
+    Bytes,
+    bool,
+    bool,
+    Option<Box<dyn StreamSlot>>,
+);
+
 impl H2Stream {
+    /// Takes the stream apart: (send, recv, unread received bytes, read EOF seen, write closed,
+    /// pool slot).
+    pub(crate) fn into_parts(self) -> StreamParts {
+        (
+            self.send,
+            self.recv,
+            self.pending,
+            self.read_eof,
+            self.write_closed,
+            self._slot,
+        )
+    }
+
     /// The identity the other end proved in the TLS handshake of this stream's connection.
     pub fn peer_identity(&self) -> &SpiffeId {
         &self.peer
     }
 }
 
-fn h2_to_io(e: h2::Error) -> io::Error {
+pub(crate) fn h2_to_io(e: h2::Error) -> io::Error {
     if e.is_io() {
         return e.into_io().expect("checked is_io");
     }

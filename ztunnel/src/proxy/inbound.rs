@@ -121,12 +121,13 @@ pub async fn handle_hbone(proxy: Arc<Proxy>, req: InboundConnect, _guard: Connec
     let dst = req.destination;
     match authorize_and_connect(&proxy, req.peer_addr.ip(), client, Some(&peer), dst).await {
         Ok((mut app, record)) => {
-            let Ok(mut tunnel) = req.accept() else {
+            let Ok(tunnel) = req.accept() else {
                 record.closed(0, 0);
                 return;
             };
-            match copy_bidirectional(&mut tunnel, &mut app).await {
-                Ok(t) => record.closed(t.a_to_b, t.b_to_a),
+            // a = the application socket: a_to_b is what the destination sent back.
+            match tunnel.relay(&mut app).await {
+                Ok(t) => record.closed(t.b_to_a, t.a_to_b),
                 Err(e) => {
                     tracing::debug!(%dst, "inbound tunnel ended with error: {e}");
                     record.closed(0, 0);

@@ -11,7 +11,6 @@ use meshcore::hbone::{
     client::connect_tcp, Baggage, ConnectRequest, H2Stream, HboneError, HBONE_PORT,
 };
 use meshcore::identity::SpiffeId;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::{ConnectionGuard, Proxy, CONNECT_TIMEOUT};
@@ -259,12 +258,9 @@ async fn plain(proxy: &Proxy, addr: SocketAddr) -> Result<TcpStream, OutboundErr
 
 /// Copies between the client and the opened upstream until both sides close, then records
 /// the bytes.
-pub async fn relay<D>(mut downstream: D, opened: Opened)
-where
-    D: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn relay(mut downstream: TcpStream, opened: Opened) {
     let result = match opened.upstream {
-        Upstream::Hbone(mut s) => copy_bidirectional(&mut downstream, &mut s).await,
+        Upstream::Hbone(s) => s.relay(&mut downstream).await,
         Upstream::Tcp(mut t) => copy_bidirectional(&mut downstream, &mut t).await,
     };
     match result {
