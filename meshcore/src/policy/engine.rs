@@ -1,14 +1,19 @@
 //! The compiled form of the policies that apply to one workload, and the decision.
 //!
-//! Each rule is filed once in an index under a key it cannot match without: an exact principal,
-//! an exact namespace or a destination port, taken from one of its clauses whose every match
-//! requires that field. A decision looks up the connection's principal, namespace and port,
-//! evaluates only those candidate rules plus the few that have no such key, and so costs a few
-//! hash lookups whether the workload has ten policies or ten thousand.
+//! Each rule is filed in an index under the keys it cannot match without, taken from one of its
+//! clauses in which every match requires one: an exact principal, a namespace (exact, pinned by
+//! a principal prefix `<td>/ns/<ns>/`, or by a service account), a source CIDR, or a
+//! destination port. A decision looks up the connection's principal, namespace, source address
+//! (once per distinct prefix length) and port, evaluates only those candidates plus the rules
+//! that have no key, and so costs a few hash lookups whether the workload has ten policies or
+//! ten thousand.
 
-use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use ipnet::IpNet;
+use rustc_hash::FxHashMap;
 
 use super::{Action, Authorization, Connection, Match, StringMatch};
 
@@ -58,51 +63,96 @@ impl Decision {
 struct RuleRef {
     policy: u32,
     rule: u32,
+    deny: bool,
 }
 
+/// Source CIDRs of one prefix length, keyed by the masked network address.
+#[derive(Debug)]
+struct CidrTable {
+    prefix_len: u8,
+    v4: bool,
+    rules: FxHashMap<IpAddr, Vec<RuleRef>>,
+}
+
+/// Every enforced rule of a workload, each filed under the keys one of its clauses requires.
 #[derive(Debug, Default)]
 struct RuleIndex {
-    by_principal: HashMap<Box<str>, Vec<RuleRef>>,
-    by_namespace: HashMap<Box<str>, Vec<RuleRef>>,
-    by_port: HashMap<u16, Vec<RuleRef>>,
+    by_principal: FxHashMap<Box<str>, Vec<RuleRef>>,
+    by_namespace: FxHashMap<Box<str>, Vec<RuleRef>>,
+    by_port: FxHashMap<u16, Vec<RuleRef>>,
+    by_source: Vec<CidrTable>,
+    /// Rules with no such key (or matching everything): evaluated on every decision.
     scan: Vec<RuleRef>,
+    has_allow: bool,
 }
 
-/// The key under which a rule is filed.
-enum IndexKey {
-    Principals(Vec<String>),
-    Namespaces(Vec<String>),
-    Ports(Vec<u16>),
-    Scan,
-    /// The rule can never match (a clause whose matches are all empty).
-    Never,
+/// A value a rule cannot match without.
+enum Key {
+    Principal(String),
+    Namespace(String),
+    Port(u16),
+    Source(IpNet),
 }
 
 impl RuleIndex {
-    fn insert(&mut self, at: RuleRef, rule: &[Vec<Match>]) {
-        match index_key(rule) {
-            IndexKey::Principals(keys) => {
-                for k in keys {
-                    self.by_principal.entry(k.into()).or_default().push(at);
+    fn build(policies: &[Arc<Authorization>], include: impl Fn(&Authorization) -> bool) -> Self {
+        let mut index = RuleIndex::default();
+        for (p, policy) in policies.iter().enumerate() {
+            if !include(policy) {
+                continue;
+            }
+            let deny = policy.action == Action::Deny;
+            index.has_allow |= !deny;
+            for (r, rule) in policy.rules.iter().enumerate() {
+                let at = RuleRef {
+                    policy: p as u32,
+                    rule: r as u32,
+                    deny,
+                };
+                match rule_keys(rule) {
+                    Filing::Keys(keys) => keys.into_iter().for_each(|k| index.file(k, at)),
+                    Filing::Scan => index.scan.push(at),
+                    Filing::Never => {}
                 }
             }
-            IndexKey::Namespaces(keys) => {
-                for k in keys {
-                    self.by_namespace.entry(k.into()).or_default().push(at);
-                }
+        }
+        index
+    }
+
+    fn file(&mut self, key: Key, at: RuleRef) {
+        match key {
+            Key::Principal(k) => self.by_principal.entry(k.into()).or_default().push(at),
+            Key::Namespace(k) => self.by_namespace.entry(k.into()).or_default().push(at),
+            Key::Port(k) => self.by_port.entry(k).or_default().push(at),
+            Key::Source(net) => {
+                let (prefix_len, v4) = (net.prefix_len(), net.addr().is_ipv4());
+                let table = match self
+                    .by_source
+                    .iter_mut()
+                    .position(|t| t.prefix_len == prefix_len && t.v4 == v4)
+                {
+                    Some(i) => &mut self.by_source[i],
+                    None => {
+                        self.by_source.push(CidrTable {
+                            prefix_len,
+                            v4,
+                            rules: FxHashMap::default(),
+                        });
+                        self.by_source.last_mut().expect("just pushed")
+                    }
+                };
+                table.rules.entry(net.network()).or_default().push(at);
             }
-            IndexKey::Ports(keys) => {
-                for k in keys {
-                    self.by_port.entry(k).or_default().push(at);
-                }
-            }
-            IndexKey::Scan => self.scan.push(at),
-            IndexKey::Never => {}
         }
     }
 
-    /// The lowest-numbered policy with a rule matching the connection.
-    fn first_match(&self, policies: &[Arc<Authorization>], conn: &Connection<'_>) -> Option<u32> {
+    /// Evaluates the candidate rules once; returns the first matching DENY and ALLOW policies
+    /// (lowest position in the workload's list).
+    fn matching(
+        &self,
+        policies: &[Arc<Authorization>],
+        conn: &Connection<'_>,
+    ) -> (Option<u32>, Option<u32>) {
         let empty: &[RuleRef] = &[];
         let by_principal = conn
             .principal
@@ -116,20 +166,42 @@ impl RuleIndex {
             .by_port
             .get(&conn.destination.port())
             .map_or(empty, Vec::as_slice);
-        let mut best: Option<u32> = None;
-        for r in [by_principal, by_namespace, by_port, self.scan.as_slice()]
+        let by_source = self.by_source.iter().filter_map(|t| {
+            if t.v4 != conn.source_ip.is_ipv4() {
+                return None;
+            }
+            let net = IpNet::new(conn.source_ip, t.prefix_len).ok()?;
+            t.rules.get(&net.network()).map(Vec::as_slice)
+        });
+        let (mut deny, mut allow): (Option<u32>, Option<u32>) = (None, None);
+        let candidates = [by_principal, by_namespace, by_port, self.scan.as_slice()]
             .into_iter()
-            .flatten()
-        {
+            .chain(by_source)
+            .flatten();
+        for r in candidates {
+            let best = if r.deny { &mut deny } else { &mut allow };
             if best.is_some_and(|b| b <= r.policy) {
                 continue;
             }
-            let rule = &policies[r.policy as usize].rules[r.rule as usize];
-            if rule_matches(rule, conn) {
-                best = Some(r.policy);
+            if rule_matches(&policies[r.policy as usize].rules[r.rule as usize], conn) {
+                *best = Some(r.policy);
             }
         }
-        best
+        (deny, allow)
+    }
+
+    fn decide(
+        &self,
+        policies: &[Arc<Authorization>],
+        keys: &[Arc<str>],
+        conn: &Connection<'_>,
+    ) -> (Verdict, Reason) {
+        match self.matching(policies, conn) {
+            (Some(p), _) => (Verdict::Deny, Reason::DeniedBy(keys[p as usize].clone())),
+            _ if !self.has_allow => (Verdict::Allow, Reason::NoAllowPolicies),
+            (None, Some(p)) => (Verdict::Allow, Reason::AllowedBy(keys[p as usize].clone())),
+            (None, None) => (Verdict::Deny, Reason::NoAllowMatched),
+        }
     }
 }
 
@@ -139,104 +211,86 @@ fn rule_matches(rule: &[Vec<Match>], conn: &Connection<'_>) -> bool {
         .all(|clause| clause.is_empty() || clause.iter().any(|m| m.matches(conn)))
 }
 
-fn index_key(rule: &[Vec<Match>]) -> IndexKey {
-    let mut namespaces = None;
-    let mut ports = None;
+enum Filing {
+    Keys(Vec<Key>),
+    Scan,
+    /// The rule can never match (a clause whose matches are all empty).
+    Never,
+}
+
+/// Files a rule under the keys of its first clause in which every match requires a key.
+fn rule_keys(rule: &[Vec<Match>]) -> Filing {
+    let mut chosen = None;
     for clause in rule {
-        let live: Vec<&Match> = clause.iter().filter(|m| !m.is_empty()).collect();
         if clause.is_empty() {
             continue;
         }
+        let live: Vec<&Match> = clause.iter().filter(|m| !m.is_empty()).collect();
         if live.is_empty() {
-            return IndexKey::Never;
+            return Filing::Never;
         }
-        if let Some(keys) = exact_keys(&live, |m| &m.principals) {
-            return IndexKey::Principals(keys);
-        }
-        if namespaces.is_none() {
-            namespaces = exact_keys(&live, |m| &m.namespaces);
-        }
-        if ports.is_none() && live.iter().all(|m| !m.destination_ports.is_empty()) {
-            ports = Some(
-                live.iter()
-                    .flat_map(|m| m.destination_ports.iter().copied())
-                    .collect(),
-            );
+        if chosen.is_none() {
+            chosen = live
+                .iter()
+                .map(|m| match_keys(m))
+                .collect::<Option<Vec<Vec<Key>>>>()
+                .map(|k| k.into_iter().flatten().collect());
         }
     }
-    match (namespaces, ports) {
-        (Some(ns), _) => IndexKey::Namespaces(ns),
-        (None, Some(p)) => IndexKey::Ports(p),
-        (None, None) => IndexKey::Scan,
+    chosen.map_or(Filing::Scan, Filing::Keys)
+}
+
+/// The keys one match requires, from its most selective field.
+fn match_keys(m: &Match) -> Option<Vec<Key>> {
+    if !m.principals.is_empty() {
+        if let Some(keys) = m.principals.iter().map(principal_key).collect() {
+            return Some(keys);
+        }
+    }
+    if !m.namespaces.is_empty() {
+        if let Some(keys) = m.namespaces.iter().map(namespace_key).collect() {
+            return Some(keys);
+        }
+    }
+    if !m.service_accounts.is_empty() {
+        return Some(
+            m.service_accounts
+                .iter()
+                .map(|sa| Key::Namespace(sa.namespace.clone()))
+                .collect(),
+        );
+    }
+    if !m.source_ips.is_empty() {
+        return Some(
+            m.source_ips
+                .iter()
+                .map(|n| Key::Source(n.trunc()))
+                .collect(),
+        );
+    }
+    if !m.destination_ports.is_empty() {
+        return Some(m.destination_ports.iter().map(|p| Key::Port(*p)).collect());
+    }
+    None
+}
+
+/// An exact principal, or a prefix that pins the namespace (`<td>/ns/<ns>/...`).
+fn principal_key(m: &StringMatch) -> Option<Key> {
+    match m {
+        StringMatch::Exact(p) => Some(Key::Principal(p.clone())),
+        StringMatch::Prefix(p) => {
+            let (_td, rest) = p.split_once("/ns/")?;
+            let (ns, _) = rest.split_once('/')?;
+            (!ns.is_empty() && !_td.contains('/')).then(|| Key::Namespace(ns.to_owned()))
+        }
+        _ => None,
     }
 }
 
-/// The exact values of a field if every match of a clause requires one of them.
-fn exact_keys(live: &[&Match], field: impl Fn(&Match) -> &Vec<StringMatch>) -> Option<Vec<String>> {
-    let mut keys = Vec::new();
-    for m in live {
-        let values = field(m);
-        if values.is_empty() {
-            return None;
-        }
-        for v in values {
-            match v {
-                StringMatch::Exact(s) => keys.push(s.clone()),
-                _ => return None,
-            }
-        }
-    }
-    Some(keys)
-}
-
-#[derive(Debug, Default)]
-struct Index {
-    deny: RuleIndex,
-    allow: RuleIndex,
-    has_allow: bool,
-}
-
-impl Index {
-    fn build(policies: &[Arc<Authorization>], include: impl Fn(&Authorization) -> bool) -> Self {
-        let mut index = Index::default();
-        for (p, policy) in policies.iter().enumerate() {
-            if !include(policy) {
-                continue;
-            }
-            let target = match policy.action {
-                Action::Allow => {
-                    index.has_allow = true;
-                    &mut index.allow
-                }
-                Action::Deny => &mut index.deny,
-            };
-            for (r, rule) in policy.rules.iter().enumerate() {
-                let at = RuleRef {
-                    policy: p as u32,
-                    rule: r as u32,
-                };
-                target.insert(at, rule);
-            }
-        }
-        index
-    }
-
-    fn decide(
-        &self,
-        policies: &[Arc<Authorization>],
-        keys: &[Arc<str>],
-        conn: &Connection<'_>,
-    ) -> (Verdict, Reason) {
-        if let Some(p) = self.deny.first_match(policies, conn) {
-            return (Verdict::Deny, Reason::DeniedBy(keys[p as usize].clone()));
-        }
-        if !self.has_allow {
-            return (Verdict::Allow, Reason::NoAllowPolicies);
-        }
-        match self.allow.first_match(policies, conn) {
-            Some(p) => (Verdict::Allow, Reason::AllowedBy(keys[p as usize].clone())),
-            None => (Verdict::Deny, Reason::NoAllowMatched),
-        }
+fn namespace_key(m: &StringMatch) -> Option<Key> {
+    match m {
+        StringMatch::Exact(ns) => Some(Key::Namespace(ns.clone())),
+        _ => None,
     }
 }
 
@@ -245,9 +299,9 @@ impl Index {
 pub struct CompiledPolicies {
     policies: Vec<Arc<Authorization>>,
     keys: Vec<Arc<str>>,
-    enforced: Index,
+    enforced: RuleIndex,
     /// All policies with dry-run ones enforced too; only built when some policy is dry-run.
-    shadow: Option<Index>,
+    shadow: Option<RuleIndex>,
 }
 
 impl CompiledPolicies {
@@ -255,11 +309,11 @@ impl CompiledPolicies {
     /// that order is reported as the deciding policy.
     pub fn new(policies: Vec<Arc<Authorization>>) -> Self {
         let keys = policies.iter().map(|p| Arc::from(p.key())).collect();
-        let enforced = Index::build(&policies, |p| !p.dry_run);
+        let enforced = RuleIndex::build(&policies, |p| !p.dry_run);
         let shadow = policies
             .iter()
             .any(|p| p.dry_run)
-            .then(|| Index::build(&policies, |_| true));
+            .then(|| RuleIndex::build(&policies, |_| true));
         Self {
             policies,
             keys,

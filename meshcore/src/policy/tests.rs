@@ -483,11 +483,17 @@ fn index_agrees_with_linear_evaluation() {
     // Many policies filed under different keys; compare against evaluating every rule.
     let mut yaml = String::new();
     for i in 0..200 {
-        let m = match i % 5 {
+        let m = match i % 8 {
             0 => format!("{{principals: [!Exact cluster.local/ns/ns{i}/sa/sa]}}"),
             1 => format!("{{namespaces: [!Exact ns{i}]}}"),
             2 => format!("{{destinationPorts: [{}]}}", 1000 + i),
             3 => format!("{{principals: [!Prefix cluster.local/ns/ns{i}/]}}"),
+            4 => format!("{{serviceAccounts: [{{namespace: ns{i}, serviceAccount: sa}}]}}"),
+            5 => format!(
+                "{{principals: [!Exact x/ns/y/sa/z]}}, {{sourceIps: [10.{}.1.0/24]}}",
+                i % 256
+            ),
+            6 => format!("{{principals: [!Suffix /ns{i}/sa/sa]}}"),
             _ => format!("{{sourceIps: [10.{}.0.0/16]}}", i % 256),
         };
         let action = if i % 7 == 0 { "Deny" } else { "Allow" };
