@@ -30,8 +30,8 @@ pub enum Reason {
     NoAllowPolicies,
     AllowedBy(Arc<str>),
     DeniedBy(Arc<str>),
-    /// ALLOW policies apply and none matched.
-    NoAllowMatched,
+    /// ALLOW policies apply and none matched; they are listed (`namespace/name`).
+    NoAllowMatched(Arc<[Arc<str>]>),
 }
 
 impl fmt::Display for Reason {
@@ -40,7 +40,16 @@ impl fmt::Display for Reason {
             Reason::NoAllowPolicies => f.write_str("no ALLOW policy applies"),
             Reason::AllowedBy(p) => write!(f, "allowed by policy {p}"),
             Reason::DeniedBy(p) => write!(f, "denied by DENY policy {p}"),
-            Reason::NoAllowMatched => f.write_str("denied: no ALLOW policy matched"),
+            Reason::NoAllowMatched(policies) => {
+                f.write_str("denied: no ALLOW policy matched (")?;
+                for (i, p) in policies.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    f.write_str(p)?;
+                }
+                f.write_str(")")
+            }
         }
     }
 }
@@ -75,7 +84,7 @@ struct CidrTable {
 }
 
 /// Every enforced rule of a workload, each filed under the keys one of its clauses requires.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RuleIndex {
     by_principal: FxHashMap<Box<str>, Vec<RuleRef>>,
     by_namespace: FxHashMap<Box<str>, Vec<RuleRef>>,
@@ -84,6 +93,8 @@ struct RuleIndex {
     /// Rules with no such key (or matching everything): evaluated on every decision.
     scan: Vec<RuleRef>,
     has_allow: bool,
+    /// The ALLOW policies in force, named when none matched.
+    allow_keys: Arc<[Arc<str>]>,
 }
 
 /// A value a rule cannot match without.
@@ -95,8 +106,25 @@ enum Key {
 }
 
 impl RuleIndex {
-    fn build(policies: &[Arc<Authorization>], include: impl Fn(&Authorization) -> bool) -> Self {
-        let mut index = RuleIndex::default();
+    fn build(
+        policies: &[Arc<Authorization>],
+        keys: &[Arc<str>],
+        include: impl Fn(&Authorization) -> bool,
+    ) -> Self {
+        let mut index = RuleIndex {
+            by_principal: FxHashMap::default(),
+            by_namespace: FxHashMap::default(),
+            by_port: FxHashMap::default(),
+            by_source: Vec::new(),
+            scan: Vec::new(),
+            has_allow: false,
+            allow_keys: policies
+                .iter()
+                .zip(keys)
+                .filter(|(p, _)| include(p) && p.action == Action::Allow)
+                .map(|(_, k)| k.clone())
+                .collect(),
+        };
         for (p, policy) in policies.iter().enumerate() {
             if !include(policy) {
                 continue;
@@ -200,7 +228,10 @@ impl RuleIndex {
             (Some(p), _) => (Verdict::Deny, Reason::DeniedBy(keys[p as usize].clone())),
             _ if !self.has_allow => (Verdict::Allow, Reason::NoAllowPolicies),
             (None, Some(p)) => (Verdict::Allow, Reason::AllowedBy(keys[p as usize].clone())),
-            (None, None) => (Verdict::Deny, Reason::NoAllowMatched),
+            (None, None) => (
+                Verdict::Deny,
+                Reason::NoAllowMatched(self.allow_keys.clone()),
+            ),
         }
     }
 }
@@ -295,7 +326,7 @@ fn namespace_key(m: &StringMatch) -> Option<Key> {
 }
 
 /// The policies that apply to one workload, ready to decide connections.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CompiledPolicies {
     policies: Vec<Arc<Authorization>>,
     keys: Vec<Arc<str>>,
@@ -308,12 +339,12 @@ impl CompiledPolicies {
     /// Compiles the policies in the order given; when several match, the first one named in
     /// that order is reported as the deciding policy.
     pub fn new(policies: Vec<Arc<Authorization>>) -> Self {
-        let keys = policies.iter().map(|p| Arc::from(p.key())).collect();
-        let enforced = RuleIndex::build(&policies, |p| !p.dry_run);
+        let keys: Vec<Arc<str>> = policies.iter().map(|p| Arc::from(p.key())).collect();
+        let enforced = RuleIndex::build(&policies, &keys, |p| !p.dry_run);
         let shadow = policies
             .iter()
             .any(|p| p.dry_run)
-            .then(|| RuleIndex::build(&policies, |_| true));
+            .then(|| RuleIndex::build(&policies, &keys, |_| true));
         Self {
             policies,
             keys,

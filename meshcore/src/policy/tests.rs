@@ -437,9 +437,14 @@ fn no_policies_allow_and_unmatched_allow_denies() {
         Reason::NoAllowPolicies
     );
     let p = policies(&allow("{destinationPorts: [1]}"));
+    let reason = decide(&p, None, "10.0.0.1", "10.0.0.2:80").reason;
     assert_eq!(
-        decide(&p, None, "10.0.0.1", "10.0.0.2:80").reason,
-        Reason::NoAllowMatched
+        reason,
+        Reason::NoAllowMatched(vec![Arc::from("default/p")].into())
+    );
+    assert_eq!(
+        reason.to_string(),
+        "denied: no ALLOW policy matched (default/p)"
     );
 }
 
@@ -526,7 +531,14 @@ fn index_agrees_with_linear_evaluation() {
         let want = match (linear(Action::Deny), linear(Action::Allow)) {
             (Some(d), _) => Reason::DeniedBy(d.key().into()),
             (None, Some(a)) => Reason::AllowedBy(a.key().into()),
-            (None, None) => Reason::NoAllowMatched,
+            (None, None) => Reason::NoAllowMatched(
+                compiled
+                    .policies()
+                    .iter()
+                    .filter(|p| p.action == Action::Allow)
+                    .map(|p| Arc::from(p.key()))
+                    .collect(),
+            ),
         };
         assert_eq!(got.reason, want, "connection {conn}");
     }
@@ -540,4 +552,16 @@ fn unknown_keys_inside_a_match_are_refused() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("unknown field `principal`"), "{err}");
+}
+
+#[test]
+fn deny_rule_stripped_of_all_conditions_denies_everything() {
+    // A DENY rule whose conditions were all L7 reaches L4 as a rule with no clauses: it matches
+    // every connection, so the workload fails closed (docs/ztunnel.md).
+    let p = policies(
+        "- {name: no-post, namespace: default, scope: Namespace, action: Deny, rules: [[]]}",
+    );
+    let d = decide(&p, Some(SLEEP), "10.0.0.1", "10.0.0.2:80");
+    assert_eq!(d.reason, Reason::DeniedBy("default/no-post".into()));
+    assert!(!decide(&p, None, "10.0.0.1", "10.0.0.2:443").allowed());
 }
