@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
@@ -53,7 +54,7 @@ fn main() -> std::process::ExitCode {
     let (filter, handle) = reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer())
+        .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
         .init();
     let logging = Arc::new(ReloadableFilter {
         handle,

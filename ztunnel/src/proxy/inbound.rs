@@ -62,13 +62,14 @@ pub async fn authorize_and_connect(
         .workload_by_ip("", client.map_or(source_ip, |c| c.ip()))
         .or_else(|| snap.workload_by_ip("", source_ip));
     let principal = peer.map(SpiffeId::principal);
+    let service = snap.service_for_endpoint(&served, dst.port());
     let labels = || ConnectionLabels {
         reporter: Reporter::Destination,
         cluster: &proxy.cluster_id,
         source: source.map(|s| s.as_ref()),
         source_principal: peer.map(ToString::to_string),
         destination: Some(&served),
-        destination_service: None,
+        destination_service: service.map(|s| s.as_ref()),
         destination_principal: Some(served.identity.to_string()),
         mutual_tls: peer.is_some(),
     };

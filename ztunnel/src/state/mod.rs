@@ -229,6 +229,25 @@ impl Snapshot {
             .map_or(&[], Vec::as_slice)
     }
 
+    /// The service a connection to `port` on workload `w` belongs to: one the workload backs
+    /// whose port maps to `port` (for the destination side's metrics).
+    pub fn service_for_endpoint(&self, w: &WorkloadEntry, port: u16) -> Option<&Arc<ServiceEntry>> {
+        w.workload.services.iter().find_map(|(key, ports)| {
+            let (ns, host) = key.split_once('/')?;
+            let svc = self
+                .services_by_host(host)
+                .iter()
+                .find(|s| s.service.namespace == ns)?;
+            let maps_here = ports.values().any(|&t| t == port)
+                || svc
+                    .service
+                    .ports
+                    .iter()
+                    .any(|(&sp, &t)| t == port || (t == 0 && sp == port));
+            maps_here.then_some(svc)
+        })
+    }
+
     /// Resolves an outbound destination address on the default network.
     pub fn resolve(&self, dst: SocketAddr) -> Destination<'_> {
         if let Some(service) = self.service_by_vip("", dst.ip()) {
