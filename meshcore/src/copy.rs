@@ -111,15 +111,16 @@ impl Direction {
 }
 
 /// Copies `a` → `b` and `b` → `a` until both directions have reached EOF, honouring half-close.
-/// Returns the byte counts, or the first I/O error (which ends both directions).
-pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<Transferred>
+/// Returns the byte counts moved each way, also when an I/O error (which ends both directions)
+/// stopped the copy, with that error.
+pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> (Transferred, io::Result<()>)
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let mut a_to_b = Direction::new();
     let mut b_to_a = Direction::new();
-    poll_fn(|cx| {
+    let result = poll_fn(|cx| {
         if !a_to_b.done {
             if let Poll::Ready(result) = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))
             {
@@ -133,15 +134,17 @@ where
             }
         }
         if a_to_b.done && b_to_a.done {
-            Poll::Ready(Ok(Transferred {
-                a_to_b: a_to_b.total,
-                b_to_a: b_to_a.total,
-            }))
+            Poll::Ready(Ok(()))
         } else {
             Poll::Pending
         }
     })
-    .await
+    .await;
+    let moved = Transferred {
+        a_to_b: a_to_b.total,
+        b_to_a: b_to_a.total,
+    };
+    (moved, result)
 }
 
 #[cfg(test)]
@@ -172,7 +175,8 @@ mod tests {
         server.write_all(b"reply after half-close").await.unwrap();
         server.shutdown().await.unwrap();
         assert_eq!(writer.await.unwrap(), b"reply after half-close");
-        let t = proxy.await.unwrap().unwrap();
+        let (t, result) = proxy.await.unwrap();
+        result.unwrap();
         assert_eq!(
             t,
             Transferred {

@@ -2,6 +2,7 @@
 //! TLS for both ends of an HBONE connection, and the HBONE tunnel itself (HTTP/2 CONNECT over
 //! that TLS) with its bidirectional copy, and the L4 authorization engine. ztunnel, the waypoint and istiod-lite build on it.
 
+pub mod api;
 pub mod copy;
 pub mod hbone;
 pub mod identity;

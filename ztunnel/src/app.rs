@@ -94,6 +94,7 @@ pub async fn start(
     let drain = Drain::default();
     let ready = Arc::new(AtomicBool::new(false));
     let state = Arc::new(StateStore::new(&settings.trust_domain));
+    state.add_served(&workload.namespace, &workload.name);
     let source_status = Arc::new(Mutex::new(SourceStatus::default()));
     if let Some(path) = &settings.local_xds_path {
         let mut source = LocalFileSource::new(
@@ -139,12 +140,7 @@ pub async fn start(
         drain: drain.clone(),
         bind_ip: (settings.bind_outbound && !ip.is_unspecified()).then_some(ip),
         socket_mark: mark,
-        own_addresses: vec![
-            addresses.hbone,
-            addresses.inbound_plaintext,
-            addresses.outbound,
-            addresses.socks5,
-        ],
+        listen_ip: ip,
         denials: Default::default(),
     });
 

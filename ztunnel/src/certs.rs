@@ -273,7 +273,11 @@ async fn renew_loop(
                     set_status(&entry, &current, renew_at, renewals, None);
                     tracing::debug!(identity = %id, "certificate renewed");
                 }
-                Err(e) => tracing::error!(identity = %id, "renewed certificate refused: {e}"),
+                Err(e) => {
+                    tracing::error!(identity = %id, retry_in = ?backoff, "renewed certificate refused: {e}");
+                    renew_at = SystemTime::now() + backoff;
+                    backoff = (backoff * 2).min(manager.backoff_cap);
+                }
             },
             Err(e) => {
                 // Keep serving with the valid certificate; try again soon.

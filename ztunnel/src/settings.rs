@@ -62,8 +62,8 @@ pub struct Settings {
     pub log_level: String,
 
     /// Address every listener binds to. Listeners meant for localhost only (admin 15000,
-    /// SOCKS5 15080) use 127.0.0.1 while this is unspecified (0.0.0.0 or ::). Give each local
-    /// instance its own 127.0.0.x to run several on one host.
+    /// SOCKS5 15080) use it only when it is a loopback address, else 127.0.0.1. Give each
+    /// local instance its own 127.0.0.x to run several on one host.
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
 
@@ -115,12 +115,13 @@ impl Settings {
         }
     }
 
-    /// The address of a listener meant for localhost only.
+    /// The address of a listener meant for localhost only (admin, SOCKS5): the bind address when
+    /// it is a loopback address (several local instances), else 127.0.0.1, never a routable one.
     pub fn local_only_address(&self) -> IpAddr {
-        if self.bind_address.is_unspecified() {
-            IpAddr::from([127, 0, 0, 1])
-        } else {
+        if self.bind_address.is_loopback() {
             self.bind_address
+        } else {
+            IpAddr::from([127, 0, 0, 1])
         }
     }
 }

@@ -12,6 +12,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
@@ -24,37 +25,46 @@ use crate::copy::{Transferred, INITIAL_BUFFER, MAX_BUFFER};
 
 impl H2Stream {
     /// Relays until both directions have finished. `a_to_b` counts socket → tunnel bytes,
-    /// `b_to_a` tunnel → socket. On an error in either direction both stop; the tunnel is reset
-    /// when the stream is dropped without END_STREAM.
-    pub async fn relay(self, tcp: &mut TcpStream) -> io::Result<Transferred> {
+    /// `b_to_a` tunnel → socket, and are reported also when an error (in either direction, which
+    /// stops both) ended the relay; the tunnel is reset when the stream is dropped without
+    /// END_STREAM.
+    pub async fn relay(self, tcp: &mut TcpStream) -> (Transferred, io::Result<()>) {
         let (mut send, mut recv, pending, read_eof, write_closed, _slot) = self.into_parts();
         let (mut rd, mut wr) = tcp.split();
+        // Counted per chunk (not per byte); uncontended, as both directions run in this task.
+        let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
         let up = async {
             if write_closed {
-                return Ok(0);
+                return Ok(());
             }
-            upload(&mut rd, &mut send).await
+            upload(&mut rd, &mut send, &up_bytes).await
         };
-        let down = download(&mut recv, &mut wr, pending, read_eof);
-        let (a_to_b, b_to_a) = tokio::try_join!(up, down)?;
-        Ok(Transferred { a_to_b, b_to_a })
+        let down = download(&mut recv, &mut wr, pending, read_eof, &down_bytes);
+        let result = tokio::try_join!(up, down).map(|_| ());
+        let moved = Transferred {
+            a_to_b: up_bytes.into_inner(),
+            b_to_a: down_bytes.into_inner(),
+        };
+        (moved, result)
     }
 }
 
 /// Socket → tunnel.
-async fn upload(rd: &mut ReadHalf<'_>, send: &mut SendStream<Bytes>) -> io::Result<u64> {
+async fn upload(
+    rd: &mut ReadHalf<'_>,
+    send: &mut SendStream<Bytes>,
+    total: &AtomicU64,
+) -> io::Result<()> {
     let mut buf = BytesMut::new();
     let mut size = INITIAL_BUFFER;
-    let mut total = 0;
     loop {
         // Reclaims the previous chunk's memory once h2 has written and dropped it.
         buf.reserve(size);
         let n = rd.read_buf(&mut (&mut buf).limit(size)).await?;
         if n == 0 {
             send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
-            return Ok(total);
+            return Ok(());
         }
-        total += n as u64;
         if n == size && size < MAX_BUFFER {
             size *= 2;
         }
@@ -70,7 +80,9 @@ async fn upload(rd: &mut ReadHalf<'_>, send: &mut SendStream<Bytes>) -> io::Resu
                 }
             };
             let part = chunk.split_to(granted.min(chunk.len()));
+            let len = part.len() as u64;
             send.send_data(part, false).map_err(h2_to_io)?;
+            total.fetch_add(len, Relaxed);
         }
     }
 }
@@ -81,12 +93,12 @@ async fn download(
     wr: &mut WriteHalf<'_>,
     pending: Bytes,
     read_eof: bool,
-) -> io::Result<u64> {
-    let mut total = 0;
+    total: &AtomicU64,
+) -> io::Result<()> {
     if !pending.is_empty() {
         wr.write_all(&pending).await?;
         let _ = recv.flow_control().release_capacity(pending.len());
-        total += pending.len() as u64;
+        total.fetch_add(pending.len() as u64, Relaxed);
     }
     if !read_eof {
         while let Some(data) = poll_fn(|cx| recv.poll_data(cx)).await {
@@ -94,9 +106,8 @@ async fn download(
             wr.write_all(&data).await?;
             // Credit the sender only once the bytes are in the socket.
             let _ = recv.flow_control().release_capacity(data.len());
-            total += data.len() as u64;
+            total.fetch_add(data.len() as u64, Relaxed);
         }
     }
-    wr.shutdown().await?;
-    Ok(total)
+    wr.shutdown().await
 }

@@ -186,9 +186,10 @@ impl RuleIndex {
             .principal
             .and_then(|p| self.by_principal.get(p))
             .map_or(empty, Vec::as_slice);
-        let by_namespace = conn
-            .identity
-            .and_then(|id| self.by_namespace.get(id.namespace()))
+        let namespace = conn.identity.map_or("", |id| id.namespace());
+        let by_namespace = self
+            .by_namespace
+            .get(namespace)
             .map_or(empty, Vec::as_slice);
         let by_port = self
             .by_port

@@ -104,8 +104,8 @@ impl Match {
         if self.is_empty() {
             return false;
         }
+        // As Istio: without an identity the namespace is "" and no principal condition holds.
         let ns = conn.identity.map(SpiffeId::namespace).unwrap_or("");
-        let principal = conn.principal.unwrap_or("");
         field(&self.destination_ips, &self.not_destination_ips, |n| {
             n.contains(&conn.destination.ip())
         }) && field(&self.source_ips, &self.not_source_ips, |n| {
@@ -115,7 +115,7 @@ impl Match {
         }) && field(&self.service_accounts, &self.not_service_accounts, |sa| {
             sa.matches(conn.identity)
         }) && field(&self.principals, &self.not_principals, |m| {
-            m.matches(principal)
+            conn.principal.is_some_and(|p| m.matches(p))
         }) && field(&self.namespaces, &self.not_namespaces, |m| m.matches(ns))
     }
 }

@@ -310,6 +310,29 @@ fn every_match_field_and_its_not_form() {
             "10.0.0.2:80",
             false,
         ),
+        // Without an identity no principal condition holds, even an empty prefix (as Istio);
+        // the namespace is "" then.
+        (
+            "{principals: [!Prefix '']}",
+            None,
+            "10.0.0.1",
+            "10.0.0.2:80",
+            false,
+        ),
+        (
+            "{principals: [!Prefix '']}",
+            Some(SLEEP),
+            "10.0.0.1",
+            "10.0.0.2:80",
+            true,
+        ),
+        (
+            "{namespaces: [!Exact '']}",
+            None,
+            "10.0.0.1",
+            "10.0.0.2:80",
+            true,
+        ),
         // An empty match matches nothing.
         ("{}", Some(SLEEP), "10.0.0.1", "10.0.0.2:80", false),
     ];

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use meshcore::identity::SpiffeId;
-use meshcore::policy::{Authorization, Scope};
+use meshcore::policy::Authorization;
 use serde::Deserialize;
 
 use crate::state::{fill_workload_defaults, MeshConfig, Service, Workload};
@@ -54,8 +54,7 @@ fn check_workloads(
     errors: &mut Vec<String>,
 ) {
     let service_keys: HashSet<String> = services.iter().map(Service::key).collect();
-    let selector_policies: HashMap<String, Scope> =
-        policies.iter().map(|p| (p.key(), p.scope)).collect();
+    let policy_keys: HashSet<String> = policies.iter().map(Authorization::key).collect();
     let mut uids = HashMap::new();
     let mut ips = HashMap::new();
     for (i, w) in workloads.iter().enumerate() {
@@ -94,12 +93,12 @@ fn check_workloads(
             }
         }
         for p in &w.authorization_policies {
-            match selector_policies.get(p) {
-                None => errors.push(format!("{at}: authorizationPolicies: {p:?} names no policy")),
-                Some(Scope::WorkloadSelector) => {}
-                Some(scope) => errors.push(format!(
-                    "{at}: authorizationPolicies: {p:?} has scope {scope:?}; only WorkloadSelector policies are bound by name"
-                )),
+            // A dangling name would silently leave the workload unprotected: refused. Naming
+            // a policy of another scope is accepted, as Istio's ztunnel does.
+            if !policy_keys.contains(p) {
+                errors.push(format!(
+                    "{at}: authorizationPolicies: {p:?} names no policy"
+                ));
             }
         }
     }

@@ -78,7 +78,8 @@ impl LocalFileSource {
         }
     }
 
-    /// Polls until `shutdown` completes.
+    /// Polls until `shutdown` completes. Reading, parsing and indexing run on the blocking pool,
+    /// away from the threads that carry traffic.
     pub async fn run(
         mut self,
         interval: Duration,
@@ -89,16 +90,24 @@ impl LocalFileSource {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => match self.poll() {
-                    Ok(true) => tracing::info!(
-                        path = %self.path.display(),
-                        version = self.store.load().version,
-                        "local config reloaded"
-                    ),
-                    Ok(false) => {}
-                    Err(e) => tracing::error!("local config refused, keeping the last good one: {e}"),
-                },
+                _ = tick.tick() => {}
                 _ = &mut shutdown => return,
+            }
+            let (source, result) = tokio::task::spawn_blocking(move || {
+                let result = self.poll();
+                (self, result)
+            })
+            .await
+            .expect("config poll does not panic");
+            self = source;
+            match result {
+                Ok(true) => tracing::info!(
+                    path = %self.path.display(),
+                    version = self.store.load().version,
+                    "local config reloaded"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::error!("local config refused, keeping the last good one: {e}"),
             }
         }
     }

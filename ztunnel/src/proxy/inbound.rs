@@ -50,16 +50,22 @@ pub async fn authorize_and_connect(
     peer: Option<&SpiffeId>,
     dst: SocketAddr,
 ) -> Result<(TcpStream, ConnectionRecord), InboundError> {
-    if proxy.own_addresses.contains(&dst) {
-        return Err(InboundError::Loop(dst));
-    }
+    // IPv4 peers of a dual-stack socket appear as ::ffff:a.b.c.d; policies are written in IPv4.
+    let source_ip = source_ip.to_canonical();
+    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
     let snap = proxy.state.load();
     let workload_key = || format!("{}/{}", proxy.workload.namespace, proxy.workload.name);
     let served = proxy
         .served(&snap)
         .ok_or_else(|| InboundError::NotServed(workload_key()))?;
-    let source = snap
-        .workload_by_ip("", client.map_or(source_ip, |c| c.ip()))
+    if proxy.is_own_listener(dst, Some(&served)) {
+        return Err(InboundError::Loop(dst));
+    }
+    // The `forwarded` client names the source workload only if that workload is who the peer
+    // proved to be; otherwise the peer's own address does.
+    let source = client
+        .and_then(|c| snap.workload_by_ip("", c.ip().to_canonical()))
+        .filter(|w| peer.is_none_or(|p| *p == w.identity))
         .or_else(|| snap.workload_by_ip("", source_ip));
     let principal = peer.map(SpiffeId::principal);
     let service = snap.service_for_endpoint(&served, dst.port());
@@ -98,7 +104,9 @@ pub async fn authorize_and_connect(
             .record(conn.to_string(), decision.reason.to_string());
         return Err(InboundError::Denied(decision.reason));
     }
-    let app = match tokio::time::timeout(CONNECT_TIMEOUT, connect_tcp(dst, None, None)).await {
+    // Marked like every ztunnel socket, so a pod's own capture rules do not redirect it.
+    let connect = connect_tcp(dst, None, proxy.socket_mark);
+    let app = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(source)) => {
             proxy.metrics.failed(labels(), "CONNECT");
@@ -127,13 +135,11 @@ pub async fn handle_hbone(proxy: Arc<Proxy>, req: InboundConnect, _guard: Connec
                 return;
             };
             // a = the application socket: a_to_b is what the destination sent back.
-            match tunnel.relay(&mut app).await {
-                Ok(t) => record.closed(t.b_to_a, t.a_to_b),
-                Err(e) => {
-                    tracing::debug!(%dst, "inbound tunnel ended with error: {e}");
-                    record.closed(0, 0);
-                }
+            let (t, result) = tunnel.relay(&mut app).await;
+            if let Err(e) = result {
+                tracing::debug!(%dst, "inbound tunnel ended with error: {e}");
             }
+            record.closed(t.b_to_a, t.a_to_b);
         }
         Err(e) => {
             if !matches!(e, InboundError::Denied(_)) {
@@ -159,11 +165,12 @@ pub async fn handle_plaintext(
             return;
         }
     };
+    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
     match authorize_and_connect(&proxy, client.ip(), Some(client), None, dst).await {
-        Ok((mut app, record)) => match copy_bidirectional(&mut tcp, &mut app).await {
-            Ok(t) => record.closed(t.a_to_b, t.b_to_a),
-            Err(_) => record.closed(0, 0),
-        },
+        Ok((mut app, record)) => {
+            let (t, _) = copy_bidirectional(&mut tcp, &mut app).await;
+            record.closed(t.a_to_b, t.b_to_a);
+        }
         Err(InboundError::Denied(_)) => {}
         Err(e) => tracing::warn!(%client, %dst, "plaintext inbound refused: {e}"),
     }

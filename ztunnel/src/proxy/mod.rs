@@ -40,8 +40,8 @@ pub struct Proxy {
     /// Outgoing connections are dialled from here (the workload's address), when set.
     pub bind_ip: Option<IpAddr>,
     pub socket_mark: Option<u32>,
-    /// ztunnel's own listener addresses: a connection "to" one of them is a loop, refused.
-    pub own_addresses: Vec<SocketAddr>,
+    /// The address ztunnel's listeners are bound to (may be unspecified).
+    pub listen_ip: IpAddr,
     pub denials: crate::admin::DenialLog,
 }
 
@@ -50,6 +50,33 @@ impl Proxy {
     pub fn served(&self, snap: &crate::state::Snapshot) -> Option<Arc<WorkloadEntry>> {
         snap.workload_by_name(&self.workload.namespace, &self.workload.name)
             .cloned()
+    }
+
+    /// Whether `dst` is one of ztunnel's own listeners: one of its ports on an address that
+    /// reaches it (its bind address, loopback, or the served workload's addresses). Relaying
+    /// there would loop back into ztunnel, so such destinations are refused.
+    pub fn is_own_listener(&self, dst: SocketAddr, served: Option<&WorkloadEntry>) -> bool {
+        use crate::app::ports;
+        const OWN: [u16; 7] = [
+            ports::OUTBOUND,
+            ports::INBOUND_PLAINTEXT,
+            ports::HBONE,
+            ports::SOCKS5,
+            ports::ADMIN,
+            ports::STATS,
+            ports::READINESS,
+        ];
+        if !OWN.contains(&dst.port()) {
+            return false;
+        }
+        let ip = dst.ip().to_canonical();
+        let listen = self.listen_ip.to_canonical();
+        ip == listen
+            // Bound to every address: any local one reaches it.
+            || (listen.is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
+            // Admin and SOCKS5 sit on 127.0.0.1 unless the bind address is loopback itself.
+            || (!listen.is_loopback() && ip == IpAddr::from([127, 0, 0, 1]))
+            || served.is_some_and(|w| w.workload.workload_ips.contains(&ip))
     }
 }
 

@@ -12,7 +12,8 @@ const IP6T_SO_ORIGINAL_DST: libc::c_int = 80;
 
 pub fn original_dst(tcp: &TcpStream) -> io::Result<SocketAddr> {
     let fd = tcp.as_raw_fd();
-    if tcp.local_addr()?.is_ipv4() {
+    // An IPv4 connection on a dual-stack socket (local ::ffff:a.b.c.d) is tracked as IPv4.
+    if tcp.local_addr()?.ip().to_canonical().is_ipv4() {
         let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         // SAFETY: addr and len describe a writable sockaddr_in of the right size.

@@ -70,11 +70,12 @@ pub async fn open(
     client: SocketAddr,
     dst: SocketAddr,
 ) -> Result<Opened, OutboundError> {
-    if proxy.own_addresses.contains(&dst) {
-        return Err(OutboundError::Loop(dst));
-    }
+    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
     let snap = proxy.state.load();
     let source = proxy.served(&snap);
+    if proxy.is_own_listener(dst, source.as_deref()) {
+        return Err(OutboundError::Loop(dst));
+    }
     let (workload, service, port) = match snap.resolve(dst) {
         Destination::Service {
             service,
@@ -119,6 +120,9 @@ pub async fn open(
         Some(w) if w.workload.protocol == Protocol::HBONE => {
             let expected = expected_identities(w, service.map(|s| &s.service.subject_alt_names));
             let target = SocketAddr::new(workload_ip(w, dst)?, port);
+            if proxy.is_own_listener(target, source.as_deref()) {
+                return Err(OutboundError::Loop(target));
+            }
             tunnel(proxy, source.as_deref(), client, target, expected)
                 .await
                 .map(|s| {
@@ -130,6 +134,9 @@ pub async fn open(
         }
         Some(w) => {
             let target = SocketAddr::new(workload_ip(w, dst)?, port);
+            if proxy.is_own_listener(target, source.as_deref()) {
+                return Err(OutboundError::Loop(target));
+            }
             plain(proxy, target)
                 .await
                 .map(|t| (Upstream::Tcp(t), format!("{target} plain TCP")))
@@ -259,20 +266,19 @@ async fn plain(proxy: &Proxy, addr: SocketAddr) -> Result<TcpStream, OutboundErr
 /// Copies between the client and the opened upstream until both sides close, then records
 /// the bytes.
 pub async fn relay(mut downstream: TcpStream, opened: Opened) {
-    let result = match opened.upstream {
+    let (t, result) = match opened.upstream {
         Upstream::Hbone(s) => s.relay(&mut downstream).await,
         Upstream::Tcp(mut t) => copy_bidirectional(&mut downstream, &mut t).await,
     };
     match result {
-        Ok(t) => {
-            tracing::debug!(route = %opened.route, sent = t.a_to_b, received = t.b_to_a, "outbound connection closed");
-            opened.record.closed(t.a_to_b, t.b_to_a);
+        Ok(()) => {
+            tracing::debug!(route = %opened.route, sent = t.a_to_b, received = t.b_to_a, "outbound connection closed")
         }
         Err(e) => {
-            tracing::debug!(route = %opened.route, "outbound connection ended with error: {e}");
-            opened.record.closed(0, 0);
+            tracing::debug!(route = %opened.route, "outbound connection ended with error: {e}")
         }
     }
+    opened.record.closed(t.a_to_b, t.b_to_a);
 }
 
 /// The 15001 listener's handler: a captured connection, addressed to its original destination.

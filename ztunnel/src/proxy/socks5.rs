@@ -12,6 +12,8 @@ use super::outbound::{self, OutboundError};
 use super::{ConnectionGuard, Proxy};
 
 const VERSION: u8 = 5;
+/// A client gets this long to send its greeting and request.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const NO_AUTH: u8 = 0;
 const NO_ACCEPTABLE_METHOD: u8 = 0xff;
 const CMD_CONNECT: u8 = 1;
@@ -107,7 +109,9 @@ async fn resolve(proxy: &Proxy, name: &str) -> Option<IpAddr> {
         .iter()
         .find(|s| s.service.namespace == proxy.workload.namespace)
         .or(services.first());
-    if let Some(vip) = best.and_then(|s| s.service.vips.first()) {
+    // Outbound resolution works on the default network; take a VIP there.
+    let vip = best.and_then(|s| s.service.vips.iter().find(|v| v.network.is_empty()));
+    if let Some(vip) = vip {
         return Some(vip.ip);
     }
     tokio::net::lookup_host((name, 0))
@@ -143,10 +147,14 @@ pub async fn handle(
     client: SocketAddr,
     _guard: ConnectionGuard,
 ) {
-    let dst = match handshake(&mut tcp, &proxy).await {
-        Ok(dst) => dst,
-        Err(e) => {
+    let dst = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut tcp, &proxy)).await {
+        Ok(Ok(dst)) => dst,
+        Ok(Err(e)) => {
             tracing::info!(%client, "SOCKS5 request refused: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%client, "SOCKS5 client sent no complete request within {HANDSHAKE_TIMEOUT:?}");
             return;
         }
     };

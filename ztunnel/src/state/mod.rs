@@ -19,9 +19,6 @@ use serde::Serialize;
 
 pub use model::{HealthStatus, NetworkAddress, PortMap, Protocol, Service, Workload};
 
-/// The namespace whose `Namespace`-scoped policies Istio treats as mesh-wide.
-pub const ROOT_NAMESPACE: &str = "istio-system";
-
 /// A validated, complete view of the mesh as a config source delivers it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MeshConfig {
@@ -83,6 +80,8 @@ impl ServiceEntry {
 pub struct Snapshot {
     pub config: MeshConfig,
     by_uid: HashMap<String, Arc<WorkloadEntry>>,
+    /// namespace -> name -> workload (no allocation per lookup).
+    by_name: HashMap<String, HashMap<String, Arc<WorkloadEntry>>>,
     /// By address; the few entries sharing an address differ by network.
     by_ip: HashMap<IpAddr, Vec<Arc<WorkloadEntry>>>,
     services_by_vip: HashMap<IpAddr, Vec<Arc<ServiceEntry>>>,
@@ -140,20 +139,25 @@ impl Snapshot {
             for ip in &entry.workload.workload_ips {
                 snap.by_ip.entry(*ip).or_default().push(entry.clone());
             }
+            snap.by_name
+                .entry(entry.workload.namespace.clone())
+                .or_default()
+                .insert(entry.workload.name.clone(), entry.clone());
             snap.by_uid.insert(entry.workload.uid.clone(), entry);
+        }
+        // One pass over the workloads' service maps: service key -> endpoints.
+        let mut backing: HashMap<&str, Vec<Endpoint>> = HashMap::new();
+        for w in snap.by_uid.values() {
+            for (key, ports) in &w.workload.services {
+                backing.entry(key.as_str()).or_default().push(Endpoint {
+                    workload: w.clone(),
+                    ports: ports.clone(),
+                });
+            }
         }
         for s in &config.services {
             let key = s.key();
-            let mut endpoints: Vec<Endpoint> = snap
-                .by_uid
-                .values()
-                .filter_map(|w| {
-                    w.workload.services.get(&key).map(|ports| Endpoint {
-                        workload: w.clone(),
-                        ports: ports.clone(),
-                    })
-                })
-                .collect();
+            let mut endpoints = backing.remove(key.as_str()).unwrap_or_default();
             endpoints.sort_by(|a, b| a.workload.workload.uid.cmp(&b.workload.workload.uid));
             let healthy = (0..endpoints.len())
                 .filter(|&i| endpoints[i].workload.workload.status == HealthStatus::Healthy)
@@ -178,10 +182,9 @@ impl Snapshot {
         for p in &config.policies {
             let key = p.key();
             match p.scope {
+                // Taken literally, as Istio's ztunnel does: istiod sends root-namespace
+                // policies as Global.
                 Scope::Global => snap.global_policies.push(key.clone()),
-                Scope::Namespace if p.namespace == ROOT_NAMESPACE => {
-                    snap.global_policies.push(key.clone())
-                }
                 Scope::Namespace => snap
                     .namespace_policies
                     .entry(p.namespace.clone())
@@ -208,9 +211,7 @@ impl Snapshot {
 
     /// Finds the workload serving in dedicated mode: by namespace and name.
     pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<WorkloadEntry>> {
-        self.by_uid
-            .values()
-            .find(|w| w.workload.namespace == namespace && w.workload.name == name)
+        self.by_name.get(namespace)?.get(name)
     }
 
     pub fn service_by_vip(&self, network: &str, ip: IpAddr) -> Option<&Arc<ServiceEntry>> {
@@ -319,6 +320,9 @@ pub fn fill_workload_defaults(w: &mut Workload, trust_domain: &str) {
 pub struct StateStore {
     current: ArcSwap<Snapshot>,
     trust_domain: String,
+    /// Workloads this ztunnel serves (namespace, name): their policies are compiled while a
+    /// new snapshot is built, not on the first connection after a swap.
+    served: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl StateStore {
@@ -326,6 +330,17 @@ impl StateStore {
         Self {
             current: ArcSwap::from_pointee(Snapshot::default()),
             trust_domain: trust_domain.to_owned(),
+            served: Default::default(),
+        }
+    }
+
+    /// Registers a served workload whose policies every new snapshot precompiles.
+    pub fn add_served(&self, namespace: &str, name: &str) {
+        let mut served = self.served.lock().expect("served lock");
+        served.push((namespace.to_owned(), name.to_owned()));
+        let snap = self.current.load();
+        if let Some(w) = snap.workload_by_name(namespace, name) {
+            snap.policies_for(w);
         }
     }
 
@@ -337,6 +352,11 @@ impl StateStore {
     pub fn replace(&self, config: MeshConfig) -> Result<u64, String> {
         let version = self.current.load().version + 1;
         let snap = Snapshot::build(config, &self.trust_domain, version)?;
+        for (ns, name) in self.served.lock().expect("served lock").iter() {
+            if let Some(w) = snap.workload_by_name(ns, name) {
+                snap.policies_for(w);
+            }
+        }
         self.current.store(Arc::new(snap));
         Ok(version)
     }

@@ -15,10 +15,11 @@ workloads:
 services:
 - {name: a, namespace: app, hostname: a.app.svc.cluster.local, vips: [/10.96.0.1], ports: {80: 8080, 443: 0}}
 policies:
-- {name: mesh-wide, namespace: istio-system, scope: Namespace, action: Deny, rules: [[[{destinationPorts: [1]}]]]}
+- {name: mesh-wide, namespace: istio-system, scope: Global, action: Deny, rules: [[[{destinationPorts: [1]}]]]}
 - {name: global, namespace: anywhere, scope: Global, action: Deny, rules: [[[{destinationPorts: [2]}]]]}
 - {name: ns-app, namespace: app, scope: Namespace, action: Deny, rules: [[[{destinationPorts: [3]}]]]}
 - {name: ns-other, namespace: other, scope: Namespace, action: Deny, rules: [[[{destinationPorts: [4]}]]]}
+- {name: root-ns, namespace: istio-system, scope: Namespace, action: Deny, rules: [[[{destinationPorts: [6]}]]]}
 - {name: only-a1, namespace: app, scope: WorkloadSelector, action: Deny, rules: [[[{destinationPorts: [5]}]]]}
 "#;
 

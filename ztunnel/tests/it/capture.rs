@@ -67,8 +67,17 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
     .expect("netns thread")
 }
 
+/// A TCP connection that bypasses the pod's capture (ztunnel's mark), as kubelet probes and
+/// scrapers outside the pod do.
+fn connect_uncaptured(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.set_mark(0x539)?;
+    sock.connect_timeout(&addr.into(), Duration::from_secs(1))?;
+    Ok(sock.into())
+}
+
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    let mut tcp = connect_uncaptured(addr).ok()?;
     tcp.write_all(
         format!("GET {path} HTTP/1.1\r\nhost: z\r\nconnection: close\r\n\r\n").as_bytes(),
     )
@@ -132,10 +141,15 @@ fn captured_connect_is_tunnelled_and_plaintext_inbound_is_held_to_policy() {
         run(&["ip", "-n", ns, "link", "set", dev, "up"]);
         run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
     }
-    // Client pod: outbound TCP not marked by ztunnel → 15001.
-    run(&["ip", "netns", "exec", &c, "nft", "add table ip ztunnel; add chain ip ztunnel output { type nat hook output priority -100; }; add rule ip ztunnel output meta l4proto tcp meta mark != 0x539 ip daddr != 127.0.0.0/8 redirect to :15001"]);
-    // Server pod: inbound TCP from outside, except HBONE → 15006.
-    run(&["ip", "netns", "exec", &s, "nft", "add table ip ztunnel; add chain ip ztunnel prerouting { type nat hook prerouting priority -100; }; add rule ip ztunnel prerouting iifname != lo meta l4proto tcp tcp dport != 15008 redirect to :15006"]);
+    // Both pods get the same rules: outbound TCP not marked by ztunnel → 15001; inbound TCP
+    // from outside, except HBONE → 15006.
+    for ns in [&c, &s] {
+        run(&["ip", "netns", "exec", ns, "nft", "add table ip ztunnel; \
+            add chain ip ztunnel output { type nat hook output priority -100; }; \
+            add rule ip ztunnel output meta l4proto tcp meta mark != 0x539 ip daddr != 127.0.0.0/8 redirect to :15001; \
+            add chain ip ztunnel prerouting { type nat hook prerouting priority -100; }; \
+            add rule ip ztunnel prerouting iifname != lo meta l4proto tcp tcp dport != 15008 redirect to :15006"]);
+    }
 
     mesh.write_config(&format!(
         r#"
@@ -220,12 +234,7 @@ policies:
     // Plaintext into the server pod, bypassing the client's capture with ztunnel's mark: it is
     // redirected to 15006, has no identity, and STRICT (deny without principal) refuses it.
     let refused = in_netns(&c, || {
-        let sock =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.set_mark(0x539).unwrap();
-        sock.connect(&SocketAddr::from(([10, 201, 0, 2], 8080)).into())
-            .unwrap();
-        let mut tcp: TcpStream = sock.into();
+        let mut tcp = connect_uncaptured(SocketAddr::from(([10, 201, 0, 2], 8080))).unwrap();
         let _ = tcp.write_all(b"plain");
         let mut out = Vec::new();
         let _ = tcp.read_to_end(&mut out);

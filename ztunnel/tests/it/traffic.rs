@@ -242,6 +242,14 @@ workloads:
         0,
         "no HBONE for plain workloads"
     );
+    // ztunnel's own listeners are never a destination (that would loop back into it).
+    for own in [15001, 15006, 15008, 15080, 15000] {
+        assert_eq!(
+            socks5(a.addresses.socks5, at(&mesh, 2, own)).await.err(),
+            Some(2),
+            "port {own}"
+        );
+    }
     // Nothing listens on .3:1: the failure is counted and answered "connection refused" (5).
     assert_eq!(
         socks5(a.addresses.socks5, at(&mesh, 3, 1)).await.err(),
