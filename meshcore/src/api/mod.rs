@@ -3,24 +3,29 @@
 //! certificate service and the node agent protocol. Conversions into the mesh's own model live
 //! beside them.
 
-#![allow(clippy::all, missing_docs)]
+pub mod convert;
 
+#[allow(clippy::all)]
 pub mod security {
     tonic::include_proto!("istio.security");
 }
 
+#[allow(clippy::all)]
 pub mod workload {
     tonic::include_proto!("istio.workload");
 }
 
+#[allow(clippy::all)]
 pub mod ca {
     tonic::include_proto!("istio.v1.auth");
 }
 
+#[allow(clippy::all)]
 pub mod discovery {
     tonic::include_proto!("envoy.service.discovery.v3");
 }
 
+#[allow(clippy::all)]
 pub mod zds {
     tonic::include_proto!("istio.workload.zds");
 }
