@@ -3,3 +3,4 @@
 //! object and field), which the sources surface as status conditions or log lines.
 
 pub mod authz;
+pub mod workloads;

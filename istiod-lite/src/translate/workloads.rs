@@ -1,0 +1,333 @@
+//! Pods and Services → ambient `Workload` and `Service` resources.
+//!
+//! - Every running pod with an IP becomes a Workload. It speaks HBONE when it is enrolled: its
+//!   namespace carries `istio.io/dataplane-mode=ambient` and the pod does not opt out with the
+//!   same label set to `none`; other pods (and host-network pods) are plain-TCP workloads, so
+//!   enrolled clients still reach them.
+//! - Every Service with cluster IPs becomes a Service; the pods its selector matches list it in
+//!   their `services` map with the target port resolved (numbers, or named container ports).
+//! - WorkloadSelector AuthorizationPolicies are bound to the pods whose labels they select.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use meshcore::api::convert::ip_to_bytes;
+use meshcore::api::workload as wire;
+
+pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+
+/// Cluster-wide facts translation needs.
+#[derive(Debug, Clone)]
+pub struct ClusterInfo {
+    pub trust_domain: String,
+    pub cluster_id: String,
+    /// DNS suffix of Services (`cluster.local`).
+    pub domain: String,
+    pub root_namespace: String,
+}
+
+impl Default for ClusterInfo {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".into(),
+            cluster_id: "Kubernetes".into(),
+            domain: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
+        }
+    }
+}
+
+/// A WorkloadSelector policy: its key and where it applies.
+#[derive(Debug, Clone)]
+pub struct SelectorPolicy {
+    pub key: String,
+    pub namespace: String,
+    pub match_labels: BTreeMap<String, String>,
+}
+
+fn labels(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> BTreeMap<String, String> {
+    meta.labels.clone().unwrap_or_default()
+}
+
+/// Whether pods of `namespace` with `pod_labels` are in the mesh.
+pub fn enrolled(namespace: Option<&Namespace>, pod_labels: &BTreeMap<String, String>) -> bool {
+    let ns_ambient = namespace
+        .and_then(|n| n.metadata.labels.as_ref())
+        .and_then(|l| l.get(DATAPLANE_MODE_LABEL))
+        .is_some_and(|v| v == "ambient");
+    let pod_mode = pod_labels.get(DATAPLANE_MODE_LABEL).map(String::as_str);
+    match pod_mode {
+        Some("none") => false,
+        Some("ambient") => true,
+        _ => ns_ambient,
+    }
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The Service's hostname, `name.namespace.svc.<domain>`.
+pub fn hostname(svc: &Service, info: &ClusterInfo) -> String {
+    format!(
+        "{}.{}.svc.{}",
+        svc.metadata.name.as_deref().unwrap_or_default(),
+        svc.metadata.namespace.as_deref().unwrap_or_default(),
+        info.domain
+    )
+}
+
+/// Services with cluster IPs.
+pub fn services(services: &[Service], info: &ClusterInfo) -> Vec<wire::Service> {
+    services
+        .iter()
+        .filter_map(|svc| {
+            let spec = svc.spec.as_ref()?;
+            let ips: Vec<IpAddr> = spec
+                .cluster_ips
+                .iter()
+                .flatten()
+                .chain(spec.cluster_ip.iter())
+                .filter_map(|ip| ip.parse().ok())
+                .fold(Vec::new(), |mut acc, ip| {
+                    if !acc.contains(&ip) {
+                        acc.push(ip);
+                    }
+                    acc
+                });
+            if ips.is_empty() {
+                return None; // headless or ExternalName: nothing for ztunnel to resolve
+            }
+            let ports = spec
+                .ports
+                .iter()
+                .flatten()
+                .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+                .map(|p| wire::Port {
+                    service_port: p.port as u32,
+                    target_port: match &p.target_port {
+                        Some(IntOrString::Int(t)) => *t as u32,
+                        // Named: resolved per endpoint in the workload's services map.
+                        Some(IntOrString::String(_)) => 0,
+                        None => p.port as u32,
+                    },
+                })
+                .collect();
+            Some(wire::Service {
+                name: svc.metadata.name.clone().unwrap_or_default(),
+                namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+                hostname: hostname(svc, info),
+                addresses: ips
+                    .into_iter()
+                    .map(|ip| wire::NetworkAddress {
+                        network: String::new(),
+                        address: ip_to_bytes(ip),
+                    })
+                    .collect(),
+                ports,
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// The Workload uid Istio uses: `<cluster>//Pod/<namespace>/<name>`.
+pub fn pod_uid(info: &ClusterInfo, namespace: &str, name: &str) -> String {
+    format!("{}//Pod/{namespace}/{name}", info.cluster_id)
+}
+
+/// Running pods with IPs.
+pub fn workloads(
+    pods: &[Pod],
+    namespaces: &[Namespace],
+    all_services: &[Service],
+    selector_policies: &[SelectorPolicy],
+    info: &ClusterInfo,
+) -> Vec<wire::Workload> {
+    let ns_by_name: BTreeMap<&str, &Namespace> = namespaces
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, n)))
+        .collect();
+    pods.iter()
+        .filter_map(|pod| {
+            let name = pod.metadata.name.as_deref()?;
+            let namespace = pod.metadata.namespace.as_deref()?;
+            let spec = pod.spec.as_ref()?;
+            let status = pod.status.as_ref()?;
+            if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+                return None;
+            }
+            let ips: Vec<IpAddr> = status
+                .pod_ips
+                .iter()
+                .flatten()
+                .map(|p| p.ip.as_str())
+                .chain(status.pod_ip.as_deref())
+                .filter_map(|ip| ip.parse().ok())
+                .fold(Vec::new(), |mut acc, ip| {
+                    if !acc.contains(&ip) {
+                        acc.push(ip);
+                    }
+                    acc
+                });
+            if ips.is_empty() {
+                return None; // not scheduled or not started yet
+            }
+            let pod_labels = labels(&pod.metadata);
+            let host_network = spec.host_network.unwrap_or(false);
+            let hbone = !host_network && enrolled(ns_by_name.get(namespace).copied(), &pod_labels);
+            let ready = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let (workload_name, workload_type) = owner_workload(pod, name);
+            let mut services = std::collections::HashMap::new();
+            for svc in all_services {
+                if svc.metadata.namespace.as_deref() != Some(namespace) {
+                    continue;
+                }
+                let Some(sspec) = svc.spec.as_ref() else {
+                    continue;
+                };
+                if !sspec
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| selects(s, &pod_labels))
+                {
+                    continue;
+                }
+                let ports = sspec
+                    .ports
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| {
+                        let target = match &p.target_port {
+                            Some(IntOrString::Int(t)) => *t,
+                            Some(IntOrString::String(named)) => named_port(pod, named)?,
+                            None => p.port,
+                        };
+                        Some(wire::Port {
+                            service_port: p.port as u32,
+                            target_port: target as u32,
+                        })
+                    })
+                    .collect();
+                services.insert(
+                    format!("{namespace}/{}", hostname(svc, info)),
+                    wire::PortList { ports },
+                );
+            }
+            let mut authorization_policies: Vec<String> = selector_policies
+                .iter()
+                .filter(|p| p.namespace == namespace || p.namespace == info.root_namespace)
+                .filter(|p| selects(&p.match_labels, &pod_labels))
+                .map(|p| p.key.clone())
+                .collect();
+            authorization_policies.sort();
+            Some(wire::Workload {
+                uid: pod_uid(info, namespace, name),
+                name: name.to_owned(),
+                namespace: namespace.to_owned(),
+                addresses: ips.into_iter().map(|ip| ip_to_bytes(ip).into()).collect(),
+                tunnel_protocol: if hbone {
+                    wire::TunnelProtocol::Hbone
+                } else {
+                    wire::TunnelProtocol::None
+                } as i32,
+                trust_domain: info.trust_domain.clone(),
+                service_account: spec
+                    .service_account_name
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                node: spec.node_name.clone().unwrap_or_default(),
+                canonical_name: canonical_name(&pod_labels, &workload_name),
+                canonical_revision: canonical_revision(&pod_labels),
+                workload_type: workload_type as i32,
+                workload_name,
+                services,
+                authorization_policies,
+                status: if ready {
+                    wire::WorkloadStatus::Healthy
+                } else {
+                    wire::WorkloadStatus::Unhealthy
+                } as i32,
+                cluster_id: info.cluster_id.clone(),
+                network_mode: if host_network {
+                    wire::NetworkMode::HostNetwork
+                } else {
+                    wire::NetworkMode::Standard
+                } as i32,
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+fn named_port(pod: &Pod, name: &str) -> Option<i32> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some(name))
+        .map(|p| p.container_port)
+}
+
+/// The owning workload: a Deployment (from its ReplicaSet's name minus the pod-template hash),
+/// a Job, CronJob, or the pod itself.
+fn owner_workload(pod: &Pod, pod_name: &str) -> (String, wire::WorkloadType) {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    match owner {
+        Some(o) if o.kind == "ReplicaSet" => {
+            let hash = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"));
+            let name = match hash {
+                Some(h) => o.name.strip_suffix(&format!("-{h}")).unwrap_or(&o.name),
+                None => &o.name,
+            };
+            (name.to_owned(), wire::WorkloadType::Deployment)
+        }
+        Some(o) if o.kind == "Job" => (o.name.clone(), wire::WorkloadType::Job),
+        Some(o) if o.kind == "CronJob" => (o.name.clone(), wire::WorkloadType::Cronjob),
+        Some(o) => (o.name.clone(), wire::WorkloadType::Pod),
+        None => (pod_name.to_owned(), wire::WorkloadType::Pod),
+    }
+}
+
+fn canonical_name(labels: &BTreeMap<String, String>, workload_name: &str) -> String {
+    [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|k| labels.get(*k).cloned())
+    .unwrap_or_else(|| workload_name.to_owned())
+}
+
+fn canonical_revision(labels: &BTreeMap<String, String>) -> String {
+    [
+        "service.istio.io/canonical-revision",
+        "app.kubernetes.io/version",
+        "version",
+    ]
+    .iter()
+    .find_map(|k| labels.get(*k).cloned())
+    .unwrap_or_else(|| "latest".into())
+}
+
+#[cfg(test)]
+mod tests;
