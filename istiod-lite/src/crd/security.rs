@@ -156,3 +156,34 @@ fn strings_or_numbers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Stri
         })
         .collect())
 }
+
+/// `PeerAuthentication` mutual TLS mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum MtlsMode {
+    /// Inherit from the parent scope.
+    #[default]
+    Unset,
+    Disable,
+    Permissive,
+    Strict,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MutualTls {
+    #[serde(default)]
+    pub mode: MtlsMode,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerAuthenticationSpec {
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub mtls: Option<MutualTls>,
+    /// Workload port → mode; only honoured with a selector, as in Istio.
+    #[serde(default)]
+    pub port_level_mtls: BTreeMap<u32, MutualTls>,
+}

@@ -3,4 +3,5 @@
 //! object and field), which the sources surface as status conditions or log lines.
 
 pub mod authz;
+pub mod peer_authn;
 pub mod workloads;
