@@ -5,3 +5,145 @@
 pub mod authz;
 pub mod peer_authn;
 pub mod workloads;
+
+use std::collections::BTreeMap;
+
+use meshcore::api::workload as wire;
+use meshcore::policy::Authorization;
+
+use crate::cluster::{key, Cluster};
+pub use workloads::ClusterInfo;
+
+/// A reason an object was not honoured as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// `Kind namespace/name`.
+    pub object: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.object, self.message)
+    }
+}
+
+/// Everything ztunnels are sent, from one view of the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Translation {
+    pub workloads: Vec<wire::Workload>,
+    pub services: Vec<wire::Service>,
+    pub authorizations: Vec<Authorization>,
+    /// Partly honoured objects.
+    pub notes: Vec<Note>,
+    /// Objects with invalid values, left out entirely.
+    pub errors: Vec<Note>,
+}
+
+/// Translates a whole cluster view.
+pub fn translate(cluster: &Cluster, info: &ClusterInfo) -> Translation {
+    let mut out = Translation::default();
+    let mut selector_policies = Vec::new();
+    for ap in &cluster.authorization_policies {
+        let object = format!("AuthorizationPolicy {}", key(&ap.metadata));
+        let namespace = ap.metadata.namespace.as_deref().unwrap_or_default();
+        let name = ap.metadata.name.as_deref().unwrap_or_default();
+        let annotations = ap.metadata.annotations.clone().unwrap_or_default();
+        match authz::authorization_policy(
+            namespace,
+            name,
+            &annotations,
+            &ap.spec,
+            &info.root_namespace,
+        ) {
+            Ok(t) => {
+                out.notes.extend(t.notes.into_iter().map(|message| Note {
+                    object: object.clone(),
+                    message,
+                }));
+                if let Some(a) = t.authorization {
+                    if a.scope == meshcore::policy::Scope::WorkloadSelector {
+                        selector_policies.push(workloads::SelectorPolicy {
+                            key: a.key(),
+                            namespace: a.namespace.clone(),
+                            match_labels: ap.spec.selector.clone().unwrap_or_default().match_labels,
+                        });
+                    }
+                    out.authorizations.push(a);
+                }
+            }
+            Err(e) => out.errors.push(Note {
+                object,
+                message: e.0,
+            }),
+        }
+    }
+
+    let mut peer_authns: Vec<peer_authn::PeerAuthn> = cluster
+        .peer_authentications
+        .iter()
+        .map(|p| peer_authn::PeerAuthn {
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            name: p.metadata.name.clone().unwrap_or_default(),
+            spec: p.spec.clone(),
+        })
+        .collect();
+    peer_authns.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    for p in &peer_authns {
+        if !p.spec.port_level_mtls.is_empty()
+            && p.spec
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.match_labels.is_empty())
+        {
+            out.notes.push(Note {
+                object: format!("PeerAuthentication {}/{}", p.namespace, p.name),
+                message: "portLevelMtls: only honoured with a selector (as in Istio); ignored"
+                    .into(),
+            });
+        }
+    }
+
+    out.workloads = workloads::workloads(
+        &cluster.pods,
+        &cluster.namespaces,
+        &cluster.services,
+        &selector_policies,
+        info,
+    );
+    // Bind each workload to the policy enforcing its effective PeerAuthentication mode.
+    let mut mtls_policies: BTreeMap<String, Authorization> = BTreeMap::new();
+    let pod_labels: BTreeMap<(String, String), BTreeMap<String, String>> = cluster
+        .pods
+        .iter()
+        .filter_map(|p| {
+            Some((
+                (p.metadata.namespace.clone()?, p.metadata.name.clone()?),
+                p.metadata.labels.clone().unwrap_or_default(),
+            ))
+        })
+        .collect();
+    for w in &mut out.workloads {
+        let labels = pod_labels
+            .get(&(w.namespace.clone(), w.name.clone()))
+            .cloned()
+            .unwrap_or_default();
+        let effective =
+            peer_authn::effective(&peer_authns, &w.namespace, &labels, &info.root_namespace);
+        if let Some(policy) = peer_authn::policy_for(&effective, &info.root_namespace) {
+            w.authorization_policies.push(policy.key());
+            mtls_policies.entry(policy.key()).or_insert(policy);
+        }
+    }
+    out.authorizations.extend(mtls_policies.into_values());
+    out.services = workloads::services(&cluster.services, info);
+    // Deterministic order: pushes and tests compare like with like.
+    out.workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
+    out.services
+        .sort_by(|a, b| (&a.namespace, &a.hostname).cmp(&(&b.namespace, &b.hostname)));
+    out.authorizations.sort_by_key(Authorization::key);
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! Reading Kubernetes manifests: multi-document YAML files in a directory, as `kubectl apply
+//! -f DIR` would take them. Namespaces, Pods, Services, AuthorizationPolicies and
+//! PeerAuthentications are kept (also inside `kind: List`); other kinds are skipped. A document
+//! that does not parse refuses the whole load, naming file, document, object and field, so the
+//! caller keeps its last good view.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use crate::cluster::Cluster;
+
+/// Every manifest file under `dir` (`.yaml`, `.yml`, `.json`), sorted, not recursing into
+/// hidden directories.
+pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            let hidden = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if hidden {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Loads every manifest under `dir`.
+pub fn load_dir(dir: &Path) -> Result<Cluster, Vec<String>> {
+    let files = manifest_files(dir).map_err(|e| vec![format!("reading {}: {e}", dir.display())])?;
+    let mut cluster = Cluster::default();
+    let mut errors = Vec::new();
+    for file in files {
+        let shown = file
+            .strip_prefix(dir)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
+        match std::fs::read_to_string(&file) {
+            Ok(text) => load_text(&text, &shown, &mut cluster, &mut errors),
+            Err(e) => errors.push(format!("{shown}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(cluster)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Adds the objects of one file's text to `cluster`.
+pub fn load_text(text: &str, file: &str, cluster: &mut Cluster, errors: &mut Vec<String>) {
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let at = format!("{file} document {}", i + 1);
+        match Value::deserialize(doc) {
+            Ok(Value::Null) => {}
+            Ok(value) => add_object(value, &at, cluster, errors),
+            Err(e) => errors.push(format!("{at}: {e}")),
+        }
+    }
+}
+
+fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<String>) {
+    let field = |k: &str| {
+        value
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (api, kind) = (field("apiVersion"), field("kind"));
+    let name = value
+        .get("metadata")
+        .map(|m| {
+            let s = |k: &str| {
+                m.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            match s("namespace") {
+                ns if ns.is_empty() => s("name"),
+                ns => format!("{ns}/{}", s("name")),
+            }
+        })
+        .unwrap_or_default();
+    let at = format!("{at} ({kind} {name})");
+    fn typed<T: serde::de::DeserializeOwned>(
+        v: Value,
+        at: &str,
+        errors: &mut Vec<String>,
+    ) -> Option<T> {
+        serde_yaml_ng::from_value(v)
+            .map_err(|e| errors.push(format!("{at}: {e}")))
+            .ok()
+    }
+    let security = matches!(
+        api.as_str(),
+        "security.istio.io/v1" | "security.istio.io/v1beta1"
+    );
+    match (api.as_str(), kind.as_str()) {
+        ("v1", "List") => {
+            let items = value
+                .get("items")
+                .and_then(Value::as_sequence)
+                .cloned()
+                .unwrap_or_default();
+            for (i, item) in items.into_iter().enumerate() {
+                add_object(item, &format!("{at} item {i}"), cluster, errors);
+            }
+        }
+        ("v1", "Namespace") => cluster.namespaces.extend(typed(value, &at, errors)),
+        ("v1", "Pod") => cluster.pods.extend(
+            typed::<k8s_openapi::api::core::v1::Pod>(value, &at, errors).map(default_namespace),
+        ),
+        ("v1", "Service") => cluster.services.extend(
+            typed::<k8s_openapi::api::core::v1::Service>(value, &at, errors).map(default_namespace),
+        ),
+        (_, "AuthorizationPolicy") if security => cluster.authorization_policies.extend(
+            typed::<crate::cluster::AuthorizationPolicy>(value, &at, errors).map(default_namespace),
+        ),
+        (_, "PeerAuthentication") if security => cluster.peer_authentications.extend(
+            typed::<crate::cluster::PeerAuthentication>(value, &at, errors).map(default_namespace),
+        ),
+        ("", _) | (_, "") => errors.push(format!(
+            "{at}: not a Kubernetes object (apiVersion and kind are required)"
+        )),
+        _ => {} // other kinds (Deployments, ConfigMaps, ...) are not the mesh's business
+    }
+}
+
+/// Objects without a namespace land in `default`, as `kubectl apply` would put them.
+trait HasMeta {
+    fn meta(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+}
+impl HasMeta for k8s_openapi::api::core::v1::Pod {
+    fn meta(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.metadata
+    }
+}
+impl HasMeta for k8s_openapi::api::core::v1::Service {
+    fn meta(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.metadata
+    }
+}
+impl HasMeta for crate::cluster::AuthorizationPolicy {
+    fn meta(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.metadata
+    }
+}
+impl HasMeta for crate::cluster::PeerAuthentication {
+    fn meta(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+fn default_namespace<T: HasMeta>(mut obj: T) -> T {
+    let meta = obj.meta();
+    if meta.namespace.as_deref().unwrap_or_default().is_empty() {
+        meta.namespace = Some("default".into());
+    }
+    obj
+}
