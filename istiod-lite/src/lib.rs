@@ -8,4 +8,6 @@
 pub mod cluster;
 pub mod crd;
 pub mod manifests;
+pub mod sources;
 pub mod translate;
+pub mod xds;

@@ -100,14 +100,32 @@ fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<St
         })
         .unwrap_or_default();
     let at = format!("{at} ({kind} {name})");
+    /// Deserializes strictly: a field the type does not know is an error naming its path, as
+    /// `kubectl apply` with strict field validation reports it.
     fn typed<T: serde::de::DeserializeOwned>(
         v: Value,
         at: &str,
         errors: &mut Vec<String>,
     ) -> Option<T> {
-        serde_yaml_ng::from_value(v)
-            .map_err(|e| errors.push(format!("{at}: {e}")))
-            .ok()
+        let mut unknown = Vec::new();
+        let result: Result<T, _> = serde_ignored::deserialize(v, |path| {
+            // Our Istio types leave the type header and any recorded status to the reader.
+            let path = path.to_string();
+            if !matches!(path.as_str(), "apiVersion" | "kind") && !path.starts_with("status") {
+                unknown.push(path);
+            }
+        });
+        match result {
+            Err(e) => {
+                errors.push(format!("{at}: {e}"));
+                None
+            }
+            Ok(_) if !unknown.is_empty() => {
+                errors.push(format!("{at}: unknown field {}", unknown.join(", ")));
+                None
+            }
+            Ok(obj) => Some(obj),
+        }
     }
     let security = matches!(
         api.as_str(),

@@ -122,7 +122,12 @@ fn route(ctx: &AdminContext, which: Endpoints, req: Request<Incoming>) -> Respon
     let path = req.uri().path();
     match (which, req.method(), path) {
         (Endpoints::Readiness, _, "/healthz/ready") => {
-            if ctx.ready.load(Ordering::Acquire) && !ctx.proxy.drain.is_draining() {
+            // Over xDS, ready once the first view arrived.
+            let synced = {
+                let s = ctx.source.lock().expect("status lock");
+                s.xds_address.is_none() || s.applied_version > 0
+            };
+            if ctx.ready.load(Ordering::Acquire) && synced && !ctx.proxy.drain.is_draining() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

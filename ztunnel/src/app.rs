@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use crate::admin::{self, AdminContext, Endpoints, LogControl};
 use crate::certs::{CertManager, CertificateProvider, LocalCa};
 use crate::config::watch::{LocalFileSource, SourceStatus};
+use crate::config::xds::{XdsClient, XdsConfig};
 use crate::metrics::Metrics;
 use crate::proxy::{self, inbound, outbound, socks5, Drain, Proxy};
 use crate::settings::Settings;
@@ -117,6 +118,35 @@ pub async fn start(
             LocalCa::generate(&settings.trust_domain, settings.secret_ttl)?
         }
     });
+    // After the CA: a development CA directory gets its root-cert.pem written above.
+    if let Some(address) = &settings.xds_address {
+        let root_path = settings
+            .xds_root_ca
+            .clone()
+            .or_else(|| settings.ca_dir.as_ref().map(|d| d.join("root-cert.pem")))
+            .expect("validated: XDS_ADDRESS has a root");
+        let roots = std::fs::read_to_string(&root_path)
+            .map_err(|e| format!("XDS_ROOT_CA {}: {e}", root_path.display()))?;
+        let tls = meshcore::tls::control::control_client_config(&roots)
+            .map_err(|e| format!("XDS_ROOT_CA {}: {e}", root_path.display()))?;
+        let node_id = format!(
+            "ztunnel~{ip}~{}.{ns}~{ns}.svc.cluster.local",
+            workload.name,
+            ns = workload.namespace
+        );
+        let client = XdsClient::new(
+            XdsConfig {
+                address: address.clone(),
+                server_name: settings.xds_server_name.clone(),
+                tls,
+                node_id,
+            },
+            state.clone(),
+            source_status.clone(),
+        );
+        let drain = drain.clone();
+        tokio::spawn(client.run(async move { drain.closed().await }));
+    }
     let certs = CertManager::new(provider);
     let server_creds = certs.credentials(&identity).await?;
     let hbone_server = HboneServer::new(

@@ -86,6 +86,20 @@ pub struct Settings {
     #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
 
+    /// istiod(-lite) to fetch workloads, services and policies from over delta xDS
+    /// (`host:port`, e.g. `istiod.istio-system.svc:15012`); replaces LOCAL_XDS_PATH.
+    #[arg(long, env = "XDS_ADDRESS")]
+    pub xds_address: Option<String>,
+
+    /// The name the control plane's serving certificate must carry.
+    #[arg(long, env = "XDS_SERVER_NAME", default_value = meshcore::tls::control::ISTIOD_SERVER_NAME)]
+    pub xds_server_name: String,
+
+    /// PEM file with the root the control plane's certificate chains to (default: the CA
+    /// directory's root-cert.pem).
+    #[arg(long, env = "XDS_ROOT_CA")]
+    pub xds_root_ca: Option<PathBuf>,
+
     /// How often the local config file is checked for changes.
     #[arg(long, env = "LOCAL_XDS_POLL", default_value = "250ms", value_parser = parse_duration)]
     pub config_poll_interval: Duration,
@@ -100,6 +114,12 @@ impl Settings {
     /// Checks what flags alone cannot express.
     pub fn validate(&self) -> Result<(), String> {
         identity::validate_trust_domain(&self.trust_domain).map_err(|e| e.to_string())?;
+        if self.xds_address.is_some() && self.local_xds_path.is_some() {
+            return Err("set either XDS_ADDRESS or LOCAL_XDS_PATH, not both".into());
+        }
+        if self.xds_address.is_some() && self.xds_root_ca.is_none() && self.ca_dir.is_none() {
+            return Err("XDS_ADDRESS needs XDS_ROOT_CA (or CA_DIR with root-cert.pem) to verify the control plane".into());
+        }
         match (self.proxy_mode, &self.proxy_workload_info) {
             (ProxyMode::Dedicated, None) => Err(
                 "PROXY_MODE=dedicated needs PROXY_WORKLOAD_INFO=namespace/name/serviceaccount"

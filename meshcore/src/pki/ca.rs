@@ -314,6 +314,38 @@ impl CertificateAuthority {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
+    /// Issues a serving certificate for DNS names (the control plane's own, e.g.
+    /// `istiod.istio-system.svc`): a fresh P-256 key, the names as DNS SANs, serverAuth.
+    /// Returns the chain (leaf first) and the key as PEM.
+    pub fn issue_server_cert(
+        &self,
+        dns_names: &[&str],
+        validity: Validity,
+    ) -> Result<(SignedChain, String), PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = dns_names
+            .iter()
+            .map(|n| Ok(SanType::DnsName((*n).try_into()?)))
+            .collect::<Result<_, rcgen::Error>>()?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial()?);
+        params.not_before = to_offset(validity.not_before);
+        params.not_after = to_offset(validity.not_after.min(self.not_after));
+        let leaf = params.signed_by(&key, &self.issuer)?;
+        let mut pems = Vec::with_capacity(1 + self.chain_pems.len());
+        pems.push(leaf.pem());
+        pems.extend(self.chain_pems.iter().cloned());
+        Ok((SignedChain { pems }, key.serialize_pem()))
+    }
+
     /// Validates a CSR and signs it for `ttl` from now. Use [`ValidatedCsr`] and [`Self::sign`]
     /// instead when the caller must authorize the identity first.
     pub fn sign_csr(&self, csr_pem: &str, ttl: Duration) -> Result<SignedChain, PkiError> {

@@ -5,6 +5,7 @@
 //! The client presents the source workload's certificate and accepts the server only if its SPIFFE
 //! ID is one of those expected for the destination. Both ends read [`Credentials`] per handshake.
 
+pub mod control;
 mod credentials;
 mod verify;
 

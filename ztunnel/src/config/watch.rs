@@ -15,6 +15,8 @@ use crate::state::StateStore;
 #[serde(rename_all = "camelCase")]
 pub struct SourceStatus {
     pub path: Option<PathBuf>,
+    /// The control plane, when config comes over xDS.
+    pub xds_address: Option<String>,
     /// Snapshot version of the last good load.
     pub applied_version: u64,
     pub loads: u64,

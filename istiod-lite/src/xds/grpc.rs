@@ -1,0 +1,55 @@
+//! Serving istiod-lite's gRPC services over TLS on one listener (15012).
+//!
+//! TLS handshakes run in a task per connection and bounded by a deadline, so a slow or silent
+//! client never holds up accepting the next one.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshcore::api::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+
+use super::XdsServer;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    xds: XdsServer,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let acceptor = TlsAcceptor::from(tls);
+    let (tx, rx) = mpsc::channel(64);
+    let accept = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, "control-plane TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "control-plane TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    let incoming =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) });
+    let result = tonic::transport::Server::builder()
+        .add_service(AggregatedDiscoveryServiceServer::new(xds))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    accept.abort();
+    result
+}

@@ -1,0 +1,8 @@
+//! Delta xDS: the resources ztunnels subscribe to and the ADS server that streams them.
+
+pub mod grpc;
+pub mod resources;
+pub mod server;
+
+pub use resources::ResourceSet;
+pub use server::{ClientStatus, XdsServer};

@@ -1,0 +1,3 @@
+//! istiod-lite's integration tests: one binary, modules by concern.
+
+mod xds;

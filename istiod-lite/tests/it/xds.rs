@@ -1,0 +1,221 @@
+//! End to end over delta xDS: istiod-lite reads a manifest directory and serves it over TLS;
+//! two ztunnels (in-process, through `ztunnel::start`) fetch their view from it; traffic flows
+//! over HBONE; a policy written to the directory starts denying within a second and removing it
+//! allows again; a malformed manifest is refused with the last good view kept; a resource
+//! ztunnel cannot use is NACKed without disturbing it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use istiod_lite::sources::dir::DirSource;
+use istiod_lite::translate::ClusterInfo;
+use istiod_lite::xds::{grpc, ResourceSet, XdsServer};
+use meshcore::pki::Validity;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::from([127, 61, (std::process::id() % 200) as u8 + 1, last])
+}
+
+fn manifests(dir: &Path) {
+    let pod = |name: &str, sa: &str, last: u8| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}\n\
+             spec: {{serviceAccountName: {sa}, nodeName: node-1, containers: [{{name: c, image: i}}]}}\n\
+             status: {{phase: Running, podIP: \"{}\", conditions: [{{type: Ready, status: \"True\"}}]}}\n",
+            ip(last)
+        )
+    };
+    std::fs::write(
+        dir.join("mesh.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\n{}---\n{}",
+            pod("frontend", "frontend", 2),
+            pod("cart", "cart", 3)
+        ),
+    )
+    .unwrap();
+}
+
+/// SOCKS5 CONNECT through `proxy` to `dst`, then one echoed line; `Err(reply)` when refused.
+async fn call(proxy: SocketAddr, dst: SocketAddr) -> Result<(), u8> {
+    let mut t = TcpStream::connect(proxy).await.unwrap();
+    let IpAddr::V4(v4) = dst.ip() else {
+        unreachable!()
+    };
+    let mut req = vec![5, 1, 0, 5, 1, 0, 1];
+    req.extend_from_slice(&v4.octets());
+    req.extend_from_slice(&dst.port().to_be_bytes());
+    t.write_all(&req).await.unwrap();
+    let mut reply = [0u8; 12];
+    t.read_exact(&mut reply).await.unwrap();
+    if reply[3] != 0 {
+        return Err(reply[3]);
+    }
+    t.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    t.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+    Ok(())
+}
+
+async fn eventually(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if check().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not within {within:?}: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ztunnels_follow_the_manifest_directory_over_xds() {
+    let root = std::env::temp_dir().join(format!("istiod-it-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (dir, ca_dir) = (root.join("manifests"), root.join("ca"));
+    std::fs::create_dir_all(&dir).unwrap();
+    manifests(&dir);
+
+    // The mesh CA (a development root in CA_DIR) also signs istiod-lite's serving certificate.
+    let ca = ztunnel::certs::LocalCa::from_dir(&ca_dir, "cluster.local", Duration::from_secs(3600))
+        .unwrap();
+    let (chain, key) = ca
+        .authority()
+        .issue_server_cert(
+            &["istiod.istio-system.svc"],
+            Validity::from_now(Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let tls = meshcore::tls::control::control_server_config(&chain.to_pem(), &key).unwrap();
+
+    let mut source = DirSource::new(&dir, ClusterInfo::default());
+    let status = source.status.clone();
+    let first = source.poll().unwrap().expect("first read");
+    let (publish, resources) = watch::channel(Arc::new(first));
+    let xds = XdsServer::new(resources);
+    let clients = xds.clients.clone();
+    let listener = TcpListener::bind((ip(1), 15012)).await.unwrap();
+    let xds_address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(grpc::serve(listener, tls, xds, std::future::pending()));
+    let publisher = publish.clone();
+    tokio::spawn(source.run(Duration::from_millis(50), publisher, std::future::pending()));
+
+    let start = |last: u8, workload: &str| {
+        let mut s = ztunnel::Settings::defaults();
+        s.proxy_workload_info = Some(workload.parse().unwrap());
+        s.xds_address = Some(xds_address.clone());
+        s.ca_dir = Some(ca_dir.clone());
+        s.bind_address = ip(last);
+        s.socket_mark = 0;
+        ztunnel::start(s, None)
+    };
+    let frontend = start(2, "shop/frontend/frontend").await.unwrap();
+    let cart = start(3, "shop/cart/cart").await.unwrap();
+    for zt in [&frontend, &cart] {
+        eventually("initial xDS view", Duration::from_secs(5), async || {
+            zt.proxy.state.load().config.workloads.len() == 2
+        })
+        .await;
+    }
+    let app = TcpListener::bind((ip(3), 8080)).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut t, _) = app.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = t.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let cart_app = SocketAddr::new(ip(3), 8080);
+    call(frontend.addresses.socks5, cart_app)
+        .await
+        .expect("allowed over HBONE");
+    assert_eq!(
+        frontend.proxy.hbone.pooled_connections(),
+        1,
+        "the tunnel went over HBONE"
+    );
+
+    // A DENY policy written to the directory is enforced within a second.
+    std::fs::write(
+        dir.join("deny.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-frontend, namespace: shop}\n\
+         spec: {action: DENY, rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]}]}\n",
+    )
+    .unwrap();
+    let took = eventually("policy denies", Duration::from_secs(1), async || {
+        call(frontend.addresses.socks5, cart_app).await == Err(2)
+    })
+    .await;
+    eprintln!("new DENY policy enforced after {took:?}");
+
+    // A malformed manifest is refused by name; the last good view (with the DENY) stays.
+    std::fs::write(
+        dir.join("broken.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {portz: []}\n",
+    )
+    .unwrap();
+    eventually("refusal recorded", Duration::from_secs(2), async || {
+        status
+            .lock()
+            .unwrap()
+            .refused
+            .iter()
+            .any(|e| e.contains("broken.yaml document 1 (Service x)") && e.contains("portz"))
+    })
+    .await;
+    assert_eq!(call(frontend.addresses.socks5, cart_app).await, Err(2));
+    std::fs::remove_file(dir.join("broken.yaml")).unwrap();
+
+    // Removing the policy allows again.
+    std::fs::remove_file(dir.join("deny.yaml")).unwrap();
+    eventually("allowed again", Duration::from_secs(2), async || {
+        call(frontend.addresses.socks5, cart_app).await.is_ok()
+    })
+    .await;
+
+    // A resource ztunnel cannot use is NACKed, and its view stays as it was.
+    let version = cart.proxy.state.load().version;
+    let mut bad = ResourceSet::clone(&publish.borrow());
+    bad.generation += 1000;
+    let addresses = bad
+        .by_type
+        .get_mut(meshcore::api::type_url::ADDRESS)
+        .unwrap();
+    let mut broken = (**addresses.values().next().unwrap()).clone();
+    broken.version = "broken".into();
+    broken.any.value = vec![0x0a, 0x05, 0xff, 0xff];
+    addresses.insert(broken.name.clone(), Arc::new(broken));
+    publish.send_replace(Arc::new(bad));
+    eventually("NACKs counted", Duration::from_secs(2), async || {
+        clients
+            .nacks_total
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    })
+    .await;
+    assert_eq!(
+        cart.proxy.state.load().version,
+        version,
+        "nothing of the bad update was applied"
+    );
+    assert!(clients
+        .snapshot()
+        .iter()
+        .all(|c| c.node_id.starts_with("ztunnel~127.61.")));
+    call(frontend.addresses.socks5, cart_app)
+        .await
+        .expect("traffic unaffected");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -1,0 +1,271 @@
+//! The delta xDS client: subscribes to `istio.workload.Address` and `istio.security.Authorization`
+//! on istiod(-lite), keeps the resources it was sent, and hands the store a complete view after
+//! each response. A response that cannot be decoded or applied is NACKed with the reason and
+//! nothing of it is applied; the last good view stays. Lost connections are retried with capped
+//! backoff, resubscribing with the versions held, so the server sends only what changed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meshcore::api::discovery::{
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse, Node, Status as WireStatus,
+};
+use meshcore::api::type_url;
+use meshcore::policy::Authorization;
+use tokio::sync::mpsc;
+
+use super::watch::SourceStatus;
+use super::xds_convert::{self, Address};
+use crate::state::{MeshConfig, Service, StateStore, Workload};
+
+/// Where and how to reach the control plane.
+#[derive(Clone)]
+pub struct XdsConfig {
+    /// `host:port` to dial.
+    pub address: String,
+    /// The name the server's certificate must carry.
+    pub server_name: String,
+    pub tls: Arc<rustls::ClientConfig>,
+    /// `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`.
+    pub node_id: String,
+}
+
+/// Resources received so far, by type then name, with their versions.
+#[derive(Default)]
+struct Held {
+    addresses: BTreeMap<String, (String, Address)>,
+    authorizations: BTreeMap<String, (String, Authorization)>,
+}
+
+impl Held {
+    fn config(&self) -> MeshConfig {
+        let mut config = MeshConfig::default();
+        for (_, a) in self.addresses.values() {
+            match a {
+                Address::Workload(w) => config.workloads.push(Workload::clone(w)),
+                Address::Service(s) => config.services.push(Service::clone(s)),
+            }
+        }
+        config.policies = self
+            .authorizations
+            .values()
+            .map(|(_, a)| a.clone())
+            .collect();
+        config
+    }
+
+    fn versions(&self, type_url: &str) -> BTreeMap<String, String> {
+        match type_url {
+            type_url::ADDRESS => self
+                .addresses
+                .iter()
+                .map(|(k, (v, _))| (k.clone(), v.clone()))
+                .collect(),
+            _ => self
+                .authorizations
+                .iter()
+                .map(|(k, (v, _))| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+pub struct XdsClient {
+    config: XdsConfig,
+    store: Arc<StateStore>,
+    status: Arc<Mutex<SourceStatus>>,
+    held: Held,
+}
+
+impl XdsClient {
+    pub fn new(
+        config: XdsConfig,
+        store: Arc<StateStore>,
+        status: Arc<Mutex<SourceStatus>>,
+    ) -> Self {
+        status.lock().expect("status lock").xds_address = Some(config.address.clone());
+        Self {
+            config,
+            store,
+            status,
+            held: Held::default(),
+        }
+    }
+
+    /// Runs until `shutdown` completes, reconnecting with backoff (1 s doubling to 30 s).
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let session = self.session();
+            tokio::select! {
+                result = session => {
+                    match result {
+                        Ok(()) => tracing::info!(address = %self.config.address, "xDS stream closed by the server; reconnecting"),
+                        Err(e) => tracing::warn!(address = %self.config.address, retry_in = ?backoff, "xDS: {e}"),
+                    }
+                }
+                _ = &mut shutdown => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = &mut shutdown => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, String> {
+        let tls = tokio_rustls::TlsConnector::from(self.config.tls.clone());
+        let server_name = rustls_pki_types::ServerName::try_from(self.config.server_name.clone())
+            .map_err(|e| format!("server name {:?}: {e}", self.config.server_name))?;
+        let address = self.config.address.clone();
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let (tls, server_name, address) = (tls.clone(), server_name.clone(), address.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&address).await?;
+                tcp.set_nodelay(true)?;
+                let stream = tls.connect(server_name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.config.address))
+                .map_err(|e| format!("address {:?}: {e}", self.config.address))?
+                .connect_timeout(Duration::from_secs(10))
+                .connect_with_connector(connector)
+                .await
+                .map_err(|e| format!("connecting to {}: {e}", self.config.address))?;
+        Ok(AggregatedDiscoveryServiceClient::new(channel))
+    }
+
+    async fn session(&mut self) -> Result<(), String> {
+        let mut client = self.connect().await?;
+        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+        let node = Node {
+            id: self.config.node_id.clone(),
+            ..Default::default()
+        };
+        for t in [type_url::ADDRESS, type_url::AUTHORIZATION] {
+            let request = DeltaDiscoveryRequest {
+                node: Some(node.clone()),
+                type_url: t.to_owned(),
+                initial_resource_versions: self.held.versions(t).into_iter().collect(),
+                ..Default::default()
+            };
+            tx.send(request)
+                .await
+                .map_err(|_| "request queue closed".to_owned())?;
+        }
+        let outbound =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+            );
+        let mut responses = client
+            .delta_aggregated_resources(outbound)
+            .await
+            .map_err(|e| format!("opening the xDS stream: {e}"))?
+            .into_inner();
+        tracing::info!(address = %self.config.address, "xDS connected");
+        while let Some(response) = responses
+            .message()
+            .await
+            .map_err(|e| format!("xDS stream: {e}"))?
+        {
+            let ack = self.apply(&response).await;
+            let error_detail = ack.err().map(|message| {
+                tracing::error!(type_url = %response.type_url, "xDS update refused, keeping the last good view: {message}");
+                WireStatus {
+                    code: tonic::Code::InvalidArgument as i32,
+                    message,
+                    details: Vec::new(),
+                }
+            });
+            let reply = DeltaDiscoveryRequest {
+                type_url: response.type_url.clone(),
+                response_nonce: response.nonce.clone(),
+                error_detail,
+                ..Default::default()
+            };
+            if tx.send(reply).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes the whole response first; applies it only if everything decodes and the
+    /// resulting view is accepted by the store.
+    async fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), String> {
+        let mut addresses = self.held.addresses.clone();
+        let mut authorizations = self.held.authorizations.clone();
+        match response.type_url.as_str() {
+            type_url::ADDRESS => {
+                for r in &response.resources {
+                    let any = r
+                        .resource
+                        .as_ref()
+                        .ok_or_else(|| format!("resource {} has no body", r.name))?;
+                    addresses.insert(
+                        r.name.clone(),
+                        (
+                            r.version.clone(),
+                            xds_convert::address(&r.name, &any.value)?,
+                        ),
+                    );
+                }
+                for name in &response.removed_resources {
+                    addresses.remove(name);
+                }
+            }
+            type_url::AUTHORIZATION => {
+                for r in &response.resources {
+                    let any = r
+                        .resource
+                        .as_ref()
+                        .ok_or_else(|| format!("resource {} has no body", r.name))?;
+                    authorizations.insert(
+                        r.name.clone(),
+                        (
+                            r.version.clone(),
+                            xds_convert::authorization(&r.name, &any.value)?,
+                        ),
+                    );
+                }
+                for name in &response.removed_resources {
+                    authorizations.remove(name);
+                }
+            }
+            other => return Err(format!("unexpected type {other}")),
+        }
+        let next = Held {
+            addresses,
+            authorizations,
+        };
+        let config = next.config();
+        let store = self.store.clone();
+        let applied = tokio::task::spawn_blocking(move || store.replace(config))
+            .await
+            .map_err(|e| format!("applying: {e}"))?;
+        let mut status = self.status.lock().expect("status lock");
+        match applied {
+            Ok(version) => {
+                status.applied_version = version;
+                status.loads += 1;
+                status.last_error = None;
+                self.held = next;
+                Ok(())
+            }
+            Err(e) => {
+                status.rejected += 1;
+                status.last_error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+}
