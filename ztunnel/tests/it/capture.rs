@@ -215,12 +215,20 @@ policies:
     );
 
     let stats: SocketAddr = format!("{SERVER_IP}:15020").parse().unwrap();
-    let metrics = in_netns(&s, move || http_get(stats, "/metrics")).unwrap();
     let tunnelled = [
         "reporter=\"destination\"",
         "connection_security_policy=\"mutual_tls\"",
         "source_principal=\"spiffe://cluster.local/ns/default/sa/client\"",
     ];
+    // Bytes are counted when the server side has closed too; poll briefly for that.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = in_netns(&s, move || http_get(stats, "/metrics")).unwrap();
+        if metric_line_count(&metrics, "istio_tcp_received_bytes_total", &tunnelled) == 5 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         metric_line_count(&metrics, "istio_tcp_connections_opened_total", &tunnelled),
         1,
@@ -228,7 +236,8 @@ policies:
     );
     assert_eq!(
         metric_line_count(&metrics, "istio_tcp_received_bytes_total", &tunnelled),
-        5
+        5,
+        "{metrics}"
     );
 
     // Plaintext into the server pod, bypassing the client's capture with ztunnel's mark: it is
