@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod crd;
+pub mod http;
 pub mod manifests;
 pub mod sources;
 pub mod translate;

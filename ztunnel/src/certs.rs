@@ -35,8 +35,6 @@ pub struct LocalCa {
     ttl: Duration,
 }
 
-const DEV_ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
 impl LocalCa {
     pub fn new(ca: CertificateAuthority, ttl: Duration) -> Result<Self, String> {
         let roots = TrustRoots::from_pem(ca.root_pem()).map_err(|e| format!("CA roots: {e}"))?;
@@ -45,7 +43,7 @@ impl LocalCa {
 
     /// A development root in memory; only this process trusts it.
     pub fn generate(trust_domain: &str, ttl: Duration) -> Result<Self, String> {
-        let ca = CertificateAuthority::generate_root(trust_domain, DEV_ROOT_TTL)
+        let ca = CertificateAuthority::generate_root(trust_domain, meshcore::pki::DEV_ROOT_TTL)
             .map_err(|e| format!("generating a development CA: {e}"))?;
         Self::new(ca, ttl)
     }
@@ -54,47 +52,16 @@ impl LocalCa {
     /// generated development root written into it first (atomically, so ztunnels started
     /// together end up sharing one root).
     pub fn from_dir(dir: &Path, trust_domain: &str, ttl: Duration) -> Result<Self, String> {
-        let has_ca = dir.join("ca-cert.pem").exists();
-        if !has_ca {
-            let ca = CertificateAuthority::generate_root(trust_domain, DEV_ROOT_TTL)
-                .map_err(|e| format!("generating a development CA: {e}"))?;
-            persist(dir, &ca).map_err(|e| format!("writing CA into {}: {e}", dir.display()))?;
+        let (ca, generated) = CertificateAuthority::load_or_generate_dir(dir, trust_domain)
+            .map_err(|e| format!("CA in {}: {e}", dir.display()))?;
+        if generated {
             tracing::warn!(dir = %dir.display(), "generated a development root CA; use a real one in production");
         }
-        let ca = CertificateAuthority::from_istio_dir(dir)
-            .map_err(|e| format!("CA in {}: {e}", dir.display()))?;
         Self::new(ca, ttl)
     }
 
     pub fn authority(&self) -> &CertificateAuthority {
         &self.ca
-    }
-}
-
-/// Writes the CA files into a fresh sibling directory and renames it into place; when another
-/// process won the race, its CA stays and ours is dropped.
-fn persist(dir: &Path, ca: &CertificateAuthority) -> std::io::Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let tmp = parent.join(format!(
-        ".{}.tmp-{}",
-        dir.file_name().and_then(|n| n.to_str()).unwrap_or("ca"),
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&tmp)?;
-    std::fs::write(tmp.join("ca-cert.pem"), ca.ca_cert_pem())?;
-    std::fs::write(tmp.join("ca-key.pem"), ca.key_pem())?;
-    std::fs::write(tmp.join("root-cert.pem"), ca.root_pem())?;
-    std::fs::write(tmp.join("cert-chain.pem"), ca.chain_pem())?;
-    // An existing empty directory would make rename fail; remove it first (only if empty).
-    let _ = std::fs::remove_dir(dir);
-    match std::fs::rename(&tmp, dir) {
-        Ok(()) => Ok(()),
-        Err(_) if dir.join("ca-cert.pem").exists() => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Ok(())
-        }
-        Err(e) => Err(e),
     }
 }
 

@@ -22,6 +22,9 @@ use x509_parser::oid_registry::{
 use x509_parser::prelude::{FromDer, X509CertificationRequest};
 use x509_parser::public_key::PublicKey;
 
+/// Lifetime of a generated development root.
+pub const DEV_ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Workload certificate lifetime when the caller does not ask for one.
 pub const DEFAULT_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -299,6 +302,48 @@ impl CertificateAuthority {
         let chain = read("cert-chain.pem", false)?;
         let root = read("root-cert.pem", false)?;
         Self::from_pem(&cert, &key, chain.as_deref(), root.as_deref())
+    }
+
+    /// Loads Istio's `cacerts` layout from `dir`, or, when the directory is absent or holds no
+    /// `ca-cert.pem`, generates a self-signed root for `trust_domain` and persists it there first
+    /// (written to a sibling directory and renamed into place, so processes starting together
+    /// end up sharing one root). Returns the CA and whether it was generated.
+    pub fn load_or_generate_dir(dir: &Path, trust_domain: &str) -> Result<(Self, bool), PkiError> {
+        let io = |path: &Path, source| PkiError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut generated = false;
+        if !dir.join("ca-cert.pem").exists() {
+            let ca = Self::generate_root(trust_domain, DEV_ROOT_TTL)?;
+            let parent = dir.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+            let tmp = parent.join(format!(
+                ".{}.tmp-{}",
+                dir.file_name().and_then(|n| n.to_str()).unwrap_or("ca"),
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+            for (name, pem) in [
+                ("ca-cert.pem", ca.ca_cert_pem().to_owned()),
+                ("ca-key.pem", ca.key_pem().to_owned()),
+                ("root-cert.pem", ca.root_pem().to_owned()),
+                ("cert-chain.pem", ca.chain_pem()),
+            ] {
+                std::fs::write(tmp.join(name), pem).map_err(|e| io(&tmp.join(name), e))?;
+            }
+            // An existing empty directory would make rename fail; remove it first (only if empty).
+            let _ = std::fs::remove_dir(dir);
+            match std::fs::rename(&tmp, dir) {
+                Ok(()) => generated = true,
+                // Another process won the race: its CA stays, ours is dropped.
+                Err(_) if dir.join("ca-cert.pem").exists() => {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                }
+                Err(e) => return Err(io(dir, e)),
+            }
+        }
+        Ok((Self::from_istio_dir(dir)?, generated))
     }
 
     /// Signs an intermediate CA (ECDSA P-256) under this CA; returns (certificate PEM, key PEM).

@@ -6,7 +6,9 @@ mod csr;
 mod inspect;
 mod keys;
 
-pub use ca::{CertificateAuthority, SignedChain, ValidatedCsr, Validity, DEFAULT_WORKLOAD_TTL};
+pub use ca::{
+    CertificateAuthority, SignedChain, ValidatedCsr, Validity, DEFAULT_WORKLOAD_TTL, DEV_ROOT_TTL,
+};
 pub use csr::{generate_csr, WorkloadCsr};
 pub use inspect::{inspect_cert, inspect_pem_chain, verify_chain_signatures, CertInfo};
 pub use keys::private_key_to_pkcs8;

@@ -1,0 +1,140 @@
+//! istiod-lite's plain HTTP port: `/ready`, `/metrics` (Prometheus text) and the debug
+//! endpoints `/debug/clients` (connected ztunnels and what each acknowledged),
+//! `/debug/resources` (what is being served) and `/debug/config` (the source's status: objects
+//! honoured only in part, and why the latest change was refused, if it was).
+
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::sources::dir::DirStatus;
+use crate::xds::server::Clients;
+use crate::xds::ResourceSet;
+
+pub struct HttpContext {
+    pub clients: Arc<Clients>,
+    pub resources: watch::Receiver<Arc<ResourceSet>>,
+    pub source: Arc<Mutex<DirStatus>>,
+}
+
+pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(route(&ctx, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .expect("static response")
+}
+
+fn route(ctx: &HttpContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let set = ctx.resources.borrow().clone();
+    match req.uri().path() {
+        "/ready" => {
+            if set.generation > 0 {
+                reply(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "no config yet\n".into(),
+                )
+            }
+        }
+        "/metrics" => {
+            let source = ctx.source.lock().expect("status lock").clone();
+            let mut out = String::new();
+            let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+                );
+            };
+            gauge(
+                "istiod_lite_xds_clients",
+                "Connected xDS clients",
+                "gauge",
+                ctx.clients.snapshot().len() as u64,
+            );
+            gauge(
+                "istiod_lite_xds_nacks_total",
+                "Responses clients rejected",
+                "counter",
+                ctx.clients.nacks_total.load(Ordering::Relaxed),
+            );
+            gauge(
+                "istiod_lite_config_generation",
+                "Generation of the served config",
+                "gauge",
+                set.generation,
+            );
+            gauge(
+                "istiod_lite_config_refused",
+                "1 when the latest config change was refused",
+                "gauge",
+                u64::from(!source.refused.is_empty()),
+            );
+            for (t, n) in &set.by_type {
+                let _ = writeln!(
+                    out,
+                    "istiod_lite_xds_resources{{type_url=\"{t}\"}} {}",
+                    n.len()
+                );
+            }
+            reply(StatusCode::OK, "text/plain; version=0.0.4", out)
+        }
+        "/debug/clients" => json_reply(json!(ctx.clients.snapshot())),
+        "/debug/resources" => json_reply(json!({
+            "generation": set.generation,
+            "resources": set
+                .by_type
+                .iter()
+                .map(|(t, m)| {
+                    let list: Vec<_> = m.values().map(|r| json!({"name": r.name, "version": r.version})).collect();
+                    (t.to_string(), json!(list))
+                })
+                .collect::<serde_json::Map<_, _>>(),
+        })),
+        "/debug/config" => json_reply(json!(*ctx.source.lock().expect("status lock"))),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "/ready /metrics /debug/clients /debug/resources /debug/config\n".into(),
+        ),
+    }
+}
+
+fn json_reply(v: serde_json::Value) -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::OK,
+        "application/json",
+        serde_json::to_string_pretty(&v).expect("serializable"),
+    )
+}
