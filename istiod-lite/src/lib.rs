@@ -5,6 +5,7 @@
 //! the ambient xDS resources ztunnel consumes ([`translate`]). The CA service, the Kubernetes
 //! source and the delta xDS server build on these (issue 4).
 
+pub mod ca;
 pub mod cluster;
 pub mod crd;
 pub mod http;

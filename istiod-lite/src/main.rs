@@ -34,7 +34,13 @@ struct Settings {
     #[arg(long, env = "CA_DIR")]
     ca_dir: PathBuf,
 
-    /// gRPC over TLS (delta xDS), Istio's 15012.
+    /// Bootstrap tokens for the certificate service, `<node> <token>` per line: a ztunnel
+    /// presenting a node's token may obtain certificates for the pods on that node. Without
+    /// this file the certificate service is off.
+    #[arg(long, env = "BOOTSTRAP_TOKENS")]
+    bootstrap_tokens: Option<PathBuf>,
+
+    /// gRPC over TLS (delta xDS, certificates), Istio's 15012.
     #[arg(long, env = "GRPC_ADDRESS", default_value = "0.0.0.0:15012")]
     grpc_address: SocketAddr,
 
@@ -134,6 +140,20 @@ async fn run(s: Settings) -> Result<(), String> {
     );
     let (publish, resources) = watch::channel(Arc::new(first));
     let xds = XdsServer::new(resources.clone());
+    let ca_server = match &s.bootstrap_tokens {
+        Some(path) => {
+            let tokens = istiod_lite::ca::NodeTokens::from_file(path)?;
+            Some(istiod_lite::ca::CaServer::new(
+                Arc::new(ca),
+                tokens,
+                resources.clone(),
+            ))
+        }
+        None => {
+            tracing::info!("no BOOTSTRAP_TOKENS: certificate service off");
+            None
+        }
+    };
     let http_ctx = Arc::new(istiod_lite::http::HttpContext {
         clients: xds.clients.clone(),
         resources,
@@ -163,7 +183,7 @@ async fn run(s: Settings) -> Result<(), String> {
         }
         tracing::info!("shutting down");
     };
-    grpc::serve(grpc_listener, tls, xds, shutdown)
+    grpc::serve(grpc_listener, tls, xds, ca_server, shutdown)
         .await
         .map_err(|e| format!("gRPC server: {e}"))
 }

@@ -11,13 +11,16 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::admin::{self, AdminContext, Endpoints, LogControl};
+use crate::certs::remote::RemoteCa;
 use crate::certs::{CertManager, CertificateProvider, LocalCa};
 use crate::config::watch::{LocalFileSource, SourceStatus};
 use crate::config::xds::{XdsClient, XdsConfig};
+use crate::control::ControlPlane;
 use crate::metrics::Metrics;
 use crate::proxy::{self, inbound, outbound, socks5, Drain, Proxy};
 use crate::settings::Settings;
 use crate::state::StateStore;
+use meshcore::tls::TrustRoots;
 
 /// Istio's ztunnel ports.
 pub mod ports {
@@ -111,24 +114,55 @@ pub async fn start(
         }));
     }
 
-    let provider: Arc<dyn CertificateProvider> = Arc::new(match &settings.ca_dir {
-        Some(dir) => LocalCa::from_dir(dir, &settings.trust_domain, settings.secret_ttl)?,
-        None => {
-            tracing::warn!("no CA_DIR: using an in-memory development CA only this process trusts");
-            LocalCa::generate(&settings.trust_domain, settings.secret_ttl)?
-        }
-    });
-    // After the CA: a development CA directory gets its root-cert.pem written above.
-    if let Some(address) = &settings.xds_address {
-        let root_path = settings
+    // The control plane and the mesh root it (and the workloads) chain to.
+    let control_root = || -> Result<String, String> {
+        let path = settings
             .xds_root_ca
             .clone()
             .or_else(|| settings.ca_dir.as_ref().map(|d| d.join("root-cert.pem")))
-            .expect("validated: XDS_ADDRESS has a root");
-        let roots = std::fs::read_to_string(&root_path)
-            .map_err(|e| format!("XDS_ROOT_CA {}: {e}", root_path.display()))?;
-        let tls = meshcore::tls::control::control_client_config(&roots)
-            .map_err(|e| format!("XDS_ROOT_CA {}: {e}", root_path.display()))?;
+            .ok_or("no mesh root: set XDS_ROOT_CA or CA_DIR")?;
+        std::fs::read_to_string(&path).map_err(|e| format!("mesh root {}: {e}", path.display()))
+    };
+    let control_plane = |address: &str| -> Result<ControlPlane, String> {
+        let tls = meshcore::tls::control::control_client_config(&control_root()?)
+            .map_err(|e| format!("mesh root: {e}"))?;
+        Ok(ControlPlane {
+            address: address.to_owned(),
+            server_name: settings.xds_server_name.clone(),
+            tls,
+        })
+    };
+    let provider: Arc<dyn CertificateProvider> = match (&settings.ca_address, &settings.ca_dir) {
+        (Some(address), _) => {
+            let roots =
+                TrustRoots::from_pem(&control_root()?).map_err(|e| format!("mesh root: {e}"))?;
+            let token = settings
+                .ca_token_file
+                .clone()
+                .expect("validated: CA_ADDRESS has a token");
+            Arc::new(RemoteCa::new(
+                control_plane(address)?.channel()?,
+                token,
+                settings.cluster_id.clone(),
+                settings.secret_ttl,
+                roots,
+            ))
+        }
+        (None, Some(dir)) => Arc::new(LocalCa::from_dir(
+            dir,
+            &settings.trust_domain,
+            settings.secret_ttl,
+        )?),
+        (None, None) => {
+            tracing::warn!("no CA_DIR or CA_ADDRESS: using an in-memory development CA only this process trusts");
+            Arc::new(LocalCa::generate(
+                &settings.trust_domain,
+                settings.secret_ttl,
+            )?)
+        }
+    };
+    // After the CA: a development CA directory gets its root-cert.pem written above.
+    if let Some(address) = &settings.xds_address {
         let node_id = format!(
             "ztunnel~{ip}~{}.{ns}~{ns}.svc.cluster.local",
             workload.name,
@@ -136,9 +170,7 @@ pub async fn start(
         );
         let client = XdsClient::new(
             XdsConfig {
-                address: address.clone(),
-                server_name: settings.xds_server_name.clone(),
-                tls,
+                control: control_plane(address)?,
                 node_id,
             },
             state.clone(),

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod app;
 pub mod certs;
 pub mod config;
+pub mod control;
 pub mod metrics;
 pub mod proxy;
 pub mod settings;

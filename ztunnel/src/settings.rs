@@ -100,6 +100,16 @@ pub struct Settings {
     #[arg(long, env = "XDS_ROOT_CA")]
     pub xds_root_ca: Option<PathBuf>,
 
+    /// The control plane's certificate service (`host:port`); workload certificates come from
+    /// there instead of a local CA. Needs CA_TOKEN_FILE.
+    #[arg(long, env = "CA_ADDRESS")]
+    pub ca_address: Option<String>,
+
+    /// File holding this node's bootstrap token for the certificate service (re-read for every
+    /// request).
+    #[arg(long, env = "CA_TOKEN_FILE")]
+    pub ca_token_file: Option<PathBuf>,
+
     /// How often the local config file is checked for changes.
     #[arg(long, env = "LOCAL_XDS_POLL", default_value = "250ms", value_parser = parse_duration)]
     pub config_poll_interval: Duration,
@@ -119,6 +129,14 @@ impl Settings {
         }
         if self.xds_address.is_some() && self.xds_root_ca.is_none() && self.ca_dir.is_none() {
             return Err("XDS_ADDRESS needs XDS_ROOT_CA (or CA_DIR with root-cert.pem) to verify the control plane".into());
+        }
+        if self.ca_address.is_some() && self.ca_token_file.is_none() {
+            return Err("CA_ADDRESS needs CA_TOKEN_FILE (this node's bootstrap token)".into());
+        }
+        if self.ca_address.is_some() && self.xds_root_ca.is_none() && self.ca_dir.is_none() {
+            return Err(
+                "CA_ADDRESS needs XDS_ROOT_CA (or CA_DIR with root-cert.pem): the mesh root".into(),
+            );
         }
         match (self.proxy_mode, &self.proxy_workload_info) {
             (ProxyMode::Dedicated, None) => Err(

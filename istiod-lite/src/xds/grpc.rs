@@ -1,4 +1,5 @@
-//! Serving istiod-lite's gRPC services over TLS on one listener (15012).
+//! Serving istiod-lite's gRPC services (delta xDS, and the CA when bootstrap tokens are
+//! configured) over TLS on one listener (15012).
 //!
 //! TLS handshakes run in a task per connection and bounded by a deadline, so a slow or silent
 //! client never holds up accepting the next one.
@@ -13,6 +14,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use super::XdsServer;
+use crate::ca::CaServer;
+use meshcore::api::ca::istio_certificate_service_server::IstioCertificateServiceServer;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -21,6 +24,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     xds: XdsServer,
+    ca: Option<CaServer>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let acceptor = TlsAcceptor::from(tls);
@@ -48,6 +52,7 @@ pub async fn serve(
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) });
     let result = tonic::transport::Server::builder()
         .add_service(AggregatedDiscoveryServiceServer::new(xds))
+        .add_optional_service(ca.map(IstioCertificateServiceServer::new))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     accept.abort();

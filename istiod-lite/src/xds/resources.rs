@@ -1,7 +1,7 @@
 //! The resources served over delta xDS: every translated object encoded once, with a content
 //! version, so each client's update is a comparison of versions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use meshcore::api::{security, type_url, workload as wire};
@@ -24,6 +24,9 @@ pub struct ResourceSet {
     pub by_type: BTreeMap<&'static str, BTreeMap<String, Arc<Resource>>>,
     /// Bumped on every change, for the debug endpoint.
     pub generation: u64,
+    /// Node name → SPIFFE IDs of the pods scheduled there: what the CA lets that node's
+    /// ztunnel obtain certificates for.
+    pub identities_by_node: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// FNV-1a: a cheap, stable content hash for versions (not for security).
@@ -78,9 +81,20 @@ impl ResourceSet {
         let mut by_type = BTreeMap::new();
         by_type.insert(type_url::ADDRESS, addresses);
         by_type.insert(type_url::AUTHORIZATION, authorizations);
+        let mut identities_by_node: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for w in t.workloads.iter().filter(|w| !w.node.is_empty()) {
+            identities_by_node
+                .entry(w.node.clone())
+                .or_default()
+                .insert(format!(
+                    "spiffe://{}/ns/{}/sa/{}",
+                    w.trust_domain, w.namespace, w.service_account
+                ));
+        }
         Self {
             by_type,
             generation,
+            identities_by_node,
         }
     }
 

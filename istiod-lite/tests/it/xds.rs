@@ -1,5 +1,7 @@
 //! End to end over delta xDS: istiod-lite reads a manifest directory and serves it over TLS;
-//! two ztunnels (in-process, through `ztunnel::start`) fetch their view from it; traffic flows
+//! two ztunnels (in-process, through `ztunnel::start`) fetch their certificates (with the
+//! node's bootstrap token) and their view from it; a token may not obtain identities of pods
+//! on another node; traffic flows
 //! over HBONE; a policy written to the directory starts denying within a second and removing it
 //! allows again; a malformed manifest is refused with the last good view kept; a resource
 //! ztunnel cannot use is NACKed without disturbing it.
@@ -102,11 +104,33 @@ async fn ztunnels_follow_the_manifest_directory_over_xds() {
     let status = source.status.clone();
     let first = source.poll().unwrap().expect("first read");
     let (publish, resources) = watch::channel(Arc::new(first));
-    let xds = XdsServer::new(resources);
+    let xds = XdsServer::new(resources.clone());
     let clients = xds.clients.clone();
+    let tokens = istiod_lite::ca::NodeTokens::parse(
+        "node-1 token-node-1-0123456789\nnode-2 token-node-2-0123456789\n",
+    )
+    .unwrap();
+    let ca_server = istiod_lite::ca::CaServer::new(
+        Arc::new(meshcore::pki::CertificateAuthority::from_istio_dir(&ca_dir).unwrap()),
+        tokens,
+        resources,
+    );
+    let ca_counters = ca_server.counters.clone();
+    let token_file = |node: &str| {
+        let path = root.join(format!("{node}.token"));
+        std::fs::write(&path, format!("token-{node}-0123456789\n")).unwrap();
+        path
+    };
+    let node1_token = token_file("node-1");
     let listener = TcpListener::bind((ip(1), 15012)).await.unwrap();
     let xds_address = listener.local_addr().unwrap().to_string();
-    tokio::spawn(grpc::serve(listener, tls, xds, std::future::pending()));
+    tokio::spawn(grpc::serve(
+        listener,
+        tls,
+        xds,
+        Some(ca_server),
+        std::future::pending(),
+    ));
     let publisher = publish.clone();
     tokio::spawn(source.run(Duration::from_millis(50), publisher, std::future::pending()));
 
@@ -114,6 +138,8 @@ async fn ztunnels_follow_the_manifest_directory_over_xds() {
         let mut s = ztunnel::Settings::defaults();
         s.proxy_workload_info = Some(workload.parse().unwrap());
         s.xds_address = Some(xds_address.clone());
+        s.ca_address = Some(xds_address.clone());
+        s.ca_token_file = Some(node1_token.clone());
         s.ca_dir = Some(ca_dir.clone());
         s.bind_address = ip(last);
         s.socket_mark = 0;
@@ -141,6 +167,64 @@ async fn ztunnels_follow_the_manifest_directory_over_xds() {
     call(frontend.addresses.socks5, cart_app)
         .await
         .expect("allowed over HBONE");
+    // Both ztunnels' certificates came from istiod-lite's certificate service.
+    let issued = || {
+        ca_counters
+            .issued
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let refused = || {
+        ca_counters
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(issued(), 2);
+
+    // node-2's token may not obtain the identity of a pod on node-1; a wrong token gets nothing.
+    let control = ztunnel::control::ControlPlane {
+        address: xds_address.clone(),
+        server_name: "istiod.istio-system.svc".into(),
+        tls: meshcore::tls::control::control_client_config(ca.authority().root_pem()).unwrap(),
+    };
+    let roots = meshcore::tls::TrustRoots::from_pem(ca.authority().root_pem()).unwrap();
+    let frontend_id =
+        meshcore::identity::SpiffeId::new("cluster.local", "shop", "frontend").unwrap();
+    let remote = |token: std::path::PathBuf| {
+        ztunnel::certs::remote::RemoteCa::new(
+            control.channel().unwrap(),
+            token,
+            "Kubernetes".into(),
+            Duration::from_secs(3600),
+            roots.clone(),
+        )
+    };
+    use ztunnel::certs::CertificateProvider;
+    let err = remote(token_file("node-2"))
+        .issue(&frontend_id)
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("PermissionDenied")
+            && err
+                .contains("node node-2 runs no pod as spiffe://cluster.local/ns/shop/sa/frontend"),
+        "{err}"
+    );
+    let bogus = root.join("bogus.token");
+    std::fs::write(&bogus, "not-a-known-token-at-all").unwrap();
+    let err = remote(bogus).issue(&frontend_id).await.unwrap_err();
+    assert!(
+        err.contains("Unauthenticated") && err.contains("unknown bootstrap token"),
+        "{err}"
+    );
+    assert_eq!(refused(), 2);
+    assert!(
+        remote(node1_token.clone())
+            .issue(&frontend_id)
+            .await
+            .is_ok(),
+        "node-1 may"
+    );
+    assert_eq!(issued(), 3);
     assert_eq!(
         frontend.proxy.hbone.pooled_connections(),
         1,

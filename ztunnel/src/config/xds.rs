@@ -18,16 +18,13 @@ use tokio::sync::mpsc;
 
 use super::watch::SourceStatus;
 use super::xds_convert::{self, Address};
+use crate::control::ControlPlane;
 use crate::state::{MeshConfig, Service, StateStore, Workload};
 
 /// Where and how to reach the control plane.
 #[derive(Clone)]
 pub struct XdsConfig {
-    /// `host:port` to dial.
-    pub address: String,
-    /// The name the server's certificate must carry.
-    pub server_name: String,
-    pub tls: Arc<rustls::ClientConfig>,
+    pub control: ControlPlane,
     /// `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`.
     pub node_id: String,
 }
@@ -85,7 +82,7 @@ impl XdsClient {
         store: Arc<StateStore>,
         status: Arc<Mutex<SourceStatus>>,
     ) -> Self {
-        status.lock().expect("status lock").xds_address = Some(config.address.clone());
+        status.lock().expect("status lock").xds_address = Some(config.control.address.clone());
         Self {
             config,
             store,
@@ -103,8 +100,8 @@ impl XdsClient {
             tokio::select! {
                 result = session => {
                     match result {
-                        Ok(()) => tracing::info!(address = %self.config.address, "xDS stream closed by the server; reconnecting"),
-                        Err(e) => tracing::warn!(address = %self.config.address, retry_in = ?backoff, "xDS: {e}"),
+                        Ok(()) => tracing::info!(address = %self.config.control.address, "xDS stream closed by the server; reconnecting"),
+                        Err(e) => tracing::warn!(address = %self.config.control.address, retry_in = ?backoff, "xDS: {e}"),
                     }
                 }
                 _ = &mut shutdown => return,
@@ -117,34 +114,16 @@ impl XdsClient {
         }
     }
 
-    async fn connect(
+    fn connect(
         &self,
     ) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, String> {
-        let tls = tokio_rustls::TlsConnector::from(self.config.tls.clone());
-        let server_name = rustls_pki_types::ServerName::try_from(self.config.server_name.clone())
-            .map_err(|e| format!("server name {:?}: {e}", self.config.server_name))?;
-        let address = self.config.address.clone();
-        let connector = tower::service_fn(move |_: http::Uri| {
-            let (tls, server_name, address) = (tls.clone(), server_name.clone(), address.clone());
-            async move {
-                let tcp = tokio::net::TcpStream::connect(&address).await?;
-                tcp.set_nodelay(true)?;
-                let stream = tls.connect(server_name, tcp).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        });
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.config.address))
-                .map_err(|e| format!("address {:?}: {e}", self.config.address))?
-                .connect_timeout(Duration::from_secs(10))
-                .connect_with_connector(connector)
-                .await
-                .map_err(|e| format!("connecting to {}: {e}", self.config.address))?;
-        Ok(AggregatedDiscoveryServiceClient::new(channel))
+        Ok(AggregatedDiscoveryServiceClient::new(
+            self.config.control.channel()?,
+        ))
     }
 
     async fn session(&mut self) -> Result<(), String> {
-        let mut client = self.connect().await?;
+        let mut client = self.connect()?;
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
         let node = Node {
             id: self.config.node_id.clone(),
@@ -171,7 +150,7 @@ impl XdsClient {
             .await
             .map_err(|e| format!("opening the xDS stream: {e}"))?
             .into_inner();
-        tracing::info!(address = %self.config.address, "xDS connected");
+        tracing::info!(address = %self.config.control.address, "xDS connected");
         while let Some(response) = responses
             .message()
             .await

@@ -19,6 +19,8 @@ use meshcore::tls::{Credentials, TrustRoots, WorkloadCert};
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
+pub mod remote;
+
 pub type IssueFuture<'a> = Pin<Box<dyn Future<Output = Result<WorkloadCert, String>> + Send + 'a>>;
 
 /// Something that can issue a certificate for a workload identity.

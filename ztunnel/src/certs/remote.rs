@@ -1,0 +1,100 @@
+//! Certificates from the control plane's CA (`IstioCertificateService/CreateCertificate`): a
+//! fresh key and CSR per request, the node's bootstrap token as `authorization: Bearer`, the
+//! identity in `ImpersonatedIdentity`, and the returned chain checked to carry that identity.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use meshcore::api::ca::{
+    istio_certificate_service_client::IstioCertificateServiceClient, IstioCertificateRequest,
+};
+use meshcore::identity::SpiffeId;
+use meshcore::pki::generate_csr;
+use meshcore::tls::{TrustRoots, WorkloadCert};
+use tonic::transport::Channel;
+
+use super::{CertificateProvider, IssueFuture};
+
+pub struct RemoteCa {
+    channel: Channel,
+    /// Re-read for every request, so a rotated token is picked up.
+    token_file: PathBuf,
+    cluster_id: String,
+    ttl: Duration,
+    roots: TrustRoots,
+}
+
+impl RemoteCa {
+    pub fn new(
+        channel: Channel,
+        token_file: PathBuf,
+        cluster_id: String,
+        ttl: Duration,
+        roots: TrustRoots,
+    ) -> Self {
+        Self {
+            channel,
+            token_file,
+            cluster_id,
+            ttl,
+            roots,
+        }
+    }
+
+    async fn request(&self, id: &SpiffeId) -> Result<WorkloadCert, String> {
+        let token = std::fs::read_to_string(&self.token_file)
+            .map_err(|e| format!("CA_TOKEN_FILE {}: {e}", self.token_file.display()))?;
+        let csr = generate_csr(id).map_err(|e| format!("CSR for {id}: {e}"))?;
+        let metadata = prost_types::Struct {
+            fields: [(
+                "ImpersonatedIdentity".to_owned(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue(id.to_string())),
+                },
+            )]
+            .into(),
+        };
+        let mut request = tonic::Request::new(IstioCertificateRequest {
+            csr: csr.csr_pem,
+            validity_duration: self.ttl.as_secs() as i64,
+            metadata: Some(metadata),
+        });
+        let bearer = format!("Bearer {}", token.trim());
+        request.metadata_mut().insert(
+            "authorization",
+            bearer
+                .parse()
+                .map_err(|_| "CA_TOKEN_FILE holds characters not allowed in a header".to_owned())?,
+        );
+        request.metadata_mut().insert(
+            "clusterid",
+            self.cluster_id
+                .parse()
+                .map_err(|_| "CLUSTER_ID is not a valid header value".to_owned())?,
+        );
+        let response = IstioCertificateServiceClient::new(self.channel.clone())
+            .create_certificate(request)
+            .await
+            .map_err(|s| format!("CA refused {id}: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        let cert = WorkloadCert::from_pem(&response.cert_chain.join(""), &csr.key_pem)
+            .map_err(|e| format!("certificate from the CA for {id}: {e}"))?;
+        if cert.identity() != id {
+            return Err(format!(
+                "the CA returned a certificate for {} instead of {id}",
+                cert.identity()
+            ));
+        }
+        Ok(cert)
+    }
+}
+
+impl CertificateProvider for RemoteCa {
+    fn issue<'a>(&'a self, id: &'a SpiffeId) -> IssueFuture<'a> {
+        Box::pin(self.request(id))
+    }
+
+    fn roots(&self) -> TrustRoots {
+        self.roots.clone()
+    }
+}

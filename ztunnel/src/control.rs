@@ -1,0 +1,40 @@
+//! The channel to the control plane (istiod-lite on 15012): TLS verified against the mesh root
+//! and the server's DNS name, HTTP/2, shared by the xDS and certificate clients.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+/// Where the control plane is and how to recognise it.
+#[derive(Clone)]
+pub struct ControlPlane {
+    /// `host:port` to dial.
+    pub address: String,
+    /// The DNS name its certificate must carry.
+    pub server_name: String,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl ControlPlane {
+    /// A channel that connects on first use and reconnects after failures.
+    pub fn channel(&self) -> Result<Channel, String> {
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let server_name = rustls_pki_types::ServerName::try_from(self.server_name.clone())
+            .map_err(|e| format!("server name {:?}: {e}", self.server_name))?;
+        let address = self.address.clone();
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let (tls, server_name, address) = (tls.clone(), server_name.clone(), address.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&address).await?;
+                tcp.set_nodelay(true)?;
+                let stream = tls.connect(server_name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        Ok(Endpoint::from_shared(format!("http://{}", self.address))
+            .map_err(|e| format!("address {:?}: {e}", self.address))?
+            .connect_timeout(Duration::from_secs(10))
+            .connect_with_connector_lazy(connector))
+    }
+}
