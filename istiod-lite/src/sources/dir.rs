@@ -118,6 +118,7 @@ impl DirSource {
             match result {
                 Ok(Some(set)) => {
                     tracing::info!(generation = set.generation, "manifests changed; pushing");
+                    let set = set.with_delta_from(&publish.borrow());
                     publish.send_replace(Arc::new(set));
                 }
                 Ok(None) => {}

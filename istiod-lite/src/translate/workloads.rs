@@ -152,6 +152,21 @@ pub fn workloads(
         .iter()
         .filter_map(|n| Some((n.metadata.name.as_deref()?, n)))
         .collect();
+    // Services and selector policies by namespace: a pod only ever meets its own namespace's
+    // (and the root namespace's policies), so 10k pods × 1k services stays cheap.
+    let mut services_by_ns: BTreeMap<&str, Vec<&Service>> = BTreeMap::new();
+    for svc in all_services {
+        if let Some(ns) = svc.metadata.namespace.as_deref() {
+            services_by_ns.entry(ns).or_default().push(svc);
+        }
+    }
+    let mut policies_by_ns: BTreeMap<&str, Vec<&SelectorPolicy>> = BTreeMap::new();
+    for p in selector_policies {
+        policies_by_ns
+            .entry(p.namespace.as_str())
+            .or_default()
+            .push(p);
+    }
     pods.iter()
         .filter_map(|pod| {
             let name = pod.metadata.name.as_deref()?;
@@ -187,10 +202,7 @@ pub fn workloads(
                 .any(|c| c.type_ == "Ready" && c.status == "True");
             let (workload_name, workload_type) = owner_workload(pod, name);
             let mut services = std::collections::HashMap::new();
-            for svc in all_services {
-                if svc.metadata.namespace.as_deref() != Some(namespace) {
-                    continue;
-                }
+            for svc in services_by_ns.get(namespace).into_iter().flatten() {
                 let Some(sspec) = svc.spec.as_ref() else {
                     continue;
                 };
@@ -222,9 +234,16 @@ pub fn workloads(
                     wire::PortList { ports },
                 );
             }
-            let mut authorization_policies: Vec<String> = selector_policies
-                .iter()
-                .filter(|p| p.namespace == namespace || p.namespace == info.root_namespace)
+            let root = if namespace == info.root_namespace {
+                None
+            } else {
+                policies_by_ns.get(info.root_namespace.as_str())
+            };
+            let mut authorization_policies: Vec<String> = policies_by_ns
+                .get(namespace)
+                .into_iter()
+                .chain(root)
+                .flatten()
                 .filter(|p| selects(&p.match_labels, &pod_labels))
                 .map(|p| p.key.clone())
                 .collect();

@@ -27,6 +27,16 @@ pub struct ResourceSet {
     /// Node name → SPIFFE IDs of the pods scheduled there: what the CA lets that node's
     /// ztunnel obtain certificates for.
     pub identities_by_node: BTreeMap<String, BTreeSet<String>>,
+    /// What changed from the previous set, computed once when publishing, so a client that
+    /// was up to date is updated without comparing every resource.
+    pub delta: Option<Arc<SetDelta>>,
+}
+
+/// Names changed and removed, per type, since generation `from`.
+#[derive(Debug, Default)]
+pub struct SetDelta {
+    pub from: u64,
+    pub changed: BTreeMap<&'static str, (Vec<String>, Vec<String>)>,
 }
 
 /// FNV-1a: a cheap, stable content hash for versions (not for security).
@@ -95,7 +105,33 @@ impl ResourceSet {
             by_type,
             generation,
             identities_by_node,
+            delta: None,
         }
+    }
+
+    /// Records what changed relative to `previous` (the set clients currently hold).
+    pub fn with_delta_from(mut self, previous: &ResourceSet) -> Self {
+        let empty = BTreeMap::new();
+        let mut delta = SetDelta {
+            from: previous.generation,
+            changed: BTreeMap::new(),
+        };
+        for (t, current) in &self.by_type {
+            let before = previous.by_type.get(t).unwrap_or(&empty);
+            let updated = current
+                .values()
+                .filter(|r| before.get(&r.name).is_none_or(|b| b.version != r.version))
+                .map(|r| r.name.clone())
+                .collect();
+            let removed = before
+                .keys()
+                .filter(|n| !current.contains_key(*n))
+                .cloned()
+                .collect();
+            delta.changed.insert(t, (updated, removed));
+        }
+        self.delta = Some(Arc::new(delta));
+        self
     }
 
     pub fn count(&self, type_url: &str) -> usize {

@@ -101,6 +101,7 @@ impl AggregatedDiscoveryService for XdsServer {
             resources: self.resources.clone(),
             tx,
             subscriptions: BTreeMap::new(),
+            generation: 0,
             nonce: 0,
         };
         tokio::spawn(session.run(request.into_inner()));
@@ -118,6 +119,8 @@ struct Session {
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     /// Type URL → what the client holds (name → version).
     subscriptions: BTreeMap<String, BTreeMap<String, String>>,
+    /// Generation of the set this client was last brought up to date with.
+    generation: u64,
     nonce: u64,
 }
 
@@ -184,6 +187,11 @@ impl Session {
                 req.initial_resource_versions.into_iter().collect(),
             );
             let set = self.resources.borrow_and_update().clone();
+            // Only the first subscription sets the baseline; a later one for another type must
+            // not pretend the earlier type saw a newer set.
+            if self.subscriptions.len() == 1 {
+                self.generation = set.generation;
+            }
             return self.push(&type_url, &set, true).await;
         }
         Ok(())
@@ -195,6 +203,7 @@ impl Session {
         for t in types {
             self.push(&t, &set, false).await?;
         }
+        self.generation = set.generation;
         Ok(())
     }
 
@@ -202,7 +211,26 @@ impl Session {
         let empty = BTreeMap::new();
         let current = set.by_type.get(type_url).unwrap_or(&empty);
         let sent = self.subscriptions.get_mut(type_url).expect("subscribed");
-        let (updated, removed) = diff(current, sent);
+        // Up to date with the previous set: the shared delta says what to send. Otherwise
+        // (first push, a skipped generation) compare everything.
+        let shared = set
+            .delta
+            .as_ref()
+            .filter(|d| !first && d.from == self.generation)
+            .and_then(|d| d.changed.get(type_url));
+        let (updated, removed) = match shared {
+            Some((changed, gone)) => (
+                changed
+                    .iter()
+                    .filter_map(|n| current.get(n).cloned())
+                    .collect(),
+                gone.iter()
+                    .filter(|n| sent.contains_key(*n))
+                    .cloned()
+                    .collect(),
+            ),
+            None => diff(current, sent),
+        };
         if updated.is_empty() && removed.is_empty() && !first {
             return Ok(());
         }
