@@ -186,16 +186,15 @@ async fn run() {
                 .into_inner();
             let mut held: BTreeMap<String, usize> = BTreeMap::new();
             let mut complete = false;
-            let mut responses_seen = 0;
             while let Ok(Some(r)) = responses.message().await {
-                responses_seen += 1;
+                // Only updates after the full initial set count as "the change arrived".
+                if complete && r.resources.iter().any(|x| x.name == watched) {
+                    let _ = seen_tx.send(i);
+                }
                 *held.entry(r.type_url.clone()).or_default() += r.resources.len();
                 if !complete && held.values().sum::<usize>() >= total && held.len() == 2 {
                     complete = true;
                     full.fetch_add(1, Ordering::Relaxed);
-                }
-                if responses_seen > 2 && r.resources.iter().any(|x| x.name == watched) {
-                    let _ = seen_tx.send(i);
                 }
                 let _ = tx
                     .send(DeltaDiscoveryRequest {
@@ -221,6 +220,7 @@ async fn run() {
     // subscriber has it.
     let mut changes = Vec::new();
     for round in 1..=5 {
+        while seen_rx.try_recv().is_ok() {}
         c.pods[7] = pod(7, 50_000 + round);
         let t0 = Instant::now();
         let t = translate(&c, &info);

@@ -78,7 +78,10 @@ impl XdsServer {
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
 
 /// Per-client send queue depth; a client this far behind waits on its own.
-const QUEUE: usize = 8;
+const QUEUE: usize = 2;
+/// Resources per response: a full push to many clients at once is sent in pieces, so memory
+/// holds a few pieces per client rather than every client's whole copy of the mesh.
+const CHUNK: usize = 500;
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for XdsServer {
@@ -241,27 +244,40 @@ impl Session {
             sent.remove(name);
         }
         let held = sent.len();
-        self.nonce += 1;
-        let response = DeltaDiscoveryResponse {
-            system_version_info: set.generation.to_string(),
-            type_url: type_url.to_owned(),
-            nonce: format!("{}-{}", self.id, self.nonce),
-            removed_resources: removed,
-            resources: updated
-                .iter()
-                .map(|r| WireResource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.any.clone()),
-                    ..Default::default()
-                })
-                .collect(),
-        };
-        let type_url = type_url.to_owned();
+        let type_name = type_url.to_owned();
         self.clients.update(self.id, |c| {
-            c.resources.insert(type_url, held);
+            c.resources.insert(type_name, held);
         });
-        // Waits only for this client's own queue.
-        self.tx.send(Ok(response)).await.map_err(|_| ())
+        let mut chunks: Vec<&[Arc<super::resources::Resource>]> = updated.chunks(CHUNK).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let last = chunks.len() - 1;
+        let mut removed = Some(removed);
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            self.nonce += 1;
+            let response = DeltaDiscoveryResponse {
+                system_version_info: set.generation.to_string(),
+                type_url: type_url.to_owned(),
+                nonce: format!("{}-{}", self.id, self.nonce),
+                removed_resources: if i == last {
+                    removed.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                resources: chunk
+                    .iter()
+                    .map(|r| WireResource {
+                        name: r.name.clone(),
+                        version: r.version.clone(),
+                        resource: Some(r.any.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            };
+            // Waits only for this client's own queue.
+            self.tx.send(Ok(response)).await.map_err(|_| ())?;
+        }
+        Ok(())
     }
 }
