@@ -1,3 +1,4 @@
 //! istiod-lite's integration tests: one binary, modules by concern.
 
+mod restart;
 mod xds;
