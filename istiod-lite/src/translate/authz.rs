@@ -97,39 +97,21 @@ pub fn authorization_policy(
         let at = format!("rules[{r}]");
         let mut l7 = Vec::new();
         let mut clauses = Vec::new();
-        // from: one clause, one match per source.
-        if !rule.from.is_empty() {
-            let mut matches = Vec::new();
-            let mut always = false;
-            for (f, from) in rule.from.iter().enumerate() {
-                let field = format!("{at}.from[{f}].source");
-                let m = source(&from.source, &field, &mut l7)?;
-                if m.is_empty() {
-                    always = true;
-                } else {
-                    matches.push(m);
-                }
-            }
-            if !always {
-                clauses.push(matches);
-            }
-        }
-        if !rule.to.is_empty() {
-            let mut matches = Vec::new();
-            let mut always = false;
-            for (t, to) in rule.to.iter().enumerate() {
-                let field = format!("{at}.to[{t}].operation");
-                let m = operation(&to.operation, &field, &mut l7)?;
-                if m.is_empty() {
-                    always = true;
-                } else {
-                    matches.push(m);
-                }
-            }
-            if !always {
-                clauses.push(matches);
-            }
-        }
+        // from and to: one clause each, one match per source / operation.
+        let from = rule
+            .from
+            .iter()
+            .enumerate()
+            .map(|(f, from)| source(&from.source, &format!("{at}.from[{f}].source"), &mut l7))
+            .collect::<Result<Vec<_>, _>>()?;
+        clauses.extend(clause(from));
+        let to = rule
+            .to
+            .iter()
+            .enumerate()
+            .map(|(t, to)| operation(&to.operation, &format!("{at}.to[{t}].operation"), &mut l7))
+            .collect::<Result<Vec<_>, _>>()?;
+        clauses.extend(clause(to));
         for (w, cond) in rule.when.iter().enumerate() {
             let field = format!("{at}.when[{w}]");
             if let Some(m) = condition(cond, &field, &mut l7)? {
@@ -170,6 +152,12 @@ pub fn authorization_policy(
         }),
         notes,
     })
+}
+
+/// The clause for one `from` or `to` list: none when the list is empty, or when one entry has
+/// no L4 condition left (it matches anything, so the whole OR does).
+fn clause(matches: Vec<Match>) -> Option<Vec<Match>> {
+    (!matches.is_empty() && matches.iter().all(|m| !m.is_empty())).then_some(matches)
 }
 
 /// Istio's string forms: `*` any non-empty value, `prefix*`, `*suffix`, else exact.

@@ -87,18 +87,13 @@ pub fn services(services: &[Service], info: &ClusterInfo) -> Vec<wire::Service> 
         .iter()
         .filter_map(|svc| {
             let spec = svc.spec.as_ref()?;
-            let ips: Vec<IpAddr> = spec
+            let ips = spec
                 .cluster_ips
                 .iter()
                 .flatten()
                 .chain(spec.cluster_ip.iter())
-                .filter_map(|ip| ip.parse().ok())
-                .fold(Vec::new(), |mut acc, ip| {
-                    if !acc.contains(&ip) {
-                        acc.push(ip);
-                    }
-                    acc
-                });
+                .map(String::as_str);
+            let ips = unique_ips(ips);
             if ips.is_empty() {
                 return None; // headless or ExternalName: nothing for ztunnel to resolve
             }
@@ -176,19 +171,13 @@ pub fn workloads(
             if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
                 return None;
             }
-            let ips: Vec<IpAddr> = status
+            let ips = status
                 .pod_ips
                 .iter()
                 .flatten()
                 .map(|p| p.ip.as_str())
-                .chain(status.pod_ip.as_deref())
-                .filter_map(|ip| ip.parse().ok())
-                .fold(Vec::new(), |mut acc, ip| {
-                    if !acc.contains(&ip) {
-                        acc.push(ip);
-                    }
-                    acc
-                });
+                .chain(status.pod_ip.as_deref());
+            let ips = unique_ips(ips);
             if ips.is_empty() {
                 return None; // not scheduled or not started yet
             }
@@ -285,6 +274,17 @@ pub fn workloads(
             })
         })
         .collect()
+}
+
+/// Parsable addresses, each once, in order.
+fn unique_ips<'a>(ips: impl Iterator<Item = &'a str>) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for ip in ips.filter_map(|ip| ip.parse().ok()) {
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    out
 }
 
 fn named_port(pod: &Pod, name: &str) -> Option<i32> {

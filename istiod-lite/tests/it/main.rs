@@ -1,4 +1,5 @@
 //! istiod-lite's integration tests: one binary, modules by concern.
 
 mod restart;
+mod support;
 mod xds;

@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+use crate::support::{echo_app, open, ping};
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::from([127, 62, (std::process::id() % 200) as u8 + 1, last])
@@ -44,32 +46,6 @@ async fn wait_ready() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("istiod-lite not ready");
-}
-
-/// A SOCKS5 tunnel to `dst`; `Err(reply)` when refused.
-async fn open(proxy: SocketAddr, dst: SocketAddr) -> Result<TcpStream, u8> {
-    let mut t = TcpStream::connect(proxy).await.unwrap();
-    let IpAddr::V4(v4) = dst.ip() else {
-        unreachable!()
-    };
-    let mut req = vec![5, 1, 0, 5, 1, 0, 1];
-    req.extend_from_slice(&v4.octets());
-    req.extend_from_slice(&dst.port().to_be_bytes());
-    t.write_all(&req).await.unwrap();
-    let mut reply = [0u8; 12];
-    t.read_exact(&mut reply).await.unwrap();
-    if reply[3] == 0 {
-        Ok(t)
-    } else {
-        Err(reply[3])
-    }
-}
-
-async fn ping(t: &mut TcpStream) {
-    t.write_all(b"ping").await.unwrap();
-    let mut b = [0u8; 4];
-    t.read_exact(&mut b).await.unwrap();
-    assert_eq!(&b, b"ping");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,16 +94,7 @@ async fn control_plane_restart_keeps_traffic_and_resyncs() {
     };
     let client = start(2, "shop/client/client").await.unwrap();
     let server = start(3, "shop/server/server").await.unwrap();
-    let app = TcpListener::bind((ip(3), 8080)).await.unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut t, _) = app.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = t.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    echo_app(SocketAddr::new(ip(3), 8080)).await;
     let dst = SocketAddr::new(ip(3), 8080);
     let deadline = Instant::now() + Duration::from_secs(5);
     while server.proxy.state.load().config.workloads.len() < 2

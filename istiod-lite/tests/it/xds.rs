@@ -15,8 +15,9 @@ use istiod_lite::sources::dir::DirSource;
 use istiod_lite::translate::ClusterInfo;
 use istiod_lite::xds::{grpc, ResourceSet, XdsServer};
 use meshcore::pki::Validity;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+
+use crate::support::{call, echo_app};
 use tokio::sync::watch;
 
 fn ip(last: u8) -> IpAddr {
@@ -41,28 +42,6 @@ fn manifests(dir: &Path) {
         ),
     )
     .unwrap();
-}
-
-/// SOCKS5 CONNECT through `proxy` to `dst`, then one echoed line; `Err(reply)` when refused.
-async fn call(proxy: SocketAddr, dst: SocketAddr) -> Result<(), u8> {
-    let mut t = TcpStream::connect(proxy).await.unwrap();
-    let IpAddr::V4(v4) = dst.ip() else {
-        unreachable!()
-    };
-    let mut req = vec![5, 1, 0, 5, 1, 0, 1];
-    req.extend_from_slice(&v4.octets());
-    req.extend_from_slice(&dst.port().to_be_bytes());
-    t.write_all(&req).await.unwrap();
-    let mut reply = [0u8; 12];
-    t.read_exact(&mut reply).await.unwrap();
-    if reply[3] != 0 {
-        return Err(reply[3]);
-    }
-    t.write_all(b"ping").await.unwrap();
-    let mut back = [0u8; 4];
-    t.read_exact(&mut back).await.unwrap();
-    assert_eq!(&back, b"ping");
-    Ok(())
 }
 
 async fn eventually(
@@ -153,16 +132,7 @@ async fn ztunnels_follow_the_manifest_directory_over_xds() {
         })
         .await;
     }
-    let app = TcpListener::bind((ip(3), 8080)).await.unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut t, _) = app.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = t.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    echo_app(SocketAddr::new(ip(3), 8080)).await;
     let cart_app = SocketAddr::new(ip(3), 8080);
     call(frontend.addresses.socks5, cart_app)
         .await

@@ -1,0 +1,54 @@
+//! Shared by the end-to-end tests: an echo application, a SOCKS5 client, one echoed line.
+
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Echoes every connection on `addr`.
+pub async fn echo_app(addr: SocketAddr) {
+    let app = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut t, _) = app.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = t.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+}
+
+/// A SOCKS5 tunnel through `proxy` to the IPv4 `dst`; `Err(reply code)` when refused.
+pub async fn open(proxy: SocketAddr, dst: SocketAddr) -> Result<TcpStream, u8> {
+    let mut t = TcpStream::connect(proxy).await.unwrap();
+    let IpAddr::V4(v4) = dst.ip() else {
+        unreachable!("tests use IPv4")
+    };
+    let mut req = vec![5, 1, 0, 5, 1, 0, 1];
+    req.extend_from_slice(&v4.octets());
+    req.extend_from_slice(&dst.port().to_be_bytes());
+    t.write_all(&req).await.unwrap();
+    let mut reply = [0u8; 12];
+    t.read_exact(&mut reply).await.unwrap();
+    if reply[3] == 0 {
+        Ok(t)
+    } else {
+        Err(reply[3])
+    }
+}
+
+/// One line through an echo path.
+pub async fn ping(t: &mut TcpStream) {
+    t.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    t.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"ping");
+}
+
+/// Opens a tunnel and echoes one line; `Err(reply code)` when refused.
+pub async fn call(proxy: SocketAddr, dst: SocketAddr) -> Result<(), u8> {
+    let mut t = open(proxy, dst).await?;
+    ping(&mut t).await;
+    Ok(())
+}
