@@ -79,8 +79,10 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, S
 
 /// Per-client send queue depth; a client this far behind waits on its own.
 const QUEUE: usize = 2;
-/// Resources per response: a full push to many clients at once is sent in pieces, so memory
-/// holds a few pieces per client rather than every client's whole copy of the mesh.
+/// Resources per update response: a large change reaching many clients at once is sent in
+/// pieces, so memory holds a few pieces per client rather than every client's whole copy. The
+/// first response of a subscription is never split: a client (Istio's ztunnel included) takes
+/// it as the complete initial state.
 const CHUNK: usize = 500;
 
 #[tonic::async_trait]
@@ -248,7 +250,8 @@ impl Session {
         self.clients.update(self.id, |c| {
             c.resources.insert(type_name, held);
         });
-        let mut chunks: Vec<&[Arc<super::resources::Resource>]> = updated.chunks(CHUNK).collect();
+        let size = if first { updated.len().max(1) } else { CHUNK };
+        let mut chunks: Vec<&[Arc<super::resources::Resource>]> = updated.chunks(size).collect();
         if chunks.is_empty() {
             chunks.push(&[]);
         }
