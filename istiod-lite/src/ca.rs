@@ -39,7 +39,12 @@ impl NodeTokens {
             }
             match line.split_whitespace().collect::<Vec<_>>()[..] {
                 [node, token] if token.len() >= 16 => {
-                    by_token.insert(token.to_owned(), node.to_owned());
+                    if let Some(other) = by_token.insert(token.to_owned(), node.to_owned()) {
+                        return Err(format!(
+                            "line {}: token already given to node {other}; each node needs its own",
+                            i + 1
+                        ));
+                    }
                 }
                 [_, _] => return Err(format!("line {}: token shorter than 16 characters", i + 1)),
                 _ => return Err(format!("line {}: expected `<node> <token>`", i + 1)),
@@ -184,6 +189,10 @@ mod tests {
         assert_eq!(
             NodeTokens::parse("just-one-field").unwrap_err(),
             "line 1: expected `<node> <token>`"
+        );
+        assert_eq!(
+            NodeTokens::parse("a 0123456789abcdef0\nb 0123456789abcdef0").unwrap_err(),
+            "line 2: token already given to node a; each node needs its own"
         );
     }
 }

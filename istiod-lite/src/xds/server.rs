@@ -191,12 +191,17 @@ impl Session {
                 type_url.clone(),
                 req.initial_resource_versions.into_iter().collect(),
             );
-            let set = self.resources.borrow_and_update().clone();
-            // Only the first subscription sets the baseline; a later one for another type must
-            // not pretend the earlier type saw a newer set.
-            if self.subscriptions.len() == 1 {
+            // Only the first subscription sets the baseline and marks the set seen. A later one
+            // for another type must not: if a newer set arrived in between, `changed()` still
+            // has to fire so the earlier type catches up (through a full comparison, since the
+            // generations differ).
+            let set = if self.subscriptions.len() == 1 {
+                let set = self.resources.borrow_and_update().clone();
                 self.generation = set.generation;
-            }
+                set
+            } else {
+                self.resources.borrow().clone()
+            };
             return self.push(&type_url, &set, true).await;
         }
         Ok(())

@@ -74,6 +74,9 @@ pub struct XdsClient {
     store: Arc<StateStore>,
     status: Arc<Mutex<SourceStatus>>,
     held: Held,
+    /// Types whose first response arrived. Until both have, nothing reaches the store: serving
+    /// workloads before their policies arrived would run them without DENY or STRICT.
+    initial: std::collections::BTreeSet<String>,
 }
 
 impl XdsClient {
@@ -88,6 +91,7 @@ impl XdsClient {
             store,
             status,
             held: Held::default(),
+            initial: Default::default(),
         }
     }
 
@@ -226,6 +230,11 @@ impl XdsClient {
             addresses,
             authorizations,
         };
+        self.initial.insert(response.type_url.clone());
+        if self.initial.len() < 2 {
+            self.held = next;
+            return Ok(());
+        }
         let config = next.config();
         let store = self.store.clone();
         let applied = tokio::task::spawn_blocking(move || store.replace(config))
