@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{echo_app, open, ping};
+use crate::support::{echo_app, open, ping, two_pod_mesh};
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::from([127, 62, (std::process::id() % 200) as u8 + 1, last])
@@ -61,23 +61,7 @@ async fn control_plane_restart_keeps_traffic_and_resyncs() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(&tokens, "node-1 restart-test-token-0123456789\n").unwrap();
     std::fs::write(&token, "restart-test-token-0123456789\n").unwrap();
-    let pod = |name: &str, last: u8| {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}\n\
-             spec: {{serviceAccountName: {name}, nodeName: node-1, containers: [{{name: c, image: i}}]}}\n\
-             status: {{phase: Running, podIP: \"{}\", conditions: [{{type: Ready, status: \"True\"}}]}}\n",
-            ip(last)
-        )
-    };
-    std::fs::write(
-        dir.join("mesh.yaml"),
-        format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\n{}---\n{}",
-            pod("client", 2),
-            pod("server", 3)
-        ),
-    )
-    .unwrap();
+    two_pod_mesh(&dir, [("client", ip(2)), ("server", ip(3))]);
     let mut control = istiod(&dir, &ca, &tokens);
     wait_ready().await;
 

@@ -1,6 +1,7 @@
 //! Shared by the end-to-end tests: an echo application, a SOCKS5 client, one echoed line.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -51,4 +52,25 @@ pub async fn call(proxy: SocketAddr, dst: SocketAddr) -> Result<(), u8> {
     let mut t = open(proxy, dst).await?;
     ping(&mut t).await;
     Ok(())
+}
+
+/// Writes `mesh.yaml` into `dir`: namespace `shop` enrolled in ambient, and one running pod per
+/// `(name, ip)` on node-1, each with the service account and `app` label of its name.
+pub fn two_pod_mesh(dir: &Path, pods: [(&str, IpAddr); 2]) {
+    let pod = |(name, ip): (&str, IpAddr)| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}\n\
+             spec: {{serviceAccountName: {name}, nodeName: node-1, containers: [{{name: c, image: i}}]}}\n\
+             status: {{phase: Running, podIP: \"{ip}\", conditions: [{{type: Ready, status: \"True\"}}]}}\n"
+        )
+    };
+    std::fs::write(
+        dir.join("mesh.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\n{}---\n{}",
+            pod(pods[0]),
+            pod(pods[1])
+        ),
+    )
+    .unwrap();
 }

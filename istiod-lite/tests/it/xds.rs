@@ -7,7 +7,6 @@
 //! ztunnel cannot use is NACKed without disturbing it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,31 +16,11 @@ use istiod_lite::xds::{grpc, ResourceSet, XdsServer};
 use meshcore::pki::Validity;
 use tokio::net::TcpListener;
 
-use crate::support::{call, echo_app};
+use crate::support::{call, echo_app, two_pod_mesh};
 use tokio::sync::watch;
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::from([127, 61, (std::process::id() % 200) as u8 + 1, last])
-}
-
-fn manifests(dir: &Path) {
-    let pod = |name: &str, sa: &str, last: u8| {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}\n\
-             spec: {{serviceAccountName: {sa}, nodeName: node-1, containers: [{{name: c, image: i}}]}}\n\
-             status: {{phase: Running, podIP: \"{}\", conditions: [{{type: Ready, status: \"True\"}}]}}\n",
-            ip(last)
-        )
-    };
-    std::fs::write(
-        dir.join("mesh.yaml"),
-        format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\n{}---\n{}",
-            pod("frontend", "frontend", 2),
-            pod("cart", "cart", 3)
-        ),
-    )
-    .unwrap();
 }
 
 async fn eventually(
@@ -65,7 +44,7 @@ async fn ztunnels_follow_the_manifest_directory_over_xds() {
     let _ = std::fs::remove_dir_all(&root);
     let (dir, ca_dir) = (root.join("manifests"), root.join("ca"));
     std::fs::create_dir_all(&dir).unwrap();
-    manifests(&dir);
+    two_pod_mesh(&dir, [("frontend", ip(2)), ("cart", ip(3))]);
 
     // The mesh CA (a development root in CA_DIR) also signs istiod-lite's serving certificate.
     let ca = ztunnel::certs::LocalCa::from_dir(&ca_dir, "cluster.local", Duration::from_secs(3600))
