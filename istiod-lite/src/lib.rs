@@ -1,15 +1,17 @@
 //! istiod-lite: the mesh's control plane.
 //!
-//! Built so far: the Istio resource types it reads ([`crd`]), manifests read from a directory
-//! ([`manifests`]) into one [`cluster::Cluster`] view, and the pure translation of that view into
-//! the ambient xDS resources ztunnel consumes ([`translate`]). The CA service, the Kubernetes
-//! source and the delta xDS server build on these (issue 4).
+//! The sources ([`sources`]: a manifest directory, or Kubernetes) feed the objects into the
+//! [`pipeline`], which keeps them per namespace and translates what changed ([`translate`]: pure
+//! code) into the ambient xDS resources that the delta ADS server ([`xds`]) streams to ztunnels.
+//! The certificate service ([`ca`]) signs workload certificates for the pods of a caller's
+//! node.
 
 pub mod ca;
 pub mod cluster;
 pub mod crd;
 pub mod http;
 pub mod manifests;
+pub mod pipeline;
 pub mod sources;
 pub mod translate;
 pub mod xds;

@@ -1,8 +1,13 @@
-//! The manifest-directory source: polls a directory of Kubernetes YAML, and on every change
-//! reads it whole, translates it and publishes the resulting resource set to the xDS server.
-//! A change that does not parse, or holds an object with invalid values, is refused as a whole
-//! (reported by file, document, object and field) and the last good set stays published: leaving
-//! out just the broken object could drop a DENY policy and open traffic it used to refuse.
+//! The manifest-directory source: polls a directory of Kubernetes YAML and on every change reads
+//! it whole into the [`Pipeline`], which re-translates only the namespaces that changed, then
+//! publishes the resulting resource set to the xDS server.
+//!
+//! - A change that does not parse is refused as a whole (reported by file, document, object and
+//!   field) and the last good set stays published: with a document unreadable, what it would have
+//!   deleted or added is unknown.
+//! - An AuthorizationPolicy with invalid values is refused on its own: its last good version stays
+//!   in force (a broken edit never drops a DENY) and the reason is reported; the rest of the
+//!   change applies.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -13,7 +18,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::manifests;
-use crate::translate::{translate, ClusterInfo};
+use crate::pipeline::Pipeline;
+use crate::translate::ClusterInfo;
 use crate::xds::ResourceSet;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -24,15 +30,14 @@ pub struct DirStatus {
     pub generation: u64,
     /// Objects honoured only in part, from the published set.
     pub notes: Vec<String>,
-    /// Why the latest change was refused, if it was.
+    /// Why the latest change (or an object in it) was refused, if it was.
     pub refused: Vec<String>,
 }
 
 pub struct DirSource {
     dir: PathBuf,
-    info: ClusterInfo,
+    pipeline: Pipeline,
     fingerprint: Option<u64>,
-    generation: u64,
     pub status: Arc<Mutex<DirStatus>>,
 }
 
@@ -40,9 +45,8 @@ impl DirSource {
     pub fn new(dir: &Path, info: ClusterInfo) -> Self {
         Self {
             dir: dir.to_owned(),
-            info,
+            pipeline: Pipeline::new(info),
             fingerprint: None,
-            generation: 0,
             status: Arc::new(Mutex::new(DirStatus {
                 dir: dir.to_owned(),
                 ..Default::default()
@@ -68,31 +72,36 @@ impl DirSource {
             return Ok(None);
         }
         self.fingerprint = Some(fp);
-        let result = manifests::load_dir(&self.dir).and_then(|cluster| {
-            let t = translate(&cluster, &self.info);
-            if t.errors.is_empty() {
-                Ok(t)
-            } else {
-                Err(t.errors.iter().map(ToString::to_string).collect())
-            }
-        });
-        let mut status = self.status.lock().expect("status lock");
-        match result {
-            Ok(t) => {
-                self.generation += 1;
-                status.generation = self.generation;
-                status.notes = t.notes.iter().map(ToString::to_string).collect();
-                status.refused.clear();
-                for note in &status.notes {
-                    tracing::warn!("not fully honoured: {note}");
-                }
-                Ok(Some(ResourceSet::from_translation(&t, self.generation)))
-            }
+        let cluster = match manifests::load_dir(&self.dir) {
+            Ok(cluster) => cluster,
             Err(errors) => {
-                status.refused = errors.clone();
-                Err(errors)
+                self.status.lock().expect("status lock").refused = errors.clone();
+                return Err(errors);
             }
+        };
+        self.pipeline.replace_all(cluster);
+        let built = self.pipeline.build();
+        let mut status = self.status.lock().expect("status lock");
+        status.refused = self
+            .pipeline
+            .rejected()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let Some(set) = built else {
+            return Ok(None);
+        };
+        status.generation = set.generation;
+        status.notes = self
+            .pipeline
+            .notes()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for note in &status.notes {
+            tracing::warn!("not fully honoured: {note}");
         }
+        Ok(Some(set))
     }
 
     /// Polls every `interval` and publishes changes until `shutdown` completes.

@@ -22,6 +22,14 @@ pub struct Note {
     pub message: String,
 }
 
+impl Note {
+    /// The object's namespace, from `Kind namespace/name`.
+    pub fn namespace(&self) -> Option<&str> {
+        let (_, key) = self.object.split_once(' ')?;
+        Some(key.split_once('/')?.0)
+    }
+}
+
 impl std::fmt::Display for Note {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.object, self.message)

@@ -4,18 +4,43 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
+use meshcore::api::discovery::Resource as WireResource;
 use meshcore::api::{security, type_url, workload as wire};
 use prost::Message;
 
 use crate::translate::Translation;
 
-/// One encoded resource.
+/// One resource, encoded once as the `envoy.service.discovery.v3.Resource` every client is sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resource {
     pub name: String,
     /// Content hash: equal versions mean equal bytes.
     pub version: String,
-    pub any: prost_types::Any,
+    pub encoded: Bytes,
+}
+
+impl Resource {
+    /// Wraps an encoded message of `type_url`, versioned by its content.
+    pub fn new(name: String, type_url: &str, value: Vec<u8>) -> Self {
+        let version = content_version(&value);
+        let encoded = WireResource {
+            name: name.clone(),
+            version: version.clone(),
+            resource: Some(prost_types::Any {
+                type_url: type_url.to_owned(),
+                value,
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into();
+        Self {
+            name,
+            version,
+            encoded,
+        }
+    }
 }
 
 /// Resources by type URL, then by name.
@@ -50,27 +75,30 @@ fn content_version(bytes: &[u8]) -> String {
 }
 
 fn resource(name: String, type_url: &str, value: Vec<u8>) -> Arc<Resource> {
-    Arc::new(Resource {
-        name,
-        version: content_version(&value),
-        any: prost_types::Any {
-            type_url: type_url.to_owned(),
-            value,
-        },
-    })
+    Arc::new(Resource::new(name, type_url, value))
 }
 
-impl ResourceSet {
+/// A translation's resources, encoded: the unit the pipeline caches per namespace and merges
+/// into a [`ResourceSet`].
+#[derive(Debug, Clone, Default)]
+pub struct Encoded {
+    pub addresses: BTreeMap<String, Arc<Resource>>,
+    pub authorizations: BTreeMap<String, Arc<Resource>>,
+    /// (node, SPIFFE ID) of each scheduled pod.
+    pub identities: Vec<(String, String)>,
+}
+
+impl Encoded {
     /// Workloads are named by uid, services `namespace/hostname`, policies `namespace/name`,
     /// as Istio's ztunnel expects.
-    pub fn from_translation(t: &Translation, generation: u64) -> Self {
-        let mut addresses = BTreeMap::new();
+    pub fn from_translation(t: &Translation) -> Self {
+        let mut out = Self::default();
         for w in &t.workloads {
             let value = wire::Address {
                 r#type: Some(wire::address::Type::Workload(w.clone())),
             }
             .encode_to_vec();
-            addresses.insert(
+            out.addresses.insert(
                 w.uid.clone(),
                 resource(w.uid.clone(), type_url::ADDRESS, value),
             );
@@ -81,26 +109,59 @@ impl ResourceSet {
                 r#type: Some(wire::address::Type::Service(s.clone())),
             }
             .encode_to_vec();
-            addresses.insert(name.clone(), resource(name, type_url::ADDRESS, value));
+            out.addresses
+                .insert(name.clone(), resource(name, type_url::ADDRESS, value));
         }
-        let mut authorizations = BTreeMap::new();
         for a in &t.authorizations {
             let value = security::Authorization::from(a).encode_to_vec();
-            authorizations.insert(a.key(), resource(a.key(), type_url::AUTHORIZATION, value));
+            out.authorizations
+                .insert(a.key(), resource(a.key(), type_url::AUTHORIZATION, value));
+        }
+        out.identities = t
+            .workloads
+            .iter()
+            .filter(|w| !w.node.is_empty())
+            .map(|w| {
+                (
+                    w.node.clone(),
+                    format!(
+                        "spiffe://{}/ns/{}/sa/{}",
+                        w.trust_domain, w.namespace, w.service_account
+                    ),
+                )
+            })
+            .collect();
+        out
+    }
+}
+
+impl ResourceSet {
+    pub fn from_translation(t: &Translation, generation: u64) -> Self {
+        Self::merge([&Encoded::from_translation(t)], generation)
+    }
+
+    /// One set from the encoded parts (resources with the same name are the same resource).
+    pub fn merge<'a>(parts: impl IntoIterator<Item = &'a Encoded>, generation: u64) -> Self {
+        let mut addresses = BTreeMap::new();
+        let mut authorizations = BTreeMap::new();
+        let mut identities_by_node: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for part in parts {
+            addresses.extend(part.addresses.iter().map(|(k, v)| (k.clone(), v.clone())));
+            authorizations.extend(
+                part.authorizations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+            for (node, id) in &part.identities {
+                identities_by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .insert(id.clone());
+            }
         }
         let mut by_type = BTreeMap::new();
         by_type.insert(type_url::ADDRESS, addresses);
         by_type.insert(type_url::AUTHORIZATION, authorizations);
-        let mut identities_by_node: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for w in t.workloads.iter().filter(|w| !w.node.is_empty()) {
-            identities_by_node
-                .entry(w.node.clone())
-                .or_default()
-                .insert(format!(
-                    "spiffe://{}/ns/{}/sa/{}",
-                    w.trust_domain, w.namespace, w.service_account
-                ));
-        }
         Self {
             by_type,
             generation,
@@ -139,20 +200,40 @@ impl ResourceSet {
     }
 }
 
-/// What changed for a client that holds `sent` (name → version) of one type.
+/// What changed from `held` to `current` (one type's resources of two sets): a merge of the
+/// two sorted maps, comparing versions.
 pub fn diff(
+    held: &BTreeMap<String, Arc<Resource>>,
     current: &BTreeMap<String, Arc<Resource>>,
-    sent: &BTreeMap<String, String>,
 ) -> (Vec<Arc<Resource>>, Vec<String>) {
     let updated = current
         .values()
-        .filter(|r| sent.get(&r.name) != Some(&r.version))
+        .filter(|r| held.get(&r.name).is_none_or(|h| h.version != r.version))
         .cloned()
         .collect();
-    let removed = sent
+    let removed = held
         .keys()
         .filter(|name| !current.contains_key(*name))
         .cloned()
         .collect();
+    (updated, removed)
+}
+
+/// What a client announcing `versions` (name → version) lacks of `current`, and holds in excess.
+pub fn diff_versions(
+    versions: &std::collections::HashMap<String, String>,
+    current: &BTreeMap<String, Arc<Resource>>,
+) -> (Vec<Arc<Resource>>, Vec<String>) {
+    let updated = current
+        .values()
+        .filter(|r| versions.get(&r.name) != Some(&r.version))
+        .cloned()
+        .collect();
+    let mut removed: Vec<String> = versions
+        .keys()
+        .filter(|name| !current.contains_key(*name))
+        .cloned()
+        .collect();
+    removed.sort();
     (updated, removed)
 }

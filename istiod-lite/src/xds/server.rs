@@ -5,7 +5,13 @@
 //! gets every resource it does not already hold (`initial_resource_versions`); afterwards each
 //! new resource set (the watch channel coalesces bursts, so pushes are naturally debounced)
 //! sends only what changed and what was removed. Responses carry nonces; a NACK is logged with
-//! the client's error, counted, and does not hold anything up.
+//! the client's error, counted, and does not hold anything up; what was NACKed is not sent again
+//! until it changes.
+//!
+//! Memory: what a client holds is remembered as the (shared) set it was last brought up to date
+//! with, not as a per-client list of names and versions, and resources go out pre-encoded
+//! ([`super::encoded`]). Whole-set responses (a new subscription) are paced by a semaphore so
+//! a hundred clients connecting at once do not all hold an encoded copy of the set together.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -13,15 +19,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::Stream;
-use meshcore::api::discovery::{
-    aggregated_discovery_service_server::AggregatedDiscoveryService, DeltaDiscoveryRequest,
-    DeltaDiscoveryResponse, Resource as WireResource,
-};
+use meshcore::api::discovery::DeltaDiscoveryRequest;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::resources::{diff, ResourceSet};
+use super::ads::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use super::encoded::EncodedDeltaResponse;
+use super::resources::{diff, diff_versions, Resource, ResourceSet};
 
 /// What the debug endpoint shows about one connected client.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -64,6 +69,7 @@ impl Clients {
 pub struct XdsServer {
     resources: watch::Receiver<Arc<ResourceSet>>,
     pub clients: Arc<Clients>,
+    whole_set_pushes: Arc<Semaphore>,
 }
 
 impl XdsServer {
@@ -71,14 +77,18 @@ impl XdsServer {
         Self {
             resources,
             clients: Arc::default(),
+            whole_set_pushes: Arc::new(Semaphore::new(WHOLE_SET_PUSHES)),
         }
     }
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<EncodedDeltaResponse, Status>> + Send>>;
+type Queued = (EncodedDeltaResponse, Option<OwnedSemaphorePermit>);
 
 /// Per-client send queue depth; a client this far behind waits on its own.
 const QUEUE: usize = 2;
+/// Whole-set responses being encoded and handed to the transport at once.
+const WHOLE_SET_PUSHES: usize = 8;
 /// Resources per update response: a large change reaching many clients at once is sent in
 /// pieces, so memory holds a few pieces per client rather than every client's whole copy. The
 /// first response of a subscription is never split: a client (Istio's ztunnel included) takes
@@ -104,15 +114,22 @@ impl AggregatedDiscoveryService for XdsServer {
             id,
             clients: self.clients.clone(),
             resources: self.resources.clone(),
+            whole_set_pushes: self.whole_set_pushes.clone(),
             tx,
             subscriptions: BTreeMap::new(),
-            generation: 0,
             nonce: 0,
         };
         tokio::spawn(session.run(request.into_inner()));
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
+        // A response's pacing permit is released when the transport asks for the next one,
+        // i.e. once this one is encoded and handed over.
+        let stream = futures_util::stream::unfold(
+            (rx, None::<OwnedSemaphorePermit>),
+            |(mut rx, previous)| async move {
+                drop(previous);
+                let (response, permit) = rx.recv().await?;
+                Some((Ok(response), (rx, permit)))
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -121,11 +138,11 @@ struct Session {
     id: u64,
     clients: Arc<Clients>,
     resources: watch::Receiver<Arc<ResourceSet>>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    /// Type URL → what the client holds (name → version).
-    subscriptions: BTreeMap<String, BTreeMap<String, String>>,
-    /// Generation of the set this client was last brought up to date with.
-    generation: u64,
+    whole_set_pushes: Arc<Semaphore>,
+    tx: mpsc::Sender<Queued>,
+    /// Type URL → the set whose resources of that type the client holds (a NACKed update
+    /// counts as held: it is not resent until it changes).
+    subscriptions: BTreeMap<String, Arc<ResourceSet>>,
     nonce: u64,
 }
 
@@ -185,24 +202,26 @@ impl Session {
             }
             return Ok(());
         }
-        if !self.subscriptions.contains_key(&type_url) {
-            // A new (wildcard) subscription; skip what the client already holds.
-            self.subscriptions.insert(
-                type_url.clone(),
-                req.initial_resource_versions.into_iter().collect(),
-            );
-            // Only the first subscription sets the baseline and marks the set seen. A later one
-            // for another type must not: if a newer set arrived in between, `changed()` still
-            // has to fire so the earlier type catches up (through a full comparison, since the
-            // generations differ).
-            let set = if self.subscriptions.len() == 1 {
-                let set = self.resources.borrow_and_update().clone();
-                self.generation = set.generation;
-                set
-            } else {
-                self.resources.borrow().clone()
-            };
-            return self.push(&type_url, &set, true).await;
+        if self.subscriptions.contains_key(&type_url) {
+            return Ok(());
+        }
+        // A new (wildcard) subscription: everything the client does not already hold.
+        let set = self.resources.borrow_and_update().clone();
+        let empty = BTreeMap::new();
+        let current = set.by_type.get(type_url.as_str()).unwrap_or(&empty);
+        let (updated, removed) = diff_versions(&req.initial_resource_versions, current);
+        // Another type subscribed earlier may hold an older set than this: `changed()` was
+        // just consumed, so bring the others up to date now.
+        let others: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, held)| held.generation != set.generation)
+            .map(|(t, _)| t.clone())
+            .collect();
+        self.subscriptions.insert(type_url.clone(), set.clone());
+        self.send(&type_url, &set, updated, removed, true).await?;
+        for t in others {
+            self.push(&t, &set).await?;
         }
         Ok(())
     }
@@ -211,22 +230,25 @@ impl Session {
         let set = self.resources.borrow_and_update().clone();
         let types: Vec<String> = self.subscriptions.keys().cloned().collect();
         for t in types {
-            self.push(&t, &set, false).await?;
+            self.push(&t, &set).await?;
         }
-        self.generation = set.generation;
         Ok(())
     }
 
-    async fn push(&mut self, type_url: &str, set: &ResourceSet, first: bool) -> Result<(), ()> {
+    /// Brings one type from the set the client holds to `set`.
+    async fn push(&mut self, type_url: &str, set: &Arc<ResourceSet>) -> Result<(), ()> {
+        let held = self.subscriptions[type_url].clone();
+        if held.generation == set.generation {
+            return Ok(());
+        }
         let empty = BTreeMap::new();
         let current = set.by_type.get(type_url).unwrap_or(&empty);
-        let sent = self.subscriptions.get_mut(type_url).expect("subscribed");
         // Up to date with the previous set: the shared delta says what to send. Otherwise
-        // (first push, a skipped generation) compare everything.
+        // (a skipped generation) compare the two sets.
         let shared = set
             .delta
             .as_ref()
-            .filter(|d| !first && d.from == self.generation)
+            .filter(|d| d.from == held.generation)
             .and_then(|d| d.changed.get(type_url));
         let (updated, removed) = match shared {
             Some((changed, gone)) => (
@@ -234,37 +256,54 @@ impl Session {
                     .iter()
                     .filter_map(|n| current.get(n).cloned())
                     .collect(),
-                gone.iter()
-                    .filter(|n| sent.contains_key(*n))
-                    .cloned()
-                    .collect(),
+                gone.clone(),
             ),
-            None => diff(current, sent),
+            None => diff(held.by_type.get(type_url).unwrap_or(&empty), current),
         };
-        if updated.is_empty() && removed.is_empty() && !first {
+        self.subscriptions.insert(type_url.to_owned(), set.clone());
+        if updated.is_empty() && removed.is_empty() {
             return Ok(());
         }
-        for r in &updated {
-            sent.insert(r.name.clone(), r.version.clone());
-        }
-        for name in &removed {
-            sent.remove(name);
-        }
-        let held = sent.len();
+        self.send(type_url, set, updated, removed, false).await
+    }
+
+    /// Queues the responses carrying `updated` and `removed`. A subscription's first response
+    /// is never split: a client (Istio's ztunnel included) takes it as the complete state.
+    async fn send(
+        &mut self,
+        type_url: &str,
+        set: &ResourceSet,
+        updated: Vec<Arc<Resource>>,
+        removed: Vec<String>,
+        first: bool,
+    ) -> Result<(), ()> {
+        let held = set.count(type_url);
         let type_name = type_url.to_owned();
         self.clients.update(self.id, |c| {
             c.resources.insert(type_name, held);
         });
         let size = if first { updated.len().max(1) } else { CHUNK };
-        let mut chunks: Vec<&[Arc<super::resources::Resource>]> = updated.chunks(size).collect();
+        let mut chunks: Vec<&[Arc<Resource>]> = updated.chunks(size).collect();
         if chunks.is_empty() {
             chunks.push(&[]);
         }
         let last = chunks.len() - 1;
         let mut removed = Some(removed);
         for (i, chunk) in chunks.into_iter().enumerate() {
+            // Large responses wait for a pacing permit, held until the transport takes them.
+            let permit = if chunk.len() > CHUNK {
+                Some(
+                    self.whole_set_pushes
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| ())?,
+                )
+            } else {
+                None
+            };
             self.nonce += 1;
-            let response = DeltaDiscoveryResponse {
+            let response = EncodedDeltaResponse {
                 system_version_info: set.generation.to_string(),
                 type_url: type_url.to_owned(),
                 nonce: format!("{}-{}", self.id, self.nonce),
@@ -273,18 +312,10 @@ impl Session {
                 } else {
                     Vec::new()
                 },
-                resources: chunk
-                    .iter()
-                    .map(|r| WireResource {
-                        name: r.name.clone(),
-                        version: r.version.clone(),
-                        resource: Some(r.any.clone()),
-                        ..Default::default()
-                    })
-                    .collect(),
+                resources: chunk.iter().map(|r| r.encoded.clone()).collect(),
             };
             // Waits only for this client's own queue.
-            self.tx.send(Ok(response)).await.map_err(|_| ())?;
+            self.tx.send((response, permit)).await.map_err(|_| ())?;
         }
         Ok(())
     }

@@ -226,10 +226,13 @@ async fn ztunnels_follow_the_manifest_directory_over_xds() {
         .by_type
         .get_mut(meshcore::api::type_url::ADDRESS)
         .unwrap();
-    let mut broken = (**addresses.values().next().unwrap()).clone();
-    broken.version = "broken".into();
-    broken.any.value = vec![0x0a, 0x05, 0xff, 0xff];
-    addresses.insert(broken.name.clone(), Arc::new(broken));
+    let name = addresses.keys().next().unwrap().clone();
+    let broken = istiod_lite::xds::resources::Resource::new(
+        name.clone(),
+        meshcore::api::type_url::ADDRESS,
+        vec![0x0a, 0x05, 0xff, 0xff],
+    );
+    addresses.insert(name, Arc::new(broken));
     publish.send_replace(Arc::new(bad));
     eventually("NACKs counted", Duration::from_secs(2), async || {
         clients

@@ -1,0 +1,402 @@
+//! The config pipeline between the sources and the xDS server: the cluster's objects, kept per
+//! namespace, translated incrementally.
+//!
+//! Nothing a pod's Workload depends on crosses namespaces except the root namespace's
+//! AuthorizationPolicies and PeerAuthentications, so the cluster is cut into one slice per
+//! namespace and each slice is translated by [`translate`] on its own (with the root namespace's
+//! policies added). A change re-translates and re-encodes only the slices it touched (every
+//! slice when it is a root-namespace policy), then the encoded parts are merged into the next
+//! [`ResourceSet`]. A one-pod change costs one namespace, not the cluster.
+//!
+//! An AuthorizationPolicy with invalid values is rejected on its own: its last good version (or
+//! nothing, if it never had one) stays in force, as when the API server's validation refuses an
+//! update, and the reason is kept for the source to report. Everything else still flows.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::cluster::{AuthorizationPolicy, Cluster, PeerAuthentication};
+use crate::translate::peer_authn::STATIC_STRICT;
+use crate::translate::{authz, translate, ClusterInfo, Note};
+use crate::xds::resources::Encoded;
+use crate::xds::ResourceSet;
+
+/// The kinds the pipeline keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    Service,
+    AuthorizationPolicy,
+    PeerAuthentication,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::Service,
+        Kind::AuthorizationPolicy,
+        Kind::PeerAuthentication,
+    ];
+}
+
+/// One object of a kept kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Namespace(Namespace),
+    Pod(Pod),
+    Service(Service),
+    AuthorizationPolicy(AuthorizationPolicy),
+    PeerAuthentication(PeerAuthentication),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Pod(_) => Kind::Pod,
+            Object::Service(_) => Kind::Service,
+            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+        }
+    }
+
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Object::Namespace(o) => &o.metadata,
+            Object::Pod(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::AuthorizationPolicy(o) => &o.metadata,
+            Object::PeerAuthentication(o) => &o.metadata,
+        }
+    }
+
+    /// The slice it belongs to: its namespace (a Namespace: its own name) and its name.
+    fn slice_key(&self) -> (String, String) {
+        let meta = self.meta();
+        let name = meta.name.clone().unwrap_or_default();
+        match self {
+            Object::Namespace(_) => (name.clone(), name),
+            _ => (meta.namespace.clone().unwrap_or_default(), name),
+        }
+    }
+}
+
+/// Everything of one namespace, and what it translated to.
+#[derive(Debug, Default)]
+struct Slice {
+    namespace: Option<Namespace>,
+    pods: BTreeMap<String, Pod>,
+    services: BTreeMap<String, Service>,
+    policies: BTreeMap<String, AuthorizationPolicy>,
+    peer_authns: BTreeMap<String, PeerAuthentication>,
+    output: Encoded,
+    notes: Vec<Note>,
+    dirty: bool,
+}
+
+impl Slice {
+    fn is_empty(&self) -> bool {
+        self.namespace.is_none()
+            && self.pods.is_empty()
+            && self.services.is_empty()
+            && self.policies.is_empty()
+            && self.peer_authns.is_empty()
+    }
+
+    fn names(&self, kind: Kind) -> Vec<String> {
+        match kind {
+            Kind::Namespace => self
+                .namespace
+                .iter()
+                .filter_map(|n| n.metadata.name.clone())
+                .collect(),
+            Kind::Pod => self.pods.keys().cloned().collect(),
+            Kind::Service => self.services.keys().cloned().collect(),
+            Kind::AuthorizationPolicy => self.policies.keys().cloned().collect(),
+            Kind::PeerAuthentication => self.peer_authns.keys().cloned().collect(),
+        }
+    }
+}
+
+/// Upserts into a map; whether anything changed.
+fn put<T: PartialEq>(map: &mut BTreeMap<String, T>, name: String, value: T) -> bool {
+    match map.get(&name) {
+        Some(old) if *old == value => false,
+        _ => {
+            map.insert(name, value);
+            true
+        }
+    }
+}
+
+pub struct Pipeline {
+    info: ClusterInfo,
+    slices: BTreeMap<String, Slice>,
+    /// Slices removed since the last build (their resources must go).
+    removed: bool,
+    /// AuthorizationPolicies refused for invalid values (`namespace/name` → reason).
+    rejected: BTreeMap<String, Note>,
+    generation: u64,
+}
+
+impl Pipeline {
+    pub fn new(info: ClusterInfo) -> Self {
+        Self {
+            info,
+            slices: BTreeMap::new(),
+            removed: false,
+            rejected: BTreeMap::new(),
+            generation: 0,
+        }
+    }
+
+    pub fn info(&self) -> &ClusterInfo {
+        &self.info
+    }
+
+    fn mark(&mut self, namespace: &str, kind: Kind) {
+        let cross = namespace == self.info.root_namespace
+            && matches!(kind, Kind::AuthorizationPolicy | Kind::PeerAuthentication);
+        if cross {
+            self.slices.values_mut().for_each(|s| s.dirty = true);
+        } else if let Some(s) = self.slices.get_mut(namespace) {
+            s.dirty = true;
+        }
+    }
+
+    /// Adds or updates an object.
+    pub fn apply(&mut self, object: Object) {
+        let kind = object.kind();
+        let (namespace, name) = object.slice_key();
+        if let Object::AuthorizationPolicy(ap) = &object {
+            let key = format!("{namespace}/{name}");
+            let annotations = ap.metadata.annotations.clone().unwrap_or_default();
+            let checked = authz::authorization_policy(
+                &namespace,
+                &name,
+                &annotations,
+                &ap.spec,
+                &self.info.root_namespace,
+            );
+            if let Err(e) = checked {
+                tracing::warn!(
+                    "AuthorizationPolicy {key} refused, its last good version stays: {}",
+                    e.0
+                );
+                self.rejected.insert(
+                    key.clone(),
+                    Note {
+                        object: format!("AuthorizationPolicy {key}"),
+                        message: e.0,
+                    },
+                );
+                return;
+            }
+            self.rejected.remove(&key);
+        }
+        let slice = self.slices.entry(namespace.clone()).or_default();
+        let changed = match object {
+            Object::Namespace(o) => {
+                let changed = slice.namespace.as_ref() != Some(&o);
+                slice.namespace = Some(o);
+                changed
+            }
+            Object::Pod(o) => put(&mut slice.pods, name, o),
+            Object::Service(o) => put(&mut slice.services, name, o),
+            Object::AuthorizationPolicy(o) => put(&mut slice.policies, name, o),
+            Object::PeerAuthentication(o) => put(&mut slice.peer_authns, name, o),
+        };
+        if changed {
+            self.mark(&namespace, kind);
+        }
+    }
+
+    /// Removes an object (a Namespace: only the Namespace object; its contents go one by one,
+    /// as Kubernetes deletes them).
+    pub fn delete(&mut self, kind: Kind, namespace: &str, name: &str) {
+        if kind == Kind::AuthorizationPolicy {
+            self.rejected.remove(&format!("{namespace}/{name}"));
+        }
+        let Some(slice) = self.slices.get_mut(namespace) else {
+            return;
+        };
+        let removed = match kind {
+            Kind::Namespace => slice.namespace.take().is_some(),
+            Kind::Pod => slice.pods.remove(name).is_some(),
+            Kind::Service => slice.services.remove(name).is_some(),
+            Kind::AuthorizationPolicy => slice.policies.remove(name).is_some(),
+            Kind::PeerAuthentication => slice.peer_authns.remove(name).is_some(),
+        };
+        if !removed {
+            return;
+        }
+        if slice.is_empty() {
+            self.slices.remove(namespace);
+            self.removed = true;
+        }
+        self.mark(namespace, kind);
+    }
+
+    /// Replaces every object of `kind` (a relist): those not in `objects` are deleted.
+    pub fn replace_kind(&mut self, kind: Kind, objects: Vec<Object>) {
+        let listed: BTreeSet<(String, String)> = objects.iter().map(Object::slice_key).collect();
+        let stale: Vec<(String, String)> = self
+            .slices
+            .iter()
+            .flat_map(|(ns, s)| s.names(kind).into_iter().map(|n| (ns.clone(), n)))
+            .filter(|k| !listed.contains(k))
+            .collect();
+        for (ns, name) in stale {
+            self.delete(kind, &ns, &name);
+        }
+        for o in objects {
+            self.apply(o);
+        }
+    }
+
+    /// Replaces the whole view (the manifest directory was read again).
+    pub fn replace_all(&mut self, cluster: Cluster) {
+        let Cluster {
+            namespaces,
+            pods,
+            services,
+            authorization_policies,
+            peer_authentications,
+        } = cluster;
+        self.replace_kind(
+            Kind::Namespace,
+            namespaces.into_iter().map(Object::Namespace).collect(),
+        );
+        self.replace_kind(Kind::Pod, pods.into_iter().map(Object::Pod).collect());
+        self.replace_kind(
+            Kind::Service,
+            services.into_iter().map(Object::Service).collect(),
+        );
+        self.replace_kind(
+            Kind::AuthorizationPolicy,
+            authorization_policies
+                .into_iter()
+                .map(Object::AuthorizationPolicy)
+                .collect(),
+        );
+        self.replace_kind(
+            Kind::PeerAuthentication,
+            peer_authentications
+                .into_iter()
+                .map(Object::PeerAuthentication)
+                .collect(),
+        );
+    }
+
+    /// Translates what changed since the last build. `None` when nothing did (after the first).
+    pub fn build(&mut self) -> Option<ResourceSet> {
+        let dirty: Vec<String> = self
+            .slices
+            .iter()
+            .filter(|(_, s)| s.dirty)
+            .map(|(ns, _)| ns.clone())
+            .collect();
+        // The first build always yields a set, if an empty one.
+        if dirty.is_empty() && !self.removed && self.generation > 0 {
+            return None;
+        }
+        let root = self.slices.get(&self.info.root_namespace);
+        let results: Vec<(String, Encoded, Vec<Note>)> = dirty
+            .into_iter()
+            .map(|ns| {
+                let slice = &self.slices[&ns];
+                let root = root.filter(|_| ns != self.info.root_namespace);
+                let (encoded, notes) = translate_slice(&ns, slice, root, &self.info);
+                (ns, encoded, notes)
+            })
+            .collect();
+        for (ns, output, notes) in results {
+            let slice = self.slices.get_mut(&ns).expect("dirty slice exists");
+            slice.output = output;
+            slice.notes = notes;
+            slice.dirty = false;
+        }
+        self.removed = false;
+        self.generation += 1;
+        Some(ResourceSet::merge(
+            self.slices.values().map(|s| &s.output),
+            self.generation,
+        ))
+    }
+
+    /// Objects honoured only in part, as of the last build.
+    pub fn notes(&self) -> Vec<Note> {
+        self.slices
+            .values()
+            .flat_map(|s| s.notes.iter().cloned())
+            .collect()
+    }
+
+    /// AuthorizationPolicies refused for invalid values.
+    pub fn rejected(&self) -> Vec<Note> {
+        self.rejected.values().cloned().collect()
+    }
+
+    /// The objects of one kind, for status reporting.
+    pub fn policies(&self) -> impl Iterator<Item = &AuthorizationPolicy> {
+        self.slices.values().flat_map(|s| s.policies.values())
+    }
+
+    pub fn peer_authentications(&self) -> impl Iterator<Item = &PeerAuthentication> {
+        self.slices.values().flat_map(|s| s.peer_authns.values())
+    }
+
+    /// The whole view, as one cluster (for debugging and equivalence tests).
+    pub fn cluster(&self) -> Cluster {
+        let mut c = Cluster::default();
+        for s in self.slices.values() {
+            c.namespaces.extend(s.namespace.iter().cloned());
+            c.pods.extend(s.pods.values().cloned());
+            c.services.extend(s.services.values().cloned());
+            c.authorization_policies
+                .extend(s.policies.values().cloned());
+            c.peer_authentications
+                .extend(s.peer_authns.values().cloned());
+        }
+        c
+    }
+}
+
+/// Translates one namespace's slice; `root` is the root namespace's slice (its policies apply
+/// here too) unless this is the root namespace.
+fn translate_slice(
+    namespace: &str,
+    slice: &Slice,
+    root: Option<&Slice>,
+    info: &ClusterInfo,
+) -> (Encoded, Vec<Note>) {
+    let mut cluster = Cluster {
+        namespaces: slice.namespace.iter().cloned().collect(),
+        pods: slice.pods.values().cloned().collect(),
+        services: slice.services.values().cloned().collect(),
+        authorization_policies: slice.policies.values().cloned().collect(),
+        peer_authentications: slice.peer_authns.values().cloned().collect(),
+    };
+    if let Some(root) = root {
+        cluster
+            .authorization_policies
+            .extend(root.policies.values().cloned());
+        cluster
+            .peer_authentications
+            .extend(root.peer_authns.values().cloned());
+    }
+    let mut t = translate(&cluster, info);
+    // The root namespace's own policies belong to its slice; the PeerAuthentication policies
+    // derived for this slice's workloads are kept (equal ones merge into one resource).
+    t.authorizations
+        .retain(|a| a.namespace == namespace || a.name.starts_with(STATIC_STRICT));
+    t.notes.retain(|n| n.namespace() == Some(namespace));
+    (Encoded::from_translation(&t), t.notes)
+}
+
+#[cfg(test)]
+mod tests;
