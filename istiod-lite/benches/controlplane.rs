@@ -111,6 +111,7 @@ const SUBSCRIBERS_ENV: &str = "CONTROLPLANE_BENCH_SUBSCRIBE";
 const WATCHED: &str = "Kubernetes//Pod/ns-7/pod-7";
 
 fn main() {
+    istiod_lite::tune_allocator();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,10 +1,15 @@
 //! The certificate service: `istio.v1.auth.IstioCertificateService/CreateCertificate`.
 //!
-//! Callers authenticate with `authorization: Bearer <token>`; in local mode each token names a
-//! node (a bootstrap-token file: `<node> <token>` per line). A caller may obtain certificates
-//! only for identities of pods scheduled on its node (the CSR's SPIFFE ID, which must equal the
-//! `ImpersonatedIdentity` metadata when that is sent). Everything else is refused with a gRPC
-//! status saying why, and counted.
+//! Callers authenticate with `authorization: Bearer <token>`:
+//! - local mode: each token names a node (a bootstrap-token file, `<node> <token>` per line);
+//! - cluster mode: a service-account token, checked with a Kubernetes TokenReview (audience
+//!   `istio-ca`). The caller's own identity is its service account's SPIFFE ID; ztunnel's
+//!   service account acts for the node its pod runs on (from the token's bound node, or its
+//!   bound pod's `spec.nodeName`).
+//!
+//! A caller may obtain its own identity, and a node's ztunnel the identities of pods scheduled
+//! on that node (the CSR's SPIFFE ID, which must equal the `ImpersonatedIdentity` metadata when
+//! that is sent). Everything else is refused with a gRPC status saying why, and counted.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,10 +27,16 @@ use tonic::{Request, Response, Status};
 
 use crate::xds::ResourceSet;
 
-/// Bootstrap tokens: token → node.
+/// Bootstrap tokens: SHA-256 of the token → node. Looking up digests rather than tokens keeps
+/// the comparison's timing from telling anything about a valid token.
 #[derive(Debug, Default, Clone)]
 pub struct NodeTokens {
-    by_token: HashMap<String, String>,
+    by_token: HashMap<[u8; 32], String>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
 impl NodeTokens {
@@ -39,7 +50,7 @@ impl NodeTokens {
             }
             match line.split_whitespace().collect::<Vec<_>>()[..] {
                 [node, token] if token.len() >= 16 => {
-                    if let Some(other) = by_token.insert(token.to_owned(), node.to_owned()) {
+                    if let Some(other) = by_token.insert(digest(token), node.to_owned()) {
                         return Err(format!(
                             "line {}: token already given to node {other}; each node needs its own",
                             i + 1
@@ -57,6 +68,41 @@ impl NodeTokens {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
+
+    pub fn node(&self, token: &str) -> Option<&str> {
+        self.by_token.get(&digest(token)).map(String::as_str)
+    }
+}
+
+/// Who a verified caller is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// The node whose pods' identities it may obtain (a ztunnel).
+    pub node: Option<String>,
+    /// Its own SPIFFE ID, which it may always obtain.
+    pub identity: Option<String>,
+}
+
+/// How callers are authenticated.
+#[derive(Clone)]
+pub enum Authenticator {
+    NodeTokens(Arc<NodeTokens>),
+    TokenReview(Arc<crate::token_review::TokenReviewer>),
+}
+
+impl Authenticator {
+    async fn authenticate(&self, token: &str) -> Result<Caller, Status> {
+        match self {
+            Authenticator::NodeTokens(t) => t
+                .node(token)
+                .map(|node| Caller {
+                    node: Some(node.to_owned()),
+                    identity: None,
+                })
+                .ok_or_else(|| Status::unauthenticated("unknown bootstrap token")),
+            Authenticator::TokenReview(r) => r.review(token).await,
+        }
+    }
 }
 
 #[derive(Default, Debug)]
@@ -68,7 +114,7 @@ pub struct CaCounters {
 #[derive(Clone)]
 pub struct CaServer {
     ca: Arc<CertificateAuthority>,
-    tokens: Arc<NodeTokens>,
+    auth: Authenticator,
     resources: watch::Receiver<Arc<ResourceSet>>,
     max_ttl: Duration,
     pub counters: Arc<CaCounters>,
@@ -77,12 +123,12 @@ pub struct CaServer {
 impl CaServer {
     pub fn new(
         ca: Arc<CertificateAuthority>,
-        tokens: NodeTokens,
+        auth: Authenticator,
         resources: watch::Receiver<Arc<ResourceSet>>,
     ) -> Self {
         Self {
             ca,
-            tokens: Arc::new(tokens),
+            auth,
             resources,
             max_ttl: DEFAULT_WORKLOAD_TTL,
             counters: Arc::default(),
@@ -95,7 +141,7 @@ impl CaServer {
         status
     }
 
-    fn authorize(
+    async fn authorize(
         &self,
         req: &Request<IstioCertificateRequest>,
     ) -> Result<(ValidatedCsr, Validity), Status> {
@@ -105,11 +151,7 @@ impl CaServer {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
-        let node = self
-            .tokens
-            .by_token
-            .get(token)
-            .ok_or_else(|| Status::unauthenticated("unknown bootstrap token"))?;
+        let caller = self.auth.authenticate(token).await?;
         let body = req.get_ref();
         let csr = ValidatedCsr::from_pem(&body.csr)
             .map_err(|e| Status::invalid_argument(format!("CSR: {e}")))?;
@@ -129,16 +171,24 @@ impl CaServer {
                 )));
             }
         }
-        let allowed = self
-            .resources
-            .borrow()
-            .identities_by_node
-            .get(node)
-            .is_some_and(|ids| ids.contains(&identity));
-        if !allowed {
-            return Err(Status::permission_denied(format!(
-                "node {node} runs no pod as {identity}"
-            )));
+        if caller.identity.as_deref() != Some(identity.as_str()) {
+            let Some(node) = &caller.node else {
+                return Err(Status::permission_denied(format!(
+                    "{} may only obtain its own identity, not {identity}",
+                    caller.identity.as_deref().unwrap_or("the caller")
+                )));
+            };
+            let allowed = self
+                .resources
+                .borrow()
+                .identities_by_node
+                .get(node)
+                .is_some_and(|ids| ids.contains(&identity));
+            if !allowed {
+                return Err(Status::permission_denied(format!(
+                    "node {node} runs no pod as {identity}"
+                )));
+            }
         }
         let asked = Duration::from_secs(body.validity_duration.max(0) as u64);
         let ttl = if asked.is_zero() {
@@ -156,7 +206,7 @@ impl IstioCertificateService for CaServer {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let (csr, validity) = self.authorize(&request).map_err(|s| self.refuse(s))?;
+        let (csr, validity) = self.authorize(&request).await.map_err(|s| self.refuse(s))?;
         let chain = self
             .ca
             .sign(&csr, validity)
@@ -178,10 +228,9 @@ mod tests {
         let t =
             NodeTokens::parse("# nodes\nnode-1 0123456789abcdef0\n\nnode-2   fedcba98765432100\n")
                 .unwrap();
-        assert_eq!(
-            t.by_token.get("0123456789abcdef0").map(String::as_str),
-            Some("node-1")
-        );
+        assert_eq!(t.node("0123456789abcdef0"), Some("node-1"));
+        assert_eq!(t.node("fedcba98765432100"), Some("node-2"));
+        assert_eq!(t.node("0123456789abcdef"), None);
         assert_eq!(
             NodeTokens::parse("node-1 short").unwrap_err(),
             "line 1: token shorter than 16 characters"

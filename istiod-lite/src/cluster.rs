@@ -3,23 +3,8 @@
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::{Deserialize, Serialize};
 
-use crate::crd::security::{AuthorizationPolicySpec, PeerAuthenticationSpec};
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct AuthorizationPolicy {
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: AuthorizationPolicySpec,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PeerAuthentication {
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: PeerAuthenticationSpec,
-}
+pub use crate::crd::security::{AuthorizationPolicy, PeerAuthentication};
 
 /// One consistent view of the cluster.
 #[derive(Debug, Clone, Default)]

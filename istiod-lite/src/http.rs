@@ -19,13 +19,37 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::sources::dir::DirStatus;
+use crate::sources::kube::KubeStatus;
 use crate::xds::server::Clients;
 use crate::xds::ResourceSet;
 
 pub struct HttpContext {
     pub clients: Arc<Clients>,
     pub resources: watch::Receiver<Arc<ResourceSet>>,
-    pub source: Arc<Mutex<DirStatus>>,
+    pub source: SourceStatus,
+}
+
+/// The config source's own status, whichever it is.
+#[derive(Clone)]
+pub enum SourceStatus {
+    Dir(Arc<Mutex<DirStatus>>),
+    Kube(Arc<Mutex<KubeStatus>>),
+}
+
+impl SourceStatus {
+    fn json(&self) -> serde_json::Value {
+        match self {
+            SourceStatus::Dir(s) => json!({"dir": *s.lock().expect("status lock")}),
+            SourceStatus::Kube(s) => json!({"kubernetes": *s.lock().expect("status lock")}),
+        }
+    }
+
+    fn refused(&self) -> usize {
+        match self {
+            SourceStatus::Dir(s) => s.lock().expect("status lock").refused.len(),
+            SourceStatus::Kube(s) => s.lock().expect("status lock").refused.len(),
+        }
+    }
 }
 
 pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
@@ -69,7 +93,7 @@ fn route(ctx: &HttpContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/metrics" => {
-            let source = ctx.source.lock().expect("status lock").clone();
+            let refused = ctx.source.refused();
             let mut out = String::new();
             let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
                 let _ = writeln!(
@@ -97,9 +121,9 @@ fn route(ctx: &HttpContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
             );
             gauge(
                 "istiod_lite_config_refused",
-                "1 when the latest config change was refused",
+                "1 while a config change, or a policy in it, is refused (the last good version stays)",
                 "gauge",
-                u64::from(!source.refused.is_empty()),
+                u64::from(refused > 0),
             );
             for (t, n) in &set.by_type {
                 let _ = writeln!(
@@ -122,7 +146,7 @@ fn route(ctx: &HttpContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 })
                 .collect::<serde_json::Map<_, _>>(),
         })),
-        "/debug/config" => json_reply(json!(*ctx.source.lock().expect("status lock"))),
+        "/debug/config" => json_reply(ctx.source.json()),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -5,7 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use istiod_lite::ca::Authenticator;
+use istiod_lite::http::SourceStatus;
 use istiod_lite::sources::dir::DirSource;
+use istiod_lite::sources::kube::KubeSource;
+use istiod_lite::token_review::TokenReviewer;
 use istiod_lite::translate::ClusterInfo;
 use istiod_lite::xds::{grpc, XdsServer};
 use meshcore::pki::{CertificateAuthority, Validity};
@@ -16,29 +20,51 @@ use tracing_subscriber::EnvFilter;
 
 /// istiod-lite: the mesh's control plane.
 ///
-/// Reads Kubernetes manifests from a directory (Namespaces, Pods with spec.nodeName and
-/// status.podIP, Services, AuthorizationPolicies, PeerAuthentications), translates them into
-/// the ambient xDS resources and serves them to ztunnels over delta ADS with TLS on the gRPC
-/// port. Every flag can also be set through the environment variable shown.
+/// Watches the Kubernetes API (--kubernetes) or reads Kubernetes manifests from a directory
+/// (--config-dir: Namespaces, Pods with spec.nodeName and status.podIP, Services,
+/// AuthorizationPolicies, PeerAuthentications), translates them into the ambient xDS resources
+/// and serves them to ztunnels over delta ADS with TLS on the gRPC port, next to the
+/// certificate service. Every flag can also be set through the environment variable shown.
 #[derive(Debug, Parser)]
 #[command(name = "istiod-lite", version, about, long_about)]
 struct Settings {
     /// Directory of Kubernetes manifests (multi-document YAML), re-read when it changes; a
     /// change that does not parse is refused and the last good config stays served.
-    #[arg(long, env = "CONFIG_DIR")]
-    config_dir: PathBuf,
+    #[arg(long, env = "CONFIG_DIR", conflicts_with = "kubernetes")]
+    config_dir: Option<PathBuf>,
+
+    /// Watch the Kubernetes API instead (in-cluster service account, or KUBECONFIG). Policies
+    /// get a `ZtunnelAccepted` status condition; callers of the certificate service are
+    /// authenticated with TokenReview; the CA lives in Secrets of the root namespace.
+    #[arg(long, env = "KUBERNETES")]
+    kubernetes: bool,
 
     /// Directory holding the mesh CA in Istio's `cacerts` layout (ca-cert.pem, ca-key.pem,
     /// cert-chain.pem, root-cert.pem; RSA or ECDSA). Empty or absent: a root is generated
     /// and persisted there, so restarts keep it. ztunnels verify istiod-lite against its root.
+    /// With --kubernetes and no --ca-dir: Secret `cacerts`, else `istio-ca-secret` (created
+    /// with a generated root at first start) in the root namespace.
     #[arg(long, env = "CA_DIR")]
-    ca_dir: PathBuf,
+    ca_dir: Option<PathBuf>,
 
     /// Bootstrap tokens for the certificate service, `<node> <token>` per line: a ztunnel
     /// presenting a node's token may obtain certificates for the pods on that node. Without
-    /// this file the certificate service is off.
+    /// this file (and without --kubernetes) the certificate service is off.
     #[arg(long, env = "BOOTSTRAP_TOKENS")]
     bootstrap_tokens: Option<PathBuf>,
+
+    /// With --kubernetes: the service account (`namespace/name`) whose pods are ztunnels; a
+    /// token of it may obtain certificates for the pods of its own pod's node.
+    #[arg(
+        long,
+        env = "ZTUNNEL_SERVICE_ACCOUNT",
+        default_value = "istio-system/ztunnel"
+    )]
+    ztunnel_service_account: String,
+
+    /// With --kubernetes: do not write status conditions on policies.
+    #[arg(long, env = "DISABLE_STATUS")]
+    no_status: bool,
 
     /// gRPC over TLS (delta xDS, certificates), Istio's 15012.
     #[arg(long, env = "GRPC_ADDRESS", default_value = "0.0.0.0:15012")]
@@ -73,6 +99,7 @@ struct Settings {
 }
 
 fn main() -> std::process::ExitCode {
+    istiod_lite::tune_allocator();
     let s = Settings::parse();
     let filter = match EnvFilter::try_new(&s.log_level) {
         Ok(f) => f,
@@ -100,12 +127,43 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Where the config comes from.
+enum Source {
+    Dir(DirSource),
+    Kube(KubeSource),
+}
+
 async fn run(s: Settings) -> Result<(), String> {
-    let (ca, generated) = CertificateAuthority::load_or_generate_dir(&s.ca_dir, &s.trust_domain)
-        .map_err(|e| format!("CA_DIR {}: {e}", s.ca_dir.display()))?;
-    if generated {
-        tracing::warn!(dir = %s.ca_dir.display(), "generated a root CA and persisted it; bring your own for production");
-    }
+    let client = if s.kubernetes {
+        Some(
+            kube::Client::try_default()
+                .await
+                .map_err(|e| format!("Kubernetes client (in-cluster or KUBECONFIG): {e}"))?,
+        )
+    } else {
+        None
+    };
+    let ca = match (&s.ca_dir, &client) {
+        (Some(dir), _) => {
+            let (ca, generated) = CertificateAuthority::load_or_generate_dir(dir, &s.trust_domain)
+                .map_err(|e| format!("CA_DIR {}: {e}", dir.display()))?;
+            if generated {
+                tracing::warn!(dir = %dir.display(), "generated a root CA and persisted it; bring your own for production");
+            }
+            ca
+        }
+        (None, Some(client)) => {
+            let (ca, secret) = istiod_lite::ca_secret::load_or_create(
+                client.clone(),
+                &s.root_namespace,
+                &s.trust_domain,
+            )
+            .await?;
+            tracing::info!("CA loaded from Secret {}/{secret}", s.root_namespace);
+            ca
+        }
+        (None, None) => return Err("--ca-dir is required without --kubernetes".into()),
+    };
     let (chain, key) = ca
         .issue_server_cert(
             &[ISTIOD_SERVER_NAME],
@@ -120,17 +178,38 @@ async fn run(s: Settings) -> Result<(), String> {
         domain: s.domain.clone(),
         root_namespace: s.root_namespace.clone(),
     };
-    let mut source = DirSource::new(&s.config_dir, info);
-    let status = source.status.clone();
-    let first = match source.poll() {
-        Ok(Some(set)) => set,
-        Ok(None) => unreachable!("the first poll always reads"),
-        Err(errors) => {
-            return Err(format!(
-                "manifests in {}:\n  {}",
-                s.config_dir.display(),
-                errors.join("\n  ")
-            ))
+    let (mut source, status) = match (&s.config_dir, &client) {
+        (Some(dir), None) => {
+            let source = DirSource::new(dir, info);
+            let status = SourceStatus::Dir(source.status.clone());
+            (Source::Dir(source), status)
+        }
+        (None, Some(client)) => {
+            let source = KubeSource::start(client.clone(), info, !s.no_status);
+            let status = SourceStatus::Kube(source.status.clone());
+            (Source::Kube(source), status)
+        }
+        _ => return Err("give --config-dir DIR, or --kubernetes".into()),
+    };
+    // The first config is complete before anything is served: ztunnels take the first push
+    // as the whole state.
+    let first = match &mut source {
+        Source::Dir(source) => match source.poll() {
+            Ok(Some(set)) => set,
+            Ok(None) => unreachable!("the first poll always reads"),
+            Err(errors) => {
+                return Err(format!(
+                    "manifests in {}:\n  {}",
+                    s.config_dir.clone().unwrap_or_default().display(),
+                    errors.join("\n  ")
+                ))
+            }
+        },
+        Source::Kube(kube) => {
+            tracing::info!("listing the cluster");
+            kube.next_set()
+                .await
+                .ok_or("the Kubernetes watchers stopped")?
         }
     };
     tracing::info!(
@@ -140,20 +219,22 @@ async fn run(s: Settings) -> Result<(), String> {
     );
     let (publish, resources) = watch::channel(Arc::new(first));
     let xds = XdsServer::new(resources.clone());
-    let ca_server = match &s.bootstrap_tokens {
-        Some(path) => {
-            let tokens = istiod_lite::ca::NodeTokens::from_file(path)?;
-            Some(istiod_lite::ca::CaServer::new(
-                Arc::new(ca),
-                tokens,
-                resources.clone(),
-            ))
-        }
-        None => {
+    let auth = match (&s.bootstrap_tokens, &client) {
+        (Some(path), _) => Some(Authenticator::NodeTokens(Arc::new(
+            istiod_lite::ca::NodeTokens::from_file(path)?,
+        ))),
+        (None, Some(client)) => Some(Authenticator::TokenReview(Arc::new(TokenReviewer::new(
+            client.clone(),
+            &s.trust_domain,
+            &s.ztunnel_service_account,
+        )?))),
+        (None, None) => {
             tracing::info!("no BOOTSTRAP_TOKENS: certificate service off");
             None
         }
     };
+    let ca_server =
+        auth.map(|auth| istiod_lite::ca::CaServer::new(Arc::new(ca), auth, resources.clone()));
     let http_ctx = Arc::new(istiod_lite::http::HttpContext {
         clients: xds.clients.clone(),
         resources,
@@ -167,12 +248,19 @@ async fn run(s: Settings) -> Result<(), String> {
         .await
         .map_err(|e| format!("binding HTTP on {}: {e}", s.http_address))?;
     tokio::spawn(istiod_lite::http::serve(http_listener, http_ctx));
-    tokio::spawn(source.run(
-        Duration::from_millis(s.poll_ms),
-        publish,
-        std::future::pending(),
-    ));
-    tracing::info!(grpc = %s.grpc_address, http = %s.http_address, dir = %s.config_dir.display(), "istiod-lite serving");
+    match source {
+        Source::Dir(dir) => {
+            tokio::spawn(dir.run(
+                Duration::from_millis(s.poll_ms),
+                publish,
+                std::future::pending(),
+            ));
+        }
+        Source::Kube(kube) => {
+            tokio::spawn(kube.run(publish, std::future::pending()));
+        }
+    }
+    tracing::info!(grpc = %s.grpc_address, http = %s.http_address, "istiod-lite serving");
 
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -150,10 +150,12 @@ fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<St
             typed::<k8s_openapi::api::core::v1::Service>(value, &at, errors).map(default_namespace),
         ),
         (_, "AuthorizationPolicy") if security => cluster.authorization_policies.extend(
-            typed::<crate::cluster::AuthorizationPolicy>(value, &at, errors).map(default_namespace),
+            typed::<crate::cluster::AuthorizationPolicy>(with_spec(value), &at, errors)
+                .map(default_namespace),
         ),
         (_, "PeerAuthentication") if security => cluster.peer_authentications.extend(
-            typed::<crate::cluster::PeerAuthentication>(value, &at, errors).map(default_namespace),
+            typed::<crate::cluster::PeerAuthentication>(with_spec(value), &at, errors)
+                .map(default_namespace),
         ),
         ("", _) | (_, "") => errors.push(format!(
             "{at}: not a Kubernetes object (apiVersion and kind are required)"
@@ -162,33 +164,20 @@ fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<St
     }
 }
 
-/// Objects without a namespace land in `default`, as `kubectl apply` would put them.
-trait HasMeta {
-    fn meta(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-}
-impl HasMeta for k8s_openapi::api::core::v1::Pod {
-    fn meta(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        &mut self.metadata
+/// An Istio policy may leave `spec` out (an empty spec: for an ALLOW policy, allow nothing).
+fn with_spec(mut value: Value) -> Value {
+    if let Value::Mapping(m) = &mut value {
+        let key = Value::String("spec".into());
+        if !m.contains_key(&key) {
+            m.insert(key, Value::Mapping(Default::default()));
+        }
     }
-}
-impl HasMeta for k8s_openapi::api::core::v1::Service {
-    fn meta(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        &mut self.metadata
-    }
-}
-impl HasMeta for crate::cluster::AuthorizationPolicy {
-    fn meta(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        &mut self.metadata
-    }
-}
-impl HasMeta for crate::cluster::PeerAuthentication {
-    fn meta(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        &mut self.metadata
-    }
+    value
 }
 
-fn default_namespace<T: HasMeta>(mut obj: T) -> T {
-    let meta = obj.meta();
+/// Objects without a namespace land in `default`, as `kubectl apply` would put them.
+fn default_namespace<T: kube::Resource>(mut obj: T) -> T {
+    let meta = obj.meta_mut();
     if meta.namespace.as_deref().unwrap_or_default().is_empty() {
         meta.namespace = Some("default".into());
     }

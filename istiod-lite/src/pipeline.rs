@@ -43,7 +43,9 @@ impl Kind {
     ];
 }
 
-/// One object of a kept kind.
+/// One object of a kept kind. (Unboxed: each is moved once, from a watcher or the manifest
+/// reader into the pipeline's maps; a box would only add an allocation per event.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     Namespace(Namespace),
@@ -314,13 +316,20 @@ impl Pipeline {
                 (ns, encoded, notes)
             })
             .collect();
+        let mut changed = self.removed || self.generation == 0;
         for (ns, output, notes) in results {
             let slice = self.slices.get_mut(&ns).expect("dirty slice exists");
+            changed |= !output.same_as(&slice.output);
             slice.output = output;
             slice.notes = notes;
             slice.dirty = false;
         }
         self.removed = false;
+        // A change that translates to the same resources (a pod's container restarted, our own
+        // status write) publishes nothing.
+        if !changed {
+            return None;
+        }
         self.generation += 1;
         Some(ResourceSet::merge(
             self.slices.values().map(|s| &s.output),

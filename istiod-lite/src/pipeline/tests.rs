@@ -63,9 +63,9 @@ fn incremental_changes_match_a_whole_translation() {
     p.apply(pod("shop", "cart-3", "10.10.1.99", "app: cart"));
     assert!(p.build().is_none());
 
-    // Mesh-wide PERMISSIVE in the root namespace reaches every namespace's workloads.
+    // Mesh-wide STRICT in the root namespace reaches every namespace's workloads.
     p.apply(Object::PeerAuthentication(yaml(
-        "metadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: PERMISSIVE}}",
+        "metadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}",
     )));
     check(&mut p);
     // A root-namespace selector policy binds to pods of other namespaces.

@@ -1,4 +1,7 @@
-//! Config sources: where istiod-lite's view of the cluster comes from. Today a directory of
-//! manifests; the Kubernetes watchers (kube-rs) come next and feed the same translation.
+//! Config sources: where istiod-lite's view of the cluster comes from. A directory of manifests
+//! ([`dir`]) or the Kubernetes API ([`kube`], with policy status written back by [`status`]);
+//! both feed the same [`crate::pipeline::Pipeline`].
 
 pub mod dir;
+pub mod kube;
+pub mod status;

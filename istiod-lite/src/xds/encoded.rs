@@ -110,7 +110,6 @@ mod tests {
                 type_url: "t".into(),
                 nonce: "1-2".into(),
                 removed_resources: vec!["gone".into()],
-                ..Default::default()
             }
         );
     }

@@ -89,6 +89,19 @@ pub struct Encoded {
 }
 
 impl Encoded {
+    /// Same resources (by name and version) and identities.
+    pub fn same_as(&self, other: &Encoded) -> bool {
+        fn same(a: &BTreeMap<String, Arc<Resource>>, b: &BTreeMap<String, Arc<Resource>>) -> bool {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|((n1, r1), (n2, r2))| n1 == n2 && r1.version == r2.version)
+        }
+        same(&self.addresses, &other.addresses)
+            && same(&self.authorizations, &other.authorizations)
+            && self.identities == other.identities
+    }
+
     /// Workloads are named by uid, services `namespace/hostname`, policies `namespace/name`,
     /// as Istio's ztunnel expects.
     pub fn from_translation(t: &Translation) -> Self {

@@ -1,5 +1,7 @@
 //! istiod-lite's integration tests: one binary, modules by concern.
 
+mod kube;
+mod kube_api;
 mod restart;
 mod support;
 mod xds;

@@ -70,7 +70,7 @@ async fn ztunnels_follow_the_manifest_directory_over_xds() {
     .unwrap();
     let ca_server = istiod_lite::ca::CaServer::new(
         Arc::new(meshcore::pki::CertificateAuthority::from_istio_dir(&ca_dir).unwrap()),
-        tokens,
+        istiod_lite::ca::Authenticator::NodeTokens(Arc::new(tokens)),
         resources,
     );
     let ca_counters = ca_server.counters.clone();

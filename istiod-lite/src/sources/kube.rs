@@ -1,0 +1,263 @@
+//! The Kubernetes source: kube-rs watchers on Namespaces, Pods, Services and Istio's
+//! AuthorizationPolicy and PeerAuthentication feed the [`Pipeline`].
+//!
+//! - Each kind has its own watcher (list, then watch from the list's resourceVersion, resumed
+//!   after timeouts, relisted after `410 Gone`, with backoff on errors). A relist replaces that
+//!   kind's objects whole, so deletions missed while disconnected are caught.
+//! - Nothing is published until every kind has been listed once: a ztunnel takes the first
+//!   push as the complete state.
+//! - Changes are debounced (a burst is collected for up to [`DEBOUNCE`], never longer than
+//!   [`MAX_DELAY`]) and translated incrementally.
+//! - Objects are normalised before they are compared (no managedFields, resourceVersion or
+//!   policy status), so our own status writes and no-op updates cost nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::cluster::{AuthorizationPolicy, PeerAuthentication};
+use crate::pipeline::{Kind, Object, Pipeline};
+use crate::sources::status::StatusWriter;
+use crate::translate::ClusterInfo;
+use crate::xds::ResourceSet;
+
+/// Quiet time that ends a burst of changes.
+pub const DEBOUNCE: Duration = Duration::from_millis(10);
+/// A burst is cut after this long, so a steady stream of changes still gets pushed.
+pub const MAX_DELAY: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeStatus {
+    /// Generation of the published set.
+    pub generation: u64,
+    /// Kinds listed at least once.
+    pub synced: Vec<String>,
+    /// Relists after the first (410 Gone, or a restarted watch).
+    pub relists: u64,
+    /// The latest watch error per kind, if the watch is failing.
+    pub watch_errors: BTreeMap<String, String>,
+    /// Objects honoured only in part.
+    pub notes: Vec<String>,
+    /// AuthorizationPolicies refused for invalid values (their last good version stays).
+    pub refused: Vec<String>,
+}
+
+#[allow(clippy::large_enum_variant)] // see `Object`
+enum Update {
+    Event(Kind, Event<Object>),
+    Error(Kind, String),
+}
+
+/// Drops what changes without meaning anything to the translation.
+fn normalise(mut object: Object) -> Object {
+    match &mut object {
+        Object::AuthorizationPolicy(o) => o.status = None,
+        Object::PeerAuthentication(o) => o.status = None,
+        _ => {}
+    }
+    let meta = match &mut object {
+        Object::Namespace(o) => &mut o.metadata,
+        Object::Pod(o) => &mut o.metadata,
+        Object::Service(o) => &mut o.metadata,
+        Object::AuthorizationPolicy(o) => &mut o.metadata,
+        Object::PeerAuthentication(o) => &mut o.metadata,
+    };
+    meta.managed_fields = None;
+    meta.resource_version = None;
+    object
+}
+
+fn spawn_watcher<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object, tx: mpsc::Sender<Update>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    tokio::spawn(async move {
+        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        futures_util::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            let update = match event {
+                Ok(Event::Apply(o)) => Update::Event(kind, Event::Apply(normalise(wrap(o)))),
+                Ok(Event::Delete(o)) => Update::Event(kind, Event::Delete(normalise(wrap(o)))),
+                Ok(Event::Init) => Update::Event(kind, Event::Init),
+                Ok(Event::InitApply(o)) => {
+                    Update::Event(kind, Event::InitApply(normalise(wrap(o))))
+                }
+                Ok(Event::InitDone) => Update::Event(kind, Event::InitDone),
+                Err(e) => Update::Error(kind, e.to_string()),
+            };
+            if tx.send(update).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+pub struct KubeSource {
+    pipeline: Pipeline,
+    updates: mpsc::Receiver<Update>,
+    /// Objects of a relist in progress, per kind.
+    listing: BTreeMap<Kind, Vec<Object>>,
+    synced: BTreeSet<Kind>,
+    status_writer: Option<StatusWriter>,
+    pub status: Arc<Mutex<KubeStatus>>,
+}
+
+impl KubeSource {
+    /// Starts the watchers. `write_status`: report on each policy's `status` how it was honoured.
+    pub fn start(client: Client, info: ClusterInfo, write_status: bool) -> Self {
+        let (tx, updates) = mpsc::channel(1024);
+        spawn_watcher(
+            Api::<Namespace>::all(client.clone()),
+            Kind::Namespace,
+            Object::Namespace,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<Pod>::all(client.clone()),
+            Kind::Pod,
+            Object::Pod,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<Service>::all(client.clone()),
+            Kind::Service,
+            Object::Service,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<AuthorizationPolicy>::all(client.clone()),
+            Kind::AuthorizationPolicy,
+            Object::AuthorizationPolicy,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<PeerAuthentication>::all(client.clone()),
+            Kind::PeerAuthentication,
+            Object::PeerAuthentication,
+            tx,
+        );
+        Self {
+            pipeline: Pipeline::new(info),
+            updates,
+            listing: BTreeMap::new(),
+            synced: BTreeSet::new(),
+            status_writer: write_status.then(|| StatusWriter::start(client)),
+            status: Arc::default(),
+        }
+    }
+
+    fn handle(&mut self, update: Update) {
+        let (kind, event) = match update {
+            Update::Event(kind, event) => (kind, event),
+            Update::Error(kind, e) => {
+                tracing::warn!(
+                    ?kind,
+                    "Kubernetes watch failing (retrying with backoff): {e}"
+                );
+                self.status
+                    .lock()
+                    .expect("status lock")
+                    .watch_errors
+                    .insert(format!("{kind:?}"), e);
+                return;
+            }
+        };
+        if let Some(writer) = &self.status_writer {
+            if let Event::Apply(o) | Event::InitApply(o) = &event {
+                writer.observe(o);
+            }
+        }
+        match event {
+            Event::Apply(o) => self.pipeline.apply(o),
+            Event::Delete(o) => {
+                let meta = o.meta();
+                let name = meta.name.clone().unwrap_or_default();
+                let namespace = match kind {
+                    Kind::Namespace => name.clone(),
+                    _ => meta.namespace.clone().unwrap_or_default(),
+                };
+                self.pipeline.delete(kind, &namespace, &name);
+            }
+            Event::Init => {
+                self.listing.insert(kind, Vec::new());
+            }
+            Event::InitApply(o) => self.listing.entry(kind).or_default().push(o),
+            Event::InitDone => {
+                let objects = self.listing.remove(&kind).unwrap_or_default();
+                self.pipeline.replace_kind(kind, objects);
+                let mut status = self.status.lock().expect("status lock");
+                status.watch_errors.remove(&format!("{kind:?}"));
+                if !self.synced.insert(kind) {
+                    status.relists += 1;
+                    tracing::info!(?kind, "relisted");
+                }
+                status.synced = self.synced.iter().map(|k| format!("{k:?}")).collect();
+            }
+        }
+    }
+
+    /// Waits for the next change worth publishing (the first: once every kind is listed) and
+    /// returns the new set. `None` when the watchers are gone.
+    pub async fn next_set(&mut self) -> Option<ResourceSet> {
+        loop {
+            let first = self.updates.recv().await?;
+            self.handle(first);
+            let started = tokio::time::Instant::now();
+            while started.elapsed() < MAX_DELAY {
+                match tokio::time::timeout(DEBOUNCE, self.updates.recv()).await {
+                    Ok(Some(u)) => self.handle(u),
+                    Ok(None) => return None,
+                    Err(_) => break,
+                }
+            }
+            if self.synced.len() < Kind::ALL.len() {
+                continue;
+            }
+            let Some(set) = self.pipeline.build() else {
+                continue;
+            };
+            let notes = self.pipeline.notes();
+            let rejected = self.pipeline.rejected();
+            {
+                let mut status = self.status.lock().expect("status lock");
+                status.generation = set.generation;
+                status.notes = notes.iter().map(ToString::to_string).collect();
+                status.refused = rejected.iter().map(ToString::to_string).collect();
+            }
+            if let Some(writer) = &self.status_writer {
+                writer.report(&self.pipeline, &notes, &rejected);
+            }
+            return Some(set);
+        }
+    }
+
+    /// Publishes every change until the watchers end or `shutdown` completes.
+    pub async fn run(
+        mut self,
+        publish: watch::Sender<Arc<ResourceSet>>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let set = tokio::select! {
+                set = self.next_set() => set,
+                _ = &mut shutdown => return,
+            };
+            let Some(set) = set else { return };
+            tracing::info!(generation = set.generation, "cluster changed; pushing");
+            let set = set.with_delta_from(&publish.borrow());
+            publish.send_replace(Arc::new(set));
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Cluster mode against the in-repo Kubernetes API stand-in ([`crate::kube_api`]), over real
+//! HTTP with kube-rs: the watchers through adds, updates, deletes, resumed watches, bookmarks and
+//! a 410-forced relist; policy status conditions; the CA kept in Secrets; callers authenticated
+//! with TokenReview.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use istiod_lite::ca::{Authenticator, CaServer};
+use istiod_lite::sources::dir::DirSource;
+use istiod_lite::sources::kube::KubeSource;
+use istiod_lite::token_review::TokenReviewer;
+use istiod_lite::translate::ClusterInfo;
+use istiod_lite::xds::ResourceSet;
+use meshcore::api::ca::istio_certificate_service_server::IstioCertificateService;
+use meshcore::api::ca::IstioCertificateRequest;
+use meshcore::api::type_url;
+use meshcore::pki::{generate_csr, CertificateAuthority};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::kube_api::FakeApi;
+
+fn examples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mesh")
+}
+
+/// The example mesh's objects as JSON, as a cluster would hold them.
+fn example_objects() -> Vec<Value> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(examples()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let mut v: Value = serde::Deserialize::deserialize(doc).unwrap();
+            if v.is_null() {
+                continue;
+            }
+            if v["kind"] != "Namespace" && v["metadata"]["namespace"].is_null() {
+                v["metadata"]["namespace"] = json!("default");
+            }
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn versions(set: &ResourceSet) -> BTreeMap<String, String> {
+    set.by_type
+        .values()
+        .flat_map(|m| m.values())
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect()
+}
+
+async fn next(source: &mut KubeSource) -> ResourceSet {
+    tokio::time::timeout(Duration::from_secs(15), source.next_set())
+        .await
+        .expect("a new set within 15 s")
+        .expect("watchers running")
+}
+
+fn pod(name: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "shop", "labels": {"app": "cart"}},
+           "spec": {"serviceAccountName": "cart", "nodeName": "node-1",
+                    "containers": [{"name": "app", "image": "echo"}]},
+           "status": {"phase": "Running", "podIP": ip}})
+}
+
+const CART_3: &str = "Kubernetes//Pod/shop/cart-3";
+
+#[tokio::test]
+async fn watchers_follow_changes_resumes_bookmarks_and_a_forced_relist() {
+    let api = FakeApi::start().await;
+    for o in example_objects() {
+        api.apply(o);
+    }
+    let mut source = KubeSource::start(api.client(), ClusterInfo::default(), false);
+    let first = next(&mut source).await;
+    // The same objects give the same resources as the manifest directory.
+    let from_dir = DirSource::new(&examples(), ClusterInfo::default())
+        .poll()
+        .unwrap()
+        .unwrap();
+    assert_eq!(versions(&first), versions(&from_dir));
+
+    // Add, update, delete.
+    api.apply(pod("cart-3", "10.10.1.33"));
+    let added = next(&mut source).await;
+    assert!(added.by_type[type_url::ADDRESS].contains_key(CART_3));
+    api.apply(pod("cart-3", "10.10.1.34"));
+    let updated = next(&mut source).await;
+    assert_ne!(
+        updated.by_type[type_url::ADDRESS][CART_3].version,
+        added.by_type[type_url::ADDRESS][CART_3].version
+    );
+    api.delete("v1", "Pod", "shop", "cart-3");
+    let deleted = next(&mut source).await;
+    assert!(!deleted.by_type[type_url::ADDRESS].contains_key(CART_3));
+    assert_eq!(versions(&deleted), versions(&first));
+
+    // A bookmark moves the resume point; a closed watch resumes from it without a relist.
+    let lists_before = api.lists("api/v1/pods");
+    let rv = api.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+                              "metadata": {"name": "unrelated"}}));
+    // (An empty namespace translates to nothing: no new set.)
+    api.bookmark();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let watches_before = api.watches().len();
+    api.close_watches();
+    let resumed = async {
+        loop {
+            let w = api.watches();
+            if let Some((_, asked)) = w[watches_before..].iter().find(|(c, _)| c == "api/v1/pods") {
+                return asked.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let asked = tokio::time::timeout(Duration::from_secs(10), resumed)
+        .await
+        .expect("the pod watch resumed");
+    assert_eq!(asked, rv.to_string(), "resumed from the bookmark");
+    assert_eq!(api.lists("api/v1/pods"), lists_before, "no relist");
+    api.apply(pod("cart-3", "10.10.1.35"));
+    assert!(next(&mut source).await.by_type[type_url::ADDRESS].contains_key(CART_3));
+
+    // A delete lost with compacted history: the resumed watch gets 410 Gone, the watcher
+    // relists, and the relist drops what is no longer there.
+    api.delete_unseen("v1", "Pod", "shop", "cart-3");
+    api.compact();
+    api.close_watches();
+    let relisted = next(&mut source).await;
+    assert!(!relisted.by_type[type_url::ADDRESS].contains_key(CART_3));
+    assert!(api.lists("api/v1/pods") > lists_before);
+    assert!(source.status.lock().unwrap().relists >= 1);
+}
+
+#[tokio::test]
+async fn policies_get_status_conditions() {
+    let api = FakeApi::start().await;
+    for o in example_objects() {
+        api.apply(o);
+    }
+    let ap = |name: &str, spec: Value| {
+        json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+               "metadata": {"name": name, "namespace": "shop"}, "spec": spec})
+    };
+    api.apply(ap(
+        "http-only",
+        json!({"rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}),
+    ));
+    api.apply(ap(
+        "bad-ip",
+        json!({"action": "DENY", "rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/99"]}}]}]}),
+    ));
+    let mut source = KubeSource::start(api.client(), ClusterInfo::default(), true);
+    let first = next(&mut source).await;
+    assert!(!first.by_type[type_url::AUTHORIZATION].contains_key("shop/bad-ip"));
+
+    let condition = |name: &str| {
+        api.get("security.istio.io/v1", "AuthorizationPolicy", "shop", name)
+            .and_then(|o| o["status"]["conditions"].get(0).cloned())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ["cart-from-frontend", "http-only", "bad-ip"]
+        .iter()
+        .any(|n| condition(n).is_none())
+    {
+        assert!(tokio::time::Instant::now() < deadline, "statuses written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let accepted = condition("cart-from-frontend").unwrap();
+    assert_eq!(
+        (&accepted["type"], &accepted["status"], &accepted["reason"]),
+        (
+            &json!("ZtunnelAccepted"),
+            &json!("True"),
+            &json!("Accepted")
+        )
+    );
+    let partial = condition("http-only").unwrap();
+    assert_eq!(
+        (&partial["status"], &partial["reason"]),
+        (&json!("False"), &json!("UnsupportedValue"))
+    );
+    assert!(
+        partial["message"].as_str().unwrap().contains("methods"),
+        "{partial}"
+    );
+    let invalid = condition("bad-ip").unwrap();
+    assert_eq!(invalid["reason"], "InvalidValue");
+    assert!(invalid["message"].as_str().unwrap().contains("10.0.0.0/99"));
+    let stored = api
+        .get(
+            "security.istio.io/v1",
+            "AuthorizationPolicy",
+            "shop",
+            "bad-ip",
+        )
+        .unwrap();
+    assert_eq!(
+        stored["status"]["observedGeneration"],
+        stored["metadata"]["generation"]
+    );
+    // Our own status writes come back through the watch but change nothing.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), source.next_set())
+            .await
+            .is_err(),
+        "a status write caused a push"
+    );
+}
+
+fn token_status(username: &str, extra: Value, audiences: &[&str]) -> Value {
+    json!({"authenticated": true, "audiences": audiences,
+           "user": {"username": username, "uid": "u", "extra": extra}})
+}
+
+async fn ask(ca: &CaServer, token: &str, identity: &str) -> Result<(), tonic::Status> {
+    let csr = generate_csr(&identity.parse().unwrap()).unwrap();
+    let mut req = tonic::Request::new(IstioCertificateRequest {
+        csr: csr.csr_pem,
+        validity_duration: 3600,
+        metadata: None,
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    ca.create_certificate(req).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn ca_lives_in_secrets_and_callers_pass_token_review() {
+    let api = FakeApi::start().await;
+    for o in example_objects() {
+        api.apply(o);
+    }
+    // First start generates the root into istio-ca-secret; the next start reuses it.
+    let (ca, from) =
+        istiod_lite::ca_secret::load_or_create(api.client(), "istio-system", "cluster.local")
+            .await
+            .unwrap();
+    assert_eq!(from, "istio-ca-secret");
+    let (again, _) =
+        istiod_lite::ca_secret::load_or_create(api.client(), "istio-system", "cluster.local")
+            .await
+            .unwrap();
+    assert_eq!(ca.root_pem(), again.root_pem());
+    // A plugged-in `cacerts` wins.
+    let other =
+        CertificateAuthority::generate_root("cluster.local", Duration::from_secs(3600)).unwrap();
+    let (cert, key) = other
+        .issue_intermediate("plugged", Duration::from_secs(3600))
+        .unwrap();
+    let data = [
+        ("ca-cert.pem", cert.clone()),
+        ("ca-key.pem", key),
+        ("cert-chain.pem", format!("{cert}{}", other.root_pem())),
+        ("root-cert.pem", other.root_pem().to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), k8s_openapi::ByteString(v.into_bytes())))
+    .collect();
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("cacerts".into()),
+            namespace: Some("istio-system".into()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    };
+    let mut secret = serde_json::to_value(secret).unwrap();
+    secret["apiVersion"] = json!("v1");
+    secret["kind"] = json!("Secret");
+    api.apply(secret);
+    let (plugged, from) =
+        istiod_lite::ca_secret::load_or_create(api.client(), "istio-system", "cluster.local")
+            .await
+            .unwrap();
+    assert_eq!(from, "cacerts");
+    assert_eq!(plugged.root_pem(), other.root_pem());
+
+    // TokenReview: ztunnel acts for its node; a workload only for itself.
+    let ztunnel = "system:serviceaccount:istio-system:ztunnel";
+    api.add_token(
+        "zt-node-1",
+        token_status(
+            ztunnel,
+            json!({"authentication.kubernetes.io/node-name": ["node-1"]}),
+            &["istio-ca"],
+        ),
+    );
+    api.add_token(
+        "zt-pod-bound",
+        token_status(
+            ztunnel,
+            json!({"authentication.kubernetes.io/pod-name": ["ztunnel-b"],
+               "authentication.kubernetes.io/pod-uid": ["uid-zt-b"]}),
+            &["istio-ca"],
+        ),
+    );
+    api.add_token(
+        "frontend",
+        token_status(
+            "system:serviceaccount:shop:frontend",
+            json!({}),
+            &["istio-ca"],
+        ),
+    );
+    api.add_token(
+        "other-audience",
+        token_status(
+            "system:serviceaccount:shop:frontend",
+            json!({}),
+            &["kubernetes"],
+        ),
+    );
+    api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "ztunnel-b", "namespace": "istio-system", "uid": "uid-zt-b"},
+        "spec": {"serviceAccountName": "ztunnel", "nodeName": "node-2",
+                 "containers": [{"name": "ztunnel", "image": "ztunnel"}]}}));
+    let set = DirSource::new(&examples(), ClusterInfo::default())
+        .poll()
+        .unwrap()
+        .unwrap();
+    let (_publish, resources) = watch::channel(Arc::new(set));
+    let reviewer =
+        TokenReviewer::new(api.client(), "cluster.local", "istio-system/ztunnel").unwrap();
+    let server = CaServer::new(
+        Arc::new(ca),
+        Authenticator::TokenReview(Arc::new(reviewer)),
+        resources,
+    );
+
+    let frontend = "spiffe://cluster.local/ns/shop/sa/frontend";
+    let legacy = "spiffe://cluster.local/ns/legacy/sa/default";
+    ask(&server, "zt-node-1", frontend)
+        .await
+        .expect("frontend runs on node-1");
+    let e = ask(&server, "zt-node-1", legacy).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("node-1 runs no pod as"), "{e:?}");
+    ask(&server, "zt-pod-bound", legacy)
+        .await
+        .expect("its pod is on node-2, as is legacy/batch");
+    ask(&server, "frontend", frontend)
+        .await
+        .expect("its own identity");
+    let e = ask(&server, "frontend", legacy).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    assert!(
+        e.message().contains("may only obtain its own identity"),
+        "{e:?}"
+    );
+    for token in ["unknown", "other-audience"] {
+        let e = ask(&server, token, frontend).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{token}: {e:?}");
+    }
+    assert_eq!(
+        server
+            .counters
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+}
