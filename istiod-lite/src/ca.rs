@@ -90,8 +90,17 @@ pub enum Authenticator {
     TokenReview(Arc<crate::token_review::TokenReviewer>),
 }
 
+/// The token of `authorization: Bearer <token>`.
+pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<&str, Status> {
+    metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))
+}
+
 impl Authenticator {
-    async fn authenticate(&self, token: &str) -> Result<Caller, Status> {
+    pub async fn authenticate(&self, token: &str) -> Result<Caller, Status> {
         match self {
             Authenticator::NodeTokens(t) => t
                 .node(token)
@@ -145,12 +154,7 @@ impl CaServer {
         &self,
         req: &Request<IstioCertificateRequest>,
     ) -> Result<(ValidatedCsr, Validity), Status> {
-        let token = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
+        let token = bearer(req.metadata())?;
         let caller = self.auth.authenticate(token).await?;
         let body = req.get_ref();
         let csr = ValidatedCsr::from_pem(&body.csr)

@@ -27,6 +27,8 @@ pub struct HttpContext {
     pub clients: Arc<Clients>,
     pub resources: watch::Receiver<Arc<ResourceSet>>,
     pub source: SourceStatus,
+    /// The certificate service's counters, when it runs.
+    pub ca: Option<Arc<crate::ca::CaCounters>>,
 }
 
 /// The config source's own status, whichever it is.
@@ -113,6 +115,26 @@ fn route(ctx: &HttpContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 "counter",
                 ctx.clients.nacks_total.load(Ordering::Relaxed),
             );
+            gauge(
+                "istiod_lite_xds_refused_total",
+                "xDS streams refused for a missing or invalid token",
+                "counter",
+                ctx.clients.refused_total.load(Ordering::Relaxed),
+            );
+            if let Some(ca) = &ctx.ca {
+                gauge(
+                    "istiod_lite_certificates_issued_total",
+                    "Workload certificates signed",
+                    "counter",
+                    ca.issued.load(Ordering::Relaxed),
+                );
+                gauge(
+                    "istiod_lite_certificates_refused_total",
+                    "Certificate requests refused (authentication, authorization or CSR)",
+                    "counter",
+                    ca.refused.load(Ordering::Relaxed),
+                );
+            }
             gauge(
                 "istiod_lite_config_generation",
                 "Generation of the served config",

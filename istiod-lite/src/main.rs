@@ -218,7 +218,6 @@ async fn run(s: Settings) -> Result<(), String> {
         "config loaded"
     );
     let (publish, resources) = watch::channel(Arc::new(first));
-    let xds = XdsServer::new(resources.clone());
     let auth = match (&s.bootstrap_tokens, &client) {
         (Some(path), _) => Some(Authenticator::NodeTokens(Arc::new(
             istiod_lite::ca::NodeTokens::from_file(path)?,
@@ -233,12 +232,23 @@ async fn run(s: Settings) -> Result<(), String> {
             None
         }
     };
+    // The same callers may read the config: without an authenticator, xDS is open to anyone
+    // who can reach the port (local experiments only).
+    let mut xds = XdsServer::new(resources.clone());
+    if let Some(auth) = &auth {
+        xds = xds.with_auth(auth.clone());
+    } else {
+        tracing::warn!(
+            "xDS clients are not authenticated: give BOOTSTRAP_TOKENS or run with --kubernetes"
+        );
+    }
     let ca_server =
         auth.map(|auth| istiod_lite::ca::CaServer::new(Arc::new(ca), auth, resources.clone()));
     let http_ctx = Arc::new(istiod_lite::http::HttpContext {
         clients: xds.clients.clone(),
         resources,
         source: status,
+        ca: ca_server.as_ref().map(|c| c.counters.clone()),
     });
 
     let grpc_listener = TcpListener::bind(s.grpc_address)

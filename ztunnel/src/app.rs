@@ -172,6 +172,7 @@ pub async fn start(
             XdsConfig {
                 control: control_plane(address)?,
                 node_id,
+                token_file: settings.ca_token_file.clone(),
             },
             state.clone(),
             source_status.clone(),

@@ -27,6 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::ads::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use super::encoded::EncodedDeltaResponse;
 use super::resources::{diff, diff_versions, Resource, ResourceSet};
+use crate::ca::{bearer, Authenticator};
 
 /// What the debug endpoint shows about one connected client.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -46,6 +47,8 @@ pub struct Clients {
     next: AtomicU64,
     connected: Mutex<BTreeMap<u64, ClientStatus>>,
     pub nacks_total: AtomicU64,
+    /// Streams refused for a missing or invalid token.
+    pub refused_total: AtomicU64,
 }
 
 impl Clients {
@@ -70,6 +73,10 @@ pub struct XdsServer {
     resources: watch::Receiver<Arc<ResourceSet>>,
     pub clients: Arc<Clients>,
     whole_set_pushes: Arc<Semaphore>,
+    /// When set, a stream must present `authorization: Bearer <token>` the authenticator
+    /// accepts (a node's bootstrap token, or a service-account token): the mesh's addresses
+    /// and policies are not for anyone who can reach the port.
+    auth: Option<Authenticator>,
 }
 
 impl XdsServer {
@@ -78,7 +85,13 @@ impl XdsServer {
             resources,
             clients: Arc::default(),
             whole_set_pushes: Arc::new(Semaphore::new(WHOLE_SET_PUSHES)),
+            auth: None,
         }
+    }
+
+    pub fn with_auth(mut self, auth: Authenticator) -> Self {
+        self.auth = Some(auth);
+        self
     }
 }
 
@@ -103,6 +116,17 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
+        if let Some(auth) = &self.auth {
+            let checked = match bearer(request.metadata()) {
+                Ok(token) => auth.authenticate(token).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = checked {
+                self.clients.refused_total.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("xDS stream refused: {}", e.message());
+                return Err(e);
+            }
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let id = self.clients.next.fetch_add(1, Ordering::Relaxed);
         self.clients

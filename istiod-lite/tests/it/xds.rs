@@ -62,15 +62,16 @@ async fn ztunnels_follow_the_manifest_directory_over_xds() {
     let status = source.status.clone();
     let first = source.poll().unwrap().expect("first read");
     let (publish, resources) = watch::channel(Arc::new(first));
-    let xds = XdsServer::new(resources.clone());
-    let clients = xds.clients.clone();
     let tokens = istiod_lite::ca::NodeTokens::parse(
         "node-1 token-node-1-0123456789\nnode-2 token-node-2-0123456789\n",
     )
     .unwrap();
+    let auth = istiod_lite::ca::Authenticator::NodeTokens(Arc::new(tokens));
+    let xds = XdsServer::new(resources.clone()).with_auth(auth.clone());
+    let clients = xds.clients.clone();
     let ca_server = istiod_lite::ca::CaServer::new(
         Arc::new(meshcore::pki::CertificateAuthority::from_istio_dir(&ca_dir).unwrap()),
-        istiod_lite::ca::Authenticator::NodeTokens(Arc::new(tokens)),
+        auth,
         resources,
     );
     let ca_counters = ca_server.counters.clone();
@@ -111,6 +112,30 @@ async fn ztunnels_follow_the_manifest_directory_over_xds() {
         })
         .await;
     }
+    // A stream without a node's token learns nothing of the mesh.
+    let control = ztunnel::control::ControlPlane {
+        address: xds_address.clone(),
+        server_name: "istiod.istio-system.svc".into(),
+        tls: meshcore::tls::control::control_client_config(
+            &std::fs::read_to_string(ca_dir.join("root-cert.pem")).unwrap(),
+        )
+        .unwrap(),
+    };
+    let mut anonymous =
+        meshcore::api::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient::new(
+            control.channel().unwrap(),
+        );
+    let refused_stream = anonymous
+        .delta_aggregated_resources(futures_util::stream::pending())
+        .await
+        .unwrap_err();
+    assert_eq!(refused_stream.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        clients
+            .refused_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     echo_app(SocketAddr::new(ip(3), 8080)).await;
     let cart_app = SocketAddr::new(ip(3), 8080);
     call(frontend.addresses.socks5, cart_app)

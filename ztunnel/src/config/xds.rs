@@ -27,6 +27,9 @@ pub struct XdsConfig {
     pub control: ControlPlane,
     /// `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`.
     pub node_id: String,
+    /// The token presented as `authorization: Bearer` (the same one the CA gets; Istio's ztunnel
+    /// authenticates its xDS stream the same way). Re-read on every connection.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Resources received so far, by type then name, with their versions.
@@ -149,8 +152,17 @@ impl XdsClient {
                 rx,
                 |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
             );
+        let mut request = tonic::Request::new(outbound);
+        if let Some(file) = &self.config.token_file {
+            let token = std::fs::read_to_string(file)
+                .map_err(|e| format!("token file {}: {e}", file.display()))?;
+            let bearer = format!("Bearer {}", token.trim())
+                .parse()
+                .map_err(|_| format!("token file {}: not a valid header value", file.display()))?;
+            request.metadata_mut().insert("authorization", bearer);
+        }
         let mut responses = client
-            .delta_aggregated_resources(outbound)
+            .delta_aggregated_resources(request)
             .await
             .map_err(|e| format!("opening the xDS stream: {e}"))?
             .into_inner();
