@@ -93,6 +93,7 @@ fn cluster() -> Cluster {
         services,
         authorization_policies,
         peer_authentications: Vec::new(),
+        endpoint_slices: Vec::new(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! Kubernetes core types come from k8s-openapi; Istio's from [`crate::crd`].
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use crate::crd::security::{AuthorizationPolicy, PeerAuthentication};
@@ -12,6 +13,8 @@ pub struct Cluster {
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
     pub services: Vec<Service>,
+    /// Endpoints of Services without a selector.
+    pub endpoint_slices: Vec<EndpointSlice>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub peer_authentications: Vec<PeerAuthentication>,
 }

@@ -1,6 +1,6 @@
 //! Reading Kubernetes manifests: multi-document YAML files in a directory, as `kubectl apply
-//! -f DIR` would take them. Namespaces, Pods, Services, AuthorizationPolicies and
-//! PeerAuthentications are kept (also inside `kind: List`); other kinds are skipped. A document
+//! -f DIR` would take them. Namespaces, Pods, Services, EndpointSlices, AuthorizationPolicies
+//! and PeerAuthentications are kept (also inside `kind: List`); other kinds are skipped. A document
 //! that does not parse refuses the whole load, naming file, document, object and field, so the
 //! caller keeps its last good view.
 
@@ -148,6 +148,10 @@ fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<St
         ),
         ("v1", "Service") => cluster.services.extend(
             typed::<k8s_openapi::api::core::v1::Service>(value, &at, errors).map(default_namespace),
+        ),
+        ("discovery.k8s.io/v1", "EndpointSlice") => cluster.endpoint_slices.extend(
+            typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(value, &at, errors)
+                .map(default_namespace),
         ),
         (_, "AuthorizationPolicy") if security => cluster.authorization_policies.extend(
             typed::<crate::cluster::AuthorizationPolicy>(with_spec(value), &at, errors)

@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::cluster::{AuthorizationPolicy, Cluster, PeerAuthentication};
@@ -29,15 +30,17 @@ pub enum Kind {
     Namespace,
     Pod,
     Service,
+    EndpointSlice,
     AuthorizationPolicy,
     PeerAuthentication,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
+        Kind::EndpointSlice,
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
     ];
@@ -51,6 +54,7 @@ pub enum Object {
     Namespace(Namespace),
     Pod(Pod),
     Service(Service),
+    EndpointSlice(EndpointSlice),
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
 }
@@ -61,6 +65,7 @@ impl Object {
             Object::Namespace(_) => Kind::Namespace,
             Object::Pod(_) => Kind::Pod,
             Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
         }
@@ -71,8 +76,20 @@ impl Object {
             Object::Namespace(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+        }
+    }
+
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::Namespace(o) => &mut o.metadata,
+            Object::Pod(o) => &mut o.metadata,
+            Object::Service(o) => &mut o.metadata,
+            Object::EndpointSlice(o) => &mut o.metadata,
+            Object::AuthorizationPolicy(o) => &mut o.metadata,
+            Object::PeerAuthentication(o) => &mut o.metadata,
         }
     }
 
@@ -93,6 +110,7 @@ struct Slice {
     namespace: Option<Namespace>,
     pods: BTreeMap<String, Pod>,
     services: BTreeMap<String, Service>,
+    endpoint_slices: BTreeMap<String, EndpointSlice>,
     policies: BTreeMap<String, AuthorizationPolicy>,
     peer_authns: BTreeMap<String, PeerAuthentication>,
     output: Encoded,
@@ -105,6 +123,7 @@ impl Slice {
         self.namespace.is_none()
             && self.pods.is_empty()
             && self.services.is_empty()
+            && self.endpoint_slices.is_empty()
             && self.policies.is_empty()
             && self.peer_authns.is_empty()
     }
@@ -118,6 +137,7 @@ impl Slice {
                 .collect(),
             Kind::Pod => self.pods.keys().cloned().collect(),
             Kind::Service => self.services.keys().cloned().collect(),
+            Kind::EndpointSlice => self.endpoint_slices.keys().cloned().collect(),
             Kind::AuthorizationPolicy => self.policies.keys().cloned().collect(),
             Kind::PeerAuthentication => self.peer_authns.keys().cloned().collect(),
         }
@@ -209,6 +229,7 @@ impl Pipeline {
             }
             Object::Pod(o) => put(&mut slice.pods, name, o),
             Object::Service(o) => put(&mut slice.services, name, o),
+            Object::EndpointSlice(o) => put(&mut slice.endpoint_slices, name, o),
             Object::AuthorizationPolicy(o) => put(&mut slice.policies, name, o),
             Object::PeerAuthentication(o) => put(&mut slice.peer_authns, name, o),
         };
@@ -230,6 +251,7 @@ impl Pipeline {
             Kind::Namespace => slice.namespace.take().is_some(),
             Kind::Pod => slice.pods.remove(name).is_some(),
             Kind::Service => slice.services.remove(name).is_some(),
+            Kind::EndpointSlice => slice.endpoint_slices.remove(name).is_some(),
             Kind::AuthorizationPolicy => slice.policies.remove(name).is_some(),
             Kind::PeerAuthentication => slice.peer_authns.remove(name).is_some(),
         };
@@ -266,6 +288,7 @@ impl Pipeline {
             namespaces,
             pods,
             services,
+            endpoint_slices,
             authorization_policies,
             peer_authentications,
         } = cluster;
@@ -277,6 +300,13 @@ impl Pipeline {
         self.replace_kind(
             Kind::Service,
             services.into_iter().map(Object::Service).collect(),
+        );
+        self.replace_kind(
+            Kind::EndpointSlice,
+            endpoint_slices
+                .into_iter()
+                .map(Object::EndpointSlice)
+                .collect(),
         );
         self.replace_kind(
             Kind::AuthorizationPolicy,
@@ -366,6 +396,8 @@ impl Pipeline {
             c.namespaces.extend(s.namespace.iter().cloned());
             c.pods.extend(s.pods.values().cloned());
             c.services.extend(s.services.values().cloned());
+            c.endpoint_slices
+                .extend(s.endpoint_slices.values().cloned());
             c.authorization_policies
                 .extend(s.policies.values().cloned());
             c.peer_authentications
@@ -387,6 +419,7 @@ fn translate_slice(
         namespaces: slice.namespace.iter().cloned().collect(),
         pods: slice.pods.values().cloned().collect(),
         services: slice.services.values().cloned().collect(),
+        endpoint_slices: slice.endpoint_slices.values().cloned().collect(),
         authorization_policies: slice.policies.values().cloned().collect(),
         peer_authentications: slice.peer_authns.values().cloned().collect(),
     };

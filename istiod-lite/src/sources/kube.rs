@@ -1,5 +1,5 @@
-//! The Kubernetes source: kube-rs watchers on Namespaces, Pods, Services and Istio's
-//! AuthorizationPolicy and PeerAuthentication feed the [`Pipeline`].
+//! The Kubernetes source: kube-rs watchers on Namespaces, Pods, Services, EndpointSlices and
+//! Istio's AuthorizationPolicy and PeerAuthentication feed the [`Pipeline`].
 //!
 //! - Each kind has its own watcher (list, then watch from the list's resourceVersion, resumed
 //!   after timeouts, relisted after `410 Gone`, with backoff on errors). A relist replaces that
@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
@@ -66,13 +67,7 @@ fn normalise(mut object: Object) -> Object {
         Object::PeerAuthentication(o) => o.status = None,
         _ => {}
     }
-    let meta = match &mut object {
-        Object::Namespace(o) => &mut o.metadata,
-        Object::Pod(o) => &mut o.metadata,
-        Object::Service(o) => &mut o.metadata,
-        Object::AuthorizationPolicy(o) => &mut o.metadata,
-        Object::PeerAuthentication(o) => &mut o.metadata,
-    };
+    let meta = object.meta_mut();
     meta.managed_fields = None;
     meta.resource_version = None;
     object
@@ -133,6 +128,12 @@ impl KubeSource {
             Api::<Service>::all(client.clone()),
             Kind::Service,
             Object::Service,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<EndpointSlice>::all(client.clone()),
+            Kind::EndpointSlice,
+            Object::EndpointSlice,
             tx.clone(),
         );
         spawn_watcher(

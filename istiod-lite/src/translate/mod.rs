@@ -116,6 +116,7 @@ pub fn translate(cluster: &Cluster, info: &ClusterInfo) -> Translation {
         &cluster.pods,
         &cluster.namespaces,
         &cluster.services,
+        &cluster.endpoint_slices,
         &selector_policies,
         info,
     );

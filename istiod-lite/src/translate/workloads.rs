@@ -5,13 +5,16 @@
 //!   same label set to `none`; other pods (and host-network pods) are plain-TCP workloads, so
 //!   enrolled clients still reach them.
 //! - Every Service with cluster IPs becomes a Service; the pods its selector matches list it in
-//!   their `services` map with the target port resolved (numbers, or named container ports).
+//!   their `services` map with the target port resolved (numbers, or named container ports). A
+//!   Service without a selector takes its endpoints from its EndpointSlices (label
+//!   `kubernetes.io/service-name`): the pods they reference get it, with the slices' ports.
 //! - WorkloadSelector AuthorizationPolicies are bound to the pods whose labels they select.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use meshcore::api::convert::ip_to_bytes;
 use meshcore::api::workload as wire;
@@ -140,9 +143,11 @@ pub fn workloads(
     pods: &[Pod],
     namespaces: &[Namespace],
     all_services: &[Service],
+    endpoint_slices: &[EndpointSlice],
     selector_policies: &[SelectorPolicy],
     info: &ClusterInfo,
 ) -> Vec<wire::Workload> {
+    let slice_endpoints = slice_endpoints(endpoint_slices);
     let ns_by_name: BTreeMap<&str, &Namespace> = namespaces
         .iter()
         .filter_map(|n| Some((n.metadata.name.as_deref()?, n)))
@@ -195,22 +200,37 @@ pub fn workloads(
                 let Some(sspec) = svc.spec.as_ref() else {
                     continue;
                 };
-                if !sspec
-                    .selector
-                    .as_ref()
-                    .is_some_and(|s| selects(s, &pod_labels))
-                {
-                    continue;
-                }
+                let has_selector = sspec.selector.as_ref().is_some_and(|s| !s.is_empty());
+                // Without a selector, the endpoints are whatever its EndpointSlices list.
+                let listed = if has_selector {
+                    if !sspec
+                        .selector
+                        .as_ref()
+                        .is_some_and(|s| selects(s, &pod_labels))
+                    {
+                        continue;
+                    }
+                    None
+                } else {
+                    let svc_name = svc.metadata.name.as_deref().unwrap_or_default();
+                    match slice_endpoints.get(&(namespace, svc_name, name)) {
+                        Some(ports) => Some(ports),
+                        None => continue,
+                    }
+                };
                 let ports = sspec
                     .ports
                     .iter()
                     .flatten()
                     .filter_map(|p| {
-                        let target = match &p.target_port {
-                            Some(IntOrString::Int(t)) => *t,
-                            Some(IntOrString::String(named)) => named_port(pod, named)?,
-                            None => p.port,
+                        let target = match (listed, &p.target_port) {
+                            (Some(listed), _) => {
+                                let wanted = p.name.as_deref().unwrap_or_default();
+                                listed.iter().find(|(n, _)| n == wanted)?.1
+                            }
+                            (None, Some(IntOrString::Int(t))) => *t,
+                            (None, Some(IntOrString::String(named))) => named_port(pod, named)?,
+                            (None, None) => p.port,
                         };
                         Some(wire::Port {
                             service_port: p.port as u32,
@@ -274,6 +294,47 @@ pub fn workloads(
             })
         })
         .collect()
+}
+
+/// (namespace, service, pod) → the (port name, port) pairs of the EndpointSlices listing that
+/// pod for that service.
+type SliceEndpoints<'a> = BTreeMap<(&'a str, &'a str, &'a str), Vec<(String, i32)>>;
+
+fn slice_endpoints(slices: &[EndpointSlice]) -> SliceEndpoints<'_> {
+    let mut out: SliceEndpoints<'_> = BTreeMap::new();
+    for slice in slices {
+        let (Some(ns), Some(service)) = (
+            slice.metadata.namespace.as_deref(),
+            slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name")),
+        ) else {
+            continue;
+        };
+        let ports: Vec<(String, i32)> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| Some((p.name.clone().unwrap_or_default(), p.port?)))
+            .collect();
+        for endpoint in slice.endpoints.iter().flatten() {
+            let Some(pod) = endpoint
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| r.name.as_deref())
+            else {
+                continue;
+            };
+            out.entry((ns, service.as_str(), pod))
+                .or_default()
+                .extend(ports.iter().cloned());
+        }
+    }
+    out
 }
 
 /// Parsable addresses, each once, in order.

@@ -50,7 +50,7 @@ fn translate(
     let services: Vec<Service> = parse(services);
     let info = ClusterInfo::default();
     (
-        workloads(&pods, &namespaces, &services, policies, &info),
+        workloads(&pods, &namespaces, &services, &[], policies, &info),
         self::services(&services, &info),
     )
 }
@@ -229,4 +229,40 @@ fn selector_policies_bind_to_matching_pods() {
         .unwrap()
         .authorization_policies
         .is_empty());
+}
+
+#[test]
+fn services_without_selector_take_endpoints_from_their_endpoint_slices() {
+    let namespaces: Vec<Namespace> = parse(NAMESPACES);
+    let pods: Vec<Pod> = [
+        pod("apps", "db-1", "{app: db}", "10.0.0.7", ""),
+        pod("apps", "db-2", "{app: db}", "10.0.0.8", ""),
+    ]
+    .iter()
+    .map(|p| serde_yaml_ng::from_str(p).unwrap())
+    .collect();
+    let services: Vec<Service> = parse(
+        "metadata: {name: db, namespace: apps}\n\
+         spec: {clusterIP: 10.96.0.9, ports: [{name: sql, port: 5432}, {name: admin, port: 9000}]}",
+    );
+    let slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice> = parse(
+        "metadata: {name: db-abc, namespace: apps, labels: {kubernetes.io/service-name: db}}\n\
+         addressType: IPv4\n\
+         ports: [{name: sql, port: 15432, protocol: TCP}]\n\
+         endpoints: [{addresses: [10.0.0.7], targetRef: {kind: Pod, name: db-1, namespace: apps}}]",
+    );
+    let info = ClusterInfo::default();
+    let w = workloads(&pods, &namespaces, &services, &slices, &[], &info);
+    let db1 = w.iter().find(|w| w.name == "db-1").unwrap();
+    let ports = &db1.services["apps/db.apps.svc.cluster.local"].ports;
+    // The slice maps sql to 15432; admin has no port in the slice, so it is not reachable.
+    assert_eq!(
+        ports
+            .iter()
+            .map(|p| (p.service_port, p.target_port))
+            .collect::<Vec<_>>(),
+        [(5432, 15432)]
+    );
+    let db2 = w.iter().find(|w| w.name == "db-2").unwrap();
+    assert!(db2.services.is_empty(), "not listed in any slice");
 }
