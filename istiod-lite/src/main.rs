@@ -93,6 +93,11 @@ struct Settings {
     #[arg(long, env = "CONFIG_POLL_MS", default_value_t = 200)]
     poll_ms: u64,
 
+    /// Print the CustomResourceDefinitions of the Istio resources istiod-lite reads (generated
+    /// from its own types) as YAML, and exit.
+    #[arg(long)]
+    print_crds: bool,
+
     /// Log filter (`RUST_LOG` syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log_level: String,
@@ -101,6 +106,10 @@ struct Settings {
 fn main() -> std::process::ExitCode {
     istiod_lite::tune_allocator();
     let s = Settings::parse();
+    if s.print_crds {
+        print!("{}", istiod_lite::crd::crds_yaml());
+        return std::process::ExitCode::SUCCESS;
+    }
     let filter = match EnvFilter::try_new(&s.log_level) {
         Ok(f) => f,
         Err(e) => {

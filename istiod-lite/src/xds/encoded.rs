@@ -2,7 +2,7 @@
 //! `envoy.service.discovery.v3.DeltaDiscoveryResponse`, but each entry of `resources` (field 2,
 //! a `Resource` message) is carried as its already-encoded bytes. Every resource is encoded once
 //! per change, when the set is built; a hundred clients sharing it cost a reference count each,
-//! not a copy of name, version and payload each.
+//! not a copy of name, version and payload each. [`super::ads_service`] writes it out in pieces.
 
 use bytes::Bytes;
 use prost::encoding::{bytes as pbytes, skip_field, string, DecodeContext, WireType};

@@ -8,7 +8,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::ads::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -51,7 +50,7 @@ pub async fn serve(
     let incoming =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) });
     let result = tonic::transport::Server::builder()
-        .add_service(AggregatedDiscoveryServiceServer::new(xds))
+        .add_service(super::ads_service::AdsService::new(xds))
         .add_optional_service(ca.map(IstioCertificateServiceServer::new))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;

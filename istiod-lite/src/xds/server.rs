@@ -9,22 +9,19 @@
 //! until it changes.
 //!
 //! Memory: what a client holds is remembered as the (shared) set it was last brought up to date
-//! with, not as a per-client list of names and versions, and resources go out pre-encoded
-//! ([`super::encoded`]). Whole-set responses (a new subscription) are paced by a semaphore so
-//! a hundred clients connecting at once do not all hold an encoded copy of the set together.
+//! with, not as a per-client list of names and versions; resources are encoded once for all
+//! clients ([`super::encoded`]), and responses are written out in pieces as the transport takes
+//! them ([`super::ads_service`]).
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures_util::Stream;
 use meshcore::api::discovery::DeltaDiscoveryRequest;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
-use tonic::{Request, Response, Status, Streaming};
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
 
-use super::ads::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use super::encoded::EncodedDeltaResponse;
 use super::resources::{diff, diff_versions, Resource, ResourceSet};
 use crate::ca::{bearer, Authenticator};
@@ -72,7 +69,6 @@ impl Clients {
 pub struct XdsServer {
     resources: watch::Receiver<Arc<ResourceSet>>,
     pub clients: Arc<Clients>,
-    whole_set_pushes: Arc<Semaphore>,
     /// When set, a stream must present `authorization: Bearer <token>` the authenticator
     /// accepts (a node's bootstrap token, or a service-account token): the mesh's addresses
     /// and policies are not for anyone who can reach the port.
@@ -84,7 +80,6 @@ impl XdsServer {
         Self {
             resources,
             clients: Arc::default(),
-            whole_set_pushes: Arc::new(Semaphore::new(WHOLE_SET_PUSHES)),
             auth: None,
         }
     }
@@ -95,29 +90,25 @@ impl XdsServer {
     }
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<EncodedDeltaResponse, Status>> + Send>>;
-type Queued = (EncodedDeltaResponse, Option<OwnedSemaphorePermit>);
-
 /// Per-client send queue depth; a client this far behind waits on its own.
 const QUEUE: usize = 2;
-/// Whole-set responses being encoded and handed to the transport at once.
-const WHOLE_SET_PUSHES: usize = 8;
 /// Resources per update response: a large change reaching many clients at once is sent in
 /// pieces, so memory holds a few pieces per client rather than every client's whole copy. The
 /// first response of a subscription is never split: a client (Istio's ztunnel included) takes
 /// it as the complete initial state.
 const CHUNK: usize = 500;
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsServer {
-    type DeltaAggregatedResourcesStream = ResponseStream;
-
-    async fn delta_aggregated_resources(
+impl XdsServer {
+    /// Opens a client's delta ADS session: checks its token (when required), then runs the
+    /// session in its own task. The receiver yields the responses to send.
+    pub async fn open(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<ResponseStream>, Status> {
+        headers: &http::HeaderMap,
+        requests: Streaming<DeltaDiscoveryRequest>,
+    ) -> Result<mpsc::Receiver<EncodedDeltaResponse>, Status> {
         if let Some(auth) = &self.auth {
-            let checked = match bearer(request.metadata()) {
+            let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
+            let checked = match bearer(&metadata) {
                 Ok(token) => auth.authenticate(token).await.map(|_| ()),
                 Err(e) => Err(e),
             };
@@ -138,23 +129,12 @@ impl AggregatedDiscoveryService for XdsServer {
             id,
             clients: self.clients.clone(),
             resources: self.resources.clone(),
-            whole_set_pushes: self.whole_set_pushes.clone(),
             tx,
             subscriptions: BTreeMap::new(),
             nonce: 0,
         };
-        tokio::spawn(session.run(request.into_inner()));
-        // A response's pacing permit is released when the transport asks for the next one,
-        // i.e. once this one is encoded and handed over.
-        let stream = futures_util::stream::unfold(
-            (rx, None::<OwnedSemaphorePermit>),
-            |(mut rx, previous)| async move {
-                drop(previous);
-                let (response, permit) = rx.recv().await?;
-                Some((Ok(response), (rx, permit)))
-            },
-        );
-        Ok(Response::new(Box::pin(stream)))
+        tokio::spawn(session.run(requests));
+        Ok(rx)
     }
 }
 
@@ -162,8 +142,7 @@ struct Session {
     id: u64,
     clients: Arc<Clients>,
     resources: watch::Receiver<Arc<ResourceSet>>,
-    whole_set_pushes: Arc<Semaphore>,
-    tx: mpsc::Sender<Queued>,
+    tx: mpsc::Sender<EncodedDeltaResponse>,
     /// Type URL → the set whose resources of that type the client holds (a NACKed update
     /// counts as held: it is not resent until it changes).
     subscriptions: BTreeMap<String, Arc<ResourceSet>>,
@@ -314,18 +293,6 @@ impl Session {
         let last = chunks.len() - 1;
         let mut removed = Some(removed);
         for (i, chunk) in chunks.into_iter().enumerate() {
-            // Large responses wait for a pacing permit, held until the transport takes them.
-            let permit = if chunk.len() > CHUNK {
-                Some(
-                    self.whole_set_pushes
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| ())?,
-                )
-            } else {
-                None
-            };
             self.nonce += 1;
             let response = EncodedDeltaResponse {
                 system_version_info: set.generation.to_string(),
@@ -339,7 +306,7 @@ impl Session {
                 resources: chunk.iter().map(|r| r.encoded.clone()).collect(),
             };
             // Waits only for this client's own queue.
-            self.tx.send((response, permit)).await.map_err(|_| ())?;
+            self.tx.send(response).await.map_err(|_| ())?;
         }
         Ok(())
     }
