@@ -9,3 +9,4 @@ pub mod identity;
 pub mod pki;
 pub mod policy;
 pub mod tls;
+pub mod zds;

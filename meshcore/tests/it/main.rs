@@ -2,3 +2,4 @@ mod hbone;
 mod pki;
 mod support;
 mod tls;
+mod zds;
