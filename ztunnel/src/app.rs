@@ -17,7 +17,7 @@ use crate::config::watch::{LocalFileSource, SourceStatus};
 use crate::config::xds::{XdsClient, XdsConfig};
 use crate::control::ControlPlane;
 use crate::metrics::Metrics;
-use crate::proxy::{self, inbound, outbound, socks5, Drain, Proxy};
+use crate::proxy::{self, Drain, Proxy};
 use crate::settings::Settings;
 use crate::state::StateStore;
 use meshcore::tls::TrustRoots;
@@ -205,6 +205,7 @@ pub async fn start(
         socket_mark: mark,
         listen_ip: ip,
         denials: Default::default(),
+        netns: None,
     });
 
     let quit = Arc::new(Notify::new());
@@ -230,45 +231,16 @@ pub async fn start(
         ));
     }
 
-    let p = proxy.clone();
-    let handler = move |req| {
-        let proxy = p.clone();
-        let guard = proxy.drain.track();
-        async move {
-            let drain = proxy.drain.clone();
-            tokio::select! {
-                _ = inbound::handle_hbone(proxy, req, guard) => {}
-                _ = drain.closed() => {}
-            }
-        }
-    };
-    let d = drain.clone();
-    tokio::spawn(
-        hbone_server
-            .clone()
-            .serve(hbone_l, handler, async move { d.started().await }),
+    proxy::serve(
+        proxy.clone(),
+        hbone_server.clone(),
+        proxy::Listeners {
+            hbone: hbone_l,
+            plaintext: plaintext_l,
+            outbound: outbound_l,
+            socks5: socks5_l,
+        },
     );
-    let p = proxy.clone();
-    tokio::spawn(proxy::accept_loop(
-        outbound_l,
-        drain.clone(),
-        "outbound",
-        move |tcp, peer, guard| outbound::handle_captured(p.clone(), tcp, peer, guard),
-    ));
-    let p = proxy.clone();
-    tokio::spawn(proxy::accept_loop(
-        plaintext_l,
-        drain.clone(),
-        "inbound plaintext",
-        move |tcp, peer, guard| inbound::handle_plaintext(p.clone(), tcp, peer, guard),
-    ));
-    let p = proxy.clone();
-    tokio::spawn(proxy::accept_loop(
-        socks5_l,
-        drain.clone(),
-        "socks5",
-        move |tcp, peer, guard| socks5::handle(p.clone(), tcp, peer, guard),
-    ));
 
     ready.store(true, Ordering::Release);
     tracing::info!(

@@ -13,6 +13,7 @@ pub mod app;
 pub mod certs;
 pub mod config;
 pub mod control;
+pub mod inpod;
 pub mod metrics;
 pub mod proxy;
 pub mod settings;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use meshcore::copy::copy_bidirectional;
-use meshcore::hbone::{client::connect_tcp, InboundConnect};
+use meshcore::hbone::InboundConnect;
 use meshcore::identity::SpiffeId;
 use meshcore::policy::{Connection, Reason};
 use tokio::net::TcpStream;
@@ -105,7 +105,7 @@ pub async fn authorize_and_connect(
         return Err(InboundError::Denied(decision.reason));
     }
     // Marked like every ztunnel socket, so a pod's own capture rules do not redirect it.
-    let connect = connect_tcp(dst, None, proxy.socket_mark);
+    let connect = proxy.connect_tcp(dst, None);
     let app = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(source)) => {

@@ -43,9 +43,25 @@ pub struct Proxy {
     /// The address ztunnel's listeners are bound to (may be unspecified).
     pub listen_ip: IpAddr,
     pub denials: crate::admin::DenialLog,
+    /// In node mode, the pod's network namespace: connections to its application and plain
+    /// TCP from it are made from inside the pod.
+    pub netns: Option<Arc<crate::inpod::netns::Netns>>,
 }
 
 impl Proxy {
+    /// A TCP connection to `addr` with ztunnel's mark (so capture rules let it pass), from the
+    /// pod's namespace in node mode.
+    pub async fn connect_tcp(
+        &self,
+        addr: SocketAddr,
+        bind: Option<IpAddr>,
+    ) -> std::io::Result<tokio::net::TcpStream> {
+        match &self.netns {
+            Some(ns) => ns.connect(addr, bind, self.socket_mark).await,
+            None => meshcore::hbone::client::connect_tcp(addr, bind, self.socket_mark).await,
+        }
+    }
+
     /// The served workload as the current config describes it.
     pub fn served(&self, snap: &crate::state::Snapshot) -> Option<Arc<WorkloadEntry>> {
         snap.workload_by_name(&self.workload.namespace, &self.workload.name)
@@ -212,4 +228,56 @@ where
             }
         }
     }
+}
+
+/// A workload's data-plane listeners.
+pub struct Listeners {
+    pub hbone: TcpListener,
+    pub plaintext: TcpListener,
+    pub outbound: TcpListener,
+    pub socks5: TcpListener,
+}
+
+/// Serves `proxy`'s listeners until its drain starts (HBONE through `hbone_server`, which
+/// presents the workload's certificate).
+pub fn serve(
+    proxy: Arc<Proxy>,
+    hbone_server: Arc<meshcore::hbone::server::HboneServer>,
+    listeners: Listeners,
+) {
+    let p = proxy.clone();
+    let handler = move |req| {
+        let proxy = p.clone();
+        let guard = proxy.drain.track();
+        async move {
+            let drain = proxy.drain.clone();
+            tokio::select! {
+                _ = inbound::handle_hbone(proxy, req, guard) => {}
+                _ = drain.closed() => {}
+            }
+        }
+    };
+    let d = proxy.drain.clone();
+    tokio::spawn(hbone_server.serve(listeners.hbone, handler, async move { d.started().await }));
+    let p = proxy.clone();
+    tokio::spawn(accept_loop(
+        listeners.outbound,
+        proxy.drain.clone(),
+        "outbound",
+        move |tcp, peer, guard| outbound::handle_captured(p.clone(), tcp, peer, guard),
+    ));
+    let p = proxy.clone();
+    tokio::spawn(accept_loop(
+        listeners.plaintext,
+        proxy.drain.clone(),
+        "inbound plaintext",
+        move |tcp, peer, guard| inbound::handle_plaintext(p.clone(), tcp, peer, guard),
+    ));
+    let p = proxy.clone();
+    tokio::spawn(accept_loop(
+        listeners.socks5,
+        proxy.drain.clone(),
+        "socks5",
+        move |tcp, peer, guard| socks5::handle(p.clone(), tcp, peer, guard),
+    ));
 }

@@ -7,9 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use meshcore::copy::copy_bidirectional;
-use meshcore::hbone::{
-    client::connect_tcp, Baggage, ConnectRequest, H2Stream, HboneError, HBONE_PORT,
-};
+use meshcore::hbone::{Baggage, ConnectRequest, H2Stream, HboneError, HBONE_PORT};
 use meshcore::identity::SpiffeId;
 use tokio::net::TcpStream;
 
@@ -253,7 +251,7 @@ async fn tunnel(
 
 async fn plain(proxy: &Proxy, addr: SocketAddr) -> Result<TcpStream, OutboundError> {
     let bind = proxy.bind_ip.filter(|ip| ip.is_ipv4() == addr.is_ipv4());
-    match tokio::time::timeout(CONNECT_TIMEOUT, connect_tcp(addr, bind, proxy.socket_mark)).await {
+    match tokio::time::timeout(CONNECT_TIMEOUT, proxy.connect_tcp(addr, bind)).await {
         Ok(Ok(tcp)) => Ok(tcp),
         Ok(Err(source)) => Err(OutboundError::Connect { addr, source }),
         Err(_) => Err(OutboundError::Connect {

@@ -1,6 +1,7 @@
 //! ztunnel's integration tests: one binary, modules by concern.
 
 mod capture;
+mod inpod;
 mod process;
 mod support;
 mod traffic;

@@ -1,0 +1,11 @@
+//! Node mode (`PROXY_MODE=shared`), in-pod capture: one ztunnel serves every enrolled pod of its
+//! node. The node agent hands over each pod's network namespace over the ZDS socket
+//! ([`meshcore::zds`]); ztunnel opens that pod's listeners inside the namespace ([`netns`]) and
+//! serves them with the pod's identity ([`pods`]).
+//!
+//! Built so far: the namespace handling, the per-pod proxies and listeners, and the agent
+//! protocol loop. Still to come (issue 5): wiring `PROXY_MODE=shared` into `app`, HBONE dialled
+//! from inside the pod, the node agent itself (enrolment, nftables rules), the CNI plugin.
+
+pub mod netns;
+pub mod pods;

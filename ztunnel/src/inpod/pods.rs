@@ -1,0 +1,256 @@
+//! The pods a node's ztunnel serves, as handed over by the node agent.
+//!
+//! Each pod gets its own [`Proxy`] (its identity, its certificate, its drain) and its own
+//! listeners opened inside its network namespace: 15008 (HBONE), 15006 (plaintext inbound),
+//! 15001 (captured outbound) on all addresses, 15080 (SOCKS5) on the pod's loopback. Config,
+//! certificates, metrics and the HBONE client pool are shared by all pods of the node.
+//! Removing a pod stops its listeners and drains its connections in the background.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meshcore::hbone::server::HboneServer;
+use meshcore::hbone::{HboneClient, ServerSettings};
+use meshcore::zds::{Conn, Request};
+
+use super::netns::Netns;
+use crate::app::ports;
+use crate::certs::CertManager;
+use crate::metrics::Metrics;
+use crate::proxy::{self, Drain, Listeners, Proxy};
+use crate::settings::WorkloadInfo;
+use crate::state::StateStore;
+
+/// What every pod's proxy shares on a node.
+#[derive(Clone)]
+pub struct NodeContext {
+    pub trust_domain: String,
+    pub cluster_id: String,
+    pub state: Arc<StateStore>,
+    pub certs: Arc<CertManager>,
+    pub hbone: HboneClient,
+    pub metrics: Arc<Metrics>,
+    pub socket_mark: Option<u32>,
+    pub drain_timeout: Duration,
+}
+
+struct Pod {
+    netns_inode: u64,
+    proxy: Arc<Proxy>,
+    hbone_server: Arc<HboneServer>,
+}
+
+pub struct Pods {
+    ctx: NodeContext,
+    pods: Mutex<BTreeMap<String, Pod>>,
+}
+
+impl Pods {
+    pub fn new(ctx: NodeContext) -> Self {
+        Self {
+            ctx,
+            pods: Mutex::default(),
+        }
+    }
+
+    pub fn uids(&self) -> Vec<String> {
+        self.pods
+            .lock()
+            .expect("pods lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The proxy serving a pod.
+    pub fn proxy(&self, uid: &str) -> Option<Arc<Proxy>> {
+        self.pods
+            .lock()
+            .expect("pods lock")
+            .get(uid)
+            .map(|p| p.proxy.clone())
+    }
+
+    /// Starts serving a pod. The same pod in the same namespace again is a no-op (the agent
+    /// re-sends pods after a reconnect); the same uid with another namespace replaces it.
+    pub async fn add(&self, uid: &str, workload: WorkloadInfo, netns: Netns) -> Result<(), String> {
+        if let Some(existing) = self.pods.lock().expect("pods lock").get(uid) {
+            if existing.netns_inode == netns.inode {
+                return Ok(());
+            }
+        }
+        self.remove(uid);
+        let identity = workload
+            .identity(&self.ctx.trust_domain)
+            .map_err(|e| format!("pod {uid}: {e}"))?;
+        let creds = self.ctx.certs.credentials(&identity).await?;
+        let hbone_server = HboneServer::new(
+            meshcore::tls::server_config(creds),
+            ServerSettings::default(),
+        );
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let mark = self.ctx.socket_mark;
+        let listen = |ip: IpAddr, port: u16, what: &str| {
+            netns
+                .listen(SocketAddr::new(ip, port), mark)
+                .map_err(|e| format!("pod {uid} ({netns:?}): {what} listener on {port}: {e}"))
+        };
+        let listeners = Listeners {
+            hbone: listen(any, ports::HBONE, "HBONE")?,
+            plaintext: listen(any, ports::INBOUND_PLAINTEXT, "inbound plaintext")?,
+            outbound: listen(any, ports::OUTBOUND, "outbound")?,
+            socks5: listen(Ipv4Addr::LOCALHOST.into(), ports::SOCKS5, "SOCKS5")?,
+        };
+        let proxy = Arc::new(Proxy {
+            workload: workload.clone(),
+            identity: identity.clone(),
+            cluster_id: self.ctx.cluster_id.clone(),
+            state: self.ctx.state.clone(),
+            certs: self.ctx.certs.clone(),
+            hbone: self.ctx.hbone.clone(),
+            metrics: self.ctx.metrics.clone(),
+            drain: Drain::default(),
+            bind_ip: None,
+            socket_mark: mark,
+            listen_ip: any,
+            denials: Default::default(),
+            netns: Some(Arc::new(netns)),
+        });
+        self.ctx
+            .state
+            .add_served(&workload.namespace, &workload.name);
+        proxy::serve(proxy.clone(), hbone_server.clone(), listeners);
+        tracing::info!(%uid, workload = %format!("{}/{}", workload.namespace, workload.name), %identity, "pod added");
+        self.pods.lock().expect("pods lock").insert(
+            uid.to_owned(),
+            Pod {
+                netns_inode: proxy.netns.as_ref().map_or(0, |n| n.inode),
+                proxy,
+                hbone_server,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops serving a pod: its listeners close now, its connections get the drain timeout.
+    pub fn remove(&self, uid: &str) -> bool {
+        let Some(pod) = self.pods.lock().expect("pods lock").remove(uid) else {
+            return false;
+        };
+        let timeout = self.ctx.drain_timeout;
+        pod.proxy.drain.start();
+        pod.hbone_server.drain();
+        tokio::spawn(async move {
+            pod.proxy.drain.wait_idle(timeout).await;
+            pod.proxy.drain.close();
+        });
+        tracing::info!(%uid, "pod removed");
+        true
+    }
+}
+
+fn workload_info(
+    uid: &str,
+    info: Option<meshcore::api::zds::WorkloadInfo>,
+) -> Result<WorkloadInfo, String> {
+    let info = info.ok_or_else(|| format!("pod {uid}: add without workload_info"))?;
+    if info.name.is_empty() || info.namespace.is_empty() {
+        return Err(format!("pod {uid}: workload_info needs name and namespace"));
+    }
+    Ok(WorkloadInfo {
+        namespace: info.namespace,
+        name: info.name,
+        service_account: if info.service_account.is_empty() {
+            "default".into()
+        } else {
+            info.service_account
+        },
+    })
+}
+
+/// Serves one connection to the node agent: a snapshot (`add`/`keep`, then `snapshot_sent`,
+/// after which pods not mentioned are removed), then changes as they come. Every request is
+/// acknowledged, with the reason when it failed. Returns when the agent closes the connection.
+pub async fn serve_agent(pods: &Pods, conn: &Conn) -> std::io::Result<()> {
+    let mut snapshot: Option<BTreeSet<String>> = Some(BTreeSet::new());
+    while let Some(request) = conn.next_request().await? {
+        let result = match request {
+            Request::Add { uid, info, netns } => {
+                if let Some(seen) = &mut snapshot {
+                    seen.insert(uid.clone());
+                }
+                let added = match (workload_info(&uid, info), Netns::new(netns)) {
+                    (Ok(workload), Ok(netns)) => pods.add(&uid, workload, netns).await,
+                    (Err(e), _) => Err(e),
+                    (_, Err(e)) => Err(format!("pod {uid}: network namespace: {e}")),
+                };
+                added
+            }
+            Request::Keep { uid } => {
+                if let Some(seen) = &mut snapshot {
+                    seen.insert(uid.clone());
+                }
+                if pods.proxy(&uid).is_some() {
+                    Ok(())
+                } else {
+                    Err(format!("pod {uid} is not served here; send add"))
+                }
+            }
+            Request::Del { uid } => {
+                pods.remove(&uid);
+                Ok(())
+            }
+            Request::SnapshotSent => {
+                if let Some(seen) = snapshot.take() {
+                    for uid in pods.uids() {
+                        if !seen.contains(&uid) {
+                            pods.remove(&uid);
+                        }
+                    }
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = &result {
+            tracing::warn!("node agent request failed: {e}");
+        }
+        conn.ack(result.err()).await?;
+    }
+    Ok(())
+}
+
+/// Connects to the node agent at `path` and serves it, reconnecting with backoff, until
+/// `shutdown` completes. Pods stay served while the agent is away.
+pub async fn run_agent_client(
+    pods: Arc<Pods>,
+    path: PathBuf,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let session = async {
+            let conn = Conn::connect(&path).await?;
+            tracing::info!(path = %path.display(), "connected to the node agent");
+            serve_agent(&pods, &conn).await
+        };
+        tokio::select! {
+            result = session => match result {
+                Ok(()) => {
+                    tracing::info!("node agent closed the connection");
+                    backoff = Duration::from_millis(200);
+                }
+                Err(e) => tracing::warn!("node agent: {e}; retrying in {backoff:?}"),
+            },
+            _ = &mut shutdown => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = &mut shutdown => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,202 @@
+//! Node mode, inbound, as root: a pod network namespace (veth to the host) is handed to the
+//! node's ztunnel over the ZDS socket by a node agent (this test plays the agent with
+//! `meshcore::zds`). ztunnel opens the pod's listeners inside the namespace and serves them with
+//! the pod's identity: a dedicated ztunnel on the host tunnels over HBONE to the pod's 15008, and
+//! ztunnel delivers to the application from inside the pod. `del` closes the pod's listeners.
+//!
+//! Without root or `ip`, the test says SKIPPED loudly and passes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meshcore::api::zds::WorkloadInfo;
+use meshcore::hbone::{ClientSettings, HboneClient};
+use meshcore::zds::{Listener, Request};
+use ztunnel::certs::{CertManager, LocalCa};
+use ztunnel::config::watch::{LocalFileSource, SourceStatus};
+use ztunnel::inpod::pods::{run_agent_client, NodeContext, Pods};
+use ztunnel::metrics::Metrics;
+use ztunnel::state::StateStore;
+
+use crate::support::{echo_roundtrip, socks5, Mesh};
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect(args[0]);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct PodNetns(String, String);
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+        let _ = Command::new("ip").args(["link", "del", &self.1]).output();
+    }
+}
+
+/// Runs `f` on a thread inside the named network namespace.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let netns =
+        ztunnel::inpod::netns::Netns::open(std::path::Path::new(&format!("/run/netns/{ns}")))
+            .expect("netns file");
+    netns.run(move || Ok(f())).expect("netns thread")
+}
+
+#[tokio::test]
+async fn agent_hands_a_pod_and_its_inbound_is_served_inside_the_pod() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || Command::new("ip").arg("-V").output().is_err() {
+        eprintln!(
+            "SKIPPED agent_hands_a_pod: needs root and `ip` (iproute2); scripts/test installs it"
+        );
+        return;
+    }
+    let mesh = Mesh::new();
+    let id = std::process::id();
+    let octet = (id % 250) as u8;
+    let (host_ip, pod_ip) = (format!("10.203.{octet}.1"), format!("10.203.{octet}.2"));
+    let lab = PodNetns(format!("zt-pod-{id}"), format!("ztp{id}"));
+    run(&["ip", "netns", "add", &lab.0]);
+    run(&[
+        "ip", "link", "add", &lab.1, "type", "veth", "peer", "name", "eth0", "netns", &lab.0,
+    ]);
+    run(&["ip", "addr", "add", &format!("{host_ip}/24"), "dev", &lab.1]);
+    run(&["ip", "link", "set", &lab.1, "up"]);
+    let pod_cidr = format!("{pod_ip}/24");
+    run(&["ip", "-n", &lab.0, "addr", "add", &pod_cidr, "dev", "eth0"]);
+    run(&["ip", "-n", &lab.0, "link", "set", "eth0", "up"]);
+    run(&["ip", "-n", &lab.0, "link", "set", "lo", "up"]);
+
+    // The application, inside the pod, on the pod's address.
+    let pod_app: SocketAddr = format!("{pod_ip}:8080").parse().unwrap();
+    let app = in_netns(&lab.0, move || {
+        std::net::TcpListener::bind(pod_app).unwrap()
+    });
+    app.set_nonblocking(true).unwrap();
+    let app = tokio::net::TcpListener::from_std(app).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = app.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+
+    mesh.write_config(&format!(
+        r#"
+workloads:
+- {{name: sleep, namespace: default, serviceAccount: sleep, workloadIps: ["{{2}}"], protocol: HBONE}}
+- {{name: cart-1, namespace: shop, serviceAccount: cart, workloadIps: ["{pod_ip}"], protocol: HBONE}}
+"#
+    ));
+    // The node's shared parts, as node mode builds them.
+    let state = Arc::new(StateStore::new("cluster.local"));
+    LocalFileSource::new(
+        &mesh.config,
+        "cluster.local",
+        state.clone(),
+        Arc::new(Mutex::new(SourceStatus::default())),
+    )
+    .poll()
+    .unwrap();
+    let ca = LocalCa::from_dir(
+        &mesh.dir.join("ca"),
+        "cluster.local",
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let pods = Arc::new(Pods::new(NodeContext {
+        trust_domain: "cluster.local".into(),
+        cluster_id: "Kubernetes".into(),
+        state,
+        certs: CertManager::new(Arc::new(ca)),
+        hbone: HboneClient::new(ClientSettings::default()),
+        metrics: Arc::new(Metrics::new()),
+        socket_mark: None,
+        drain_timeout: Duration::from_secs(1),
+    }));
+
+    // The node agent's socket; ztunnel connects to it.
+    let socket = mesh.dir.join("ztunnel.sock");
+    let agent = Listener::bind(&socket).unwrap();
+    tokio::spawn(run_agent_client(
+        pods.clone(),
+        socket,
+        std::future::pending(),
+    ));
+    let conn = agent.accept().await.unwrap();
+    conn.expect_hello().await.unwrap();
+    let netns: OwnedFd = std::fs::File::open(format!("/run/netns/{}", lab.0))
+        .unwrap()
+        .into();
+    let add = Request::Add {
+        uid: "uid-cart-1".into(),
+        info: Some(WorkloadInfo {
+            name: "cart-1".into(),
+            namespace: "shop".into(),
+            service_account: "cart".into(),
+        }),
+        netns,
+    };
+    assert_eq!(conn.request(add).await.unwrap(), Ok(()));
+    assert_eq!(conn.request(Request::SnapshotSent).await.unwrap(), Ok(()));
+    let proxy = pods.proxy("uid-cart-1").expect("pod served");
+    assert_eq!(
+        proxy.identity.to_string(),
+        "spiffe://cluster.local/ns/shop/sa/cart"
+    );
+
+    // A client ztunnel on the host tunnels to the pod over HBONE; the pod's ztunnel delivers
+    // from inside the pod.
+    let mut s = ztunnel::Settings::defaults();
+    s.proxy_workload_info = Some("default/sleep/sleep".parse().unwrap());
+    s.local_xds_path = Some(mesh.config.clone());
+    s.ca_dir = Some(mesh.dir.join("ca"));
+    s.bind_address = mesh.ip(2);
+    s.bind_outbound = false;
+    s.socket_mark = 0;
+    let client = ztunnel::start(s, None).await.unwrap();
+    let stream = socks5(client.addresses.socks5, pod_app)
+        .await
+        .expect("tunnel to the pod opens");
+    echo_roundtrip(stream, 1 << 20, 11).await;
+    let delivered = proxy.metrics.render();
+    assert!(
+        delivered.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\""),
+        "the pod's ztunnel saw the client's identity:\n{delivered}"
+    );
+
+    // A second add of the same pod is a no-op; del closes its listeners.
+    let hbone: SocketAddr = SocketAddr::new(pod_ip.parse::<IpAddr>().unwrap(), 15008);
+    assert!(tokio::net::TcpStream::connect(hbone).await.is_ok());
+    assert_eq!(
+        conn.request(Request::Del {
+            uid: "uid-cart-1".into()
+        })
+        .await
+        .unwrap(),
+        Ok(())
+    );
+    assert!(pods.proxy("uid-cart-1").is_none());
+    let mut closed = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(hbone).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "the pod's HBONE listener closed after del");
+    client.shutdown().await;
+}
