@@ -66,9 +66,22 @@ impl DenialLog {
     }
 }
 
+/// Who this ztunnel serves.
+pub enum Served {
+    /// One workload (PROXY_MODE=dedicated).
+    Workload(Arc<Proxy>),
+    /// The pods the node agent handed over (PROXY_MODE=shared).
+    Node {
+        pods: Arc<crate::inpod::pods::Pods>,
+        state: Arc<crate::state::StateStore>,
+    },
+}
+
 /// What the HTTP endpoints read and control.
 pub struct AdminContext {
-    pub proxy: Arc<Proxy>,
+    pub served: Served,
+    /// The process-wide drain (readiness turns 503 once it starts).
+    pub drain: Drain,
     pub source: Arc<Mutex<SourceStatus>>,
     pub certs: Arc<CertManager>,
     pub metrics: Arc<Metrics>,
@@ -127,7 +140,7 @@ fn route(ctx: &AdminContext, which: Endpoints, req: Request<Incoming>) -> Respon
                 let s = ctx.source.lock().expect("status lock");
                 s.xds_address.is_none() || s.applied_version > 0
             };
-            if ctx.ready.load(Ordering::Acquire) && synced && !ctx.proxy.drain.is_draining() {
+            if ctx.ready.load(Ordering::Acquire) && synced && !ctx.drain.is_draining() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -195,9 +208,25 @@ fn logging(ctx: &AdminContext, method: &Method, query: Option<&str>) -> Response
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct ConfigDump {
-    served_workload: String,
+struct PodDump {
+    uid: String,
+    workload: String,
     identity: String,
+    netns: String,
+    active_connections: usize,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigDump {
+    /// Dedicated mode: the one workload served.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    served_workload: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    identity: String,
+    /// Node mode: the pods served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pods: Option<Vec<PodDump>>,
     config_version: u64,
     config_source: SourceStatus,
     workloads: Vec<crate::state::Workload>,
@@ -219,14 +248,45 @@ struct ServiceDump {
 }
 
 fn config_dump(ctx: &AdminContext) -> ConfigDump {
-    let snap = ctx.proxy.state.load();
-    let served = ctx.proxy.served(&snap);
+    let (state, proxies, pods) = match &ctx.served {
+        Served::Workload(proxy) => (proxy.state.clone(), vec![proxy.clone()], None),
+        Served::Node { pods, state } => {
+            let list = pods.list();
+            let dump = list
+                .iter()
+                .map(|(uid, proxy)| PodDump {
+                    uid: uid.clone(),
+                    workload: format!("{}/{}", proxy.workload.namespace, proxy.workload.name),
+                    identity: proxy.identity.to_string(),
+                    netns: proxy
+                        .netns
+                        .as_ref()
+                        .map(|n| format!("{n:?}"))
+                        .unwrap_or_default(),
+                    active_connections: proxy.drain.active(),
+                })
+                .collect();
+            (
+                state.clone(),
+                list.into_iter().map(|(_, p)| p).collect(),
+                Some(dump),
+            )
+        }
+    };
+    let snap = state.load();
+    let dedicated = match &ctx.served {
+        Served::Workload(proxy) => Some(proxy),
+        Served::Node { .. } => None,
+    };
+    let served = dedicated.and_then(|p| p.served(&snap));
     ConfigDump {
-        served_workload: format!(
-            "{}/{}",
-            ctx.proxy.workload.namespace, ctx.proxy.workload.name
-        ),
-        identity: ctx.proxy.identity.to_string(),
+        served_workload: dedicated
+            .map(|p| format!("{}/{}", p.workload.namespace, p.workload.name))
+            .unwrap_or_default(),
+        identity: dedicated
+            .map(|p| p.identity.to_string())
+            .unwrap_or_default(),
+        pods,
         config_version: snap.version,
         config_source: ctx.source.lock().expect("status lock").clone(),
         workloads: snap.config.workloads.clone(),
@@ -259,7 +319,7 @@ fn config_dump(ctx: &AdminContext) -> ConfigDump {
             })
             .unwrap_or_default(),
         certificates: ctx.certs.status(),
-        recent_denials: ctx.proxy.denials.recent(),
-        active_connections: ctx.proxy.drain.active(),
+        recent_denials: proxies.iter().flat_map(|p| p.denials.recent()).collect(),
+        active_connections: proxies.iter().map(|p| p.drain.active()).sum(),
     }
 }

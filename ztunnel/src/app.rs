@@ -97,90 +97,17 @@ pub async fn start(
 
     let drain = Drain::default();
     let ready = Arc::new(AtomicBool::new(false));
-    let state = Arc::new(StateStore::new(&settings.trust_domain));
+    let node_id = format!(
+        "ztunnel~{ip}~{}.{ns}~{ns}.svc.cluster.local",
+        workload.name,
+        ns = workload.namespace
+    );
+    let Shared {
+        state,
+        source_status,
+        certs,
+    } = shared_parts(&settings, node_id, &drain)?;
     state.add_served(&workload.namespace, &workload.name);
-    let source_status = Arc::new(Mutex::new(SourceStatus::default()));
-    if let Some(path) = &settings.local_xds_path {
-        let mut source = LocalFileSource::new(
-            path,
-            &settings.trust_domain,
-            state.clone(),
-            source_status.clone(),
-        );
-        source.poll().map_err(|e| format!("local config: {e}"))?;
-        let drain = drain.clone();
-        tokio::spawn(source.run(settings.config_poll_interval, async move {
-            drain.closed().await
-        }));
-    }
-
-    // The control plane and the mesh root it (and the workloads) chain to.
-    let control_root = || -> Result<String, String> {
-        let path = settings
-            .xds_root_ca
-            .clone()
-            .or_else(|| settings.ca_dir.as_ref().map(|d| d.join("root-cert.pem")))
-            .ok_or("no mesh root: set XDS_ROOT_CA or CA_DIR")?;
-        std::fs::read_to_string(&path).map_err(|e| format!("mesh root {}: {e}", path.display()))
-    };
-    let control_plane = |address: &str| -> Result<ControlPlane, String> {
-        let tls = meshcore::tls::control::control_client_config(&control_root()?)
-            .map_err(|e| format!("mesh root: {e}"))?;
-        Ok(ControlPlane {
-            address: address.to_owned(),
-            server_name: settings.xds_server_name.clone(),
-            tls,
-        })
-    };
-    let provider: Arc<dyn CertificateProvider> = match (&settings.ca_address, &settings.ca_dir) {
-        (Some(address), _) => {
-            let roots =
-                TrustRoots::from_pem(&control_root()?).map_err(|e| format!("mesh root: {e}"))?;
-            let token = settings
-                .ca_token_file
-                .clone()
-                .expect("validated: CA_ADDRESS has a token");
-            Arc::new(RemoteCa::new(
-                control_plane(address)?.channel()?,
-                token,
-                settings.cluster_id.clone(),
-                settings.secret_ttl,
-                roots,
-            ))
-        }
-        (None, Some(dir)) => Arc::new(LocalCa::from_dir(
-            dir,
-            &settings.trust_domain,
-            settings.secret_ttl,
-        )?),
-        (None, None) => {
-            tracing::warn!("no CA_DIR or CA_ADDRESS: using an in-memory development CA only this process trusts");
-            Arc::new(LocalCa::generate(
-                &settings.trust_domain,
-                settings.secret_ttl,
-            )?)
-        }
-    };
-    // After the CA: a development CA directory gets its root-cert.pem written above.
-    if let Some(address) = &settings.xds_address {
-        let node_id = format!(
-            "ztunnel~{ip}~{}.{ns}~{ns}.svc.cluster.local",
-            workload.name,
-            ns = workload.namespace
-        );
-        let client = XdsClient::new(
-            XdsConfig {
-                control: control_plane(address)?,
-                node_id,
-                token_file: settings.ca_token_file.clone(),
-            },
-            state.clone(),
-            source_status.clone(),
-        );
-        let drain = drain.clone();
-        tokio::spawn(client.run(async move { drain.closed().await }));
-    }
-    let certs = CertManager::new(provider);
     let server_creds = certs.credentials(&identity).await?;
     let hbone_server = HboneServer::new(
         meshcore::tls::server_config(server_creds),
@@ -210,7 +137,8 @@ pub async fn start(
 
     let quit = Arc::new(Notify::new());
     let admin_ctx = Arc::new(AdminContext {
-        proxy: proxy.clone(),
+        served: crate::admin::Served::Workload(proxy.clone()),
+        drain: drain.clone(),
         source: source_status,
         certs,
         metrics: metrics.clone(),
@@ -284,4 +212,97 @@ impl Ztunnel {
         drain.close();
         tracing::info!("ztunnel stopped");
     }
+}
+
+/// What every mode needs: the config view (local file or xDS) and the certificate manager.
+pub struct Shared {
+    pub state: Arc<StateStore>,
+    pub source_status: Arc<Mutex<SourceStatus>>,
+    pub certs: Arc<CertManager>,
+}
+
+/// Starts the config sources and the certificate provider the settings ask for.
+pub fn shared_parts(settings: &Settings, node_id: String, drain: &Drain) -> Result<Shared, String> {
+    let state = Arc::new(StateStore::new(&settings.trust_domain));
+    let source_status = Arc::new(Mutex::new(SourceStatus::default()));
+    if let Some(path) = &settings.local_xds_path {
+        let mut source = LocalFileSource::new(
+            path,
+            &settings.trust_domain,
+            state.clone(),
+            source_status.clone(),
+        );
+        source.poll().map_err(|e| format!("local config: {e}"))?;
+        let drain = drain.clone();
+        tokio::spawn(source.run(settings.config_poll_interval, async move {
+            drain.closed().await
+        }));
+    }
+
+    // The control plane and the mesh root it (and the workloads) chain to.
+    let control_root = || -> Result<String, String> {
+        let path = settings
+            .xds_root_ca
+            .clone()
+            .or_else(|| settings.ca_dir.as_ref().map(|d| d.join("root-cert.pem")))
+            .ok_or("no mesh root: set XDS_ROOT_CA or CA_DIR")?;
+        std::fs::read_to_string(&path).map_err(|e| format!("mesh root {}: {e}", path.display()))
+    };
+    let control_plane = |address: &str| -> Result<ControlPlane, String> {
+        let tls = meshcore::tls::control::control_client_config(&control_root()?)
+            .map_err(|e| format!("mesh root: {e}"))?;
+        Ok(ControlPlane {
+            address: address.to_owned(),
+            server_name: settings.xds_server_name.clone(),
+            tls,
+        })
+    };
+    let provider: Arc<dyn CertificateProvider> = match (&settings.ca_address, &settings.ca_dir) {
+        (Some(address), _) => {
+            let roots =
+                TrustRoots::from_pem(&control_root()?).map_err(|e| format!("mesh root: {e}"))?;
+            let token = settings
+                .ca_token_file
+                .clone()
+                .expect("validated: CA_ADDRESS has a token");
+            Arc::new(RemoteCa::new(
+                control_plane(address)?.channel()?,
+                token,
+                settings.cluster_id.clone(),
+                settings.secret_ttl,
+                roots,
+            ))
+        }
+        (None, Some(dir)) => Arc::new(LocalCa::from_dir(
+            dir,
+            &settings.trust_domain,
+            settings.secret_ttl,
+        )?),
+        (None, None) => {
+            tracing::warn!("no CA_DIR or CA_ADDRESS: using an in-memory development CA only this process trusts");
+            Arc::new(LocalCa::generate(
+                &settings.trust_domain,
+                settings.secret_ttl,
+            )?)
+        }
+    };
+    // After the CA: a development CA directory gets its root-cert.pem written above.
+    if let Some(address) = &settings.xds_address {
+        let client = XdsClient::new(
+            XdsConfig {
+                control: control_plane(address)?,
+                node_id,
+                token_file: settings.ca_token_file.clone(),
+            },
+            state.clone(),
+            source_status.clone(),
+        );
+        let drain = drain.clone();
+        tokio::spawn(client.run(async move { drain.closed().await }));
+    }
+    Ok(Shared {
+        state,
+        source_status,
+        certs: CertManager::new(provider),
+    })
 }

@@ -67,7 +67,17 @@ fn main() -> std::process::ExitCode {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async move {
-        let zt = match ztunnel::start(settings, Some(logging)).await {
+        let shared = settings.proxy_mode == ztunnel::settings::ProxyMode::Shared;
+        let started = if shared {
+            ztunnel::inpod::node::start_node(settings, Some(logging))
+                .await
+                .map(Running::Node)
+        } else {
+            ztunnel::start(settings, Some(logging))
+                .await
+                .map(Running::Workload)
+        };
+        let zt = match started {
             Ok(zt) => zt,
             Err(e) => {
                 tracing::error!("ztunnel cannot start: {e}");
@@ -77,12 +87,27 @@ fn main() -> std::process::ExitCode {
         };
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
+        let quit = async {
+            match &zt {
+                Running::Workload(z) => z.quit_requested().await,
+                Running::Node(z) => z.quit_requested().await,
+            }
+        };
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM received"),
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
-            _ = zt.quit_requested() => tracing::info!("/quitquitquit called"),
+            _ = quit => tracing::info!("/quitquitquit called"),
         }
-        zt.shutdown().await;
+        match zt {
+            Running::Workload(z) => z.shutdown().await,
+            Running::Node(z) => z.shutdown().await,
+        }
         std::process::ExitCode::SUCCESS
     })
+}
+
+/// The two modes' running ztunnels.
+enum Running {
+    Workload(ztunnel::Ztunnel),
+    Node(ztunnel::inpod::node::NodeZtunnel),
 }

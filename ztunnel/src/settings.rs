@@ -9,8 +9,8 @@ use meshcore::identity::{self, SpiffeId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProxyMode {
-    /// One ztunnel per node serving every enrolled pod through in-pod capture (needs the node
-    /// agent; not available yet).
+    /// One ztunnel per node serving every enrolled pod through in-pod capture: the node agent
+    /// hands each pod's network namespace over INPOD_UDS.
     Shared,
     /// Serve exactly one workload, named by PROXY_WORKLOAD_INFO.
     Dedicated,
@@ -76,6 +76,11 @@ pub struct Settings {
     /// Setting it needs CAP_NET_ADMIN; without it sockets go unmarked.
     #[arg(long, env = "SOCKET_MARK", default_value = "0x539", value_parser = parse_mark)]
     pub socket_mark: u32,
+
+    /// PROXY_MODE=shared: the node agent's socket, where it hands over the pods to serve
+    /// (their network namespaces) over the ZDS protocol.
+    #[arg(long, env = "INPOD_UDS", default_value = meshcore::zds::DEFAULT_SOCKET)]
+    pub inpod_uds: PathBuf,
 
     /// How long open connections may run on after SIGTERM or `/quitquitquit`.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -143,12 +148,7 @@ impl Settings {
                 "PROXY_MODE=dedicated needs PROXY_WORKLOAD_INFO=namespace/name/serviceaccount"
                     .into(),
             ),
-            (ProxyMode::Shared, _) => Err(
-                "PROXY_MODE=shared serves pods through in-pod capture handed over by the node \
-                 agent, which this build does not have yet; run one ztunnel per workload with \
-                 PROXY_MODE=dedicated and PROXY_WORKLOAD_INFO"
-                    .into(),
-            ),
+            (ProxyMode::Shared, _) => Ok(()),
             (ProxyMode::Dedicated, Some(_)) => Ok(()),
         }
     }

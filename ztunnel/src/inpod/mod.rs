@@ -3,9 +3,11 @@
 //! ([`meshcore::zds`]); ztunnel opens that pod's listeners inside the namespace ([`netns`]) and
 //! serves them with the pod's identity ([`pods`]).
 //!
-//! Built so far: the namespace handling, the per-pod proxies and listeners, and the agent
-//! protocol loop. Still to come (issue 5): wiring `PROXY_MODE=shared` into `app`, HBONE dialled
-//! from inside the pod, the node agent itself (enrolment, nftables rules), the CNI plugin.
+//! Built so far: the namespace handling, per-pod proxies and listeners, the agent protocol loop
+//! and the node-mode start ([`node`]). Still to come (issue 5): HBONE dialled from inside the
+//! pod (today from the node's namespace), the node agent itself (enrolment, nftables rules),
+//! the CNI plugin.
 
 pub mod netns;
+pub mod node;
 pub mod pods;

@@ -65,6 +65,23 @@ impl Pods {
             .collect()
     }
 
+    /// Every pod served: (uid, proxy).
+    pub fn list(&self) -> Vec<(String, Arc<Proxy>)> {
+        self.pods
+            .lock()
+            .expect("pods lock")
+            .iter()
+            .map(|(uid, p)| (uid.clone(), p.proxy.clone()))
+            .collect()
+    }
+
+    /// Stops every pod (shutdown): listeners close, connections drain.
+    pub fn remove_all(&self) {
+        for uid in self.uids() {
+            self.remove(&uid);
+        }
+    }
+
     /// The proxy serving a pod.
     pub fn proxy(&self, uid: &str) -> Option<Arc<Proxy>> {
         self.pods

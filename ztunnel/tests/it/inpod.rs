@@ -1,6 +1,6 @@
-//! Node mode, inbound, as root: a pod network namespace (veth to the host) is handed to the
-//! node's ztunnel over the ZDS socket by a node agent (this test plays the agent with
-//! `meshcore::zds`). ztunnel opens the pod's listeners inside the namespace and serves them with
+//! Node mode, inbound, as root: a pod network namespace (veth to the host) is handed to a
+//! `PROXY_MODE=shared` ztunnel over the ZDS socket by a node agent (this test plays the agent
+//! with `meshcore::zds`). ztunnel opens the pod's listeners inside the namespace and serves them with
 //! the pod's identity: a dedicated ztunnel on the host tunnels over HBONE to the pod's 15008, and
 //! ztunnel delivers to the application from inside the pod. `del` closes the pod's listeners.
 //!
@@ -9,17 +9,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshcore::api::zds::WorkloadInfo;
-use meshcore::hbone::{ClientSettings, HboneClient};
 use meshcore::zds::{Listener, Request};
-use ztunnel::certs::{CertManager, LocalCa};
-use ztunnel::config::watch::{LocalFileSource, SourceStatus};
-use ztunnel::inpod::pods::{run_agent_client, NodeContext, Pods};
-use ztunnel::metrics::Metrics;
-use ztunnel::state::StateStore;
 
 use crate::support::{echo_roundtrip, socks5, Mesh};
 
@@ -100,41 +93,19 @@ workloads:
 - {{name: cart-1, namespace: shop, serviceAccount: cart, workloadIps: ["{pod_ip}"], protocol: HBONE}}
 "#
     ));
-    // The node's shared parts, as node mode builds them.
-    let state = Arc::new(StateStore::new("cluster.local"));
-    LocalFileSource::new(
-        &mesh.config,
-        "cluster.local",
-        state.clone(),
-        Arc::new(Mutex::new(SourceStatus::default())),
-    )
-    .poll()
-    .unwrap();
-    let ca = LocalCa::from_dir(
-        &mesh.dir.join("ca"),
-        "cluster.local",
-        Duration::from_secs(3600),
-    )
-    .unwrap();
-    let pods = Arc::new(Pods::new(NodeContext {
-        trust_domain: "cluster.local".into(),
-        cluster_id: "Kubernetes".into(),
-        state,
-        certs: CertManager::new(Arc::new(ca)),
-        hbone: HboneClient::new(ClientSettings::default()),
-        metrics: Arc::new(Metrics::new()),
-        socket_mark: None,
-        drain_timeout: Duration::from_secs(1),
-    }));
-
-    // The node agent's socket; ztunnel connects to it.
+    // The node agent's socket, and a node-mode ztunnel that connects to it.
     let socket = mesh.dir.join("ztunnel.sock");
     let agent = Listener::bind(&socket).unwrap();
-    tokio::spawn(run_agent_client(
-        pods.clone(),
-        socket,
-        std::future::pending(),
-    ));
+    let mut s = ztunnel::Settings::defaults();
+    s.proxy_mode = ztunnel::settings::ProxyMode::Shared;
+    s.inpod_uds = socket;
+    s.local_xds_path = Some(mesh.config.clone());
+    s.ca_dir = Some(mesh.dir.join("ca"));
+    s.bind_address = mesh.ip(5);
+    s.socket_mark = 0;
+    s.drain_timeout = Duration::from_secs(1);
+    let node = ztunnel::inpod::node::start_node(s, None).await.unwrap();
+    let pods = node.pods.clone();
     let conn = agent.accept().await.unwrap();
     conn.expect_hello().await.unwrap();
     let netns: OwnedFd = std::fs::File::open(format!("/run/netns/{}", lab.0))
@@ -171,15 +142,25 @@ workloads:
         .await
         .expect("tunnel to the pod opens");
     echo_roundtrip(stream, 1 << 20, 11).await;
-    let delivered = proxy.metrics.render();
+    let delivered = node.metrics.render();
     assert!(
         delivered.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\""),
         "the pod's ztunnel saw the client's identity:\n{delivered}"
     );
 
-    // A second add of the same pod is a no-op; del closes its listeners.
     let hbone: SocketAddr = SocketAddr::new(pod_ip.parse::<IpAddr>().unwrap(), 15008);
     assert!(tokio::net::TcpStream::connect(hbone).await.is_ok());
+
+    // The node's admin endpoint lists the pod while it is served.
+    let (status, dump) = crate::support::http(node.admin, "GET", "/config_dump").await;
+    assert_eq!(status, 200);
+    assert!(dump.contains("\"uid\": \"uid-cart-1\""), "{dump}");
+    assert!(
+        dump.contains("spiffe://cluster.local/ns/shop/sa/cart"),
+        "{dump}"
+    );
+
+    // del closes the pod's listeners.
     assert_eq!(
         conn.request(Request::Del {
             uid: "uid-cart-1".into()
@@ -199,4 +180,5 @@ workloads:
     }
     assert!(closed, "the pod's HBONE listener closed after del");
     client.shutdown().await;
+    node.shutdown().await;
 }
