@@ -9,6 +9,7 @@
 //! - [`app`]: wiring, start and graceful shutdown.
 
 pub mod admin;
+pub mod agent;
 pub mod app;
 pub mod certs;
 pub mod config;

@@ -182,3 +182,58 @@ workloads:
     client.shutdown().await;
     node.shutdown().await;
 }
+
+#[test]
+fn agent_rules_install_idempotently_and_remove_cleanly() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0
+        || Command::new("ip").arg("-V").output().is_err()
+        || Command::new("nft").arg("-v").output().is_err()
+    {
+        eprintln!("SKIPPED agent_rules: needs root, `ip` and `nft`; scripts/test installs them");
+        return;
+    }
+    use ztunnel::agent::rules;
+    let id = std::process::id();
+    let lab = PodNetns(format!("zt-rules-{id}"), format!("ztr{id}"));
+    run(&["ip", "netns", "add", &lab.0]);
+    let netns =
+        ztunnel::inpod::netns::Netns::open(std::path::Path::new(&format!("/run/netns/{}", lab.0)))
+            .unwrap();
+    assert!(!rules::installed(&netns));
+    rules::install(&netns).expect("rules install");
+    rules::install(&netns).expect("installing again replaces them");
+    assert!(rules::installed(&netns));
+    let listed = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.0,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            rules::TABLE,
+        ])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(listed.matches("redirect to :15001").count(), 1, "{listed}");
+    assert!(listed.contains("redirect to :15006"), "{listed}");
+    let ip_rules = Command::new("ip")
+        .args(["-n", &lab.0, "rule", "show"])
+        .output()
+        .unwrap();
+    let ip_rules = String::from_utf8_lossy(&ip_rules.stdout);
+    assert_eq!(ip_rules.matches("lookup 100").count(), 1, "{ip_rules}");
+    // Nothing leaks into the host's namespace.
+    let host = Command::new("nft")
+        .args(["list", "table", "inet", rules::TABLE])
+        .output()
+        .unwrap();
+    assert!(!host.status.success(), "the table is in the pod only");
+
+    rules::remove(&netns).expect("rules removed");
+    assert!(!rules::installed(&netns));
+    rules::remove(&netns).expect("removing twice is fine");
+}

@@ -1,0 +1,222 @@
+//! The redirect rules the node agent installs inside an enrolled pod's network namespace
+//! (nftables), so the pod's TCP goes through its ztunnel listeners:
+//!
+//! - outbound TCP that ztunnel did not send (no mark 0x539), not to loopback → 15001;
+//! - inbound TCP arriving on the pod's interfaces, to any port but 15008 (HBONE) → 15006,
+//!   except kubelet probes (source 169.254.7.127, Istio's probe SNAT address);
+//! - DNS (UDP and TCP 53) to any address → 15053, ztunnel's DNS proxy port;
+//! - connections ztunnel opens inside the pod (mark 0x539) get conntrack mark 0x111; the other
+//!   end's packets of those connections carry mark 0x111, and `ip rule fwmark 0x111/0xfff lookup
+//!   100` with a local route in table 100 keeps them local. (This is what lets ztunnel connect
+//!   to the application with the original client's address later, with IP_TRANSPARENT; today it
+//!   connects from the pod's own address and the rule changes nothing.)
+//!
+//! Installing is idempotent (the table is replaced whole, atomically, by one `nft -f` run), and
+//! removal deletes only the table and the rule: NAT applies to new connections, so connections
+//! established while enrolled keep their translation and carry on after un-enrolment.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::inpod::netns::Netns;
+
+pub const TABLE: &str = "ztunnel-inpod";
+/// ztunnel's own sockets.
+pub const ZTUNNEL_MARK: u32 = 0x539;
+/// Connections ztunnel accepted; their replies use routing table 100.
+pub const CONN_MARK: u32 = 0x111;
+pub const ROUTE_TABLE: u32 = 100;
+/// Istio's kubelet probe source address.
+pub const PROBE_SOURCE: &str = "169.254.7.127";
+
+/// The nftables script: replaces the table whole (add + flush + rules is atomic in one run).
+pub fn ruleset() -> String {
+    format!(
+        "table inet {TABLE}
+delete table inet {TABLE}
+table inet {TABLE} {{
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    iifname \"lo\" return
+    ip saddr {PROBE_SOURCE} return
+    meta l4proto tcp tcp dport 15008 return
+    meta l4proto {{ tcp, udp }} th dport 53 redirect to :15053
+    meta l4proto tcp redirect to :15006
+  }}
+  chain output {{
+    type nat hook output priority -100; policy accept;
+    meta mark & 0xfff == {ZTUNNEL_MARK:#x} return
+    ip daddr 127.0.0.0/8 return
+    ip6 daddr ::1 return
+    meta l4proto {{ tcp, udp }} th dport 53 redirect to :15053
+    meta l4proto tcp redirect to :15001
+  }}
+  chain mangle_output {{
+    type route hook output priority mangle; policy accept;
+    meta mark & 0xfff == {ZTUNNEL_MARK:#x} ct mark set ct mark & 0xfffff000 | {CONN_MARK:#x}
+    meta mark & 0xfff != {ZTUNNEL_MARK:#x} ct mark & 0xfff == {CONN_MARK:#x} meta mark set meta mark & 0xfffff000 | {CONN_MARK:#x}
+  }}
+}}
+"
+    )
+}
+
+fn run_in(
+    netns: &Netns,
+    program: &'static str,
+    args: Vec<String>,
+    stdin: Option<String>,
+) -> Result<(), String> {
+    let what = format!("{program} {}", args.join(" "));
+    let shown = what.clone();
+    netns
+        .run(move || {
+            // The child inherits this thread's network namespace.
+            let mut child = Command::new(program)
+                .args(&args)
+                .stdin(if stdin.is_some() {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+                pipe.write_all(text.as_bytes())?;
+            }
+            let out = child.wait_with_output()?;
+            if out.status.success() {
+                Ok(Ok(()))
+            } else {
+                Ok(Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()))
+            }
+        })
+        .map_err(|e| format!("{shown}: {e}"))?
+        .map_err(|e| format!("{what}: {e}"))
+}
+
+/// Installs (or refreshes) the rules in a pod's namespace.
+pub fn install(netns: &Netns) -> Result<(), String> {
+    run_in(netns, "nft", vec!["-f".into(), "-".into()], Some(ruleset()))?;
+    // Policy routing for replies of accepted connections; `replace`/`flush` keep it idempotent.
+    run_in(
+        netns,
+        "ip",
+        [
+            "route",
+            "replace",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            &ROUTE_TABLE.to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
+        None,
+    )?;
+    let _ = run_in(
+        netns,
+        "ip",
+        [
+            "rule",
+            "del",
+            "fwmark",
+            &format!("{CONN_MARK:#x}/0xfff"),
+            "lookup",
+            &ROUTE_TABLE.to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
+        None,
+    );
+    run_in(
+        netns,
+        "ip",
+        [
+            "rule",
+            "add",
+            "fwmark",
+            &format!("{CONN_MARK:#x}/0xfff"),
+            "lookup",
+            &ROUTE_TABLE.to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
+        None,
+    )
+}
+
+/// Removes the rules (un-enrolment). Established connections keep their NAT state.
+pub fn remove(netns: &Netns) -> Result<(), String> {
+    let table = run_in(
+        netns,
+        "nft",
+        ["delete", "table", "inet", TABLE]
+            .map(String::from)
+            .to_vec(),
+        None,
+    );
+    let _ = run_in(
+        netns,
+        "ip",
+        [
+            "rule",
+            "del",
+            "fwmark",
+            &format!("{CONN_MARK:#x}/0xfff"),
+            "lookup",
+            &ROUTE_TABLE.to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
+        None,
+    );
+    let _ = run_in(
+        netns,
+        "ip",
+        ["route", "flush", "table", &ROUTE_TABLE.to_string()]
+            .map(String::from)
+            .to_vec(),
+        None,
+    );
+    match table {
+        Err(e) if e.contains("No such file") => Ok(()), // not installed: nothing to remove
+        other => other,
+    }
+}
+
+/// Whether the rules are installed in a pod's namespace.
+pub fn installed(netns: &Netns) -> bool {
+    run_in(
+        netns,
+        "nft",
+        ["list", "table", "inet", TABLE].map(String::from).to_vec(),
+        None,
+    )
+    .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_redirects_as_istio_in_pod_does() {
+        let r = ruleset();
+        for want in [
+            "delete table inet ztunnel-inpod",
+            "tcp dport 15008 return",
+            "redirect to :15006",
+            "meta mark & 0xfff == 0x539 return",
+            "redirect to :15001",
+            "th dport 53 redirect to :15053",
+            "ip saddr 169.254.7.127 return",
+            "ct mark set ct mark & 0xfffff000 | 0x111",
+        ] {
+            assert!(r.contains(want), "missing {want:?}:\n{r}");
+        }
+    }
+}
