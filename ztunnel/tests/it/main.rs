@@ -2,6 +2,7 @@
 
 mod capture;
 mod inpod;
+mod node;
 mod process;
 mod support;
 mod traffic;

@@ -1,0 +1,152 @@
+//! The agent's side of the ZDS socket: it keeps the set of enrolled pods and keeps the
+//! connected ztunnel in step with it.
+//!
+//! Enrolling a pod installs its redirect rules, then the pod is sent to ztunnel; un-enrolling
+//! sends `del`, then removes the rules (so the pod's traffic is never captured with no ztunnel
+//! listener behind it). A ztunnel that connects (at start, or after a restart) receives the
+//! whole current set as a snapshot (`add` for each pod, then `snapshot_sent`) and then every
+//! change; the agent works level-triggered, comparing what ztunnel holds with what is enrolled,
+//! so a burst of changes, or a change during a reconnect, is never lost.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use meshcore::api::zds::WorkloadInfo;
+use meshcore::zds::{Conn, Listener, Request};
+use tokio::sync::watch;
+
+use super::rules;
+use crate::inpod::netns::Netns;
+
+/// A pod in the mesh on this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrolledPod {
+    pub uid: String,
+    pub info: WorkloadInfo,
+    /// Where its network namespace can be opened (`/run/netns/...`, `/proc/PID/ns/net`, the
+    /// CNI's `CNI_NETNS`).
+    pub netns: PathBuf,
+}
+
+#[derive(Default)]
+pub struct Agent {
+    pods: Mutex<BTreeMap<String, EnrolledPod>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Agent {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn enrolled(&self) -> Vec<EnrolledPod> {
+        self.pods
+            .lock()
+            .expect("pods lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Puts a pod in the mesh: rules first, then ztunnel is told.
+    pub fn enroll(&self, pod: EnrolledPod) -> Result<(), String> {
+        let netns = Netns::open(&pod.netns)
+            .map_err(|e| format!("pod {}: {}: {e}", pod.uid, pod.netns.display()))?;
+        rules::install(&netns).map_err(|e| format!("pod {}: {e}", pod.uid))?;
+        let uid = pod.uid.clone();
+        self.pods.lock().expect("pods lock").insert(uid, pod);
+        self.changed.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// Takes a pod out of the mesh: ztunnel is told first, then the rules go. Established
+    /// connections keep their NAT translation and carry on.
+    pub fn unenroll(&self, uid: &str) -> Result<(), String> {
+        let Some(pod) = self.pods.lock().expect("pods lock").remove(uid) else {
+            return Ok(());
+        };
+        self.changed.send_modify(|g| *g += 1);
+        match Netns::open(&pod.netns) {
+            Ok(netns) => rules::remove(&netns).map_err(|e| format!("pod {uid}: {e}")),
+            // The pod (and its namespace) is gone already: nothing to clean.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Serves ztunnel connections on `listener`, one at a time, until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: Listener) {
+        loop {
+            let conn = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("ZDS accept: {e}");
+                    continue;
+                }
+            };
+            if let Err(e) = self.clone().serve_ztunnel(&conn).await {
+                tracing::warn!("ztunnel connection ended: {e}");
+            }
+        }
+    }
+
+    async fn serve_ztunnel(self: Arc<Self>, conn: &Conn) -> std::io::Result<()> {
+        conn.expect_hello().await?;
+        tracing::info!("ztunnel connected; sending the snapshot");
+        let mut changed = self.changed.subscribe();
+        // What ztunnel holds: uid → the pod as sent.
+        let mut held: BTreeMap<String, EnrolledPod> = BTreeMap::new();
+        self.sync(conn, &mut held).await?;
+        if let Err(e) = conn.request(Request::SnapshotSent).await? {
+            tracing::warn!("ztunnel refused the snapshot end: {e}");
+        }
+        loop {
+            if changed.changed().await.is_err() {
+                return Ok(());
+            }
+            self.sync(conn, &mut held).await?;
+        }
+    }
+
+    /// Sends ztunnel what changed between `held` and the enrolled set.
+    async fn sync(
+        &self,
+        conn: &Conn,
+        held: &mut BTreeMap<String, EnrolledPod>,
+    ) -> std::io::Result<()> {
+        let current: BTreeMap<String, EnrolledPod> = self.pods.lock().expect("pods lock").clone();
+        for uid in held.keys().cloned().collect::<Vec<_>>() {
+            if !current.contains_key(&uid) {
+                if let Err(e) = conn.request(Request::Del { uid: uid.clone() }).await? {
+                    tracing::warn!(%uid, "ztunnel refused del: {e}");
+                }
+                held.remove(&uid);
+            }
+        }
+        for (uid, pod) in current {
+            if held.get(&uid) == Some(&pod) {
+                continue;
+            }
+            let netns: OwnedFd = match std::fs::File::open(&pod.netns) {
+                Ok(f) => f.into(),
+                Err(e) => {
+                    tracing::warn!(%uid, "network namespace {}: {e}", pod.netns.display());
+                    continue;
+                }
+            };
+            let add = Request::Add {
+                uid: uid.clone(),
+                info: Some(pod.info.clone()),
+                netns,
+            };
+            match conn.request(add).await? {
+                Ok(()) => {
+                    held.insert(uid, pod);
+                }
+                Err(e) => tracing::warn!(%uid, "ztunnel refused the pod: {e}"),
+            }
+        }
+        Ok(())
+    }
+}
