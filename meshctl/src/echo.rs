@@ -1,0 +1,180 @@
+//! The echo server for tests and demos: it answers with what it saw, so a test can tell which
+//! pod answered, from which address the connection came and what headers arrived.
+//!
+//! - HTTP port: HTTP/1.1 and HTTP/2 without TLS (h2c, prior knowledge) on the same port. Any
+//!   request gets `200` and a text body of `Key=Value` lines (below). A gRPC request
+//!   (`content-type: application/grpc`, any method) gets one gRPC message back: an
+//!   `EchoResponse{message = <the same lines>}` (field 1, string), then `grpc-status: 0`.
+//! - TCP port: raw TCP, every byte echoed back; half-close honoured.
+//!
+//! ```text
+//! Hostname=cart-1
+//! Namespace=shop
+//! ServicePort=8080
+//! Method=GET
+//! URL=/path
+//! Proto=HTTP/1.1
+//! RemoteAddr=10.10.1.5:43212
+//! RequestHeader=host:cart.shop.svc.cluster.local
+//! ```
+
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+/// Who this echo server is.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub pod: String,
+    pub namespace: String,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Serves HTTP/1.1, h2c and gRPC on `listener` until the task is dropped.
+pub async fn serve_http(listener: TcpListener, id: Arc<Identity>) {
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let id = id.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let id = id.clone();
+                async move { Ok::<_, Infallible>(answer(req, peer, port, &id).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+/// Echoes every byte of every connection on `listener`.
+pub async fn serve_tcp(listener: TcpListener) {
+    loop {
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let (mut r, mut w) = tcp.split();
+            if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                let _ = w.shutdown().await;
+            }
+        });
+    }
+}
+
+/// The text describing a request.
+pub fn describe(
+    method: &str,
+    uri: &str,
+    proto: &str,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    port: u16,
+    id: &Identity,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Hostname={}", id.pod);
+    let _ = writeln!(out, "Namespace={}", id.namespace);
+    let _ = writeln!(out, "ServicePort={port}");
+    let _ = writeln!(out, "Method={method}");
+    let _ = writeln!(out, "URL={uri}");
+    let _ = writeln!(out, "Proto={proto}");
+    let _ = writeln!(out, "RemoteAddr={peer}");
+    let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        for value in headers.get_all(name) {
+            let _ = writeln!(
+                out,
+                "RequestHeader={name}:{}",
+                String::from_utf8_lossy(value.as_bytes())
+            );
+        }
+    }
+    out
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    port: u16,
+    id: &Identity,
+) -> Response<Body> {
+    let proto = match req.version() {
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    // Host: the :authority in HTTP/2, the header in HTTP/1.1.
+    let mut headers = req.headers().clone();
+    if let (None, Some(authority)) = (headers.get("host"), req.uri().authority()) {
+        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+            headers.insert("host", v);
+        }
+    }
+    let uri = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.to_string());
+    let text = describe(req.method().as_str(), &uri, proto, &headers, peer, port, id);
+    let grpc = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/grpc"));
+    // Read (and drop) the request body, so clients that send one are not left waiting.
+    let _ = req.into_body().collect().await;
+    if grpc {
+        grpc_answer(&text)
+    } else {
+        Response::builder()
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from(text)).boxed())
+            .expect("static response")
+    }
+}
+
+/// `EchoResponse{message = text}` as one gRPC message, then `grpc-status: 0` trailers.
+fn grpc_answer(text: &str) -> Response<Body> {
+    let mut message = BytesMut::new();
+    message.put_u8(0x0a); // field 1, length-delimited
+    put_varint(&mut message, text.len() as u64);
+    message.put_slice(text.as_bytes());
+    let mut frame = BytesMut::with_capacity(5 + message.len());
+    frame.put_u8(0); // not compressed
+    frame.put_u32(message.len() as u32);
+    frame.put_slice(&message);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let frames = vec![
+        Ok::<_, Infallible>(Frame::data(frame.freeze())),
+        Ok(Frame::trailers(trailers)),
+    ];
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        .expect("static response")
+}
+
+fn put_varint(buf: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        buf.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.put_u8(v as u8);
+}
