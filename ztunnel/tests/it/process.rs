@@ -17,9 +17,32 @@ fn spawn(mesh: &Mesh, last: u8, workload: &str) -> Child {
         .env("DRAIN_TIMEOUT", "3s")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        // A file, not a pipe nobody reads: at debug level a full pipe would stall the child.
+        .stderr(std::fs::File::create(log_path(mesh, last)).expect("log file"))
         .spawn()
         .expect("spawn ztunnel")
+}
+
+fn log_path(mesh: &Mesh, last: u8) -> std::path::PathBuf {
+    mesh.dir.join(format!("ztunnel-{last}.log"))
+}
+
+/// Prints the children's logs if the test fails, so a CI failure says what they saw.
+struct LogsOnFailure(Vec<std::path::PathBuf>);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for path in &self.0 {
+                let log = std::fs::read_to_string(path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                eprintln!("--- {} (last lines) ---", path.display());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
 }
 
 async fn wait_ready(mesh: &Mesh, last: u8) {
@@ -67,6 +90,7 @@ async fn binary_serves_drains_on_sigterm_and_quits_on_request() {
     let mesh = Mesh::new();
     mesh.write_config(CONFIG);
     echo_server((mesh.ip(3), 8080).into()).await;
+    let _logs = LogsOnFailure(vec![log_path(&mesh, 2), log_path(&mesh, 3)]);
     let mut a = spawn(&mesh, 2, "default/sleep/sleep");
     wait_ready(&mesh, 2).await;
     let mut b = spawn(&mesh, 3, "default/echo/echo");
