@@ -30,8 +30,17 @@ fn vars(command: &str) -> BTreeMap<String, String> {
     .collect()
 }
 
+/// Removes the test's socket directory when the test ends.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// An agent answering `reply` to each event; the events go to the returned channel.
-fn agent(reply: AgentReply) -> (String, mpsc::Receiver<PodEvent>) {
+fn agent(reply: AgentReply) -> (String, mpsc::Receiver<PodEvent>, TempDir) {
     let dir = std::env::temp_dir().join(format!(
         "mesh-cni-{}-{:?}",
         std::process::id(),
@@ -52,7 +61,7 @@ fn agent(reply: AgentReply) -> (String, mpsc::Receiver<PodEvent>) {
             (&stream).write_all(out.as_bytes()).unwrap();
         }
     });
-    (path.to_str().unwrap().to_owned(), rx)
+    (path.to_str().unwrap().to_owned(), rx, TempDir(dir))
 }
 
 fn ok() -> AgentReply {
@@ -65,7 +74,7 @@ fn ok() -> AgentReply {
 
 #[test]
 fn add_tells_the_agent_and_passes_the_previous_result_through() {
-    let (socket, events) = agent(ok());
+    let (socket, events, _dir) = agent(ok());
     let out = run(&vars("ADD"), &conf(&socket)).unwrap();
     let result: Value = serde_json::from_str(&out).unwrap();
     let prev: Value = serde_json::from_str(PREV).unwrap();
@@ -87,7 +96,7 @@ fn add_tells_the_agent_and_passes_the_previous_result_through() {
 
 #[test]
 fn refusals_and_an_absent_agent_fail_add_but_not_del() {
-    let (socket, _events) = agent(AgentReply {
+    let (socket, _events, _dir) = agent(AgentReply {
         ok: false,
         error: "cannot install rules: nft missing".into(),
         enrolled: false,
@@ -116,7 +125,7 @@ fn version_check_and_bad_input() {
     assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
     let mut no_args = vars("ADD");
     no_args.insert("CNI_ARGS".into(), "IgnoreUnknown=1".into());
-    let (socket, _events) = agent(ok());
+    let (socket, _events, _dir) = agent(ok());
     let (_, e) = run(&no_args, &conf(&socket)).unwrap_err();
     assert_eq!(
         (e.code, e.msg.as_str()),
