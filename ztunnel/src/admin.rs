@@ -98,6 +98,23 @@ pub enum Endpoints {
     Readiness,
 }
 
+/// Serves the admin, metrics and readiness listeners.
+pub fn serve_all(
+    admin: TcpListener,
+    stats: TcpListener,
+    readiness: TcpListener,
+    ctx: &Arc<AdminContext>,
+    drain: &Drain,
+) {
+    for (listener, which) in [
+        (admin, Endpoints::Admin),
+        (stats, Endpoints::Stats),
+        (readiness, Endpoints::Readiness),
+    ] {
+        tokio::spawn(serve(listener, ctx.clone(), which, drain.clone()));
+    }
+}
+
 /// Serves one of the HTTP listeners until draining starts.
 pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, which: Endpoints, drain: Drain) {
     loop {

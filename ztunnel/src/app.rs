@@ -10,7 +10,7 @@ use meshcore::hbone::{server::HboneServer, ClientSettings, HboneClient, ServerSe
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::admin::{self, AdminContext, Endpoints, LogControl};
+use crate::admin::{self, AdminContext, LogControl};
 use crate::certs::remote::RemoteCa;
 use crate::certs::{CertManager, CertificateProvider, LocalCa};
 use crate::config::watch::{LocalFileSource, SourceStatus};
@@ -55,7 +55,7 @@ pub struct Ztunnel {
     drain_timeout: Duration,
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
+pub(crate) async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| format!("binding the {what} listener on {addr}: {e}"))
@@ -146,18 +146,7 @@ pub async fn start(
         logging,
         quit: quit.clone(),
     });
-    for (listener, which) in [
-        (admin_l, Endpoints::Admin),
-        (stats_l, Endpoints::Stats),
-        (readiness_l, Endpoints::Readiness),
-    ] {
-        tokio::spawn(admin::serve(
-            listener,
-            admin_ctx.clone(),
-            which,
-            drain.clone(),
-        ));
-    }
+    admin::serve_all(admin_l, stats_l, readiness_l, &admin_ctx, &drain);
 
     proxy::serve(
         proxy.clone(),

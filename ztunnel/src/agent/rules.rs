@@ -61,17 +61,17 @@ table inet {TABLE} {{
     )
 }
 
+/// Runs `program args` inside the pod's namespace (forked from a thread that entered it).
 fn run_in(
     netns: &Netns,
     program: &'static str,
-    args: Vec<String>,
+    args: &[&str],
     stdin: Option<String>,
 ) -> Result<(), String> {
     let what = format!("{program} {}", args.join(" "));
-    let shown = what.clone();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     netns
         .run(move || {
-            // The child inherits this thread's network namespace.
             let mut child = Command::new(program)
                 .args(&args)
                 .stdin(if stdin.is_some() {
@@ -86,24 +86,38 @@ fn run_in(
                 pipe.write_all(text.as_bytes())?;
             }
             let out = child.wait_with_output()?;
-            if out.status.success() {
-                Ok(Ok(()))
+            Ok(if out.status.success() {
+                Ok(())
             } else {
-                Ok(Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()))
-            }
+                Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+            })
         })
-        .map_err(|e| format!("{shown}: {e}"))?
+        .map_err(|e| format!("{what}: {e}"))?
         .map_err(|e| format!("{what}: {e}"))
+}
+
+/// `ip rule add|del fwmark 0x111/0xfff lookup 100`.
+fn ip_rule(netns: &Netns, action: &str) -> Result<(), String> {
+    let mark = format!("{CONN_MARK:#x}/0xfff");
+    let table = ROUTE_TABLE.to_string();
+    run_in(
+        netns,
+        "ip",
+        &["rule", action, "fwmark", &mark, "lookup", &table],
+        None,
+    )
 }
 
 /// Installs (or refreshes) the rules in a pod's namespace.
 pub fn install(netns: &Netns) -> Result<(), String> {
-    run_in(netns, "nft", vec!["-f".into(), "-".into()], Some(ruleset()))?;
-    // Policy routing for replies of accepted connections; `replace`/`flush` keep it idempotent.
+    run_in(netns, "nft", &["-f", "-"], Some(ruleset()))?;
+    // Policy routing for replies of accepted connections; `replace`, and del before add, keep
+    // it idempotent.
+    let table = ROUTE_TABLE.to_string();
     run_in(
         netns,
         "ip",
-        [
+        &[
             "route",
             "replace",
             "local",
@@ -111,75 +125,22 @@ pub fn install(netns: &Netns) -> Result<(), String> {
             "dev",
             "lo",
             "table",
-            &ROUTE_TABLE.to_string(),
-        ]
-        .map(String::from)
-        .to_vec(),
+            &table,
+        ],
         None,
     )?;
-    let _ = run_in(
-        netns,
-        "ip",
-        [
-            "rule",
-            "del",
-            "fwmark",
-            &format!("{CONN_MARK:#x}/0xfff"),
-            "lookup",
-            &ROUTE_TABLE.to_string(),
-        ]
-        .map(String::from)
-        .to_vec(),
-        None,
-    );
-    run_in(
-        netns,
-        "ip",
-        [
-            "rule",
-            "add",
-            "fwmark",
-            &format!("{CONN_MARK:#x}/0xfff"),
-            "lookup",
-            &ROUTE_TABLE.to_string(),
-        ]
-        .map(String::from)
-        .to_vec(),
-        None,
-    )
+    let _ = ip_rule(netns, "del");
+    ip_rule(netns, "add")
 }
 
 /// Removes the rules (un-enrolment). Established connections keep their NAT state.
 pub fn remove(netns: &Netns) -> Result<(), String> {
-    let table = run_in(
-        netns,
-        "nft",
-        ["delete", "table", "inet", TABLE]
-            .map(String::from)
-            .to_vec(),
-        None,
-    );
+    let table = run_in(netns, "nft", &["delete", "table", "inet", TABLE], None);
+    let _ = ip_rule(netns, "del");
     let _ = run_in(
         netns,
         "ip",
-        [
-            "rule",
-            "del",
-            "fwmark",
-            &format!("{CONN_MARK:#x}/0xfff"),
-            "lookup",
-            &ROUTE_TABLE.to_string(),
-        ]
-        .map(String::from)
-        .to_vec(),
-        None,
-    );
-    let _ = run_in(
-        netns,
-        "ip",
-        ["route", "flush", "table", &ROUTE_TABLE.to_string()]
-            .map(String::from)
-            .to_vec(),
+        &["route", "flush", "table", &ROUTE_TABLE.to_string()],
         None,
     );
     match table {
@@ -190,13 +151,7 @@ pub fn remove(netns: &Netns) -> Result<(), String> {
 
 /// Whether the rules are installed in a pod's namespace.
 pub fn installed(netns: &Netns) -> bool {
-    run_in(
-        netns,
-        "nft",
-        ["list", "table", "inet", TABLE].map(String::from).to_vec(),
-        None,
-    )
-    .is_ok()
+    run_in(netns, "nft", &["list", "table", "inet", TABLE], None).is_ok()
 }
 
 #[cfg(test)]

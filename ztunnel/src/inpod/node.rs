@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use super::pods::{run_agent_client, NodeContext, Pods};
-use crate::admin::{self, AdminContext, Endpoints, LogControl, Served};
-use crate::app::{ports, shared_parts, Shared};
+use crate::admin::{self, AdminContext, LogControl, Served};
+use crate::app::{bind, ports, shared_parts, Shared};
 use crate::metrics::Metrics;
 use crate::proxy::Drain;
 use crate::settings::Settings;
@@ -28,12 +28,6 @@ pub struct NodeZtunnel {
     drain: Drain,
     quit: Arc<Notify>,
     drain_timeout: Duration,
-}
-
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("binding the {what} listener on {addr}: {e}"))
 }
 
 pub async fn start_node(
@@ -97,18 +91,7 @@ pub async fn start_node(
         logging,
         quit: quit.clone(),
     });
-    for (listener, which) in [
-        (admin_l, Endpoints::Admin),
-        (stats_l, Endpoints::Stats),
-        (readiness_l, Endpoints::Readiness),
-    ] {
-        tokio::spawn(admin::serve(
-            listener,
-            admin_ctx.clone(),
-            which,
-            drain.clone(),
-        ));
-    }
+    admin::serve_all(admin_l, stats_l, readiness_l, &admin_ctx, &drain);
     let d = drain.clone();
     tokio::spawn(run_agent_client(
         pods.clone(),

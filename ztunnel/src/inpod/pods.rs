@@ -199,12 +199,11 @@ pub async fn serve_agent(pods: &Pods, conn: &Conn) -> std::io::Result<()> {
                 if let Some(seen) = &mut snapshot {
                     seen.insert(uid.clone());
                 }
-                let added = match (workload_info(&uid, info), Netns::new(netns)) {
+                match (workload_info(&uid, info), Netns::new(netns)) {
                     (Ok(workload), Ok(netns)) => pods.add(&uid, workload, netns).await,
                     (Err(e), _) => Err(e),
                     (_, Err(e)) => Err(format!("pod {uid}: network namespace: {e}")),
-                };
-                added
+                }
             }
             Request::Keep { uid } => {
                 if let Some(seen) = &mut snapshot {

@@ -13,25 +13,13 @@ use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::Mesh;
+use crate::support::{run, Mesh};
 
 const CLIENT_IP: &str = "10.201.0.1";
 const SERVER_IP: &str = "10.201.0.2";
 
 fn have(tool: &str) -> bool {
     Command::new(tool).arg("-V").output().is_ok() || Command::new(tool).arg("help").output().is_ok()
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect(args[0]);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Network namespaces and processes made by the test; removed on drop, also after a panic.

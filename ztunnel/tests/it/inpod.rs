@@ -14,19 +14,7 @@ use std::time::Duration;
 use meshcore::api::zds::WorkloadInfo;
 use meshcore::zds::{Listener, Request};
 
-use crate::support::{echo_roundtrip, socks5, Mesh};
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect(args[0]);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use crate::support::{echo_roundtrip, run, socks5, Mesh};
 
 struct PodNetns(String, String);
 

@@ -17,19 +17,7 @@ use meshcore::zds::Listener;
 use ztunnel::agent::server::{Agent, EnrolledPod};
 use ztunnel::inpod::netns::Netns;
 
-use crate::support::Mesh;
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect(args[0]);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use crate::support::{run, Mesh};
 
 /// Pod namespaces and host-side veths made by the test; removed on drop, also after a panic.
 struct Node(Vec<(String, String)>);

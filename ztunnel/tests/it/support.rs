@@ -240,3 +240,16 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// Runs a command (`ip`, `nft`), failing the test with its stderr if it fails.
+pub fn run(args: &[&str]) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect(args[0]);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
