@@ -41,25 +41,33 @@ fn tune_malloc() {
     }
 }
 
-fn main() -> std::process::ExitCode {
-    tune_malloc();
-    let settings = Settings::parse();
-    let filter = match EnvFilter::try_new(&settings.log_level) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("ztunnel: invalid log level {:?}: {e}", settings.log_level);
-            return std::process::ExitCode::from(2);
-        }
-    };
+/// Installs the log subscriber; the handle lets `/logging` change the filter.
+fn init_logging(level: &str) -> Result<Arc<ReloadableFilter>, std::process::ExitCode> {
+    let filter = EnvFilter::try_new(level).map_err(|e| {
+        eprintln!("ztunnel: invalid log level {level:?}: {e}");
+        std::process::ExitCode::from(2)
+    })?;
     let (filter, handle) = reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
         .init();
-    let logging = Arc::new(ReloadableFilter {
+    Ok(Arc::new(ReloadableFilter {
         handle,
-        current: Mutex::new(settings.log_level.clone()),
-    });
+        current: Mutex::new(level.to_owned()),
+    }))
+}
+
+fn main() -> std::process::ExitCode {
+    tune_malloc();
+    if std::env::args().nth(1).as_deref() == Some("node-agent") {
+        return node_agent();
+    }
+    let settings = Settings::parse();
+    let logging = match init_logging(&settings.log_level) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.worker_threads.max(1))
@@ -102,6 +110,38 @@ fn main() -> std::process::ExitCode {
             Running::Workload(z) => z.shutdown().await,
             Running::Node(z) => z.shutdown().await,
         }
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+/// `ztunnel node-agent`: the node agent (see `ztunnel::agent::program`).
+fn node_agent() -> std::process::ExitCode {
+    use ztunnel::agent::program::{start_agent, AgentSettings};
+    let settings = AgentSettings::parse_from(std::env::args().skip(1));
+    if let Err(code) = init_logging(&settings.log_level) {
+        return code;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let agent = match start_agent(settings).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("node agent cannot start: {e}");
+                eprintln!("ztunnel node-agent: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        }
+        agent.shutdown();
         std::process::ExitCode::SUCCESS
     })
 }

@@ -1,7 +1,11 @@
-//! The node agent: puts the node's enrolled pods in the mesh. It installs the redirect rules in
-//! each pod's network namespace ([`rules`]) and hands the namespaces to the node's ztunnel over
-//! the ZDS socket ([`server`]). Built so far: the rules and the ZDS server; the enrolment
-//! decision (namespace label, pod opt-out) from the cluster view and the CNI plugin come next.
+//! The node agent: puts the node's enrolled pods in the mesh. It decides which pods are in from
+//! the control plane's Workloads ([`program`]), learns their network namespaces from the CNI
+//! plugin ([`cni`]) or by scanning the node ([`discover`]), installs the redirect rules in each
+//! pod's namespace ([`rules`]) and hands the namespaces to the node's ztunnel over the ZDS
+//! socket ([`server`]).
 
+pub mod cni;
+pub mod discover;
+pub mod program;
 pub mod rules;
 pub mod server;

@@ -4,7 +4,9 @@
 //! - outbound TCP that ztunnel did not send (no mark 0x539), not to loopback → 15001;
 //! - inbound TCP arriving on the pod's interfaces, to any port but 15008 (HBONE) → 15006,
 //!   except kubelet probes (source 169.254.7.127, Istio's probe SNAT address);
-//! - DNS (UDP and TCP 53) to any address → 15053, ztunnel's DNS proxy port;
+//! - DNS (UDP and TCP 53) to any address → 15053, ztunnel's DNS proxy port, only when DNS
+//!   capture is asked for ([`RuleOptions::dns_capture`]; off by default: ztunnel has no DNS
+//!   proxy yet, and capturing DNS with nothing on 15053 would break the pod's lookups);
 //! - connections ztunnel opens inside the pod (mark 0x539) get conntrack mark 0x111; the other
 //!   end's packets of those connections carry mark 0x111, and `ip rule fwmark 0x111/0xfff lookup
 //!   100` with a local route in table 100 keeps them local. (This is what lets ztunnel connect
@@ -29,8 +31,20 @@ pub const ROUTE_TABLE: u32 = 100;
 /// Istio's kubelet probe source address.
 pub const PROBE_SOURCE: &str = "169.254.7.127";
 
+/// What varies between installations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleOptions {
+    /// Redirect DNS to 15053.
+    pub dns_capture: bool,
+}
+
 /// The nftables script: replaces the table whole (add + flush + rules is atomic in one run).
-pub fn ruleset() -> String {
+pub fn ruleset(options: RuleOptions) -> String {
+    let dns = if options.dns_capture {
+        "meta l4proto { tcp, udp } th dport 53 redirect to :15053\n    "
+    } else {
+        ""
+    };
     format!(
         "table inet {TABLE}
 delete table inet {TABLE}
@@ -40,16 +54,14 @@ table inet {TABLE} {{
     iifname \"lo\" return
     ip saddr {PROBE_SOURCE} return
     meta l4proto tcp tcp dport 15008 return
-    meta l4proto {{ tcp, udp }} th dport 53 redirect to :15053
-    meta l4proto tcp redirect to :15006
+    {dns}meta l4proto tcp redirect to :15006
   }}
   chain output {{
     type nat hook output priority -100; policy accept;
     meta mark & 0xfff == {ZTUNNEL_MARK:#x} return
     ip daddr 127.0.0.0/8 return
     ip6 daddr ::1 return
-    meta l4proto {{ tcp, udp }} th dport 53 redirect to :15053
-    meta l4proto tcp redirect to :15001
+    {dns}meta l4proto tcp redirect to :15001
   }}
   chain mangle_output {{
     type route hook output priority mangle; policy accept;
@@ -109,8 +121,8 @@ fn ip_rule(netns: &Netns, action: &str) -> Result<(), String> {
 }
 
 /// Installs (or refreshes) the rules in a pod's namespace.
-pub fn install(netns: &Netns) -> Result<(), String> {
-    run_in(netns, "nft", &["-f", "-"], Some(ruleset()))?;
+pub fn install(netns: &Netns, options: RuleOptions) -> Result<(), String> {
+    run_in(netns, "nft", &["-f", "-"], Some(ruleset(options)))?;
     // Policy routing for replies of accepted connections; `replace`, and del before add, keep
     // it idempotent.
     let table = ROUTE_TABLE.to_string();
@@ -135,7 +147,11 @@ pub fn install(netns: &Netns) -> Result<(), String> {
 
 /// Removes the rules (un-enrolment). Established connections keep their NAT state.
 pub fn remove(netns: &Netns) -> Result<(), String> {
-    let table = run_in(netns, "nft", &["delete", "table", "inet", TABLE], None);
+    let table = if installed(netns) {
+        run_in(netns, "nft", &["delete", "table", "inet", TABLE], None)
+    } else {
+        Ok(()) // not installed: nothing to remove
+    };
     let _ = ip_rule(netns, "del");
     let _ = run_in(
         netns,
@@ -143,10 +159,7 @@ pub fn remove(netns: &Netns) -> Result<(), String> {
         &["route", "flush", "table", &ROUTE_TABLE.to_string()],
         None,
     );
-    match table {
-        Err(e) if e.contains("No such file") => Ok(()), // not installed: nothing to remove
-        other => other,
-    }
+    table
 }
 
 /// Whether the rules are installed in a pod's namespace.
@@ -160,7 +173,7 @@ mod tests {
 
     #[test]
     fn ruleset_redirects_as_istio_in_pod_does() {
-        let r = ruleset();
+        let r = ruleset(RuleOptions { dns_capture: true });
         for want in [
             "delete table inet ztunnel-inpod",
             "tcp dport 15008 return",
@@ -173,5 +186,10 @@ mod tests {
         ] {
             assert!(r.contains(want), "missing {want:?}:\n{r}");
         }
+        let plain = ruleset(RuleOptions::default());
+        assert!(
+            !plain.contains("15053"),
+            "no DNS capture unless asked:\n{plain}"
+        );
     }
 }

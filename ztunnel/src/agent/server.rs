@@ -34,11 +34,23 @@ pub struct EnrolledPod {
 pub struct Agent {
     pods: Mutex<BTreeMap<String, EnrolledPod>>,
     changed: watch::Sender<u64>,
+    rules: rules::RuleOptions,
 }
 
 impl Agent {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    pub fn with_rules(rules: rules::RuleOptions) -> Arc<Self> {
+        Arc::new(Self {
+            rules,
+            ..Self::default()
+        })
+    }
+
+    pub fn is_enrolled(&self, uid: &str) -> bool {
+        self.pods.lock().expect("pods lock").contains_key(uid)
     }
 
     pub fn enrolled(&self) -> Vec<EnrolledPod> {
@@ -54,7 +66,7 @@ impl Agent {
     pub fn enroll(&self, pod: EnrolledPod) -> Result<(), String> {
         let netns = Netns::open(&pod.netns)
             .map_err(|e| format!("pod {}: {}: {e}", pod.uid, pod.netns.display()))?;
-        rules::install(&netns).map_err(|e| format!("pod {}: {e}", pod.uid))?;
+        rules::install(&netns, self.rules).map_err(|e| format!("pod {}: {e}", pod.uid))?;
         let uid = pod.uid.clone();
         self.pods.lock().expect("pods lock").insert(uid, pod);
         self.changed.send_modify(|g| *g += 1);

@@ -74,7 +74,6 @@ pub async fn start_node(
         }),
         metrics: metrics.clone(),
         socket_mark: mark,
-        drain_timeout: settings.drain_timeout,
     }));
 
     let quit = Arc::new(Notify::new());

@@ -34,7 +34,6 @@ pub struct NodeContext {
     pub hbone: HboneClient,
     pub metrics: Arc<Metrics>,
     pub socket_mark: Option<u32>,
-    pub drain_timeout: Duration,
 }
 
 struct Pod {
@@ -152,18 +151,16 @@ impl Pods {
         Ok(())
     }
 
-    /// Stops serving a pod: its listeners close now, its connections get the drain timeout.
+    /// Stops serving a pod: its listeners close now and it takes no new connections. Its
+    /// established connections are not cut: a pod leaving the mesh keeps them (they end when
+    /// either side closes; when the pod itself is deleted, its processes' sockets close and
+    /// take them down). Shutdown cuts whatever is left at its deadline.
     pub fn remove(&self, uid: &str) -> bool {
         let Some(pod) = self.pods.lock().expect("pods lock").remove(uid) else {
             return false;
         };
-        let timeout = self.ctx.drain_timeout;
         pod.proxy.drain.start();
         pod.hbone_server.drain();
-        tokio::spawn(async move {
-            pod.proxy.drain.wait_idle(timeout).await;
-            pod.proxy.drain.close();
-        });
         tracing::info!(%uid, "pod removed");
         true
     }

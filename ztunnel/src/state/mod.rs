@@ -17,7 +17,7 @@ use meshcore::identity::SpiffeId;
 use meshcore::policy::{Authorization, CompiledPolicies, Scope};
 use serde::Serialize;
 
-pub use model::{HealthStatus, NetworkAddress, PortMap, Protocol, Service, Workload};
+pub use model::{HealthStatus, NetworkAddress, NetworkMode, PortMap, Protocol, Service, Workload};
 
 /// A validated, complete view of the mesh as a config source delivers it.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -323,6 +323,8 @@ pub struct StateStore {
     /// Workloads this ztunnel serves (namespace, name): their policies are compiled while a
     /// new snapshot is built, not on the first connection after a swap.
     served: std::sync::Mutex<Vec<(String, String)>>,
+    /// The version of the current snapshot, for those who act on changes (the node agent).
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl StateStore {
@@ -331,7 +333,13 @@ impl StateStore {
             current: ArcSwap::from_pointee(Snapshot::default()),
             trust_domain: trust_domain.to_owned(),
             served: Default::default(),
+            changed: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Sees every snapshot swap (the value is the new version).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Registers a served workload whose policies every new snapshot precompiles.
@@ -358,6 +366,7 @@ impl StateStore {
             }
         }
         self.current.store(Arc::new(snap));
+        self.changed.send_replace(version);
         Ok(version)
     }
 }

@@ -189,8 +189,8 @@ fn agent_rules_install_idempotently_and_remove_cleanly() {
         ztunnel::inpod::netns::Netns::open(std::path::Path::new(&format!("/run/netns/{}", lab.0)))
             .unwrap();
     assert!(!rules::installed(&netns));
-    rules::install(&netns).expect("rules install");
-    rules::install(&netns).expect("installing again replaces them");
+    rules::install(&netns, Default::default()).expect("rules install");
+    rules::install(&netns, Default::default()).expect("installing again replaces them");
     assert!(rules::installed(&netns));
     let listed = Command::new("ip")
         .args([

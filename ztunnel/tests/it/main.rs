@@ -1,5 +1,6 @@
 //! ztunnel's integration tests: one binary, modules by concern.
 
+mod agent;
 mod capture;
 mod inpod;
 mod node;

@@ -1,0 +1,351 @@
+//! The node agent as a program (`ztunnel node-agent`): one per node, beside the node's ztunnel.
+//!
+//! It decides which pods of its node are in the mesh from the control plane's view: istiod-lite
+//! marks a pod's Workload HBONE exactly when its namespace is labelled
+//! `istio.io/dataplane-mode=ambient` and the pod does not opt out with `none`, so the agent
+//! subscribes to the same delta xDS as ztunnel and never re-derives the rule. A pod's network
+//! namespace comes from the CNI plugin (`ADD` carries `CNI_NETNS`) or, for pods that started
+//! before the agent, from a scan of the node's namespaces by pod IP ([`super::discover`]).
+//! Enrolment itself (rules, then `add` to ztunnel) is [`Agent`]'s.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use mesh_cni::AgentReply;
+use meshcore::api::zds::WorkloadInfo;
+use tokio::sync::mpsc;
+
+use super::cni::{self, CniRequest};
+use super::discover;
+use super::rules::RuleOptions;
+use super::server::{Agent, EnrolledPod};
+use crate::config::watch::LocalFileSource;
+use crate::config::xds::{XdsClient, XdsConfig};
+use crate::control::ControlPlane;
+use crate::state::{NetworkMode, Protocol, Snapshot, StateStore};
+
+/// How long a CNI `ADD` waits for the pod's Workload to reach the agent before it is answered
+/// as not (yet) enrolled; the pod is enrolled as soon as its Workload arrives.
+const ADD_WAIT: Duration = Duration::from_secs(5);
+/// Pods in the mesh whose namespace is unknown trigger a scan at most this often.
+const SCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// ztunnel node-agent: puts the node's enrolled pods in the mesh.
+///
+/// Installs the in-pod redirect rules and hands each enrolled pod's network namespace to the
+/// node's ztunnel over the ZDS socket. Every flag can also be set through its environment
+/// variable.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ztunnel node-agent", version, about)]
+pub struct AgentSettings {
+    /// This node's name (the Workloads' `node`).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+
+    /// The control plane's delta xDS address (istiod-lite, `host:15012`).
+    #[arg(long, env = "XDS_ADDRESS", required_unless_present = "local_xds_path")]
+    pub xds_address: Option<String>,
+
+    /// The mesh root the control plane's certificate chains to.
+    #[arg(long, env = "XDS_ROOT_CA", required_unless_present = "local_xds_path")]
+    pub xds_root_ca: Option<PathBuf>,
+
+    /// DNS name in the control plane's certificate.
+    #[arg(long, env = "XDS_SERVER_NAME", default_value = meshcore::tls::control::ISTIOD_SERVER_NAME)]
+    pub xds_server_name: String,
+
+    /// Token presented on the xDS stream (the node's token).
+    #[arg(long, env = "CA_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Instead of xDS: a local config file in ztunnel's format.
+    #[arg(long, env = "LOCAL_XDS_PATH")]
+    pub local_xds_path: Option<PathBuf>,
+
+    #[arg(long, env = "TRUST_DOMAIN", default_value = meshcore::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+
+    /// The ZDS socket the node's ztunnel connects to.
+    #[arg(long, env = "INPOD_UDS", default_value = meshcore::zds::DEFAULT_SOCKET)]
+    pub zds_socket: PathBuf,
+
+    /// The socket the CNI plugin (`mesh-cni`) reports new pods on.
+    #[arg(long, env = "CNI_AGENT_SOCKET", default_value = mesh_cni::DEFAULT_AGENT_SOCKET)]
+    pub cni_socket: PathBuf,
+
+    /// Directories where the container runtime bind-mounts pods' network namespaces.
+    #[arg(
+        long,
+        env = "NETNS_DIRS",
+        value_delimiter = ',',
+        default_value = "/var/run/netns"
+    )]
+    pub netns_dirs: Vec<PathBuf>,
+
+    /// Also look for pods' namespaces through `/proc/*/ns/net`.
+    #[arg(long, env = "SCAN_PROC", default_value_t = true, action = clap::ArgAction::Set)]
+    pub scan_proc: bool,
+
+    /// Redirect pods' DNS to 15053 (off: ztunnel has no DNS proxy yet).
+    #[arg(long, env = "DNS_CAPTURE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub dns_capture: bool,
+
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+/// A running agent.
+pub struct NodeAgent {
+    pub agent: Arc<Agent>,
+    pub state: Arc<StateStore>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl NodeAgent {
+    /// Stops serving. Enrolled pods stay enrolled (their rules stay; a restarted agent finds
+    /// them again), as Istio's agent leaves pods alone when it is upgraded.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+pub async fn start_agent(settings: AgentSettings) -> Result<NodeAgent, String> {
+    let state = Arc::new(StateStore::new(&settings.trust_domain));
+    let (shutdown, stop) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    let status = Arc::new(Mutex::new(Default::default()));
+    if let Some(path) = &settings.local_xds_path {
+        let mut source =
+            LocalFileSource::new(path, &settings.trust_domain, state.clone(), status.clone());
+        source.poll().map_err(|e| format!("local config: {e}"))?;
+        tokio::spawn(source.run(Duration::from_millis(250), stopped()));
+    } else {
+        let (address, root) = (
+            settings.xds_address.clone().expect("clap: required"),
+            settings.xds_root_ca.clone().expect("clap: required"),
+        );
+        let root = std::fs::read_to_string(&root)
+            .map_err(|e| format!("mesh root {}: {e}", root.display()))?;
+        let tls = meshcore::tls::control::control_client_config(&root)
+            .map_err(|e| format!("mesh root: {e}"))?;
+        let client = XdsClient::new(
+            XdsConfig {
+                control: ControlPlane {
+                    address,
+                    server_name: settings.xds_server_name.clone(),
+                    tls,
+                },
+                node_id: format!("ztunnel~0.0.0.0~node-agent.{}~", settings.node_name),
+                token_file: settings.token_file.clone(),
+            },
+            state.clone(),
+            status,
+        );
+        tokio::spawn(client.run(stopped()));
+    }
+
+    let agent = Agent::with_rules(RuleOptions {
+        dns_capture: settings.dns_capture,
+    });
+    let zds = meshcore::zds::Listener::bind(&settings.zds_socket)
+        .map_err(|e| format!("ZDS socket: {e}"))?;
+    let cni_listener = cni::bind(&settings.cni_socket).map_err(|e| format!("CNI socket: {e}"))?;
+    let (events_tx, events) = mpsc::channel(64);
+    let tasks = [
+        tokio::spawn(agent.clone().serve(zds)),
+        tokio::spawn(cni::serve(cni_listener, events_tx)),
+        tokio::spawn(
+            Reconciler {
+                settings: settings.clone(),
+                agent: agent.clone(),
+                state: state.clone(),
+                known: HashMap::new(),
+                discovered: HashMap::new(),
+                last_scan: None,
+                waiting: Vec::new(),
+            }
+            .run(events),
+        ),
+    ];
+    let mut stop = shutdown.subscribe();
+    tokio::spawn(async move {
+        let _ = stop.wait_for(|s| *s).await;
+        for t in tasks {
+            t.abort();
+        }
+    });
+    tracing::info!(
+        node = %settings.node_name,
+        zds = %settings.zds_socket.display(),
+        cni = %settings.cni_socket.display(),
+        "node agent ready"
+    );
+    Ok(NodeAgent {
+        agent,
+        state,
+        shutdown,
+    })
+}
+
+/// A CNI `ADD` waiting for its pod's Workload.
+struct WaitingAdd {
+    pod: (String, String),
+    until: Instant,
+    reply: tokio::sync::oneshot::Sender<AgentReply>,
+}
+
+/// Keeps the enrolled set equal to "HBONE Workloads of this node whose namespace is known".
+struct Reconciler {
+    settings: AgentSettings,
+    agent: Arc<Agent>,
+    state: Arc<StateStore>,
+    /// (namespace, pod) → namespace path, from the CNI plugin.
+    known: HashMap<(String, String), PathBuf>,
+    /// Pod IP → namespace path, from the last scan.
+    discovered: HashMap<IpAddr, PathBuf>,
+    last_scan: Option<Instant>,
+    waiting: Vec<WaitingAdd>,
+}
+
+impl Reconciler {
+    async fn run(mut self, mut events: mpsc::Receiver<CniRequest>) {
+        let mut changed = self.state.subscribe();
+        let mut tick = tokio::time::interval(SCAN_INTERVAL);
+        loop {
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return },
+                event = events.recv() => match event {
+                    Some(request) => self.on_cni(request),
+                    None => return,
+                },
+                _ = tick.tick() => {}
+            }
+            let snap = self.state.load();
+            tokio::task::block_in_place(|| self.reconcile(&snap));
+            self.answer_waiting(&snap);
+        }
+    }
+
+    fn on_cni(&mut self, CniRequest { event, reply }: CniRequest) {
+        let pod = (event.pod_namespace.clone(), event.pod_name.clone());
+        tracing::info!(command = %event.command, pod = %format!("{}/{}", pod.0, pod.1), netns = %event.netns, "CNI event");
+        match event.command.as_str() {
+            "ADD" if !event.netns.is_empty() => {
+                self.known.insert(pod.clone(), PathBuf::from(&event.netns));
+                self.waiting.push(WaitingAdd {
+                    pod,
+                    until: Instant::now() + ADD_WAIT,
+                    reply,
+                });
+            }
+            "ADD" => {
+                let _ = reply.send(AgentReply {
+                    ok: false,
+                    error: "ADD without a network namespace".into(),
+                    enrolled: false,
+                });
+            }
+            _ => {
+                self.known.remove(&pod);
+                let _ = reply.send(AgentReply {
+                    ok: true,
+                    error: String::new(),
+                    enrolled: false,
+                });
+            }
+        }
+    }
+
+    /// Answers the `ADD`s whose pod is decided: its Workload is known (enrolled or not), or the
+    /// wait is over.
+    fn answer_waiting(&mut self, snap: &Snapshot) {
+        let now = Instant::now();
+        let mut still = Vec::new();
+        for w in self.waiting.drain(..) {
+            let workload = snap.workload_by_name(&w.pod.0, &w.pod.1);
+            let enrolled = workload.is_some_and(|e| self.agent.is_enrolled(&e.workload.uid));
+            if workload.is_some() || now >= w.until {
+                if workload.is_none() {
+                    tracing::warn!(pod = %format!("{}/{}", w.pod.0, w.pod.1), "no Workload for the pod yet; it is enrolled when one arrives");
+                }
+                let _ = w.reply.send(AgentReply {
+                    ok: true,
+                    error: String::new(),
+                    enrolled,
+                });
+            } else {
+                still.push(w);
+            }
+        }
+        self.waiting = still;
+    }
+
+    /// One pass: un-enrols what should no longer be in, enrols what should.
+    fn reconcile(&mut self, snap: &Snapshot) {
+        // A namespace the CNI named and that is gone now: the pod went without a DEL.
+        self.known.retain(|_, path| path.exists());
+        let node = self.settings.node_name.as_str();
+        let mine: Vec<_> = snap
+            .config
+            .workloads
+            .iter()
+            .filter(|w| {
+                w.node == node
+                    && w.protocol == Protocol::HBONE
+                    && w.network_mode != NetworkMode::HostNetwork
+            })
+            .collect();
+        let netns_of = |this: &Self, w: &crate::state::Workload| {
+            this.known
+                .get(&(w.namespace.clone(), w.name.clone()))
+                .or_else(|| w.workload_ips.iter().find_map(|ip| this.discovered.get(ip)))
+                .cloned()
+        };
+        let unknown = mine.iter().any(|w| netns_of(self, w).is_none());
+        if unknown && self.last_scan.is_none_or(|t| t.elapsed() >= SCAN_INTERVAL) {
+            self.discovered = discover::scan(&self.settings.netns_dirs, self.settings.scan_proc);
+            self.last_scan = Some(Instant::now());
+        }
+        let mut desired: HashMap<String, EnrolledPod> = HashMap::new();
+        for w in mine {
+            if let Some(netns) = netns_of(self, w) {
+                let pod = EnrolledPod {
+                    uid: w.uid.clone(),
+                    info: WorkloadInfo {
+                        name: w.name.clone(),
+                        namespace: w.namespace.clone(),
+                        service_account: w.service_account.clone(),
+                    },
+                    netns,
+                };
+                desired.insert(pod.uid.clone(), pod);
+            }
+        }
+        for current in self.agent.enrolled() {
+            if desired.get(&current.uid) != Some(&current) {
+                tracing::info!(uid = %current.uid, "un-enrolling");
+                if let Err(e) = self.agent.unenroll(&current.uid) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+        for (uid, pod) in desired {
+            if self.agent.is_enrolled(&uid) {
+                continue;
+            }
+            tracing::info!(%uid, netns = %pod.netns.display(), "enrolling");
+            if let Err(e) = self.agent.enroll(pod) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+}
