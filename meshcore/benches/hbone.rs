@@ -106,6 +106,7 @@ async fn fixture() -> Fixture {
         target: sink,
         source: None,
         bind_ip: None,
+        dialer: None,
         baggage: None,
         trace: None,
     };

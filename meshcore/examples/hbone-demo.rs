@@ -84,6 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         target: app_addr,
         source: Some("127.0.0.1:50000".parse().expect("literal")),
         bind_ip: None,
+        dialer: None,
         baggage: None,
         trace: None,
     };

@@ -1,5 +1,7 @@
-//! meshctl: the mesh's command line. Today: the echo server used by tests and demos (`meshctl
-//! echo`). The local cluster (`up`, `status`, `exec`, `down`) builds on ztunnel's node mode and
-//! node agent (issue 5).
+//! meshctl: the mesh's command line. The local cluster ([`cluster`]: `up`, `status`, `exec`,
+//! `apply`, `down`), the demo that runs the example mesh on it ([`demo`]), and the echo server
+//! used by tests and demos ([`echo`]).
 
+pub mod cluster;
+pub mod demo;
 pub mod echo;

@@ -1,7 +1,9 @@
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use meshctl::cluster::{self, Cluster, UpOptions};
 use meshctl::echo::{self, Identity};
 use tokio::net::TcpListener;
 
@@ -15,6 +17,64 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs a local cluster from Kubernetes manifests: nodes and pods as network namespaces,
+    /// containers as processes in their pod, istiod-lite, and a ztunnel and node agent per
+    /// node. Needs root. A cluster already running is replaced.
+    Up {
+        /// Manifest file or directory (Namespaces, Pods, Deployments, Services, policies...).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Nodes to create (at least; pods' `spec.nodeName` may add more).
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        #[command(flatten)]
+        common: Common,
+        /// Log level of the mesh's processes.
+        #[arg(long, default_value = "info")]
+        log_level: String,
+    },
+    /// Shows nodes, pods, enrolment and certificates.
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Runs a command inside a pod's network namespace (`POD` is `namespace/name` or `name`).
+    Exec {
+        pod: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Adds or replaces manifests in the running cluster (policies, namespace labels...).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Removes manifests added with `apply -f FILE`.
+    Delete {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Stops everything the local cluster started and removes what it made (also after a
+    /// crash).
+    Down {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Brings up the example mesh (examples/local-cluster), sends traffic between its pods and
+    /// prints what happened.
+    Demo {
+        /// Leave the cluster running afterwards.
+        #[arg(long)]
+        keep: bool,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Echo server for tests and demos: HTTP/1.1, h2c and gRPC answered with what the server
     /// saw (its pod, the client's address, method, URL, headers); raw TCP echoed back.
     Echo {
@@ -33,11 +93,134 @@ enum Command {
     },
 }
 
+/// Options of every cluster command.
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// Where the cluster keeps its state, config and logs.
+    #[arg(long, env = "MESHCTL_STATE_DIR", default_value = cluster::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Where the mesh's binaries are (default: beside meshctl).
+    #[arg(long, env = "MESH_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+}
+
+impl Common {
+    fn bin_dir(&self) -> PathBuf {
+        self.bin_dir
+            .clone()
+            .unwrap_or_else(cluster::default_bin_dir)
+    }
+}
+
+/// The name `apply -f FILE` files its manifests under.
+fn applied_name(file: &std::path::Path) -> String {
+    let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+    format!("applied-{stem}")
+}
+
+fn cluster_command(command: Command) -> Result<(), String> {
+    match command {
+        Command::Up {
+            file,
+            nodes,
+            common,
+            log_level,
+        } => {
+            let cluster = cluster::up(&UpOptions {
+                manifests: file,
+                nodes,
+                state_dir: common.state_dir.clone(),
+                bin_dir: common.bin_dir(),
+                log_level,
+            })?;
+            println!("{}", cluster::print_status(&cluster));
+            Ok(())
+        }
+        Command::Status { common } => {
+            println!(
+                "{}",
+                cluster::print_status(&Cluster::load(&common.state_dir)?)
+            );
+            Ok(())
+        }
+        Command::Exec {
+            pod,
+            command,
+            common,
+        } => {
+            let cluster = Cluster::load(&common.state_dir)?;
+            let pod = cluster.pod(&pod)?;
+            let fd = std::fs::File::open(cluster::netns::path(&pod.netns))
+                .map_err(|e| format!("pod {}: {e}", pod.key()))?;
+            // SAFETY: setns on this single-threaded process before exec.
+            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::CLONE_NEWNET) } != 0
+            {
+                return Err(format!(
+                    "entering pod {}: {}",
+                    pod.key(),
+                    std::io::Error::last_os_error()
+                ));
+            }
+            use std::os::unix::process::CommandExt;
+            let err = std::process::Command::new(&command[0])
+                .args(&command[1..])
+                .env("POD_NAME", &pod.name)
+                .env("POD_NAMESPACE", &pod.namespace)
+                .exec();
+            Err(format!("{}: {err}", command[0]))
+        }
+        Command::Apply { file, common } => {
+            let cluster = Cluster::load(&common.state_dir)?;
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            cluster.apply(&applied_name(&file), &text)?;
+            println!("applied {}", file.display());
+            Ok(())
+        }
+        Command::Delete { file, common } => {
+            let cluster = Cluster::load(&common.state_dir)?;
+            cluster.delete(&applied_name(&file))?;
+            println!("deleted {}", file.display());
+            Ok(())
+        }
+        Command::Down { common } => {
+            let n = cluster::down(&common.state_dir)?;
+            println!("local cluster removed ({n} network namespaces)");
+            Ok(())
+        }
+        Command::Demo { keep, common } => {
+            let report = meshctl::demo::run(common.state_dir.clone(), common.bin_dir(), keep);
+            match report {
+                Ok(r) => {
+                    println!("{r}");
+                    Ok(())
+                }
+                Err(e) => {
+                    if !keep {
+                        let _ = cluster::down(&common.state_dir);
+                    }
+                    Err(e)
+                }
+            }
+        }
+        Command::Echo { .. } => unreachable!("served by echo_main"),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
+    if !matches!(cli.command, Command::Echo { .. }) {
+        return match cluster_command(cli.command) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("meshctl: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -77,6 +260,7 @@ fn main() -> std::process::ExitCode {
                 let _ = tokio::signal::ctrl_c().await;
                 std::process::ExitCode::SUCCESS
             }
+            _ => unreachable!("cluster commands are handled above"),
         }
     })
 }

@@ -53,6 +53,21 @@ impl Default for ClientSettings {
     }
 }
 
+/// Opens the TCP connection under a tunnel somewhere other than the proxy's own network
+/// namespace: a node-mode ztunnel dials from inside the source pod's, so the destination sees
+/// the pod's own address.
+pub trait Dial: Send + Sync {
+    fn dial(
+        &self,
+        addr: SocketAddr,
+        bind_ip: Option<IpAddr>,
+        mark: Option<u32>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<TcpStream>> + Send + '_>>;
+
+    /// Distinguishes dialers in the pool key: connections are never shared between them.
+    fn id(&self) -> u64;
+}
+
 /// One tunnel to open.
 #[derive(Clone)]
 pub struct ConnectRequest {
@@ -68,6 +83,8 @@ pub struct ConnectRequest {
     pub source: Option<SocketAddr>,
     /// Local address to dial from (the source workload's IP), when it matters.
     pub bind_ip: Option<IpAddr>,
+    /// Where the TCP connection is made from; the proxy's own namespace when `None`.
+    pub dialer: Option<Arc<dyn Dial>>,
     pub baggage: Option<Baggage>,
     /// Continue this trace; a new one is started when absent.
     pub trace: Option<TraceParent>,
@@ -78,6 +95,7 @@ struct PoolKey {
     source: SpiffeId,
     expected: Vec<SpiffeId>,
     bind_ip: Option<IpAddr>,
+    dialer: Option<u64>,
     hbone_addr: SocketAddr,
 }
 
@@ -229,6 +247,7 @@ impl HboneClient {
             source: req.credentials.identity(),
             expected: req.expected.clone(),
             bind_ip: req.bind_ip,
+            dialer: req.dialer.as_ref().map(|d| d.id()),
             hbone_addr: req.hbone_addr,
         };
         loop {
@@ -298,9 +317,12 @@ impl HboneClient {
         let addr = req.hbone_addr;
         let settings = &self.inner.settings;
         let setup = async {
-            let tcp = connect_tcp(addr, req.bind_ip, self.inner.settings.socket_mark)
-                .await
-                .map_err(|source| HboneError::Connect { addr, source })?;
+            let mark = self.inner.settings.socket_mark;
+            let tcp = match &req.dialer {
+                Some(d) => d.dial(addr, req.bind_ip, mark).await,
+                None => connect_tcp(addr, req.bind_ip, mark).await,
+            }
+            .map_err(|source| HboneError::Connect { addr, source })?;
             let tls_config = client_config(req.credentials.clone(), req.expected.clone());
             let tls = TlsConnector::from(tls_config)
                 .connect(ServerName::IpAddress(addr.ip().into()), tcp)

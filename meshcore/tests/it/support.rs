@@ -110,6 +110,7 @@ pub fn request(
         target,
         source: Some("127.0.0.1:40000".parse().unwrap()),
         bind_ip: None,
+        dialer: None,
         baggage: None,
         trace: None,
     }

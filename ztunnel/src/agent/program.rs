@@ -219,10 +219,12 @@ struct Reconciler {
 impl Reconciler {
     async fn run(mut self, mut events: mpsc::Receiver<CniRequest>) {
         let mut changed = self.state.subscribe();
+        let mut ready = self.agent.subscribe_ready();
         let mut tick = tokio::time::interval(SCAN_INTERVAL);
         loop {
             tokio::select! {
                 r = changed.changed() => if r.is_err() { return },
+                r = ready.changed() => if r.is_err() { return },
                 event = events.recv() => match event {
                     Some(request) => self.on_cni(request),
                     None => return,
@@ -270,12 +272,15 @@ impl Reconciler {
     fn answer_waiting(&mut self, snap: &Snapshot) {
         let now = Instant::now();
         let mut still = Vec::new();
-        for w in self.waiting.drain(..) {
+        for w in std::mem::take(&mut self.waiting) {
             let workload = snap.workload_by_name(&w.pod.0, &w.pod.1);
-            let enrolled = workload.is_some_and(|e| self.agent.is_enrolled(&e.workload.uid));
-            if workload.is_some() || now >= w.until {
-                if workload.is_none() {
-                    tracing::warn!(pod = %format!("{}/{}", w.pod.0, w.pod.1), "no Workload for the pod yet; it is enrolled when one arrives");
+            let uid = workload.map(|e| e.workload.uid.as_str());
+            let wanted = workload.is_some_and(|e| self.wanted(&e.workload));
+            let enrolled = uid.is_some_and(|uid| self.agent.is_ready(uid));
+            // Decided: not for the mesh, or in it and captured, or out of time.
+            if (workload.is_some() && (!wanted || enrolled)) || now >= w.until {
+                if workload.is_none() || (wanted && !enrolled) {
+                    tracing::warn!(pod = %format!("{}/{}", w.pod.0, w.pod.1), "the pod is not in the mesh yet; it is enrolled as soon as it can be");
                 }
                 let _ = w.reply.send(AgentReply {
                     ok: true,
@@ -289,20 +294,22 @@ impl Reconciler {
         self.waiting = still;
     }
 
+    /// Whether a Workload belongs in this node's mesh.
+    fn wanted(&self, w: &crate::state::Workload) -> bool {
+        w.node == self.settings.node_name
+            && w.protocol == Protocol::HBONE
+            && w.network_mode != NetworkMode::HostNetwork
+    }
+
     /// One pass: un-enrols what should no longer be in, enrols what should.
     fn reconcile(&mut self, snap: &Snapshot) {
         // A namespace the CNI named and that is gone now: the pod went without a DEL.
         self.known.retain(|_, path| path.exists());
-        let node = self.settings.node_name.as_str();
         let mine: Vec<_> = snap
             .config
             .workloads
             .iter()
-            .filter(|w| {
-                w.node == node
-                    && w.protocol == Protocol::HBONE
-                    && w.network_mode != NetworkMode::HostNetwork
-            })
+            .filter(|w| self.wanted(w))
             .collect();
         let netns_of = |this: &Self, w: &crate::state::Workload| {
             this.known

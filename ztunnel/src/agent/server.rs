@@ -1,14 +1,16 @@
 //! The agent's side of the ZDS socket: it keeps the set of enrolled pods and keeps the
 //! connected ztunnel in step with it.
 //!
-//! Enrolling a pod installs its redirect rules, then the pod is sent to ztunnel; un-enrolling
-//! sends `del`, then removes the rules (so the pod's traffic is never captured with no ztunnel
-//! listener behind it). A ztunnel that connects (at start, or after a restart) receives the
+//! Enrolling a pod sends it to ztunnel; once ztunnel has acknowledged it (its listeners are
+//! open inside the pod) the redirect rules are installed and the pod is *ready*. Un-enrolling
+//! removes the rules, then sends `del`. Either way the pod's traffic is never captured with no
+//! ztunnel listener behind it. Without a connected ztunnel a newly enrolled pod gets no rules
+//! (nothing could serve them); a pod already captured keeps its rules across a ztunnel restart. A ztunnel that connects (at start, or after a restart) receives the
 //! whole current set as a snapshot (`add` for each pod, then `snapshot_sent`) and then every
 //! change; the agent works level-triggered, comparing what ztunnel holds with what is enrolled,
 //! so a burst of changes, or a change during a reconnect, is never lost.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,9 @@ pub struct EnrolledPod {
 pub struct Agent {
     pods: Mutex<BTreeMap<String, EnrolledPod>>,
     changed: watch::Sender<u64>,
+    /// Pods ztunnel acknowledged and whose rules are in.
+    ready: Mutex<BTreeSet<String>>,
+    ready_changed: watch::Sender<u64>,
     rules: rules::RuleOptions,
 }
 
@@ -53,6 +58,29 @@ impl Agent {
         self.pods.lock().expect("pods lock").contains_key(uid)
     }
 
+    /// Whether ztunnel serves the pod and its traffic is captured.
+    pub fn is_ready(&self, uid: &str) -> bool {
+        self.ready.lock().expect("ready lock").contains(uid)
+    }
+
+    /// Sees every change of the ready set.
+    pub fn subscribe_ready(&self) -> watch::Receiver<u64> {
+        self.ready_changed.subscribe()
+    }
+
+    fn set_ready(&self, uid: &str, ready: bool) {
+        let mut set = self.ready.lock().expect("ready lock");
+        let changed = if ready {
+            set.insert(uid.to_owned())
+        } else {
+            set.remove(uid)
+        };
+        drop(set);
+        if changed {
+            self.ready_changed.send_modify(|g| *g += 1);
+        }
+    }
+
     pub fn enrolled(&self) -> Vec<EnrolledPod> {
         self.pods
             .lock()
@@ -62,28 +90,46 @@ impl Agent {
             .collect()
     }
 
-    /// Puts a pod in the mesh: rules first, then ztunnel is told.
+    /// Puts a pod in the mesh: ztunnel is told; its rules follow ztunnel's ack.
     pub fn enroll(&self, pod: EnrolledPod) -> Result<(), String> {
-        let netns = Netns::open(&pod.netns)
+        Netns::open(&pod.netns)
             .map_err(|e| format!("pod {}: {}: {e}", pod.uid, pod.netns.display()))?;
-        rules::install(&netns, self.rules).map_err(|e| format!("pod {}: {e}", pod.uid))?;
         let uid = pod.uid.clone();
         self.pods.lock().expect("pods lock").insert(uid, pod);
         self.changed.send_modify(|g| *g += 1);
         Ok(())
     }
 
-    /// Takes a pod out of the mesh: ztunnel is told first, then the rules go. Established
+    /// Takes a pod out of the mesh: the rules go first, then ztunnel is told. Established
     /// connections keep their NAT translation and carry on.
     pub fn unenroll(&self, uid: &str) -> Result<(), String> {
         let Some(pod) = self.pods.lock().expect("pods lock").remove(uid) else {
             return Ok(());
         };
-        self.changed.send_modify(|g| *g += 1);
-        match Netns::open(&pod.netns) {
+        self.set_ready(uid, false);
+        let removed = match Netns::open(&pod.netns) {
             Ok(netns) => rules::remove(&netns).map_err(|e| format!("pod {uid}: {e}")),
             // The pod (and its namespace) is gone already: nothing to clean.
             Err(_) => Ok(()),
+        };
+        self.changed.send_modify(|g| *g += 1);
+        removed
+    }
+
+    /// ztunnel holds the pod: install its rules (idempotent; again after a reconnect).
+    fn capture(&self, pod: &EnrolledPod) {
+        let installed = Netns::open(&pod.netns)
+            .map_err(|e| e.to_string())
+            .and_then(|netns| rules::install(&netns, self.rules));
+        match installed {
+            // Un-enrolled meanwhile: leave no rules behind.
+            Ok(()) if !self.is_enrolled(&pod.uid) => {
+                if let Ok(netns) = Netns::open(&pod.netns) {
+                    let _ = rules::remove(&netns);
+                }
+            }
+            Ok(()) => self.set_ready(&pod.uid, true),
+            Err(e) => tracing::warn!(uid = %pod.uid, "installing the redirect rules: {e}"),
         }
     }
 
@@ -154,6 +200,7 @@ impl Agent {
             };
             match conn.request(add).await? {
                 Ok(()) => {
+                    tokio::task::block_in_place(|| self.capture(&pod));
                     held.insert(uid, pod);
                 }
                 Err(e) => tracing::warn!(%uid, "ztunnel refused the pod: {e}"),

@@ -103,3 +103,21 @@ impl Netns {
         socket.connect(addr).await
     }
 }
+
+/// HBONE from a pod is dialled from inside the pod, so the destination sees the pod's address
+/// (and source `ipBlocks` match it), as with Istio's in-pod ztunnel.
+impl meshcore::hbone::client::Dial for Netns {
+    fn dial(
+        &self,
+        addr: SocketAddr,
+        bind_ip: Option<std::net::IpAddr>,
+        mark: Option<u32>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<TcpStream>> + Send + '_>>
+    {
+        Box::pin(self.connect(addr, bind_ip, mark))
+    }
+
+    fn id(&self) -> u64 {
+        self.inode
+    }
+}

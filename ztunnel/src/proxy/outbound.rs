@@ -238,6 +238,10 @@ async fn tunnel(
         target,
         source: Some(client),
         bind_ip: proxy.bind_ip,
+        dialer: proxy
+            .netns
+            .clone()
+            .map(|n| n as Arc<dyn meshcore::hbone::client::Dial>),
         baggage,
         trace: None,
     };

@@ -1,4 +1,5 @@
-//! The node agent as a program, as root: it enrols exactly the HBONE Workloads of its node,
+//! The node agent as a program, as root (with a stand-in ztunnel acknowledging every pod on
+//! the ZDS socket): it enrols exactly the HBONE Workloads of its node,
 //! finds a pod that existed before it by scanning namespaces for the pod's IP, enrols a pod
 //! the CNI plugin announces before answering the plugin, and un-enrols a pod whose Workload
 //! stops being HBONE (its namespace opted out) or goes away.
@@ -107,6 +108,16 @@ async fn agent_enrols_its_nodes_hbone_pods_from_scan_and_cni() {
     ]))
     .await
     .expect("agent starts");
+    // A stand-in ztunnel on the ZDS socket that takes every pod (the rules follow its ack).
+    let zds = mesh.dir.join("ztunnel.sock");
+    tokio::spawn(async move {
+        let conn = meshcore::zds::Conn::connect(&zds)
+            .await
+            .expect("ZDS connect");
+        while let Ok(Some(_)) = conn.next_request().await {
+            conn.ack(None).await.expect("ack");
+        }
+    });
 
     eventually("a enrolled by scan", || rules_in(&a)).await;
     assert!(!rules_in(&d), "a TCP (not enrolled) Workload gets no rules");

@@ -41,6 +41,9 @@ fn pod(node: &mut Node, ns: &str, veth: &str, host_ip: &str, pod_ip: &str) {
     ]);
     run(&["ip", "addr", "add", &format!("{host_ip}/24"), "dev", veth]);
     run(&["ip", "link", "set", veth, "up"]);
+    // HBONE leaves from inside the source pod and crosses the host: forwarding on this veth
+    // only (the host's global setting is left alone).
+    std::fs::write(format!("/proc/sys/net/ipv4/conf/{veth}/forwarding"), "1").unwrap();
     run(&[
         "ip",
         "-n",
@@ -80,7 +83,7 @@ fn metric(body: &str, name: &str, labels: &[&str]) -> u64 {
         .sum()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrolled_pods_talk_over_hbone_through_one_node_ztunnel() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0
@@ -166,13 +169,15 @@ workloads:
             })
             .unwrap();
     }
-    for _ in 0..100 {
-        if zt.pods.uids().len() == 2 {
+    // Ready: ztunnel acknowledged the pod and its rules are in.
+    for _ in 0..250 {
+        if agent.is_ready("uid-a") && agent.is_ready("uid-b") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(zt.pods.uids(), ["uid-a", "uid-b"]);
+    assert!(agent.is_ready("uid-a") && agent.is_ready("uid-b"));
 
     // A plain connect from A: captured, tunnelled, delivered inside B.
     let (ns, dst) = (a_ns.clone(), b_app);

@@ -1,0 +1,287 @@
+//! Reading the user's manifests for the local cluster, doing what the API server, the
+//! scheduler and the Deployment controller would: Deployments become Pods, Pods get a node,
+//! Services get a cluster IP. Everything else passes through to istiod-lite untouched.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// The built-in image: the echo server (`meshctl echo`).
+pub const ECHO_IMAGE: &str = "meshctl/echo";
+
+/// A pod to create.
+#[derive(Debug, Clone)]
+pub struct PodPlan {
+    pub namespace: String,
+    pub name: String,
+    /// Asked for by `spec.nodeName`; otherwise chosen round robin.
+    pub node: Option<String>,
+    pub service_account: String,
+    pub containers: Vec<Container>,
+    /// The Pod object as written (metadata and spec), completed at `up`.
+    pub object: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// What the manifests ask for.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub pods: Vec<PodPlan>,
+    /// Objects passed through to the control plane (Services with their cluster IP filled).
+    pub objects: Vec<Value>,
+    /// Node names the pods ask for.
+    pub named_nodes: Vec<String>,
+}
+
+/// Every YAML document of every `.yaml`/`.yml` file in `dir` (or the one file `dir` names).
+pub fn load(path: &Path) -> Result<Vec<Value>, String> {
+    let mut files = Vec::new();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))? {
+            let p = entry.map_err(|e| e.to_string())?.path();
+            if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                files.push(p);
+            }
+        }
+        files.sort();
+    } else {
+        files.push(path.to_owned());
+    }
+    let mut docs = Vec::new();
+    for file in files {
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        docs.extend(parse(&text).map_err(|e| format!("{}: {e}", file.display()))?);
+    }
+    Ok(docs)
+}
+
+/// The documents of one YAML text (empty ones skipped).
+pub fn parse(text: &str) -> Result<Vec<Value>, String> {
+    let mut docs = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(doc).map_err(|e| format!("document {}: {e}", i + 1))?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|s| match s {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pod_plan(namespace: &str, name: &str, object: Value) -> Result<PodPlan, String> {
+    let spec = object.get("spec").cloned().unwrap_or(Value::Null);
+    let containers = spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| format!("Pod {namespace}/{name}: spec.containers is empty"))?
+        .iter()
+        .map(|c| Container {
+            name: str_at(c, &["name"]).unwrap_or("app").to_owned(),
+            image: str_at(c, &["image"]).unwrap_or_default().to_owned(),
+            command: strings(c.get("command")),
+            args: strings(c.get("args")),
+            env: c
+                .get("env")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| {
+                    Some((
+                        str_at(e, &["name"])?.to_owned(),
+                        str_at(e, &["value"]).unwrap_or_default().to_owned(),
+                    ))
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(PodPlan {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        node: str_at(&spec, &["nodeName"]).map(str::to_owned),
+        service_account: str_at(&spec, &["serviceAccountName"])
+            .unwrap_or("default")
+            .to_owned(),
+        containers,
+        object,
+    })
+}
+
+/// Turns documents into a plan. `first_vip` is the first cluster IP handed out.
+pub fn plan(docs: Vec<Value>, first_vip: Ipv4Addr) -> Result<Plan, String> {
+    let mut plan = Plan::default();
+    let mut next_vip = u32::from(first_vip);
+    for mut doc in docs {
+        let kind = str_at(&doc, &["kind"]).unwrap_or_default().to_owned();
+        let name = str_at(&doc, &["metadata", "name"])
+            .ok_or_else(|| format!("a {kind} without metadata.name"))?
+            .to_owned();
+        let namespace = str_at(&doc, &["metadata", "namespace"])
+            .unwrap_or("default")
+            .to_owned();
+        match kind.as_str() {
+            "Pod" => {
+                doc["metadata"]["namespace"] = json!(namespace);
+                plan.pods.push(pod_plan(&namespace, &name, doc)?);
+            }
+            "Deployment" | "StatefulSet" | "ReplicaSet" => {
+                let replicas = doc["spec"]["replicas"].as_u64().unwrap_or(1);
+                let template = &doc["spec"]["template"];
+                for i in 0..replicas {
+                    let pod_name = if kind == "StatefulSet" {
+                        format!("{name}-{i}")
+                    } else {
+                        format!("{name}-{}", i + 1)
+                    };
+                    let mut metadata = template.get("metadata").cloned().unwrap_or(json!({}));
+                    metadata["name"] = json!(pod_name);
+                    metadata["namespace"] = json!(namespace);
+                    // Owned as the controllers would own it, so the workload is named for the
+                    // Deployment (or StatefulSet) in metrics, not for the pod.
+                    let (owner_kind, owner_name) = if kind == "Deployment" {
+                        let hash = "7c9d5f6b8";
+                        metadata["labels"]["pod-template-hash"] = json!(hash);
+                        ("ReplicaSet", format!("{name}-{hash}"))
+                    } else {
+                        (kind.as_str(), name.clone())
+                    };
+                    metadata["ownerReferences"] = json!([{
+                        "apiVersion": "apps/v1",
+                        "kind": owner_kind,
+                        "name": owner_name,
+                        "uid": format!("{namespace}-{owner_name}"),
+                        "controller": true,
+                    }]);
+                    let object = json!({
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "metadata": metadata,
+                        "spec": template.get("spec").cloned().unwrap_or(json!({})),
+                    });
+                    plan.pods.push(pod_plan(&namespace, &pod_name, object)?);
+                }
+            }
+            "Service" => {
+                let spec = &mut doc["spec"];
+                let has_ip = spec
+                    .get("clusterIP")
+                    .and_then(Value::as_str)
+                    .is_some_and(|ip| !ip.is_empty());
+                if !has_ip {
+                    spec["clusterIP"] = json!(Ipv4Addr::from(next_vip).to_string());
+                    next_vip += 1;
+                }
+                plan.objects.push(doc);
+            }
+            _ => plan.objects.push(doc),
+        }
+    }
+    let mut named: BTreeMap<String, ()> = BTreeMap::new();
+    for p in &plan.pods {
+        if let Some(n) = &p.node {
+            named.insert(n.clone(), ());
+        }
+    }
+    plan.named_nodes = named.into_keys().collect();
+    Ok(plan)
+}
+
+/// The Pod object as the cluster would show it once running: node, IP, Ready.
+pub fn running_pod(plan: &PodPlan, node: &str, ip: Ipv4Addr) -> Value {
+    let mut pod = plan.object.clone();
+    pod["apiVersion"] = json!("v1");
+    pod["kind"] = json!("Pod");
+    pod["spec"]["nodeName"] = json!(node);
+    pod["status"] = json!({
+        "phase": "Running",
+        "podIP": ip.to_string(),
+        "podIPs": [{"ip": ip.to_string()}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+    });
+    pod
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployments_become_pods_and_services_get_cluster_ips() {
+        let docs = parse(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: cart, namespace: shop}
+spec:
+  replicas: 2
+  template:
+    metadata: {labels: {app: cart}}
+    spec:
+      serviceAccountName: cart
+      containers: [{name: app, image: meshctl/echo, env: [{name: A, value: "1"}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec: {selector: {app: cart}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: solo}
+spec: {nodeName: node-3, containers: [{name: c, image: x, command: [sleep, "1000"]}]}
+"#,
+        )
+        .unwrap();
+        let plan = plan(docs, Ipv4Addr::new(10, 96, 0, 10)).unwrap();
+        let names: Vec<_> = plan.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["cart-1", "cart-2", "solo"]);
+        assert_eq!(plan.pods[0].service_account, "cart");
+        assert_eq!(plan.pods[0].object["metadata"]["labels"]["app"], "cart");
+        let owner = &plan.pods[0].object["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "ReplicaSet");
+        assert_eq!(owner["name"], "cart-7c9d5f6b8");
+        assert_eq!(plan.pods[0].containers[0].env, [("A".into(), "1".into())]);
+        assert_eq!(plan.pods[2].namespace, "default");
+        assert_eq!(plan.pods[2].containers[0].command, ["sleep", "1000"]);
+        assert_eq!(plan.named_nodes, ["node-3"]);
+        assert_eq!(plan.objects[0]["spec"]["clusterIP"], "10.96.0.10");
+        let running = running_pod(&plan.pods[0], "node-1", Ipv4Addr::new(10, 244, 1, 10));
+        assert_eq!(running["status"]["podIP"], "10.244.1.10");
+        assert_eq!(running["spec"]["nodeName"], "node-1");
+    }
+
+    #[test]
+    fn a_pod_without_containers_is_refused_by_name() {
+        let docs = parse("kind: Pod\nmetadata: {name: p, namespace: n}\nspec: {}\n").unwrap();
+        let err = plan(docs, Ipv4Addr::new(10, 96, 0, 10)).unwrap_err();
+        assert!(err.contains("Pod n/p"), "{err}");
+    }
+}
