@@ -32,13 +32,6 @@ pub fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Runs a shell-free command inside a namespace (`ip netns exec`).
-pub fn exec_in(netns: &str, args: &[&str]) -> Result<(), String> {
-    let mut all = vec!["netns", "exec", netns];
-    all.extend_from_slice(args);
-    ip(&all)
-}
-
 /// The names of existing namespaces starting with `prefix`.
 pub fn list(prefix: &str) -> Vec<String> {
     std::fs::read_dir("/run/netns")

@@ -210,7 +210,9 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
             "cni0",
         ])?;
         ip(&["-n", &ns, "link", "set", "cni0", "up"])?;
-        netns::exec_in(&ns, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        // /proc/sys/net is the opener's namespace: written from a thread inside the node.
+        netns::run_in(&ns, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
+            .map_err(|e| format!("{ns}: enabling forwarding: {e}"))?;
         for j in 1..=node_names.len() as u8 {
             if j != index {
                 let via = Ipv4Addr::new(172, 30, 0, 10 + j).to_string();

@@ -13,9 +13,18 @@
 //!   to the application with the original client's address later, with IP_TRANSPARENT; today it
 //!   connects from the pod's own address and the rule changes nothing.)
 //!
-//! Installing is idempotent (the table is replaced whole, atomically, by one `nft -f` run), and
-//! removal deletes only the table and the rule: NAT applies to new connections, so connections
-//! established while enrolled keep their translation and carry on after un-enrolment.
+//! Only a connection's first packet (a bare SYN) is redirected. A connection established before
+//! the pod was enrolled may first meet conntrack after the rules arrive (conntrack starts in a
+//! namespace with its first NAT rule) and is then picked up mid-stream: redirecting its next
+//! packet to a ztunnel port would reset it.
+//!
+//! Installing is idempotent: one `nft -f` run flushes the table's rules and adds them again,
+//! atomically. Un-enrolment only empties the two redirect chains: new connections are no
+//! longer redirected, while connections redirected while the pod was enrolled keep everything
+//! they depend on (measured in the conformance suite's opt-out case, which failed otherwise):
+//! the nat chains' hooks that translate their packets, and the 0x111 connmark rules with the
+//! `ip rule` and table 100 that route their packets to ztunnel's sockets. Those leftovers act
+//! on nothing else: only connections ztunnel handled carry the marks.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -38,7 +47,13 @@ pub struct RuleOptions {
     pub dns_capture: bool,
 }
 
-/// The nftables script: replaces the table whole (add + flush + rules is atomic in one run).
+/// The script that empties the redirect chains, keeping them and the mark rules (un-enrolment).
+pub fn passthrough_ruleset() -> String {
+    format!("table inet {TABLE}\nflush chain inet {TABLE} prerouting\nflush chain inet {TABLE} output\n")
+}
+
+/// The nftables script: creates the table and chains if missing, and replaces their rules
+/// (one atomic run).
 pub fn ruleset(options: RuleOptions) -> String {
     let dns = if options.dns_capture {
         "meta l4proto { tcp, udp } th dport 53 redirect to :15053\n    "
@@ -47,21 +62,21 @@ pub fn ruleset(options: RuleOptions) -> String {
     };
     format!(
         "table inet {TABLE}
-delete table inet {TABLE}
+flush table inet {TABLE}
 table inet {TABLE} {{
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
     iifname \"lo\" return
     ip saddr {PROBE_SOURCE} return
     meta l4proto tcp tcp dport 15008 return
-    {dns}meta l4proto tcp redirect to :15006
+    {dns}tcp flags & (fin | syn | rst | ack) == syn redirect to :15006
   }}
   chain output {{
     type nat hook output priority -100; policy accept;
     meta mark & 0xfff == {ZTUNNEL_MARK:#x} return
     ip daddr 127.0.0.0/8 return
     ip6 daddr ::1 return
-    {dns}meta l4proto tcp redirect to :15001
+    {dns}tcp flags & (fin | syn | rst | ack) == syn redirect to :15001
   }}
   chain mangle_output {{
     type route hook output priority mangle; policy accept;
@@ -145,26 +160,33 @@ pub fn install(netns: &Netns, options: RuleOptions) -> Result<(), String> {
     ip_rule(netns, "add")
 }
 
-/// Removes the rules (un-enrolment). Established connections keep their NAT state.
+/// Removes the redirects (un-enrolment). Connections established while enrolled keep their
+/// translation and routing, and carry on.
 pub fn remove(netns: &Netns) -> Result<(), String> {
-    let table = if installed(netns) {
-        run_in(netns, "nft", &["delete", "table", "inet", TABLE], None)
+    if installed(netns) {
+        run_in(netns, "nft", &["-f", "-"], Some(passthrough_ruleset()))
     } else {
         Ok(()) // not installed: nothing to remove
-    };
-    let _ = ip_rule(netns, "del");
-    let _ = run_in(
-        netns,
-        "ip",
-        &["route", "flush", "table", &ROUTE_TABLE.to_string()],
-        None,
-    );
-    table
+    }
 }
 
-/// Whether the rules are installed in a pod's namespace.
+/// Whether the redirects are installed in a pod's namespace.
 pub fn installed(netns: &Netns) -> bool {
-    run_in(netns, "nft", &["list", "table", "inet", TABLE], None).is_ok()
+    let script = format!("list table inet {TABLE}\n");
+    let listing = netns.run(move || {
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        if let Some(mut pipe) = child.stdin.take() {
+            pipe.write_all(script.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    listing.is_ok_and(|l| l.contains("redirect to :15001"))
 }
 
 #[cfg(test)]
@@ -175,11 +197,11 @@ mod tests {
     fn ruleset_redirects_as_istio_in_pod_does() {
         let r = ruleset(RuleOptions { dns_capture: true });
         for want in [
-            "delete table inet ztunnel-inpod",
+            "flush table inet ztunnel-inpod",
             "tcp dport 15008 return",
-            "redirect to :15006",
+            "tcp flags & (fin | syn | rst | ack) == syn redirect to :15006",
             "meta mark & 0xfff == 0x539 return",
-            "redirect to :15001",
+            "tcp flags & (fin | syn | rst | ack) == syn redirect to :15001",
             "th dport 53 redirect to :15053",
             "ip saddr 169.254.7.127 return",
             "ct mark set ct mark & 0xfffff000 | 0x111",

@@ -160,8 +160,16 @@ impl Agent {
             tracing::warn!("ztunnel refused the snapshot end: {e}");
         }
         loop {
-            if changed.changed().await.is_err() {
-                return Ok(());
+            // Between requests ztunnel sends nothing: readable means it went away (or broke the
+            // protocol), and the next ztunnel's connection is waiting to be accepted.
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return Ok(()) },
+                r = conn.recv() => {
+                    return Err(match r? {
+                        None => std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "ztunnel disconnected"),
+                        Some(_) => std::io::Error::new(std::io::ErrorKind::InvalidData, "unexpected message from ztunnel"),
+                    });
+                }
             }
             self.sync(conn, &mut held).await?;
         }

@@ -1,0 +1,453 @@
+//! The L4 suite: HBONE between pods with the right identities, Service VIPs, pods outside the
+//! mesh under PERMISSIVE and STRICT, AuthorizationPolicy, opting a namespace in and out, a
+//! ztunnel restart, and no plaintext of enrolled pods on a node's link.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use meshctl::cluster::{self, Cluster, UpOptions, FABRIC};
+use meshctl::demo::answered_by;
+
+use crate::capture::{self, Capture};
+use crate::support::*;
+use crate::Case;
+
+const BASE: &str = include_str!("../manifests/base.yaml");
+
+pub struct Suite {
+    pub cluster: Cluster,
+}
+
+fn namespace_optin(ambient: bool) -> String {
+    let labels = if ambient {
+        "\n  labels: {istio.io/dataplane-mode: ambient}"
+    } else {
+        ""
+    };
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: optin{labels}\n")
+}
+
+/// Brings up the suite's cluster (replacing any local cluster) and waits until it serves.
+pub fn start(state_dir: PathBuf, bin_dir: PathBuf) -> Result<Suite, String> {
+    let dir = std::env::temp_dir().join(format!("conformance-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("base.yaml"), BASE).map_err(|e| e.to_string())?;
+    let up = cluster::up(&UpOptions {
+        manifests: dir.clone(),
+        nodes: 2,
+        state_dir,
+        bin_dir,
+        log_level: "info".into(),
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let cluster = up?;
+    cluster.apply("ns-optin", &namespace_optin(false))?;
+    cluster.wait_listening(8080, Duration::from_secs(15))?;
+    cluster.wait_listening(9090, Duration::from_secs(15))?;
+    for pod in ["client", "other", "server-1", "server-2"] {
+        eventually(CONVERGE, || {
+            served(&cluster, pod)?
+                .then_some(())
+                .ok_or(format!("{pod} not served"))
+        })?;
+    }
+    Ok(Suite { cluster })
+}
+
+pub fn cases() -> Vec<Case<Suite>> {
+    vec![
+        Case {
+            name: "pod to pod on one node over HBONE, both identities",
+            run: same_node,
+        },
+        Case {
+            name: "pod to pod across nodes over HBONE, both identities",
+            run: cross_node,
+        },
+        Case {
+            name: "pod to Service VIP, balanced over its endpoints",
+            run: service_vip,
+        },
+        Case {
+            name: "pod outside the mesh calls in: allowed under PERMISSIVE",
+            run: permissive,
+        },
+        Case {
+            name: "pod outside the mesh calls in: refused under STRICT",
+            run: strict,
+        },
+        Case {
+            name: "pod in the mesh calls a pod outside: plain TCP",
+            run: call_out,
+        },
+        Case {
+            name: "AuthorizationPolicy ALLOW by principal",
+            run: allow_principal,
+        },
+        Case {
+            name: "AuthorizationPolicy DENY by principal",
+            run: deny_principal,
+        },
+        Case {
+            name: "AuthorizationPolicy ALLOW by namespace",
+            run: allow_namespace,
+        },
+        Case {
+            name: "AuthorizationPolicy ALLOW by port",
+            run: allow_port,
+        },
+        Case {
+            name: "AuthorizationPolicy DENY by ipBlock",
+            run: deny_ip_block,
+        },
+        Case {
+            name: "policies applied and removed while a connection runs",
+            run: policy_churn,
+        },
+        Case {
+            name: "namespace opt-in and opt-out, long-lived connection stays up",
+            run: opt_in_out,
+        },
+        Case {
+            name: "no plaintext of enrolled pods on the node's link",
+            run: no_plaintext,
+        },
+        Case {
+            name: "ztunnel restart on a node: new connections work, others unharmed",
+            run: restart,
+        },
+    ]
+}
+
+fn same_node(s: &mut Suite) -> Result<(), String> {
+    hbone_between(s, "server-1", "node-1", "node-1")
+}
+
+fn cross_node(s: &mut Suite) -> Result<(), String> {
+    hbone_between(s, "server-2", "node-1", "node-2")
+}
+
+/// client → server over HBONE: the server answers, and both ztunnels count the connection as
+/// mutual TLS between client's and server's identities.
+fn hbone_between(
+    s: &mut Suite,
+    server: &str,
+    src_node: &str,
+    dst_node: &str,
+) -> Result<(), String> {
+    let c = &s.cluster;
+    let body = get(c, "client", pod_addr(c, server, 8080))?;
+    if answered_by(&body) != server {
+        return Err(format!("answered by {}, not {server}", answered_by(&body)));
+    }
+    let (src, dst) = (principal("apps", "client"), principal("apps", "server"));
+    for (node, reporter) in [(src_node, "source"), (dst_node, "destination")] {
+        let n = opened(
+            c,
+            node,
+            &[
+                ("reporter", reporter),
+                ("source_principal", &src),
+                ("destination_principal", &dst),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        )?;
+        if n == 0 {
+            return Err(format!(
+                "{node}'s ztunnel ({reporter}) counted no mutual TLS connection {src} -> {dst}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn service_vip(s: &mut Suite) -> Result<(), String> {
+    let c = &s.cluster;
+    let vip = c
+        .service_ip("apps", "server")
+        .ok_or("Service apps/server has no cluster IP")?;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let body = get(c, "client", SocketAddr::from((vip, 80)))?;
+        seen.insert(answered_by(&body).to_owned());
+    }
+    let want: std::collections::BTreeSet<String> =
+        ["server-1", "server-2"].map(String::from).into();
+    if seen != want {
+        return Err(format!("8 requests to {vip}:80 answered by {seen:?}"));
+    }
+    Ok(())
+}
+
+fn permissive(s: &mut Suite) -> Result<(), String> {
+    let c = &s.cluster;
+    let body = get(c, "legacy", pod_addr(c, "server-2", 8080))?;
+    match answered_by(&body) {
+        "server-2" => Ok(()),
+        other => Err(format!("answered by {other}")),
+    }
+}
+
+/// Policy YAML in namespace `apps`, selecting the servers.
+fn server_policy(name: &str, action: &str, rule: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: apps}}\nspec:\n  selector: {{matchLabels: {{app: server}}}}\n  action: {action}\n  rules:\n{rule}"
+    )
+}
+
+/// Applies `yaml`, runs `check`, removes it, and waits until the mesh is back to no policy.
+fn with_config(
+    s: &mut Suite,
+    yaml: &str,
+    check: impl FnOnce(&mut Suite) -> Result<(), String>,
+) -> Result<(), String> {
+    s.cluster.apply("case", yaml)?;
+    let result = check(s);
+    s.cluster.delete("case")?;
+    baseline(&s.cluster)?;
+    result
+}
+
+/// No policy in force: the other pod and the pod outside both reach server-1.
+fn baseline(c: &Cluster) -> Result<(), String> {
+    eventually(CONVERGE, || {
+        get(c, "other", pod_addr(c, "server-1", 8080))?;
+        get(c, "legacy", pod_addr(c, "server-1", 8080)).map(|_| ())
+    })
+}
+
+fn strict(s: &mut Suite) -> Result<(), String> {
+    let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: apps}\nspec:\n  mtls: {mode: STRICT}\n";
+    with_config(s, pa, |s| {
+        let c = &s.cluster;
+        eventually(CONVERGE, || {
+            refused(c, "legacy", pod_addr(c, "server-2", 8080))
+        })?;
+        get(c, "client", pod_addr(c, "server-2", 8080)).map(|_| ())
+    })
+}
+
+fn call_out(s: &mut Suite) -> Result<(), String> {
+    let c = &s.cluster;
+    let body = get(c, "client", pod_addr(c, "legacy", 8080))?;
+    if answered_by(&body) != "legacy" {
+        return Err(format!("answered by {}", answered_by(&body)));
+    }
+    // The pod outside has no ztunnel of its own: nothing on its node reports a destination.
+    let n = opened(
+        c,
+        "node-2",
+        &[
+            ("reporter", "destination"),
+            ("destination_workload", "legacy"),
+        ],
+    )?;
+    if n != 0 {
+        return Err(format!("node-2 reported {n} inbound connections to legacy"));
+    }
+    Ok(())
+}
+
+fn allow_principal(s: &mut Suite) -> Result<(), String> {
+    let rule = "  - from: [{source: {principals: [cluster.local/ns/apps/sa/client]}}]\n";
+    with_config(s, &server_policy("allow-client", "ALLOW", rule), |s| {
+        let c = &s.cluster;
+        eventually(CONVERGE, || {
+            refused(c, "other", pod_addr(c, "server-1", 8080))
+        })?;
+        get(c, "client", pod_addr(c, "server-1", 8080)).map(|_| ())
+    })
+}
+
+fn deny_principal(s: &mut Suite) -> Result<(), String> {
+    let rule = "  - from: [{source: {principals: [cluster.local/ns/apps/sa/other]}}]\n";
+    with_config(s, &server_policy("deny-other", "DENY", rule), |s| {
+        let c = &s.cluster;
+        eventually(CONVERGE, || {
+            refused(c, "other", pod_addr(c, "server-2", 8080))
+        })?;
+        get(c, "client", pod_addr(c, "server-2", 8080))?;
+        get(c, "legacy", pod_addr(c, "server-2", 8080)).map(|_| ())
+    })
+}
+
+fn allow_namespace(s: &mut Suite) -> Result<(), String> {
+    let rule = "  - from: [{source: {namespaces: [apps]}}]\n";
+    with_config(s, &server_policy("allow-apps", "ALLOW", rule), |s| {
+        let c = &s.cluster;
+        // No identity, so no namespace: the pod outside is refused.
+        eventually(CONVERGE, || {
+            refused(c, "legacy", pod_addr(c, "server-1", 8080))
+        })?;
+        get(c, "other", pod_addr(c, "server-1", 8080)).map(|_| ())
+    })
+}
+
+fn allow_port(s: &mut Suite) -> Result<(), String> {
+    let rule = "  - to: [{operation: {ports: [\"9090\"]}}]\n";
+    with_config(s, &server_policy("allow-9090", "ALLOW", rule), |s| {
+        let c = &s.cluster;
+        eventually(CONVERGE, || {
+            refused(c, "client", pod_addr(c, "server-1", 8080))
+        })?;
+        let back = c
+            .tcp_exchange(
+                "client",
+                pod_addr(c, "server-1", 9090),
+                b"port 9090 allowed",
+            )
+            .map_err(|e| format!("client -> server-1:9090: {e}"))?;
+        (back == b"port 9090 allowed")
+            .then_some(())
+            .ok_or(format!("9090 echoed {back:?}"))
+    })
+}
+
+fn deny_ip_block(s: &mut Suite) -> Result<(), String> {
+    let other = s.cluster.pod("other")?.ip;
+    let rule = format!("  - from: [{{source: {{ipBlocks: [\"{other}/32\"]}}}}]\n");
+    with_config(s, &server_policy("deny-other-ip", "DENY", &rule), |s| {
+        let c = &s.cluster;
+        // HBONE leaves from inside the source pod, so the server's ztunnel sees other's address.
+        eventually(CONVERGE, || {
+            refused(c, "other", pod_addr(c, "server-1", 8080))
+        })?;
+        get(c, "client", pod_addr(c, "server-1", 8080)).map(|_| ())
+    })
+}
+
+fn policy_churn(s: &mut Suite) -> Result<(), String> {
+    let mut conn = LongLived::open(&s.cluster, "client", pod_addr(&s.cluster, "server-1", 9090))?;
+    let rule = "  - from: [{source: {principals: [cluster.local/ns/apps/sa/other]}}]\n";
+    for round in 0..3 {
+        with_config(s, &server_policy("deny-other", "DENY", rule), |s| {
+            let c = &s.cluster;
+            eventually(CONVERGE, || {
+                refused(c, "other", pod_addr(c, "server-1", 8080))
+            })
+        })
+        .map_err(|e| format!("round {round}: {e}"))?;
+        conn.ping()?;
+    }
+    Ok(())
+}
+
+fn opt_in_out(s: &mut Suite) -> Result<(), String> {
+    let server = pod_addr(&s.cluster, "server-1", 9090);
+    let mut before = LongLived::open(&s.cluster, "late", server)?;
+    let c = &s.cluster;
+    let late = principal("optin", "late");
+    let from_late = |c: &Cluster| {
+        opened(
+            c,
+            "node-1",
+            &[("reporter", "destination"), ("source_principal", &late)],
+        )
+    };
+    if served(c, "late")? {
+        return Err("optin/late is served before its namespace opted in".into());
+    }
+    c.apply("ns-optin", &namespace_optin(true))?;
+    eventually(CONVERGE, || {
+        served(c, "late")?
+            .then_some(())
+            .ok_or("late not enrolled".to_string())
+    })?;
+    before
+        .ping()
+        .map_err(|e| format!("after opting in, the connection opened before: {e}"))?;
+    let mtls_before = from_late(c)?;
+    let mut during = LongLived::open(c, "late", server)?;
+    if from_late(c)? <= mtls_before {
+        return Err(
+            "a new connection from the enrolled pod was not carried with its identity".into(),
+        );
+    }
+    c.apply("ns-optin", &namespace_optin(false))?;
+    eventually(CONVERGE, || {
+        (!served(c, "late")?)
+            .then_some(())
+            .ok_or("late still enrolled".to_string())
+    })?;
+    before
+        .ping()
+        .map_err(|e| format!("after opting out, the connection opened before opting in: {e}"))?;
+    during
+        .ping()
+        .map_err(|e| format!("after opting out, the connection opened while in the mesh: {e}"))?;
+    let after = from_late(c)?;
+    LongLived::open(c, "late", server)?;
+    if from_late(c)? != after {
+        return Err("a connection after opting out still went over HBONE".into());
+    }
+    Ok(())
+}
+
+fn no_plaintext(s: &mut Suite) -> Result<(), String> {
+    let c = &s.cluster;
+    let link = c.node("node-1")?.link.clone();
+    let secret = format!("ENROLLED-PLAINTEXT-{}", std::process::id());
+    let control = format!("CONTROL-IN-CLEAR-{}", std::process::id());
+    let cap = Capture::start(FABRIC, &link).map_err(|e| format!("capture on {link}: {e}"))?;
+    // Both cross node-1's link: client (node-1) to server-2 over HBONE, and to the pod outside
+    // (node-2) in plain TCP, which shows the capture sees payloads.
+    let to_mesh = c.tcp_exchange("client", pod_addr(c, "server-2", 9090), secret.as_bytes());
+    let to_outside = c.tcp_exchange("client", pod_addr(c, "legacy", 9090), control.as_bytes());
+    let seen = cap.finish().map_err(|e| e.to_string())?;
+    to_mesh.map_err(|e| format!("client -> server-2: {e}"))?;
+    to_outside.map_err(|e| format!("client -> legacy: {e}"))?;
+    if !capture::contains(&seen, control.as_bytes()) {
+        return Err(format!(
+            "the capture on {link} ({} bytes) missed the plain TCP control payload",
+            seen.len()
+        ));
+    }
+    if capture::contains(&seen, secret.as_bytes()) {
+        return Err(format!(
+            "the enrolled pod's payload crossed {link} in clear"
+        ));
+    }
+    Ok(())
+}
+
+fn restart(s: &mut Suite) -> Result<(), String> {
+    let mut local = LongLived::open(&s.cluster, "client", pod_addr(&s.cluster, "server-1", 9090))?;
+    s.cluster.restart_ztunnel("node-2")?;
+    let c = &s.cluster;
+    eventually(CONVERGE, || get(c, "client", pod_addr(c, "server-2", 8080)))?;
+    eventually(CONVERGE, || get(c, "other", pod_addr(c, "server-1", 8080)))?;
+    local.ping()
+}
+
+/// Brings the cluster up, runs every case, prints the logs' tails if a case failed, and takes
+/// the cluster down (unless `keep`).
+pub fn run(state_dir: PathBuf, bin_dir: PathBuf, keep: bool) -> Result<crate::Outcome, String> {
+    println!("L4 conformance: starting a local cluster (2 nodes)");
+    let mut suite = match start(state_dir.clone(), bin_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = cluster::down(&state_dir);
+            return Err(e);
+        }
+    };
+    let outcome = crate::run_cases(&mut suite, &cases());
+    if !outcome.failed.is_empty() {
+        let c = &suite.cluster;
+        for (what, proc) in std::iter::once(("istiod-lite", &c.control)).chain(
+            c.nodes
+                .iter()
+                .flat_map(|n| [("ztunnel", &n.ztunnel), ("agent", &n.agent)]),
+        ) {
+            eprintln!(
+                "--- {what} ({}):\n{}",
+                proc.log.display(),
+                proc.log_tail(15)
+            );
+        }
+    }
+    if !keep {
+        cluster::down(&state_dir)?;
+    }
+    Ok(outcome)
+}
