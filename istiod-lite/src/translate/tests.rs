@@ -61,6 +61,42 @@ fn example_mesh_translates() {
 }
 
 #[test]
+fn scheduled_pods_are_published_before_they_have_an_address() {
+    let mut cluster = example();
+    let mut errors = Vec::new();
+    manifests::load_text(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: starting, namespace: shop, labels: {app: cart}}
+spec: {nodeName: node-1, serviceAccountName: cart, containers: [{name: c, image: x}]}
+status: {phase: Pending}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unscheduled, namespace: shop}
+spec: {containers: [{name: c, image: x}]}
+status: {phase: Pending}
+"#,
+        "pending.yaml",
+        &mut cluster,
+        &mut errors,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let t = translate(&cluster, &ClusterInfo::default());
+    let starting = t
+        .workloads
+        .iter()
+        .find(|w| w.name == "starting")
+        .expect("the scheduled pod is published");
+    assert!(starting.addresses.is_empty());
+    assert_eq!(starting.node, "node-1");
+    assert_eq!(starting.tunnel_protocol, wire::TunnelProtocol::Hbone as i32);
+    assert_eq!(starting.status, wire::WorkloadStatus::Unhealthy as i32);
+    assert!(!t.workloads.iter().any(|w| w.name == "unscheduled"));
+}
+
+#[test]
 fn partly_honoured_and_invalid_objects_are_reported_by_name() {
     let mut cluster = example();
     let mut errors = Vec::new();

@@ -183,17 +183,21 @@ pub fn workloads(
                 .map(|p| p.ip.as_str())
                 .chain(status.pod_ip.as_deref());
             let ips = unique_ips(ips);
-            if ips.is_empty() {
-                return None; // not scheduled or not started yet
+            // A scheduled pod is published before it has an address: the node agent decides
+            // its enrolment when the CNI plugin reports the pod, which is before the kubelet
+            // writes the pod's IP. Without an address it is never an endpoint (not ready).
+            if ips.is_empty() && spec.node_name.as_deref().is_none_or(str::is_empty) {
+                return None; // not scheduled yet
             }
             let pod_labels = labels(&pod.metadata);
             let host_network = spec.host_network.unwrap_or(false);
             let hbone = !host_network && enrolled(ns_by_name.get(namespace).copied(), &pod_labels);
-            let ready = status
-                .conditions
-                .iter()
-                .flatten()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let ready = !ips.is_empty()
+                && status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
             let (workload_name, workload_type) = owner_workload(pod, name);
             let mut services = std::collections::HashMap::new();
             for svc in services_by_ns.get(namespace).into_iter().flatten() {

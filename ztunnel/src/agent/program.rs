@@ -317,7 +317,10 @@ impl Reconciler {
                 .or_else(|| w.workload_ips.iter().find_map(|ip| this.discovered.get(ip)))
                 .cloned()
         };
-        let unknown = mine.iter().any(|w| netns_of(self, w).is_none());
+        // Only pods with an address can be found by a scan.
+        let unknown = mine
+            .iter()
+            .any(|w| !w.workload_ips.is_empty() && netns_of(self, w).is_none());
         if unknown && self.last_scan.is_none_or(|t| t.elapsed() >= SCAN_INTERVAL) {
             self.discovered = discover::scan(&self.settings.netns_dirs, self.settings.scan_proc);
             self.last_scan = Some(Instant::now());

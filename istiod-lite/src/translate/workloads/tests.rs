@@ -120,7 +120,7 @@ fn enrolment_by_namespace_label_with_pod_opt_out() {
 }
 
 #[test]
-fn pods_without_ip_or_finished_are_left_out_and_unready_is_unhealthy() {
+fn finished_pods_are_left_out_and_pending_or_unready_are_unhealthy() {
     let pending = pod("apps", "pending", "{}", "10.0.0.9", "")
         .replace("  podIP: 10.0.0.9\n  podIPs: [{ip: 10.0.0.9}]\n", "");
     let done =
@@ -128,8 +128,13 @@ fn pods_without_ip_or_finished_are_left_out_and_unready_is_unhealthy() {
     let unready = pod("apps", "unready", "{}", "10.0.0.7", "")
         .replace("status: \"True\"", "status: \"False\"");
     let (w, _) = translate(&[pending, done, unready], "", &[]);
-    assert_eq!(w.len(), 1);
-    assert_eq!(w[0].status, wire::WorkloadStatus::Unhealthy as i32);
+    let names: Vec<&str> = w.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["pending", "unready"]);
+    // Scheduled but not started: published (the node agent needs it), without an address.
+    assert!(w[0].addresses.is_empty());
+    assert!(w
+        .iter()
+        .all(|w| w.status == wire::WorkloadStatus::Unhealthy as i32));
 }
 
 #[test]
