@@ -102,7 +102,7 @@ pub fn cases() -> Vec<Case<Suite>> {
             run: deny_ip_block,
         },
         Case {
-            name: "policies applied and removed while a connection runs",
+            name: "policy applied while connections run: denied closed, allowed kept",
             run: policy_churn,
         },
         Case {
@@ -318,17 +318,26 @@ fn deny_ip_block(s: &mut Suite) -> Result<(), String> {
 }
 
 fn policy_churn(s: &mut Suite) -> Result<(), String> {
-    let mut conn = LongLived::open(&s.cluster, "client", pod_addr(&s.cluster, "server-1", 9090))?;
+    let server = pod_addr(&s.cluster, "server-1", 9090);
+    let mut allowed = LongLived::open(&s.cluster, "client", server)?;
     let rule = "  - from: [{source: {principals: [cluster.local/ns/apps/sa/other]}}]\n";
     for round in 0..3 {
+        // A connection the coming policy denies: closed when the policy lands, as in Istio.
+        let mut denied = LongLived::open(&s.cluster, "other", server)?;
         with_config(s, &server_policy("deny-other", "DENY", rule), |s| {
             let c = &s.cluster;
             eventually(CONVERGE, || {
                 refused(c, "other", pod_addr(c, "server-1", 8080))
+            })?;
+            eventually(Duration::from_secs(3), || match denied.ping() {
+                Ok(()) => Err("the denied connection is still open".to_string()),
+                Err(_) => Ok(()),
             })
         })
         .map_err(|e| format!("round {round}: {e}"))?;
-        conn.ping()?;
+        allowed
+            .ping()
+            .map_err(|e| format!("round {round}, the allowed connection: {e}"))?;
     }
     Ok(())
 }

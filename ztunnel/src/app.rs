@@ -132,6 +132,7 @@ pub async fn start(
         socket_mark: mark,
         listen_ip: ip,
         denials: Default::default(),
+        inbound: Default::default(),
         netns: None,
     });
 

@@ -133,6 +133,7 @@ impl Pods {
             socket_mark: mark,
             listen_ip: any,
             denials: Default::default(),
+            inbound: Default::default(),
             netns: Some(Arc::new(netns)),
         });
         self.ctx

@@ -6,12 +6,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::StatusCode;
-use meshcore::copy::copy_bidirectional;
+use meshcore::copy::{copy_bidirectional, Transferred};
 use meshcore::hbone::InboundConnect;
 use meshcore::identity::SpiffeId;
 use meshcore::policy::{Connection, Reason};
 use tokio::net::TcpStream;
 
+use super::revalidate::Registration;
 use super::{ConnectionGuard, Proxy, CONNECT_TIMEOUT};
 use crate::metrics::{ConnectionLabels, ConnectionRecord, Reporter};
 
@@ -41,15 +42,16 @@ impl InboundError {
     }
 }
 
-/// Decides the connection and, if allowed, connects to the application at `dst`.
-/// `client` is the original client's address when known (HBONE `forwarded` header).
+/// Decides the connection and, if allowed, connects to the application at `dst` and registers
+/// the connection to be decided again on config changes. `client` is the original client's
+/// address when known (HBONE `forwarded` header).
 pub async fn authorize_and_connect(
     proxy: &Proxy,
     source_ip: IpAddr,
     client: Option<SocketAddr>,
     peer: Option<&SpiffeId>,
     dst: SocketAddr,
-) -> Result<(TcpStream, ConnectionRecord), InboundError> {
+) -> Result<(TcpStream, ConnectionRecord, Option<Registration>), InboundError> {
     // IPv4 peers of a dual-stack socket appear as ::ffff:a.b.c.d; policies are written in IPv4.
     let source_ip = source_ip.to_canonical();
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
@@ -120,7 +122,8 @@ pub async fn authorize_and_connect(
             });
         }
     };
-    Ok((app, proxy.metrics.opened(labels())))
+    let registration = proxy.inbound.register(source_ip, dst, peer, &app);
+    Ok((app, proxy.metrics.opened(labels()), registration))
 }
 
 /// One CONNECT stream on 15008.
@@ -129,13 +132,14 @@ pub async fn handle_hbone(proxy: Arc<Proxy>, req: InboundConnect, _guard: Connec
     let client = req.forwarded_for();
     let dst = req.destination;
     match authorize_and_connect(&proxy, req.peer_addr.ip(), client, Some(&peer), dst).await {
-        Ok((mut app, record)) => {
+        Ok((mut app, record, registration)) => {
             let Ok(tunnel) = req.accept() else {
                 record.closed(0, 0);
                 return;
             };
             // a = the application socket: a_to_b is what the destination sent back.
-            let (t, result) = tunnel.relay(&mut app).await;
+            let (t, result) = until_cut(tunnel.relay(&mut app), registration.as_ref()).await;
+            drop(registration);
             if let Err(e) = result {
                 tracing::debug!(%dst, "inbound tunnel ended with error: {e}");
             }
@@ -167,11 +171,34 @@ pub async fn handle_plaintext(
     };
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
     match authorize_and_connect(&proxy, client.ip(), Some(client), None, dst).await {
-        Ok((mut app, record)) => {
-            let (t, _) = copy_bidirectional(&mut tcp, &mut app).await;
+        Ok((mut app, record, registration)) => {
+            let (t, _) = until_cut(
+                copy_bidirectional(&mut tcp, &mut app),
+                registration.as_ref(),
+            )
+            .await;
+            drop(registration);
             record.closed(t.a_to_b, t.b_to_a);
         }
         Err(InboundError::Denied(_)) => {}
         Err(e) => tracing::warn!(%client, %dst, "plaintext inbound refused: {e}"),
+    }
+}
+
+/// Runs a relay until it ends, or until a grace period after a config change cut it (the cut
+/// shuts the application socket down, so the relay normally ends by itself, counts intact).
+async fn until_cut(
+    relay: impl std::future::Future<Output = (Transferred, std::io::Result<()>)>,
+    registration: Option<&Registration>,
+) -> (Transferred, std::io::Result<()>) {
+    match registration {
+        Some(r) => tokio::select! {
+            done = relay => done,
+            _ = r.cut() => (
+                Transferred::default(),
+                Err(std::io::Error::other("closed: the config no longer allows it")),
+            ),
+        },
+        None => relay.await,
     }
 }

@@ -7,6 +7,7 @@
 pub mod inbound;
 pub mod original_dst;
 pub mod outbound;
+pub mod revalidate;
 pub mod socks5;
 
 use std::net::{IpAddr, SocketAddr};
@@ -43,6 +44,8 @@ pub struct Proxy {
     /// The address ztunnel's listeners are bound to (may be unspecified).
     pub listen_ip: IpAddr,
     pub denials: crate::admin::DenialLog,
+    /// Admitted inbound connections, decided again when the config changes.
+    pub inbound: Arc<revalidate::InboundConnections>,
     /// In node mode, the pod's network namespace: connections to its application and plain
     /// TCP from it are made from inside the pod.
     pub netns: Option<Arc<crate::inpod::netns::Netns>>,
@@ -245,6 +248,7 @@ pub fn serve(
     hbone_server: Arc<meshcore::hbone::server::HboneServer>,
     listeners: Listeners,
 ) {
+    revalidate::spawn_watch(&proxy);
     let p = proxy.clone();
     let handler = move |req| {
         let proxy = p.clone();

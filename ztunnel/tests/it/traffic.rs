@@ -177,6 +177,64 @@ policies:
 }
 
 #[tokio::test]
+async fn a_new_deny_closes_established_connections_it_denies_and_spares_others() {
+    let mesh = Mesh::new();
+    let curl = r#"- {name: curl, namespace: tools, serviceAccount: curl, workloadIps: ["{4}"], protocol: HBONE}
+"#;
+    mesh.write_config(&format!("{TWO_WORKLOADS}{curl}"));
+    echo_server(at(&mesh, 3, 8080)).await;
+    let sleep = mesh.ztunnel(2, SLEEP).await;
+    let echo = mesh.ztunnel(3, ECHO).await;
+    let curl_zt = mesh.ztunnel(4, "tools/curl/curl").await;
+    let open = |zt: &ztunnel::Ztunnel| {
+        let socks = zt.addresses.socks5;
+        let dst = at(&mesh, 3, 8080);
+        async move { socks5(socks, dst).await.unwrap().into_split() }
+    };
+    let (mut sr, mut sw) = open(&sleep).await;
+    let (mut cr, mut cw) = open(&curl_zt).await;
+    ping(&mut sw, &mut sr).await;
+    ping(&mut cw, &mut cr).await;
+    assert_eq!(echo.proxy.inbound.len(), 2);
+
+    mesh.write_config(&format!(
+        "{TWO_WORKLOADS}{curl}{}",
+        r#"policies:
+- name: deny-sleep
+  namespace: default
+  scope: Namespace
+  action: Deny
+  rules:
+  - - - principals: [!Exact cluster.local/ns/default/sa/sleep]
+"#
+    ));
+    eventually("the policy applied", || async {
+        echo.proxy.state.load().config.policies.len() == 1
+    })
+    .await;
+    // sleep's established connection is closed: its next read ends.
+    let mut buf = [0u8; 4];
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = sw.write_all(b"ping").await;
+        sr.read(&mut buf).await
+    })
+    .await
+    .expect("the denied connection is closed within 5 s");
+    assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
+    // curl's carries on; the denial names the policy.
+    ping(&mut cw, &mut cr).await;
+    let (_, dump) = http(echo.addresses.admin, "GET", "/config_dump").await;
+    assert!(
+        dump.contains("denied by DENY policy default/deny-sleep"),
+        "{dump}"
+    );
+    eventually("the closed connection unregistered", || async {
+        echo.proxy.inbound.len() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn allow_policy_on_a_port() {
     let mesh = Mesh::new();
     mesh.write_config(&format!(

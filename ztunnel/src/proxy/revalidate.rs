@@ -1,0 +1,146 @@
+//! Established inbound connections decided again when the config changes: as Istio's ztunnel
+//! does, a connection that a new policy (or a removed ALLOW) no longer admits is closed.
+//!
+//! Each admitted connection is registered with what its decision was made on and a duplicate
+//! of its application socket's descriptor. Closing shuts that socket down, so the relay ends
+//! by itself with its byte counts intact; [`Registration::cut`] is the fallback that ends the
+//! relay after a grace period if the client side stays silent. Cost per connection: one map
+//! insert and removal under an uncontended lock, and one `dup`; nothing per byte.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use meshcore::identity::SpiffeId;
+use meshcore::policy::Connection;
+use tokio::sync::Notify;
+
+use super::Proxy;
+
+/// How long a cut connection's relay gets to end by itself before it is dropped.
+const CUT_GRACE: Duration = Duration::from_secs(1);
+
+struct Tracked {
+    source_ip: IpAddr,
+    destination: SocketAddr,
+    identity: Option<SpiffeId>,
+    app: OwnedFd,
+    cut: Arc<Notify>,
+}
+
+/// The inbound connections of one served workload.
+#[derive(Default)]
+pub struct InboundConnections {
+    next: AtomicU64,
+    live: Mutex<HashMap<u64, Tracked>>,
+}
+
+/// Keeps a connection registered; dropping it unregisters (drop it before the socket).
+pub struct Registration {
+    id: u64,
+    set: Arc<InboundConnections>,
+    cut: Arc<Notify>,
+}
+
+impl Registration {
+    /// Completes a grace period after the connection was cut by a policy change.
+    pub async fn cut(&self) {
+        self.cut.notified().await;
+        tokio::time::sleep(CUT_GRACE).await;
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.set.live.lock().expect("inbound lock").remove(&self.id);
+    }
+}
+
+impl InboundConnections {
+    /// Registers an admitted connection; `app` is its socket to the application.
+    pub fn register(
+        self: &Arc<Self>,
+        source_ip: IpAddr,
+        destination: SocketAddr,
+        identity: Option<&SpiffeId>,
+        app: &tokio::net::TcpStream,
+    ) -> Option<Registration> {
+        let app = app.as_fd().try_clone_to_owned().ok()?;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let cut = Arc::new(Notify::new());
+        self.live.lock().expect("inbound lock").insert(
+            id,
+            Tracked {
+                source_ip,
+                destination,
+                identity: identity.cloned(),
+                app,
+                cut: cut.clone(),
+            },
+        );
+        Some(Registration {
+            id,
+            set: self.clone(),
+            cut,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.lock().expect("inbound lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decides every registered connection against the current config; closes those denied.
+    /// Returns how many were closed.
+    pub fn revalidate(&self, proxy: &Proxy) -> usize {
+        let snap = proxy.state.load();
+        let Some(served) = proxy.served(&snap) else {
+            return 0; // the workload left the config: its drain, not policy, ends them
+        };
+        let policies = snap.policies_for(&served);
+        let mut closed = 0;
+        for t in self.live.lock().expect("inbound lock").values() {
+            let principal = t.identity.as_ref().map(SpiffeId::principal);
+            let conn = Connection {
+                source_ip: t.source_ip,
+                destination: t.destination,
+                identity: t.identity.as_ref(),
+                principal: principal.as_deref(),
+            };
+            let decision = policies.decide(&conn);
+            if decision.allowed() {
+                continue;
+            }
+            tracing::info!(connection = %conn, "closing an established connection: {} (config changed)", decision.reason);
+            proxy
+                .denials
+                .record(conn.to_string(), decision.reason.to_string());
+            let _ = socket2::SockRef::from(&t.app).shutdown(std::net::Shutdown::Both);
+            t.cut.notify_one();
+            closed += 1;
+        }
+        closed
+    }
+}
+
+/// Re-decides `proxy`'s connections after every config swap, for as long as the proxy lives.
+pub fn spawn_watch(proxy: &Arc<Proxy>) {
+    let weak: Weak<Proxy> = Arc::downgrade(proxy);
+    let mut changed = proxy.state.subscribe();
+    tokio::spawn(async move {
+        while changed.changed().await.is_ok() {
+            let Some(proxy) = weak.upgrade() else {
+                return;
+            };
+            if !proxy.inbound.is_empty() {
+                proxy.inbound.revalidate(&proxy);
+            }
+        }
+    });
+}
