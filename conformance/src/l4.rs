@@ -66,6 +66,10 @@ pub fn cases() -> Vec<Case<Suite>> {
             run: cross_node,
         },
         Case {
+            name: "the application sees the calling pod's own address",
+            run: client_address,
+        },
+        Case {
             name: "pod to Service VIP, balanced over its endpoints",
             run: service_vip,
         },
@@ -156,6 +160,27 @@ fn hbone_between(
         if n == 0 {
             return Err(format!(
                 "{node}'s ztunnel ({reporter}) counted no mutual TLS connection {src} -> {dst}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Through HBONE (from the other node) and through 15006 (from outside the mesh), the server
+/// application sees the caller's address, as with Istio's in-pod ztunnel.
+fn client_address(s: &mut Suite) -> Result<(), String> {
+    let c = &s.cluster;
+    for from in ["other", "legacy"] {
+        let body = get(c, from, pod_addr(c, "server-1", 8080))?;
+        let seen = body
+            .lines()
+            .find_map(|l| l.strip_prefix("RemoteAddr="))
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .ok_or(format!("no RemoteAddr in the answer to {from}"))?;
+        let want = c.pod(from)?.ip;
+        if seen.ip() != std::net::IpAddr::V4(want) {
+            return Err(format!(
+                "server-1 saw {from}'s connection from {seen}, not {want}"
             ));
         }
     }

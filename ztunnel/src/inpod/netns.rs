@@ -84,6 +84,38 @@ impl Netns {
         TcpListener::from_std(socket.into())
     }
 
+    /// Connects to `addr` from inside the namespace as `source` (IP_TRANSPARENT: an address
+    /// the namespace does not own), with `mark`. The pod's 0x111 connmark rule and routing table
+    /// 100 deliver the application's replies back to this socket. Falls back to the pod's own
+    /// address if the kernel refuses the bind.
+    pub async fn connect_as(
+        &self,
+        addr: SocketAddr,
+        source: std::net::IpAddr,
+        mark: Option<u32>,
+    ) -> io::Result<TcpStream> {
+        let socket = self.socket(addr.is_ipv4())?;
+        if let Some(mark) = mark {
+            socket.set_mark(mark)?;
+        }
+        socket.set_tcp_nodelay(true)?;
+        let transparent = source.is_ipv4() == addr.is_ipv4()
+            && if source.is_ipv4() {
+                socket.set_ip_transparent_v4(true)
+            } else {
+                socket.set_ip_transparent_v6(true)
+            }
+            .is_ok()
+            && socket.bind(&SocketAddr::new(source, 0).into()).is_ok();
+        if !transparent {
+            tracing::debug!(%source, %addr, "connecting without the client's address");
+            return self.connect(addr, None, mark).await;
+        }
+        TcpSocket::from_std_stream(socket.into())
+            .connect(addr)
+            .await
+    }
+
     /// Connects to `addr` from inside the namespace, optionally from `bind` and with `mark`.
     pub async fn connect(
         &self,

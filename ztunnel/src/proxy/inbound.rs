@@ -107,7 +107,7 @@ pub async fn authorize_and_connect(
         return Err(InboundError::Denied(decision.reason));
     }
     // Marked like every ztunnel socket, so a pod's own capture rules do not redirect it.
-    let connect = proxy.connect_tcp(dst, None);
+    let connect = proxy.connect_app(dst, source_ip);
     let app = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(source)) => {

@@ -65,6 +65,20 @@ impl Proxy {
         }
     }
 
+    /// The connection to the served application for an inbound connection from `client`. In
+    /// node mode it comes from the client's own address, as Istio's in-pod ztunnel does, so
+    /// the application sees who called; otherwise from ztunnel's.
+    pub async fn connect_app(
+        &self,
+        addr: SocketAddr,
+        client: IpAddr,
+    ) -> std::io::Result<tokio::net::TcpStream> {
+        match &self.netns {
+            Some(ns) => ns.connect_as(addr, client, self.socket_mark).await,
+            None => self.connect_tcp(addr, None).await,
+        }
+    }
+
     /// The served workload as the current config describes it.
     pub fn served(&self, snap: &crate::state::Snapshot) -> Option<Arc<WorkloadEntry>> {
         snap.workload_by_name(&self.workload.namespace, &self.workload.name)
