@@ -99,7 +99,9 @@ impl Netns {
             socket.set_mark(mark)?;
         }
         socket.set_tcp_nodelay(true)?;
-        let transparent = source.is_ipv4() == addr.is_ipv4()
+        // Only marked sockets get their replies routed back by the pod's rules.
+        let transparent = mark.is_some()
+            && source.is_ipv4() == addr.is_ipv4()
             && if source.is_ipv4() {
                 socket.set_ip_transparent_v4(true)
             } else {

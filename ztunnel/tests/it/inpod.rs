@@ -36,9 +36,12 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
 #[tokio::test]
 async fn agent_hands_a_pod_and_its_inbound_is_served_inside_the_pod() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || Command::new("ip").arg("-V").output().is_err() {
+    if unsafe { libc::geteuid() } != 0
+        || Command::new("ip").arg("-V").output().is_err()
+        || Command::new("nft").arg("-v").output().is_err()
+    {
         eprintln!(
-            "SKIPPED agent_hands_a_pod: needs root and `ip` (iproute2); scripts/test installs it"
+            "SKIPPED agent_hands_a_pod: needs root, `ip` and `nft`; scripts/test installs them"
         );
         return;
     }
@@ -90,7 +93,7 @@ workloads:
     s.local_xds_path = Some(mesh.config.clone());
     s.ca_dir = Some(mesh.dir.join("ca"));
     s.bind_address = mesh.ip(5);
-    s.socket_mark = 0;
+    s.socket_mark = 0x539;
     s.drain_timeout = Duration::from_secs(1);
     let node = ztunnel::inpod::node::start_node(s, None).await.unwrap();
     let pods = node.pods.clone();
@@ -116,6 +119,12 @@ workloads:
         "spiffe://cluster.local/ns/shop/sa/cart"
     );
 
+    // The agent's rules: ztunnel connects to the application from the client's address, and
+    // the rules' mark routing brings the application's replies back to it.
+    let ns =
+        ztunnel::inpod::netns::Netns::open(std::path::Path::new(&format!("/run/netns/{}", lab.0)))
+            .unwrap();
+    ztunnel::agent::rules::install(&ns, Default::default()).expect("rules install");
     // A client ztunnel on the host tunnels to the pod over HBONE; the pod's ztunnel delivers
     // from inside the pod.
     let mut s = ztunnel::Settings::defaults();
