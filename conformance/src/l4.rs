@@ -74,6 +74,10 @@ pub fn cases() -> Vec<Case<Suite>> {
             run: service_vip,
         },
         Case {
+            name: "pod resolves a Service name through ztunnel's DNS proxy",
+            run: dns,
+        },
+        Case {
             name: "pod outside the mesh calls in: allowed under PERMISSIVE",
             run: permissive,
         },
@@ -201,6 +205,36 @@ fn service_vip(s: &mut Suite) -> Result<(), String> {
         ["server-1", "server-2"].map(String::from).into();
     if seen != want {
         return Err(format!("8 requests to {vip}:80 answered by {seen:?}"));
+    }
+    Ok(())
+}
+
+/// A query from inside a pod in the mesh, to whatever resolver it names, is captured and
+/// answered by ztunnel with the Service's VIP.
+fn dns(s: &mut Suite) -> Result<(), String> {
+    use ztunnel::dns::message::{answer_ips, query, TYPE_A};
+    let c = &s.cluster;
+    let vip = c
+        .service_ip("apps", "server")
+        .ok_or("no VIP for apps/server")?;
+    let pod = c.pod("client")?;
+    let reply = meshctl::cluster::netns::run_in(&pod.netns, move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+        socket.send_to(
+            &query(0x5eed, "server.apps.svc.cluster.local", TYPE_A),
+            "10.96.0.2:53",
+        )?;
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf)?;
+        Ok(buf[..n].to_vec())
+    })
+    .map_err(|e| format!("DNS query from client: {e}"))?;
+    let (rcode, ips) = answer_ips(&reply).map_err(|e| format!("DNS answer: {e}"))?;
+    if rcode != 0 || ips != [std::net::IpAddr::V4(vip)] {
+        return Err(format!(
+            "answer rcode {rcode}, addresses {ips:?}; want {vip}"
+        ));
     }
     Ok(())
 }

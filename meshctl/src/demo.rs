@@ -163,6 +163,35 @@ pub fn run(state_dir: PathBuf, bin_dir: PathBuf, keep: bool) -> Result<String, S
             answers.join(", ")
         );
     }
+    let pod = cluster.pod("frontend")?.clone();
+    let dns = cluster::netns::run_in(&pod.netns, || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+        // A minimal A query; whatever resolver the pod names, ztunnel's DNS proxy answers.
+        let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in ["cart", "shop", "svc", "cluster", "local"] {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        socket.send_to(&q, "10.96.0.2:53")?;
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf)?;
+        // The one A record's address ends the answer.
+        Ok((n >= q.len() + 16)
+            .then(|| std::net::Ipv4Addr::new(buf[n - 4], buf[n - 3], buf[n - 2], buf[n - 1])))
+    });
+    match dns {
+        Ok(Some(ip)) => {
+            let _ = writeln!(out, "shop/frontend resolves cart.shop.svc.cluster.local: {ip} (answered by {}'s ztunnel DNS proxy)", pod.node);
+        }
+        other => {
+            let _ = writeln!(
+                out,
+                "shop/frontend resolves cart.shop.svc.cluster.local: failed ({other:?})"
+            );
+        }
+    }
     call(&cluster, &mut out, "reports", "cart-1", "cart");
     call(&cluster, &mut out, "batch", "cart-2", "cart");
     call(&cluster, &mut out, "frontend", "batch", "batch");

@@ -14,6 +14,7 @@ pub mod app;
 pub mod certs;
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod inpod;
 pub mod metrics;
 pub mod proxy;

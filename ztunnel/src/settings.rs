@@ -82,6 +82,12 @@ pub struct Settings {
     #[arg(long, env = "INPOD_UDS", default_value = meshcore::zds::DEFAULT_SOCKET)]
     pub inpod_uds: PathBuf,
 
+    /// Node mode: serve DNS on 15053 in each pod (mesh Service names answered from the config,
+    /// the rest forwarded to this process's resolv.conf nameservers). The node agent's
+    /// `DNS_CAPTURE` sends pods' DNS there.
+    #[arg(long, env = "DNS_PROXY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub dns_proxy: bool,
+
     /// How long open connections may run on after SIGTERM or `/quitquitquit`.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

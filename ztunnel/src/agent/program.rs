@@ -90,8 +90,9 @@ pub struct AgentSettings {
     #[arg(long, env = "SCAN_PROC", default_value_t = true, action = clap::ArgAction::Set)]
     pub scan_proc: bool,
 
-    /// Redirect pods' DNS to 15053 (off: ztunnel has no DNS proxy yet).
-    #[arg(long, env = "DNS_CAPTURE", default_value_t = false, action = clap::ArgAction::Set)]
+    /// Redirect pods' DNS to ztunnel's DNS proxy on 15053 (ztunnel's `DNS_PROXY`, on by
+    /// default; as Istio's ambient mode does by default).
+    #[arg(long, env = "DNS_CAPTURE", default_value_t = true, action = clap::ArgAction::Set)]
     pub dns_capture: bool,
 
     #[arg(long, env = "RUST_LOG", default_value = "info")]

@@ -4,9 +4,8 @@
 //! - outbound TCP that ztunnel did not send (no mark 0x539), not to loopback → 15001;
 //! - inbound TCP arriving on the pod's interfaces, to any port but 15008 (HBONE) → 15006,
 //!   except kubelet probes (source 169.254.7.127, Istio's probe SNAT address);
-//! - DNS (UDP and TCP 53) to any address → 15053, ztunnel's DNS proxy port, only when DNS
-//!   capture is asked for ([`RuleOptions::dns_capture`]; off by default: ztunnel has no DNS
-//!   proxy yet, and capturing DNS with nothing on 15053 would break the pod's lookups);
+//! - the pod's DNS (UDP and TCP 53) to any address → 15053, ztunnel's DNS proxy, when DNS
+//!   capture is asked for ([`RuleOptions::dns_capture`]);
 //! - connections ztunnel opens inside the pod (mark 0x539) get conntrack mark 0x111; the other
 //!   end's packets of those connections carry mark 0x111, and `ip rule fwmark 0x111/0xfff lookup
 //!   100` with a local route in table 100 keeps them local. (This is what lets ztunnel connect
@@ -55,8 +54,12 @@ pub fn passthrough_ruleset() -> String {
 /// The nftables script: creates the table and chains if missing, and replaces their rules
 /// (one atomic run).
 pub fn ruleset(options: RuleOptions) -> String {
+    // The pod's own lookups, to any resolver (also one on loopback), before the loopback
+    // exception; never DNS the pod serves (no prerouting rule).
     let dns = if options.dns_capture {
-        "meta l4proto { tcp, udp } th dport 53 redirect to :15053\n    "
+        "udp dport 53 redirect to :15053
+    tcp dport 53 tcp flags & (fin | syn | rst | ack) == syn redirect to :15053
+    "
     } else {
         ""
     };
@@ -69,14 +72,14 @@ table inet {TABLE} {{
     iifname \"lo\" return
     ip saddr {PROBE_SOURCE} return
     meta l4proto tcp tcp dport 15008 return
-    {dns}tcp flags & (fin | syn | rst | ack) == syn redirect to :15006
+    tcp flags & (fin | syn | rst | ack) == syn redirect to :15006
   }}
   chain output {{
     type nat hook output priority -100; policy accept;
     meta mark & 0xfff == {ZTUNNEL_MARK:#x} return
-    ip daddr 127.0.0.0/8 return
+    {dns}ip daddr 127.0.0.0/8 return
     ip6 daddr ::1 return
-    {dns}tcp flags & (fin | syn | rst | ack) == syn redirect to :15001
+    tcp flags & (fin | syn | rst | ack) == syn redirect to :15001
   }}
   chain mangle_output {{
     type route hook output priority mangle; policy accept;
@@ -202,7 +205,7 @@ mod tests {
             "tcp flags & (fin | syn | rst | ack) == syn redirect to :15006",
             "meta mark & 0xfff == 0x539 return",
             "tcp flags & (fin | syn | rst | ack) == syn redirect to :15001",
-            "th dport 53 redirect to :15053",
+            "udp dport 53 redirect to :15053",
             "ip saddr 169.254.7.127 return",
             "ct mark set ct mark & 0xfffff000 | 0x111",
         ] {

@@ -84,6 +84,21 @@ impl Netns {
         TcpListener::from_std(socket.into())
     }
 
+    /// A UDP socket bound to `addr` inside the namespace, with `mark` on what it sends.
+    pub fn udp(&self, addr: SocketAddr, mark: Option<u32>) -> io::Result<tokio::net::UdpSocket> {
+        let v4 = addr.is_ipv4();
+        let socket = self.run(move || {
+            let domain = if v4 { Domain::IPV4 } else { Domain::IPV6 };
+            Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))
+        })?;
+        socket.set_nonblocking(true)?;
+        if let Some(mark) = mark {
+            socket.set_mark(mark)?;
+        }
+        socket.bind(&addr.into())?;
+        tokio::net::UdpSocket::from_std(socket.into())
+    }
+
     /// Connects to `addr` from inside the namespace as `source` (IP_TRANSPARENT: an address
     /// the namespace does not own), with `mark`. The pod's 0x111 connmark rule and routing table
     /// 100 deliver the application's replies back to this socket. Falls back to the pod's own

@@ -74,6 +74,9 @@ pub async fn start_node(
         }),
         metrics: metrics.clone(),
         socket_mark: mark,
+        dns_upstreams: settings.dns_proxy.then(|| {
+            crate::dns::upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+        }),
     }));
 
     let quit = Arc::new(Notify::new());

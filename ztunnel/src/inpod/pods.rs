@@ -34,6 +34,8 @@ pub struct NodeContext {
     pub hbone: HboneClient,
     pub metrics: Arc<Metrics>,
     pub socket_mark: Option<u32>,
+    /// The DNS proxy's upstreams; `None`: no DNS proxy in the pods.
+    pub dns_upstreams: Option<Vec<SocketAddr>>,
 }
 
 struct Pod {
@@ -120,6 +122,17 @@ impl Pods {
             outbound: listen(any, ports::OUTBOUND, "outbound")?,
             socks5: listen(Ipv4Addr::LOCALHOST.into(), ports::SOCKS5, "SOCKS5")?,
         };
+        // DNS on the pod's loopback (where the capture rules' redirect delivers).
+        let dns_sockets = match &self.ctx.dns_upstreams {
+            Some(_) => {
+                let at = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), crate::dns::PORT);
+                let udp = netns
+                    .udp(at, mark)
+                    .map_err(|e| format!("pod {uid}: DNS (UDP) on {at}: {e}"))?;
+                Some((udp, listen(at.ip(), crate::dns::PORT, "DNS")?))
+            }
+            None => None,
+        };
         let proxy = Arc::new(Proxy {
             workload: workload.clone(),
             identity: identity.clone(),
@@ -139,6 +152,17 @@ impl Pods {
         self.ctx
             .state
             .add_served(&workload.namespace, &workload.name);
+        if let (Some(upstreams), Some((udp, tcp))) = (&self.ctx.dns_upstreams, dns_sockets) {
+            let ns = proxy.netns.clone().expect("node mode");
+            let dns = Arc::new(crate::dns::DnsProxy {
+                state: self.ctx.state.clone(),
+                upstreams: upstreams.clone(),
+                netns: Some(ns),
+                mark,
+            });
+            tokio::spawn(crate::dns::serve_udp(udp, dns.clone(), proxy.drain.clone()));
+            tokio::spawn(crate::dns::serve_tcp(tcp, dns, proxy.drain.clone()));
+        }
         proxy::serve(proxy.clone(), hbone_server.clone(), listeners);
         tracing::info!(%uid, workload = %format!("{}/{}", workload.namespace, workload.name), %identity, "pod added");
         self.pods.lock().expect("pods lock").insert(

@@ -1,0 +1,215 @@
+//! ztunnel's DNS proxy (port 15053, in each pod in node mode): when the node agent captures a
+//! pod's DNS, names of the mesh's Services are answered from the config view (their VIPs, no
+//! round trip to the cluster's DNS), and every other query is forwarded, from inside the pod,
+//! to the upstream resolvers of ztunnel's own `resolv.conf`.
+
+pub mod message;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use message::{answer, error, parse_query, rcode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::inpod::netns::Netns;
+use crate::proxy::Drain;
+use crate::state::StateStore;
+
+pub const PORT: u16 = 15053;
+/// How long an upstream gets to answer a forwarded query.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest TCP-framed message taken.
+const MAX_TCP_MESSAGE: usize = 16 * 1024;
+
+pub struct DnsProxy {
+    pub state: Arc<StateStore>,
+    pub upstreams: Vec<SocketAddr>,
+    /// Forwarded queries leave from here (the pod), marked so capture lets them pass.
+    pub netns: Option<Arc<Netns>>,
+    pub mark: Option<u32>,
+}
+
+/// The `nameserver` lines of a `resolv.conf`, on port 53.
+pub fn upstreams(resolv_conf: &str) -> Vec<SocketAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+impl DnsProxy {
+    /// The mesh's answer for `name`: the VIPs of the Services with that hostname.
+    fn lookup(&self, name: &str) -> Option<Vec<IpAddr>> {
+        let snap = self.state.load();
+        let services = snap.services_by_host(name);
+        if services.is_empty() {
+            return None;
+        }
+        Some(
+            services
+                .iter()
+                .flat_map(|s| s.service.vips.iter().map(|v| v.ip))
+                .collect(),
+        )
+    }
+
+    /// The response to one query.
+    pub async fn resolve(&self, query: &[u8]) -> Vec<u8> {
+        let q = match parse_query(query) {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::debug!("DNS query refused: {e}");
+                return error(query, None, rcode::FORMERR);
+            }
+        };
+        if let Some(ips) = self.lookup(&q.name) {
+            return answer(query, &q, &ips);
+        }
+        for upstream in &self.upstreams {
+            match self.forward(query, *upstream).await {
+                Ok(reply) => return reply,
+                Err(e) => tracing::debug!(name = %q.name, %upstream, "DNS forward: {e}"),
+            }
+        }
+        error(query, Some(&q), rcode::SERVFAIL)
+    }
+
+    async fn forward(&self, query: &[u8], upstream: SocketAddr) -> std::io::Result<Vec<u8>> {
+        let bind = SocketAddr::new(
+            if upstream.is_ipv4() {
+                IpAddr::from([0, 0, 0, 0])
+            } else {
+                IpAddr::from([0u16; 8])
+            },
+            0,
+        );
+        let socket = match &self.netns {
+            Some(ns) => ns.udp(bind, self.mark)?,
+            None => UdpSocket::bind(bind).await?,
+        };
+        socket.connect(upstream).await?;
+        socket.send(query).await?;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        buf.truncate(n);
+        Ok(buf)
+    }
+}
+
+/// Answers queries on a UDP socket until draining starts.
+pub async fn serve_udp(socket: UdpSocket, proxy: Arc<DnsProxy>, drain: Drain) {
+    let socket = Arc::new(socket);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, from) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!("DNS recv: {e}");
+                    continue;
+                }
+            },
+            _ = drain.started() => return,
+        };
+        let query = buf[..n].to_vec();
+        let (socket, proxy) = (socket.clone(), proxy.clone());
+        tokio::spawn(async move {
+            let reply = proxy.resolve(&query).await;
+            let _ = socket.send_to(&reply, from).await;
+        });
+    }
+}
+
+/// Answers length-prefixed queries on TCP connections until draining starts.
+pub async fn serve_tcp(listener: TcpListener, proxy: Arc<DnsProxy>, drain: Drain) {
+    loop {
+        let (mut tcp, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(r) => r,
+                Err(_) => continue,
+            },
+            _ = drain.started() => return,
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(len) = tcp.read_u16().await else {
+                    return;
+                };
+                let len = len as usize;
+                if len == 0 || len > MAX_TCP_MESSAGE {
+                    return;
+                }
+                let mut query = vec![0u8; len];
+                if tcp.read_exact(&mut query).await.is_err() {
+                    return;
+                }
+                let reply = proxy.resolve(&query).await;
+                let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(&reply);
+                if tcp.write_all(&framed).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message::{answer_ips, query, TYPE_A, TYPE_AAAA};
+    use super::*;
+
+    #[tokio::test]
+    async fn mesh_names_are_answered_from_the_config_and_others_fail_without_upstreams() {
+        let state = Arc::new(StateStore::new("cluster.local"));
+        let config = crate::config::local::parse(
+            "services:\n- {name: cart, namespace: shop, hostname: cart.shop.svc.cluster.local, vips: [\"/10.96.0.10\"], ports: {80: 8080}}\n",
+            "cluster.local",
+        )
+        .unwrap();
+        state.replace(config).unwrap();
+        let proxy = DnsProxy {
+            state,
+            upstreams: Vec::new(),
+            netns: None,
+            mark: None,
+        };
+        let a = proxy
+            .resolve(&query(1, "cart.shop.svc.cluster.local", TYPE_A))
+            .await;
+        assert_eq!(
+            answer_ips(&a).unwrap(),
+            (
+                rcode::NOERROR,
+                vec!["10.96.0.10".parse::<IpAddr>().unwrap()]
+            )
+        );
+        let aaaa = proxy
+            .resolve(&query(2, "cart.shop.svc.cluster.local", TYPE_AAAA))
+            .await;
+        assert_eq!(answer_ips(&aaaa).unwrap(), (rcode::NOERROR, vec![]));
+        let other = proxy.resolve(&query(3, "example.com", TYPE_A)).await;
+        assert_eq!(answer_ips(&other).unwrap(), (rcode::SERVFAIL, vec![]));
+        let junk = proxy.resolve(&[1, 2, 3]).await;
+        assert_eq!(junk[3] & 0xf, rcode::FORMERR as u8);
+    }
+
+    #[test]
+    fn upstreams_come_from_nameserver_lines() {
+        let conf = "search shop.svc.cluster.local\nnameserver 10.96.0.10\nnameserver fd00::a\noptions ndots:5\nnameserver bogus\n";
+        assert_eq!(
+            upstreams(conf),
+            vec![
+                "10.96.0.10:53".parse::<SocketAddr>().unwrap(),
+                "[fd00::a]:53".parse().unwrap()
+            ]
+        );
+    }
+}
