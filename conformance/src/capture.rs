@@ -52,6 +52,15 @@ impl Capture {
                     (&addr as *const libc::sockaddr_ll).cast(),
                     std::mem::size_of::<libc::sockaddr_ll>() as u32,
                 ))?;
+                // Room for bursts while the reading thread waits for a core.
+                let rcvbuf: libc::c_int = 8 << 20;
+                cvt(libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&rcvbuf as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                ))?;
                 let tv = libc::timeval {
                     tv_sec: 0,
                     tv_usec: 100_000,

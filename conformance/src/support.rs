@@ -38,14 +38,27 @@ pub fn get(cluster: &Cluster, from: &str, to: SocketAddr) -> Result<String, Stri
     }
 }
 
-/// Ok when `from` cannot get an answer from `to`.
+/// Whether an error is the mesh closing a connection (reset, or closed without an answer),
+/// not a timeout or a missing route that would mean something else broke.
+pub fn closed_by_peer(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+    ) || e.to_string().starts_with("not an HTTP answer")
+}
+
+/// Ok when the mesh refuses `from`'s request to `to`: the connection is closed without an
+/// answer (a timeout or an unreachable address is an error, not a refusal).
 pub fn refused(cluster: &Cluster, from: &str, to: SocketAddr) -> Result<(), String> {
     match cluster.http_get(from, to, "/") {
         Ok((200, body)) => Err(format!(
             "{from} -> {to} was answered by {}",
             meshctl::demo::answered_by(&body)
         )),
-        _ => Ok(()),
+        Ok((status, _)) => Err(format!("{from} -> {to}: HTTP {status}, not a refusal")),
+        Err(e) if closed_by_peer(&e) => Ok(()),
+        Err(e) => Err(format!("{from} -> {to}: {e} (not a refusal by the mesh)")),
     }
 }
 
@@ -64,15 +77,19 @@ pub fn opened(cluster: &Cluster, node: &str, labels: &[(&str, &str)]) -> Result<
         .sum::<f64>() as u64)
 }
 
-/// Whether the pod's node's ztunnel serves it (it is in the mesh and captured).
+/// Whether the pod is in the mesh: its node's ztunnel serves it and the agent's redirects are
+/// in its namespace (they follow ztunnel's acknowledgement).
 pub fn served(cluster: &Cluster, pod: &str) -> Result<bool, String> {
     let p = cluster.pod(pod)?;
     let dump = cluster.ztunnel_dump(&p.node)?;
-    Ok(dump["pods"]
+    let by_ztunnel = dump["pods"]
         .as_array()
         .into_iter()
         .flatten()
-        .any(|x| x["workload"].as_str() == Some(&p.key())))
+        .any(|x| x["workload"].as_str() == Some(&p.key()));
+    let netns = ztunnel::inpod::netns::Netns::open(&netns::path(&p.netns))
+        .map_err(|e| format!("{}: {e}", p.netns))?;
+    Ok(by_ztunnel && ztunnel::agent::rules::installed(&netns))
 }
 
 /// The principal of a service account, as metrics label it.
@@ -105,15 +122,27 @@ impl LongLived {
 
     /// Sends a line and reads it back.
     pub fn ping(&mut self) -> Result<(), String> {
+        self.exchange()
+            .map_err(|e| format!("long-lived {}: {e}", self.what))
+    }
+
+    fn exchange(&mut self) -> std::io::Result<()> {
         let line = b"still here\n";
         let mut back = [0u8; 11];
-        self.stream
-            .write_all(line)
-            .and_then(|_| self.stream.read_exact(&mut back))
-            .map_err(|e| format!("long-lived {}: {e}", self.what))?;
+        self.stream.write_all(line)?;
+        self.stream.read_exact(&mut back)?;
         if &back != line {
-            return Err(format!("long-lived {}: echoed {back:?}", self.what));
+            return Err(std::io::Error::other(format!("echoed {back:?}")));
         }
         Ok(())
+    }
+
+    /// Ok when the connection has been closed by the other side (not merely slow).
+    pub fn closed(&mut self) -> Result<(), String> {
+        match self.exchange() {
+            Ok(()) => Err(format!("{} is still open", self.what)),
+            Err(e) if closed_by_peer(&e) => Ok(()),
+            Err(e) => Err(format!("{}: {e} (not closed by the mesh)", self.what)),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! istiod-lite (the real binary) killed and restarted while traffic flows: established tunnels
 //! keep working, new connections keep working on the ztunnels' cached view and certificates,
-//! and the ztunnels reconnect and resync with the restarted control plane.
+//! and the ztunnels reconnect and resync with the restarted control plane (a policy written
+//! meanwhile applies, also to the tunnel it denies).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -16,7 +17,17 @@ fn ip(last: u8) -> IpAddr {
     IpAddr::from([127, 62, (std::process::id() % 200) as u8 + 1, last])
 }
 
-fn istiod(dir: &Path, ca: &Path, tokens: &Path) -> Child {
+/// The istiod-lite child, killed when dropped (also when the test fails).
+struct Control(Child);
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn istiod(dir: &Path, ca: &Path, tokens: &Path) -> Control {
     Command::new(env!("CARGO_BIN_EXE_istiod-lite"))
         .args(["--config-dir".as_ref(), dir.as_os_str()])
         .args(["--ca-dir".as_ref(), ca.as_os_str()])
@@ -27,6 +38,7 @@ fn istiod(dir: &Path, ca: &Path, tokens: &Path) -> Child {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
+        .map(Control)
         .expect("istiod-lite binary")
 }
 
@@ -62,7 +74,7 @@ async fn control_plane_restart_keeps_traffic_and_resyncs() {
     std::fs::write(&tokens, "node-1 restart-test-token-0123456789\n").unwrap();
     std::fs::write(&token, "restart-test-token-0123456789\n").unwrap();
     two_pod_mesh(&dir, [("client", ip(2)), ("server", ip(3))]);
-    let mut control = istiod(&dir, &ca, &tokens);
+    let control = istiod(&dir, &ca, &tokens);
     wait_ready().await;
 
     let start = |last: u8, workload: &str| {
@@ -91,8 +103,7 @@ async fn control_plane_restart_keeps_traffic_and_resyncs() {
     ping(&mut established).await;
 
     // The control plane dies.
-    control.kill().unwrap();
-    control.wait().unwrap();
+    drop(control);
     ping(&mut established).await;
     let mut fresh = open(client.addresses.socks5, dst)
         .await
@@ -107,7 +118,7 @@ async fn control_plane_restart_keeps_traffic_and_resyncs() {
          spec: {action: DENY, rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}]}]}\n",
     )
     .unwrap();
-    let mut control = istiod(&dir, &ca, &tokens);
+    let control = istiod(&dir, &ca, &tokens);
     wait_ready().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -120,9 +131,16 @@ async fn control_plane_restart_keeps_traffic_and_resyncs() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The tunnel opened before any of this is still alive (policy applies to new connections).
-    ping(&mut established).await;
-    control.kill().unwrap();
-    control.wait().unwrap();
+    // The tunnel opened before, from the client the new policy denies, is closed too (as
+    // Istio's ztunnel closes established connections a policy change denies).
+    let mut b = [0u8; 4];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = established.write_all(b"ping").await;
+        established.read(&mut b).await
+    })
+    .await
+    .expect("the denied tunnel is closed within 5 s");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    drop(control);
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -135,11 +135,29 @@ fn pod_plan(namespace: &str, name: &str, object: Value) -> Result<PodPlan, Strin
     })
 }
 
+/// Most replicas one workload may ask for in a local cluster.
+const MAX_REPLICAS: u64 = 100;
+
+/// `v[key]` must be an object (or absent, then made one) before it is written into.
+fn object_at<'a>(v: &'a mut Value, key: &str, what: &str) -> Result<&'a mut Value, String> {
+    let slot = &mut v[key];
+    if slot.is_null() {
+        *slot = json!({});
+    }
+    if !slot.is_object() {
+        return Err(format!("{what}: {key} is not a mapping"));
+    }
+    Ok(slot)
+}
+
 /// Turns documents into a plan. `first_vip` is the first cluster IP handed out.
 pub fn plan(docs: Vec<Value>, first_vip: Ipv4Addr) -> Result<Plan, String> {
     let mut plan = Plan::default();
     let mut next_vip = u32::from(first_vip);
     for mut doc in docs {
+        if !doc.is_object() {
+            return Err(format!("a document is not a mapping: {doc}"));
+        }
         let kind = str_at(&doc, &["kind"]).unwrap_or_default().to_owned();
         let name = str_at(&doc, &["metadata", "name"])
             .ok_or_else(|| format!("a {kind} without metadata.name"))?
@@ -149,12 +167,22 @@ pub fn plan(docs: Vec<Value>, first_vip: Ipv4Addr) -> Result<Plan, String> {
             .to_owned();
         match kind.as_str() {
             "Pod" => {
+                object_at(&mut doc, "spec", &format!("Pod {namespace}/{name}"))?;
                 doc["metadata"]["namespace"] = json!(namespace);
                 plan.pods.push(pod_plan(&namespace, &name, doc)?);
             }
             "Deployment" | "StatefulSet" | "ReplicaSet" => {
+                let what = format!("{kind} {namespace}/{name}");
                 let replicas = doc["spec"]["replicas"].as_u64().unwrap_or(1);
+                if replicas > MAX_REPLICAS {
+                    return Err(format!(
+                        "{what}: {replicas} replicas; a local cluster takes at most {MAX_REPLICAS}"
+                    ));
+                }
                 let template = &doc["spec"]["template"];
+                if !template.is_object() {
+                    return Err(format!("{what}: spec.template is missing or not a mapping"));
+                }
                 for i in 0..replicas {
                     let pod_name = if kind == "StatefulSet" {
                         format!("{name}-{i}")
@@ -162,6 +190,10 @@ pub fn plan(docs: Vec<Value>, first_vip: Ipv4Addr) -> Result<Plan, String> {
                         format!("{name}-{}", i + 1)
                     };
                     let mut metadata = template.get("metadata").cloned().unwrap_or(json!({}));
+                    if !metadata.is_object() {
+                        return Err(format!("{what}: spec.template.metadata is not a mapping"));
+                    }
+                    object_at(&mut metadata, "labels", &what)?;
                     metadata["name"] = json!(pod_name);
                     metadata["namespace"] = json!(namespace);
                     // Owned as the controllers would own it, so the workload is named for the
@@ -190,7 +222,7 @@ pub fn plan(docs: Vec<Value>, first_vip: Ipv4Addr) -> Result<Plan, String> {
                 }
             }
             "Service" => {
-                let spec = &mut doc["spec"];
+                let spec = object_at(&mut doc, "spec", &format!("Service {namespace}/{name}"))?;
                 let has_ip = spec
                     .get("clusterIP")
                     .and_then(Value::as_str)
@@ -279,9 +311,19 @@ spec: {nodeName: node-3, containers: [{name: c, image: x, command: [sleep, "1000
     }
 
     #[test]
-    fn a_pod_without_containers_is_refused_by_name() {
-        let docs = parse("kind: Pod\nmetadata: {name: p, namespace: n}\nspec: {}\n").unwrap();
-        let err = plan(docs, Ipv4Addr::new(10, 96, 0, 10)).unwrap_err();
-        assert!(err.contains("Pod n/p"), "{err}");
+    fn malformed_objects_are_refused_by_name_without_panicking() {
+        let vip = Ipv4Addr::new(10, 96, 0, 10);
+        for (yaml, want) in [
+            ("kind: Pod\nmetadata: {name: p, namespace: n}\nspec: {}\n", "Pod n/p"),
+            ("kind: Pod\nmetadata: {name: p, namespace: n}\nspec: [1]\n", "Pod n/p: spec"),
+            ("kind: Service\nmetadata: {name: s, namespace: n}\nspec: 3\n", "Service n/s"),
+            ("kind: Deployment\nmetadata: {name: d}\nspec: {replicas: 100000}\n", "100000 replicas"),
+            ("kind: Deployment\nmetadata: {name: d}\nspec: {template: 1}\n", "spec.template"),
+            ("kind: Deployment\nmetadata: {name: d}\nspec: {template: {metadata: {labels: 1}, spec: {}}}\n", "labels"),
+            ("- a list\n", "not a mapping"),
+        ] {
+            let err = plan(parse(yaml).unwrap(), vip).unwrap_err();
+            assert!(err.contains(want), "{yaml}: {err}");
+        }
     }
 }

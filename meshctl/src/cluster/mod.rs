@@ -308,14 +308,24 @@ pub fn down(dir: &Path) -> Result<usize, String> {
         .map(|p| p as u32)
         .collect();
     netns::stop_all(&pids, Duration::from_secs(3));
+    // Everything is tried; what failed is reported together.
+    let mut failed = Vec::new();
     for ns in &ordered {
-        netns::ip(&["netns", "del", ns])?;
-        removed += 1;
+        match netns::ip(&["netns", "del", ns]) {
+            Ok(()) => removed += 1,
+            Err(e) => failed.push(e),
+        }
     }
     if dir.join("cluster.json").exists() || dir.join("config").exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            failed.push(format!("{}: {e}", dir.display()));
+        }
     }
-    Ok(removed)
+    if failed.is_empty() {
+        Ok(removed)
+    } else {
+        Err(format!("removing the local cluster: {}", failed.join("; ")))
+    }
 }
 
 /// Where the mesh's binaries are: `MESH_BIN_DIR`, else beside the running executable (for a

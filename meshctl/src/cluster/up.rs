@@ -312,7 +312,8 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
     for (plan, i, pod_ip) in &placed {
         k += 1;
         let node = &cluster.nodes[*i];
-        let ns = format!("mctl-pod-{}-{}", plan.namespace, plan.name);
+        // Namespace names have no dots, so `ns.name` is unique.
+        let ns = format!("mctl-pod-{}.{}", plan.namespace, plan.name);
         let host_side = format!("vp{k}");
         ip(&["netns", "add", &ns])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
@@ -477,10 +478,12 @@ fn cni_add(
         .map_err(|e| format!("mesh-cni: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "mesh-cni ADD for pod {}/{}: {}",
+            "mesh-cni ADD for pod {}/{} ({}): {} {}",
             plan.namespace,
             plan.name,
-            String::from_utf8_lossy(&out.stdout).trim()
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
     Ok(())

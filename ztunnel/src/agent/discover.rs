@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 use crate::inpod::netns::Netns;
 
-/// The namespaces found, by the addresses they hold.
-pub fn scan(netns_dirs: &[PathBuf], processes: bool) -> HashMap<IpAddr, PathBuf> {
+/// The namespaces found, by the addresses they hold: a path to each and the namespace's inode
+/// (a `/proc/PID` path can come to name another namespace; check with [`still_names`]).
+/// Bind-mounted paths are preferred to `/proc` ones.
+pub fn scan(netns_dirs: &[PathBuf], processes: bool) -> HashMap<IpAddr, (PathBuf, u64)> {
     let own = std::fs::metadata("/proc/self/ns/net")
         .map(|m| inode_of(&m))
         .ok();
@@ -43,19 +45,25 @@ pub fn scan(netns_dirs: &[PathBuf], processes: bool) -> HashMap<IpAddr, PathBuf>
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;
         };
-        if !seen.insert(inode_of(&meta)) {
+        let inode = inode_of(&meta);
+        if !seen.insert(inode) {
             continue;
         }
         match addresses_in(&path) {
             Ok(ips) => {
                 for ip in ips {
-                    found.entry(ip).or_insert_with(|| path.clone());
+                    found.entry(ip).or_insert_with(|| (path.clone(), inode));
                 }
             }
             Err(e) => tracing::debug!("netns {}: {e}", path.display()),
         }
     }
     found
+}
+
+/// Whether `path` still names the namespace with `inode`.
+pub fn still_names(path: &Path, inode: u64) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| inode_of(&m) == inode)
 }
 
 fn inode_of(meta: &std::fs::Metadata) -> u64 {

@@ -28,8 +28,9 @@ use crate::config::xds::{XdsClient, XdsConfig};
 use crate::control::ControlPlane;
 use crate::state::{NetworkMode, Protocol, Snapshot, StateStore};
 
-/// How long a CNI `ADD` waits for the pod's Workload to reach the agent before it is answered
-/// as not (yet) enrolled; the pod is enrolled as soon as its Workload arrives.
+/// How long a CNI `ADD` waits for the pod to be decided: its Workload known and, if it is for
+/// the mesh, the pod captured. A pod for the mesh that is not captured by then fails the ADD
+/// (the runtime retries); one without a Workload yet starts and is enrolled when it arrives.
 const ADD_WAIT: Duration = Duration::from_secs(5);
 /// Pods in the mesh whose namespace is unknown trigger a scan at most this often.
 const SCAN_INTERVAL: Duration = Duration::from_secs(2);
@@ -211,8 +212,8 @@ struct Reconciler {
     state: Arc<StateStore>,
     /// (namespace, pod) → namespace path, from the CNI plugin.
     known: HashMap<(String, String), PathBuf>,
-    /// Pod IP → namespace path, from the last scan.
-    discovered: HashMap<IpAddr, PathBuf>,
+    /// Pod IP → namespace path and inode, from the last scan.
+    discovered: HashMap<IpAddr, (PathBuf, u64)>,
     last_scan: Option<Instant>,
     waiting: Vec<WaitingAdd>,
 }
@@ -280,14 +281,29 @@ impl Reconciler {
             let enrolled = uid.is_some_and(|uid| self.agent.is_ready(uid));
             // Decided: not for the mesh, or in it and captured, or out of time.
             if (workload.is_some() && (!wanted || enrolled)) || now >= w.until {
-                if workload.is_none() || (wanted && !enrolled) {
-                    tracing::warn!(pod = %format!("{}/{}", w.pod.0, w.pod.1), "the pod is not in the mesh yet; it is enrolled as soon as it can be");
-                }
-                let _ = w.reply.send(AgentReply {
-                    ok: true,
-                    error: String::new(),
-                    enrolled,
-                });
+                let pod = format!("{}/{}", w.pod.0, w.pod.1);
+                // Fail closed: a pod that belongs in the mesh does not start uncaptured; the
+                // runtime retries the ADD. One the control plane has not described yet starts,
+                // and is enrolled as soon as its Workload arrives.
+                let reply = if wanted && !enrolled {
+                    let error = format!("pod {pod} is in the mesh but this node's ztunnel has not taken it yet (is ztunnel running? see the agent's log)");
+                    tracing::warn!("{error}");
+                    AgentReply {
+                        ok: false,
+                        error,
+                        enrolled: false,
+                    }
+                } else {
+                    if workload.is_none() {
+                        tracing::warn!(%pod, "no Workload for the pod yet; it is enrolled as soon as one arrives");
+                    }
+                    AgentReply {
+                        ok: true,
+                        error: String::new(),
+                        enrolled,
+                    }
+                };
+                let _ = w.reply.send(reply);
             } else {
                 still.push(w);
             }
@@ -315,8 +331,13 @@ impl Reconciler {
         let netns_of = |this: &Self, w: &crate::state::Workload| {
             this.known
                 .get(&(w.namespace.clone(), w.name.clone()))
-                .or_else(|| w.workload_ips.iter().find_map(|ip| this.discovered.get(ip)))
                 .cloned()
+                .or_else(|| {
+                    w.workload_ips.iter().find_map(|ip| {
+                        let (path, inode) = this.discovered.get(ip)?;
+                        discover::still_names(path, *inode).then(|| path.clone())
+                    })
+                })
         };
         // Only pods with an address can be found by a scan.
         let unknown = mine

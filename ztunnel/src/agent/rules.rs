@@ -54,14 +54,31 @@ pub fn passthrough_ruleset() -> String {
 /// The nftables script: creates the table and chains if missing, and replaces their rules
 /// (one atomic run).
 pub fn ruleset(options: RuleOptions) -> String {
+    script(options, true)
+}
+
+/// The rule set without its redirects: the chains, and the mark rules for reply routing.
+pub fn routing_ruleset() -> String {
+    script(RuleOptions::default(), false)
+}
+
+fn script(options: RuleOptions, redirects: bool) -> String {
     // The pod's own lookups, to any resolver (also one on loopback), before the loopback
     // exception; never DNS the pod serves (no prerouting rule).
-    let dns = if options.dns_capture {
-        "udp dport 53 redirect to :15053
-    tcp dport 53 tcp flags & (fin | syn | rst | ack) == syn redirect to :15053
+    let dns = if redirects && options.dns_capture {
+        "meta nfproto ipv4 udp dport 53 redirect to :15053
+    meta nfproto ipv4 tcp dport 53 tcp flags & (fin | syn | rst | ack) == syn redirect to :15053
     "
     } else {
         ""
+    };
+    let (inbound, outbound) = if redirects {
+        (
+            "tcp flags & (fin | syn | rst | ack) == syn redirect to :15006",
+            "tcp flags & (fin | syn | rst | ack) == syn redirect to :15001",
+        )
+    } else {
+        ("", "")
     };
     format!(
         "table inet {TABLE}
@@ -72,14 +89,14 @@ table inet {TABLE} {{
     iifname \"lo\" return
     ip saddr {PROBE_SOURCE} return
     meta l4proto tcp tcp dport 15008 return
-    tcp flags & (fin | syn | rst | ack) == syn redirect to :15006
+    {inbound}
   }}
   chain output {{
     type nat hook output priority -100; policy accept;
     meta mark & 0xfff == {ZTUNNEL_MARK:#x} return
     {dns}ip daddr 127.0.0.0/8 return
     ip6 daddr ::1 return
-    tcp flags & (fin | syn | rst | ack) == syn redirect to :15001
+    {outbound}
   }}
   chain mangle_output {{
     type route hook output priority mangle; policy accept;
@@ -138,11 +155,25 @@ fn ip_rule(netns: &Netns, action: &str) -> Result<(), String> {
     )
 }
 
-/// Installs (or refreshes) the rules in a pod's namespace.
+/// Installs the reply routing without redirects (before ztunnel gets the pod): the mark
+/// rules, `ip rule fwmark 0x111/0xfff lookup 100` and table 100's local route.
+pub fn prepare(netns: &Netns) -> Result<(), String> {
+    if installed(netns) {
+        return Ok(()); // already captured: keep the redirects (and their connections)
+    }
+    run_in(netns, "nft", &["-f", "-"], Some(routing_ruleset()))?;
+    route(netns)
+}
+
+/// Installs (or refreshes) the rules, redirects included, in a pod's namespace.
 pub fn install(netns: &Netns, options: RuleOptions) -> Result<(), String> {
     run_in(netns, "nft", &["-f", "-"], Some(ruleset(options)))?;
-    // Policy routing for replies of accepted connections; `replace`, and del before add, keep
-    // it idempotent.
+    route(netns)
+}
+
+/// Policy routing for replies of accepted connections; `replace`, and del before add, keep it
+/// idempotent.
+fn route(netns: &Netns) -> Result<(), String> {
     let table = ROUTE_TABLE.to_string();
     run_in(
         netns,
@@ -205,7 +236,7 @@ mod tests {
             "tcp flags & (fin | syn | rst | ack) == syn redirect to :15006",
             "meta mark & 0xfff == 0x539 return",
             "tcp flags & (fin | syn | rst | ack) == syn redirect to :15001",
-            "udp dport 53 redirect to :15053",
+            "meta nfproto ipv4 udp dport 53 redirect to :15053",
             "ip saddr 169.254.7.127 return",
             "ct mark set ct mark & 0xfffff000 | 0x111",
         ] {

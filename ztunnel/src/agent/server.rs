@@ -1,8 +1,10 @@
 //! The agent's side of the ZDS socket: it keeps the set of enrolled pods and keeps the
 //! connected ztunnel in step with it.
 //!
-//! Enrolling a pod sends it to ztunnel; once ztunnel has acknowledged it (its listeners are
-//! open inside the pod) the redirect rules are installed and the pod is *ready*. Un-enrolling
+//! Enrolling a pod installs the reply routing (the mark rules, `ip rule`, table 100: what lets
+//! ztunnel connect to the application from a client's address), then sends the pod to
+//! ztunnel; once ztunnel has acknowledged it (its listeners are open inside the pod) the
+//! redirects are installed and the pod is *ready*. Un-enrolling
 //! removes the rules, then sends `del`. Either way the pod's traffic is never captured with no
 //! ztunnel listener behind it. Without a connected ztunnel a newly enrolled pod gets no rules
 //! (nothing could serve them); a pod already captured keeps its rules across a ztunnel restart. A ztunnel that connects (at start, or after a restart) receives the
@@ -35,6 +37,10 @@ pub struct EnrolledPod {
 #[derive(Default)]
 pub struct Agent {
     pods: Mutex<BTreeMap<String, EnrolledPod>>,
+    /// The namespace each enrolled pod's path named at enrolment (its nsfs inode): a path that
+    /// names another namespace later (a `/proc/PID` whose process is gone, its pid reused) is
+    /// never handed to ztunnel or given rules.
+    inodes: Mutex<BTreeMap<String, u64>>,
     changed: watch::Sender<u64>,
     /// Pods ztunnel acknowledged and whose rules are in.
     ready: Mutex<BTreeSet<String>>,
@@ -90,46 +96,77 @@ impl Agent {
             .collect()
     }
 
-    /// Puts a pod in the mesh: ztunnel is told; its rules follow ztunnel's ack.
+    /// Puts a pod in the mesh: reply routing first, then ztunnel is told; the redirects follow
+    /// ztunnel's ack.
     pub fn enroll(&self, pod: EnrolledPod) -> Result<(), String> {
-        Netns::open(&pod.netns)
+        let netns = Netns::open(&pod.netns)
             .map_err(|e| format!("pod {}: {}: {e}", pod.uid, pod.netns.display()))?;
+        rules::prepare(&netns).map_err(|e| format!("pod {}: {e}", pod.uid))?;
         let uid = pod.uid.clone();
+        self.inodes
+            .lock()
+            .expect("inodes lock")
+            .insert(uid.clone(), netns.inode);
         self.pods.lock().expect("pods lock").insert(uid, pod);
         self.changed.send_modify(|g| *g += 1);
         Ok(())
     }
 
-    /// Takes a pod out of the mesh: the rules go first, then ztunnel is told. Established
-    /// connections keep their NAT translation and carry on.
+    /// The pod's namespace, if its path still names the one it was enrolled with.
+    fn open_pinned(&self, pod: &EnrolledPod) -> Result<Netns, String> {
+        let netns = Netns::open(&pod.netns).map_err(|e| format!("{}: {e}", pod.netns.display()))?;
+        let pinned = self
+            .inodes
+            .lock()
+            .expect("inodes lock")
+            .get(&pod.uid)
+            .copied();
+        if pinned.is_some_and(|inode| inode != netns.inode) {
+            return Err(format!(
+                "{} names another network namespace than at enrolment",
+                pod.netns.display()
+            ));
+        }
+        Ok(netns)
+    }
+
+    /// Takes a pod out of the mesh: the redirects go first, then ztunnel is told. Established
+    /// connections keep their NAT translation and reply routing, and carry on.
     pub fn unenroll(&self, uid: &str) -> Result<(), String> {
         let Some(pod) = self.pods.lock().expect("pods lock").remove(uid) else {
             return Ok(());
         };
         self.set_ready(uid, false);
-        let removed = match Netns::open(&pod.netns) {
+        let removed = match self.open_pinned(&pod) {
             Ok(netns) => rules::remove(&netns).map_err(|e| format!("pod {uid}: {e}")),
             // The pod (and its namespace) is gone already: nothing to clean.
             Err(_) => Ok(()),
         };
+        self.inodes.lock().expect("inodes lock").remove(uid);
         self.changed.send_modify(|g| *g += 1);
         removed
     }
 
-    /// ztunnel holds the pod: install its rules (idempotent; again after a reconnect).
+    /// ztunnel holds the pod: install its redirects (idempotent; again after a reconnect).
     fn capture(&self, pod: &EnrolledPod) {
-        let installed = Netns::open(&pod.netns)
-            .map_err(|e| e.to_string())
-            .and_then(|netns| rules::install(&netns, self.rules));
-        match installed {
-            // Un-enrolled meanwhile: leave no rules behind.
-            Ok(()) if !self.is_enrolled(&pod.uid) => {
-                if let Ok(netns) = Netns::open(&pod.netns) {
-                    let _ = rules::remove(&netns);
-                }
+        let netns = match self.open_pinned(pod) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(uid = %pod.uid, "not capturing: {e}");
+                return;
             }
-            Ok(()) => self.set_ready(&pod.uid, true),
-            Err(e) => tracing::warn!(uid = %pod.uid, "installing the redirect rules: {e}"),
+        };
+        if let Err(e) = rules::install(&netns, self.rules) {
+            tracing::warn!(uid = %pod.uid, "installing the redirect rules: {e}");
+            return;
+        }
+        // Checked and marked under the pods lock, so an un-enrolment cannot slip in between.
+        let pods = self.pods.lock().expect("pods lock");
+        if pods.contains_key(&pod.uid) {
+            self.set_ready(&pod.uid, true);
+        } else {
+            drop(pods);
+            let _ = rules::remove(&netns); // un-enrolled meanwhile: leave no redirects behind
         }
     }
 
@@ -140,6 +177,7 @@ impl Agent {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!("ZDS accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     continue;
                 }
             };
@@ -159,11 +197,14 @@ impl Agent {
         if let Err(e) = conn.request(Request::SnapshotSent).await? {
             tracing::warn!("ztunnel refused the snapshot end: {e}");
         }
+        // Pods ztunnel refused, or whose namespace could not be opened, are tried again.
+        let mut retry = tokio::time::interval(std::time::Duration::from_secs(2));
         loop {
             // Between requests ztunnel sends nothing: readable means it went away (or broke the
             // protocol), and the next ztunnel's connection is waiting to be accepted.
             tokio::select! {
                 r = changed.changed() => if r.is_err() { return Ok(()) },
+                _ = retry.tick() => {}
                 r = conn.recv() => {
                     return Err(match r? {
                         None => std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "ztunnel disconnected"),
@@ -194,10 +235,10 @@ impl Agent {
             if held.get(&uid) == Some(&pod) {
                 continue;
             }
-            let netns: OwnedFd = match std::fs::File::open(&pod.netns) {
-                Ok(f) => f.into(),
+            let netns: OwnedFd = match self.open_pinned(&pod) {
+                Ok(n) => n.into_fd(),
                 Err(e) => {
-                    tracing::warn!(%uid, "network namespace {}: {e}", pod.netns.display());
+                    tracing::warn!(%uid, "network namespace: {e}");
                     continue;
                 }
             };

@@ -22,6 +22,10 @@ pub const PORT: u16 = 15053;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest TCP-framed message taken.
 const MAX_TCP_MESSAGE: usize = 16 * 1024;
+/// Queries in flight per pod (UDP); more are dropped, as a busy resolver would.
+const MAX_IN_FLIGHT: usize = 256;
+/// A TCP DNS connection idle this long is closed.
+const TCP_IDLE: Duration = Duration::from_secs(10);
 
 pub struct DnsProxy {
     pub state: Arc<StateStore>,
@@ -31,43 +35,47 @@ pub struct DnsProxy {
     pub mark: Option<u32>,
 }
 
-/// The `nameserver` lines of a `resolv.conf`, on port 53.
+/// The `nameserver` lines of a `resolv.conf`, on port 53. Loopback resolvers (a node's
+/// 127.0.0.53) are left out: queries are forwarded from inside the pod, where they do not run.
 pub fn upstreams(resolv_conf: &str) -> Vec<SocketAddr> {
     resolv_conf
         .lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
+        .filter(|ip| !ip.is_loopback())
         .map(|ip| SocketAddr::new(ip, 53))
         .collect()
 }
 
 impl DnsProxy {
-    /// The mesh's answer for `name`: the VIPs of the Services with that hostname.
+    /// The mesh's answer for `name`: the VIPs of the Services with that hostname. A Service
+    /// without VIPs (headless) is left to the cluster's DNS, which lists its pods.
     fn lookup(&self, name: &str) -> Option<Vec<IpAddr>> {
         let snap = self.state.load();
-        let services = snap.services_by_host(name);
-        if services.is_empty() {
-            return None;
-        }
-        Some(
-            services
-                .iter()
-                .flat_map(|s| s.service.vips.iter().map(|v| v.ip))
-                .collect(),
-        )
+        let ips: Vec<IpAddr> = snap
+            .services_by_host(name)
+            .iter()
+            .flat_map(|s| s.service.vips.iter().map(|v| v.ip))
+            .collect();
+        (!ips.is_empty()).then_some(ips)
     }
 
-    /// The response to one query.
-    pub async fn resolve(&self, query: &[u8]) -> Vec<u8> {
+    /// The response to one query; `None` for a message that gets none (a response).
+    pub async fn resolve(&self, query: &[u8]) -> Option<Vec<u8>> {
         let q = match parse_query(query) {
             Ok(q) => q,
+            Err(message::ParseError::NotQuery) => return None, // never answer an answer
             Err(e) => {
                 tracing::debug!("DNS query refused: {e}");
-                return error(query, None, rcode::FORMERR);
+                return Some(error(query, None, rcode::FORMERR));
             }
         };
+        Some(self.resolve_question(query, &q).await)
+    }
+
+    async fn resolve_question(&self, query: &[u8], q: &message::Question) -> Vec<u8> {
         if let Some(ips) = self.lookup(&q.name) {
-            return answer(query, &q, &ips);
+            return answer(query, q, &ips);
         }
         for upstream in &self.upstreams {
             match self.forward(query, *upstream).await {
@@ -75,7 +83,7 @@ impl DnsProxy {
                 Err(e) => tracing::debug!(name = %q.name, %upstream, "DNS forward: {e}"),
             }
         }
-        error(query, Some(&q), rcode::SERVFAIL)
+        error(query, Some(q), rcode::SERVFAIL)
     }
 
     async fn forward(&self, query: &[u8], upstream: SocketAddr) -> std::io::Result<Vec<u8>> {
@@ -105,6 +113,7 @@ impl DnsProxy {
 /// Answers queries on a UDP socket until draining starts.
 pub async fn serve_udp(socket: UdpSocket, proxy: Arc<DnsProxy>, drain: Drain) {
     let socket = Arc::new(socket);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut buf = vec![0u8; 4096];
     loop {
         let (n, from) = tokio::select! {
@@ -117,11 +126,16 @@ pub async fn serve_udp(socket: UdpSocket, proxy: Arc<DnsProxy>, drain: Drain) {
             },
             _ = drain.started() => return,
         };
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            continue; // too many in flight: dropped, the client retries
+        };
         let query = buf[..n].to_vec();
         let (socket, proxy) = (socket.clone(), proxy.clone());
         tokio::spawn(async move {
-            let reply = proxy.resolve(&query).await;
-            let _ = socket.send_to(&reply, from).await;
+            if let Some(reply) = proxy.resolve(&query).await {
+                let _ = socket.send_to(&reply, from).await;
+            }
+            drop(permit);
         });
     }
 }
@@ -132,14 +146,18 @@ pub async fn serve_tcp(listener: TcpListener, proxy: Arc<DnsProxy>, drain: Drain
         let (mut tcp, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(r) => r,
-                Err(_) => continue,
+                Err(e) => {
+                    tracing::debug!("DNS accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             },
             _ = drain.started() => return,
         };
         let proxy = proxy.clone();
         tokio::spawn(async move {
             loop {
-                let Ok(len) = tcp.read_u16().await else {
+                let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, tcp.read_u16()).await else {
                     return;
                 };
                 let len = len as usize;
@@ -150,7 +168,9 @@ pub async fn serve_tcp(listener: TcpListener, proxy: Arc<DnsProxy>, drain: Drain
                 if tcp.read_exact(&mut query).await.is_err() {
                     return;
                 }
-                let reply = proxy.resolve(&query).await;
+                let Some(reply) = proxy.resolve(&query).await else {
+                    return;
+                };
                 let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
                 framed.extend_from_slice(&reply);
                 if tcp.write_all(&framed).await.is_err() {
@@ -183,7 +203,8 @@ mod tests {
         };
         let a = proxy
             .resolve(&query(1, "cart.shop.svc.cluster.local", TYPE_A))
-            .await;
+            .await
+            .unwrap();
         assert_eq!(
             answer_ips(&a).unwrap(),
             (
@@ -193,17 +214,27 @@ mod tests {
         );
         let aaaa = proxy
             .resolve(&query(2, "cart.shop.svc.cluster.local", TYPE_AAAA))
-            .await;
+            .await
+            .unwrap();
         assert_eq!(answer_ips(&aaaa).unwrap(), (rcode::NOERROR, vec![]));
-        let other = proxy.resolve(&query(3, "example.com", TYPE_A)).await;
+        let other = proxy
+            .resolve(&query(3, "example.com", TYPE_A))
+            .await
+            .unwrap();
         assert_eq!(answer_ips(&other).unwrap(), (rcode::SERVFAIL, vec![]));
-        let junk = proxy.resolve(&[1, 2, 3]).await;
+        let junk = proxy.resolve(&[1, 2, 3]).await.unwrap();
         assert_eq!(junk[3] & 0xf, rcode::FORMERR as u8);
+        let mut response = query(4, "cart.shop.svc.cluster.local", TYPE_A);
+        response[2] |= 0x80;
+        assert!(
+            proxy.resolve(&response).await.is_none(),
+            "an answer gets no answer"
+        );
     }
 
     #[test]
     fn upstreams_come_from_nameserver_lines() {
-        let conf = "search shop.svc.cluster.local\nnameserver 10.96.0.10\nnameserver fd00::a\noptions ndots:5\nnameserver bogus\n";
+        let conf = "search shop.svc.cluster.local\nnameserver 10.96.0.10\nnameserver fd00::a\noptions ndots:5\nnameserver bogus\nnameserver 127.0.0.53\n";
         assert_eq!(
             upstreams(conf),
             vec![

@@ -51,6 +51,11 @@ impl Netns {
         })
     }
 
+    /// The namespace's descriptor (to hand over, e.g. by SCM_RIGHTS).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// Opens a namespace by path (`/run/netns/NAME`, `/proc/PID/ns/net`).
     pub fn open(path: &std::path::Path) -> io::Result<Self> {
         Self::new(std::fs::File::open(path)?.into())

@@ -123,6 +123,10 @@ pub async fn authorize_and_connect(
         }
     };
     let registration = proxy.inbound.register(source_ip, dst, peer, &app);
+    // A config swap between the decision and the registration is not missed.
+    if proxy.state.load().version != snap.version {
+        proxy.inbound.revalidate(proxy);
+    }
     Ok((app, proxy.metrics.opened(labels()), registration))
 }
 
