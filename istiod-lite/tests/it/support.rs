@@ -47,11 +47,15 @@ pub async fn ping(t: &mut TcpStream) {
     assert_eq!(&b, b"ping");
 }
 
-/// Opens a tunnel and echoes one line; `Err(reply code)` when refused.
+/// Opens a tunnel and echoes one line; `Err(reply code)` when refused, `Err(0)` when it opened
+/// and was then closed (a policy that landed meanwhile closes established connections too).
 pub async fn call(proxy: SocketAddr, dst: SocketAddr) -> Result<(), u8> {
     let mut t = open(proxy, dst).await?;
-    ping(&mut t).await;
-    Ok(())
+    let mut b = [0u8; 4];
+    match t.write_all(b"ping").await {
+        Ok(()) if t.read_exact(&mut b).await.is_ok() && &b == b"ping" => Ok(()),
+        _ => Err(0),
+    }
 }
 
 /// Writes `mesh.yaml` into `dir`: namespace `shop` enrolled in ambient, and one running pod per
