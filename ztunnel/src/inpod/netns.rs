@@ -161,7 +161,7 @@ impl Netns {
 
     /// Connects to `addr` from inside the namespace as `source` (IP_TRANSPARENT: an address
     /// the namespace does not own), with `mark`. The pod's 0x111 connmark rule and routing table
-    /// 100 deliver the application's replies back to this socket. Falls back to the pod's own
+    /// 100 deliver the application's replies back to this socket. Connects from the pod's own
     /// address if the kernel refuses the bind.
     pub async fn connect_as(
         &self,
@@ -169,11 +169,7 @@ impl Netns {
         source: std::net::IpAddr,
         mark: Option<u32>,
     ) -> io::Result<TcpStream> {
-        let socket = self.tcp(addr.is_ipv4())?;
-        if let Some(mark) = mark {
-            socket.set_mark(mark)?;
-        }
-        socket.set_tcp_nodelay(true)?;
+        let socket = self.marked_tcp(addr.is_ipv4(), mark)?;
         // Only marked sockets get their replies routed back by the pod's rules.
         let transparent = mark.is_some()
             && source.is_ipv4() == addr.is_ipv4()
@@ -186,7 +182,6 @@ impl Netns {
             && socket.bind(&SocketAddr::new(source, 0).into()).is_ok();
         if !transparent {
             tracing::debug!(%source, %addr, "connecting without the client's address");
-            return self.connect(addr, None, mark).await;
         }
         TcpSocket::from_std_stream(socket.into())
             .connect(addr)
@@ -200,16 +195,21 @@ impl Netns {
         bind: Option<std::net::IpAddr>,
         mark: Option<u32>,
     ) -> io::Result<TcpStream> {
-        let socket = self.tcp(addr.is_ipv4())?;
-        if let Some(mark) = mark {
-            socket.set_mark(mark)?;
-        }
-        socket.set_tcp_nodelay(true)?;
-        let socket = TcpSocket::from_std_stream(socket.into());
+        let socket = TcpSocket::from_std_stream(self.marked_tcp(addr.is_ipv4(), mark)?.into());
         if let Some(ip) = bind {
             socket.bind(SocketAddr::new(ip, 0))?;
         }
         socket.connect(addr).await
+    }
+
+    /// A TCP socket for an outgoing connection: `mark` set, Nagle off.
+    fn marked_tcp(&self, v4: bool, mark: Option<u32>) -> io::Result<Socket> {
+        let socket = self.tcp(v4)?;
+        if let Some(mark) = mark {
+            socket.set_mark(mark)?;
+        }
+        socket.set_tcp_nodelay(true)?;
+        Ok(socket)
     }
 }
 
