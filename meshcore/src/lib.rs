@@ -3,9 +3,12 @@
 //! that TLS) with its bidirectional copy, and the L4 authorization engine. ztunnel, the waypoint and istiod-lite build on it.
 
 pub mod api;
+pub mod certs;
+pub mod control;
 pub mod copy;
 pub mod hbone;
 pub mod identity;
+pub mod l7;
 pub mod pki;
 pub mod policy;
 pub mod tls;

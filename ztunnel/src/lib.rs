@@ -3,7 +3,7 @@
 //!
 //! - [`settings`]: flags and environment variables (Istio's names);
 //! - [`config`]: config sources (the local file) and [`state`]: the store they feed;
-//! - [`certs`]: certificate provider and per-identity manager with renewal;
+//! - [`certs`]: certificate provider and per-identity manager (meshcore's, re-exported);
 //! - [`proxy`]: the data path (outbound, inbound, SOCKS5) over meshcore's HBONE;
 //! - [`metrics`]: Istio's TCP metrics; [`admin`]: admin, metrics and readiness endpoints;
 //! - [`app`]: wiring, start and graceful shutdown.
@@ -11,9 +11,9 @@
 pub mod admin;
 pub mod agent;
 pub mod app;
-pub mod certs;
+pub use meshcore::certs;
 pub mod config;
-pub mod control;
+pub use meshcore::control;
 pub mod dns;
 pub mod inpod;
 pub mod metrics;

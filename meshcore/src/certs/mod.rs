@@ -12,10 +12,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
+use crate::identity::SpiffeId;
+use crate::pki::{CertificateAuthority, Validity};
+use crate::tls::{Credentials, TrustRoots, WorkloadCert};
 use arc_swap::ArcSwap;
-use meshcore::identity::SpiffeId;
-use meshcore::pki::{CertificateAuthority, Validity};
-use meshcore::tls::{Credentials, TrustRoots, WorkloadCert};
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
@@ -45,7 +45,7 @@ impl LocalCa {
 
     /// A development root in memory; only this process trusts it.
     pub fn generate(trust_domain: &str, ttl: Duration) -> Result<Self, String> {
-        let ca = CertificateAuthority::generate_root(trust_domain, meshcore::pki::DEV_ROOT_TTL)
+        let ca = CertificateAuthority::generate_root(trust_domain, crate::pki::DEV_ROOT_TTL)
             .map_err(|e| format!("generating a development CA: {e}"))?;
         Self::new(ca, ttl)
     }

@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use meshcore::api::ca::{
+use crate::api::ca::{
     istio_certificate_service_client::IstioCertificateServiceClient, IstioCertificateRequest,
 };
-use meshcore::identity::SpiffeId;
-use meshcore::pki::generate_csr;
-use meshcore::tls::{TrustRoots, WorkloadCert};
+use crate::identity::SpiffeId;
+use crate::pki::generate_csr;
+use crate::tls::{TrustRoots, WorkloadCert};
 use tonic::transport::Channel;
 
 use super::{CertificateProvider, IssueFuture};
