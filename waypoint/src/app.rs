@@ -1,0 +1,268 @@
+//! Wiring: the certificate, the configuration source, the HBONE listener and the side doors;
+//! graceful shutdown (stop accepting, GOAWAY, let open tunnels finish within the drain timeout).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshcore::certs::remote::RemoteCa;
+use meshcore::certs::{CertManager, CertificateProvider, LocalCa};
+use meshcore::control::ControlPlane;
+use meshcore::hbone::{
+    server::HboneServer, ClientSettings, HboneClient, ServerSettings, HBONE_PORT,
+};
+use meshcore::tls::TrustRoots;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::admin::{self, AdminContext, Endpoints, LogControl};
+use crate::config::file::FileSource;
+use crate::config::{ConfigStore, WaypointIdentity};
+use crate::metrics::Metrics;
+use crate::proxy::upstream::Upstream;
+use crate::proxy::{Proxy, ProxySettings};
+use crate::settings::Settings;
+
+pub const ADMIN_PORT: u16 = 15000;
+pub const STATS_PORT: u16 = 15020;
+pub const READINESS_PORT: u16 = 15021;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub hbone: SocketAddr,
+    pub admin: SocketAddr,
+    pub stats: SocketAddr,
+    pub readiness: SocketAddr,
+}
+
+pub struct Waypoint {
+    pub addresses: Addresses,
+    pub proxy: Arc<Proxy>,
+    server: Arc<HboneServer>,
+    shutdown: watch::Sender<bool>,
+    quit: Arc<Notify>,
+    open_tunnels: Arc<AtomicUsize>,
+    drain_timeout: Duration,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("binding {what} on {addr}: {e}"))
+}
+
+fn certificate_provider(settings: &Settings) -> Result<Arc<dyn CertificateProvider>, String> {
+    let mesh_root = || -> Result<String, String> {
+        let path = settings
+            .xds_root_ca
+            .clone()
+            .or_else(|| settings.ca_dir.as_ref().map(|d| d.join("root-cert.pem")))
+            .ok_or("no mesh root: set XDS_ROOT_CA or CA_DIR")?;
+        std::fs::read_to_string(&path).map_err(|e| format!("mesh root {}: {e}", path.display()))
+    };
+    Ok(match (&settings.ca_address, &settings.ca_dir) {
+        (Some(address), _) => {
+            let root = mesh_root()?;
+            let control = ControlPlane {
+                address: address.clone(),
+                server_name: settings.xds_server_name.clone(),
+                tls: meshcore::tls::control::control_client_config(&root)
+                    .map_err(|e| format!("mesh root: {e}"))?,
+            };
+            Arc::new(RemoteCa::new(
+                control.channel()?,
+                settings
+                    .ca_token_file
+                    .clone()
+                    .expect("validated: CA_ADDRESS has a token"),
+                settings.cluster_id.clone(),
+                settings.secret_ttl,
+                TrustRoots::from_pem(&root).map_err(|e| format!("mesh root: {e}"))?,
+            ))
+        }
+        (None, Some(dir)) => Arc::new(LocalCa::from_dir(
+            dir,
+            &settings.trust_domain,
+            settings.secret_ttl,
+        )?),
+        (None, None) => {
+            tracing::warn!(
+                "no CA_DIR or CA_ADDRESS: an in-memory development CA that nothing else trusts"
+            );
+            Arc::new(LocalCa::generate(
+                &settings.trust_domain,
+                settings.secret_ttl,
+            )?)
+        }
+    })
+}
+
+/// Starts a waypoint: fails if its configuration, certificate or listeners cannot be had.
+pub async fn start(
+    settings: Settings,
+    log: Option<Arc<dyn LogControl>>,
+) -> Result<Waypoint, String> {
+    settings.validate()?;
+    let identity = settings.identity()?;
+    let certs = CertManager::new(certificate_provider(&settings)?);
+    let credentials = certs
+        .credentials(&identity)
+        .await
+        .map_err(|e| format!("the waypoint's certificate: {e}"))?;
+
+    let store = Arc::new(ConfigStore::new(WaypointIdentity {
+        namespace: settings.namespace.clone(),
+        name: settings.name.clone(),
+        trust_domain: settings.trust_domain.clone(),
+        root_namespace: settings.root_namespace.clone(),
+    }));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut file_status = None;
+    if let Some(path) = &settings.local_config_path {
+        let mut source = FileSource::new(path, store.clone());
+        source.poll().map_err(|e| format!("configuration: {e}"))?;
+        file_status = Some(source.status());
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(source.run(settings.config_poll_interval, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+    }
+
+    let ip = settings.bind_address;
+    let hbone_listener = bind(SocketAddr::new(ip, HBONE_PORT), "HBONE").await?;
+    let admin_listener = bind(
+        SocketAddr::new(settings.local_only_address(), ADMIN_PORT),
+        "admin",
+    )
+    .await?;
+    let stats_listener = bind(SocketAddr::new(ip, STATS_PORT), "metrics").await?;
+    let ready_listener = bind(SocketAddr::new(ip, READINESS_PORT), "readiness").await?;
+    let local = |l: &TcpListener| l.local_addr().expect("bound");
+    let addresses = Addresses {
+        hbone: local(&hbone_listener),
+        admin: local(&admin_listener),
+        stats: local(&stats_listener),
+        readiness: local(&ready_listener),
+    };
+
+    let upstream = Upstream::new(
+        Arc::new(HboneClient::new(ClientSettings::default())),
+        certs.clone(),
+        identity.clone(),
+    );
+    let proxy = Arc::new(Proxy::new(
+        store,
+        upstream,
+        Arc::new(Metrics::new()),
+        ProxySettings {
+            cluster: settings.cluster_id.clone(),
+            access_log: settings.access_log,
+            forward_client_cert: settings.forward_client_cert,
+            detection_timeout: settings.protocol_detection_timeout,
+        },
+        identity.clone(),
+    ));
+    // Istio's waypoint accepts up to 100 streams per client connection.
+    let server = HboneServer::new(
+        meshcore::tls::server_config(credentials),
+        ServerSettings {
+            max_concurrent_streams: 100,
+            ..ServerSettings::default()
+        },
+    );
+    let open_tunnels = Arc::new(AtomicUsize::new(0));
+    {
+        let (proxy, open, mut rx) = (proxy.clone(), open_tunnels.clone(), shutdown_rx.clone());
+        tokio::spawn(server.clone().serve(
+            hbone_listener,
+            move |connect| {
+                let (proxy, open) = (proxy.clone(), open.clone());
+                async move {
+                    open.fetch_add(1, Ordering::Relaxed);
+                    proxy.handle(connect).await;
+                    open.fetch_sub(1, Ordering::Relaxed);
+                }
+            },
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ));
+    }
+
+    let quit = Arc::new(Notify::new());
+    let (ready_tx, ready_rx) = watch::channel(true);
+    // Readiness follows the process: not ready from the moment it starts draining.
+    {
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let _ = rx.wait_for(|s| *s).await;
+            let _ = ready_tx.send(false);
+        });
+    }
+    let ctx = Arc::new(AdminContext {
+        proxy: proxy.clone(),
+        certs,
+        file: file_status,
+        log,
+        quit: quit.clone(),
+        ready: ready_rx,
+    });
+    tokio::spawn(admin::serve(
+        admin_listener,
+        ctx.clone(),
+        Endpoints::Admin,
+        shutdown_rx.clone(),
+    ));
+    tokio::spawn(admin::serve(
+        stats_listener,
+        ctx.clone(),
+        Endpoints::Stats,
+        shutdown_rx.clone(),
+    ));
+    tokio::spawn(admin::serve(
+        ready_listener,
+        ctx,
+        Endpoints::Readiness,
+        shutdown_rx,
+    ));
+    tracing::info!(hbone = %addresses.hbone, identity = %identity, "waypoint started");
+    Ok(Waypoint {
+        addresses,
+        proxy,
+        server,
+        shutdown,
+        quit,
+        open_tunnels,
+        drain_timeout: settings.drain_timeout,
+    })
+}
+
+impl Waypoint {
+    /// Completes when `/quitquitquit` was called.
+    pub async fn quit_requested(&self) {
+        self.quit.notified().await;
+    }
+
+    /// Tunnels being served now.
+    pub fn open_tunnels(&self) -> usize {
+        self.open_tunnels.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, sends GOAWAY, waits for open tunnels up to the drain timeout.
+    pub async fn shutdown(self) {
+        self.server.drain();
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        while self.open_tunnels() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.open_tunnels() > 0 {
+            tracing::info!(
+                open = self.open_tunnels(),
+                "drain timeout: closing remaining tunnels"
+            );
+        }
+        let _ = self.shutdown.send(true);
+        tracing::info!("waypoint stopped");
+    }
+}

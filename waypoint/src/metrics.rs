@@ -1,0 +1,232 @@
+//! Istio's request metrics, `reporter="waypoint"`, with Istio's names, labels and Envoy's default
+//! histogram buckets, so existing dashboards work; and the TCP metrics for opaque TCP through
+//! the waypoint. Each waypoint instance owns its recorder, as each ztunnel does.
+
+use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+
+pub const REQUESTS: &str = "istio_requests_total";
+pub const DURATION: &str = "istio_request_duration_milliseconds";
+pub const REQUEST_BYTES: &str = "istio_request_bytes";
+pub const RESPONSE_BYTES: &str = "istio_response_bytes";
+pub const TCP_OPENED: &str = "istio_tcp_connections_opened_total";
+pub const TCP_CLOSED: &str = "istio_tcp_connections_closed_total";
+pub const TCP_RECEIVED: &str = "istio_tcp_received_bytes_total";
+pub const TCP_SENT: &str = "istio_tcp_sent_bytes_total";
+
+/// Envoy's default histogram buckets (milliseconds), which Istio's dashboards assume.
+const DURATION_BUCKETS: &[f64] = &[
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+const BYTE_BUCKETS: &[f64] = &[
+    1.0,
+    10.0,
+    100.0,
+    1000.0,
+    10000.0,
+    100000.0,
+    1000000.0,
+    10000000.0,
+    100000000.0,
+    1000000000.0,
+];
+
+static META: Metadata<'static> = Metadata::new("waypoint", Level::INFO, Some(module_path!()));
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One peer of a request, as Istio labels it.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub workload: String,
+    pub namespace: String,
+    pub principal: String,
+    pub app: String,
+    pub version: String,
+}
+
+/// Everything a request's metrics are labelled with.
+#[derive(Debug, Clone, Default)]
+pub struct RequestLabels {
+    pub source: Peer,
+    pub destination: Peer,
+    /// Service hostname; `unknown` when workload-addressed without a service.
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub cluster: String,
+    /// `http`, `grpc`.
+    pub request_protocol: &'static str,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(DURATION.into()), DURATION_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(REQUEST_BYTES.into()), BYTE_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(RESPONSE_BYTES.into()), BYTE_BUCKETS)
+            })
+            .expect("static buckets are valid")
+            .build_recorder();
+        let describe_counter = |name: &'static str, unit, help: &'static str| {
+            recorder.describe_counter(
+                KeyName::from_const_str(name),
+                Some(unit),
+                SharedString::const_str(help),
+            );
+        };
+        describe_counter(REQUESTS, Unit::Count, "Requests handled by the waypoint");
+        describe_counter(TCP_OPENED, Unit::Count, "TCP connections opened");
+        describe_counter(TCP_CLOSED, Unit::Count, "TCP connections closed");
+        describe_counter(
+            TCP_RECEIVED,
+            Unit::Bytes,
+            "Bytes received from clients over TCP",
+        );
+        describe_counter(TCP_SENT, Unit::Bytes, "Bytes sent to clients over TCP");
+        let describe_histogram = |name: &'static str, unit, help: &'static str| {
+            recorder.describe_histogram(
+                KeyName::from_const_str(name),
+                Some(unit),
+                SharedString::const_str(help),
+            );
+        };
+        describe_histogram(DURATION, Unit::Milliseconds, "Request duration");
+        describe_histogram(REQUEST_BYTES, Unit::Bytes, "Request body sizes");
+        describe_histogram(RESPONSE_BYTES, Unit::Bytes, "Response body sizes");
+        Self { recorder }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.recorder.handle().render()
+    }
+
+    /// Records one finished request.
+    #[allow(clippy::too_many_arguments)]
+    pub fn request(
+        &self,
+        labels: &RequestLabels,
+        response_code: u16,
+        grpc_status: Option<u32>,
+        response_flags: &str,
+        duration_ms: f64,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        let mut l = labels.base();
+        l.push(Label::new("response_code", response_code.to_string()));
+        l.push(Label::new(
+            "grpc_response_status",
+            grpc_status.map(|s| s.to_string()).unwrap_or_default(),
+        ));
+        l.push(Label::new("response_flags", response_flags.to_owned()));
+        let key = |name: &'static str| Key::from_parts(name, l.clone());
+        self.recorder
+            .register_counter(&key(REQUESTS), &META)
+            .increment(1);
+        self.recorder
+            .register_histogram(&key(DURATION), &META)
+            .record(duration_ms);
+        self.recorder
+            .register_histogram(&key(REQUEST_BYTES), &META)
+            .record(request_bytes as f64);
+        self.recorder
+            .register_histogram(&key(RESPONSE_BYTES), &META)
+            .record(response_bytes as f64);
+    }
+
+    /// Records an opaque TCP connection through the waypoint when it ends.
+    pub fn tcp(&self, labels: &RequestLabels, response_flags: &str, received: u64, sent: u64) {
+        let mut l = labels.base();
+        l.push(Label::new("response_flags", response_flags.to_owned()));
+        let key = |name: &'static str| Key::from_parts(name, l.clone());
+        self.recorder
+            .register_counter(&key(TCP_OPENED), &META)
+            .increment(1);
+        self.recorder
+            .register_counter(&key(TCP_CLOSED), &META)
+            .increment(1);
+        self.recorder
+            .register_counter(&key(TCP_RECEIVED), &META)
+            .increment(received);
+        self.recorder
+            .register_counter(&key(TCP_SENT), &META)
+            .increment(sent);
+    }
+}
+
+fn or_unknown(s: &str) -> String {
+    if s.is_empty() {
+        "unknown".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+impl RequestLabels {
+    fn base(&self) -> Vec<Label> {
+        let peer = |prefix: &str, p: &Peer, out: &mut Vec<Label>| {
+            out.push(Label::new(
+                format!("{prefix}_workload"),
+                or_unknown(&p.workload),
+            ));
+            out.push(Label::new(
+                format!("{prefix}_workload_namespace"),
+                or_unknown(&p.namespace),
+            ));
+            out.push(Label::new(
+                format!("{prefix}_principal"),
+                or_unknown(&p.principal),
+            ));
+            out.push(Label::new(format!("{prefix}_app"), or_unknown(&p.app)));
+            out.push(Label::new(
+                format!("{prefix}_version"),
+                or_unknown(&p.version),
+            ));
+            out.push(Label::new(
+                format!("{prefix}_canonical_service"),
+                or_unknown(&p.app),
+            ));
+            out.push(Label::new(
+                format!("{prefix}_canonical_revision"),
+                or_unknown(&p.version),
+            ));
+            out.push(Label::new(
+                format!("{prefix}_cluster"),
+                or_unknown(&self.cluster),
+            ));
+        };
+        let mut l = Vec::with_capacity(28);
+        l.push(Label::new("reporter", "waypoint"));
+        peer("source", &self.source, &mut l);
+        peer("destination", &self.destination, &mut l);
+        l.push(Label::new(
+            "destination_service",
+            or_unknown(&self.destination_service),
+        ));
+        l.push(Label::new(
+            "destination_service_name",
+            or_unknown(&self.destination_service_name),
+        ));
+        l.push(Label::new(
+            "destination_service_namespace",
+            or_unknown(&self.destination_service_namespace),
+        ));
+        l.push(Label::new("request_protocol", self.request_protocol));
+        l.push(Label::new("connection_security_policy", "mutual_tls"));
+        l
+    }
+}

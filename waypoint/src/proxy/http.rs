@@ -1,0 +1,717 @@
+//! HTTP through the waypoint: one hyper server (HTTP/1.1 and HTTP/2 on the same stream) per
+//! tunnel, and per request: authorize, route, apply the rule's filters, pick a backend and an
+//! endpoint, forward (with the rule's timeouts and retries), and record the outcome.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HOST, LOCATION, UPGRADE};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshcore::l7::service::Protocol;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::body::{self, Body, BodyDone, Metered};
+use super::upstream::{Destination, UpstreamError, Version};
+use super::{headers, Client, Proxy};
+use crate::access_log::AccessEntry;
+use crate::authz::{HttpAttrs, RequestAttrs, Verdict};
+use crate::config::{Snapshot, Target};
+use crate::metrics::{Peer, RequestLabels};
+use crate::route::{Backend, CompiledRule, Lookup, RequestHead};
+
+/// Request bodies up to this size are buffered so a retry or a mirror can send them again.
+const REPLAYABLE_BODY: u64 = 64 * 1024;
+
+/// Serves HTTP on one accepted tunnel until the client closes it.
+pub async fn serve<S>(proxy: Arc<Proxy>, stream: S, client: Client, destination: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new((client, destination));
+    let service = service_fn(move |req| {
+        let (proxy, conn) = (proxy.clone(), conn.clone());
+        async move { Ok::<_, Infallible>(handle(proxy, conn, req).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(%destination, "HTTP connection ended: {e}");
+    }
+}
+
+/// Why the waypoint answered itself, with Envoy's response flag.
+struct Local {
+    status: StatusCode,
+    flag: &'static str,
+    body: &'static str,
+}
+
+const fn local(status: StatusCode, flag: &'static str, body: &'static str) -> Local {
+    Local { status, flag, body }
+}
+
+/// What one request's record and access log line carry, filled in as it goes.
+struct Outcome {
+    proxy: Arc<Proxy>,
+    entry: AccessEntry,
+    labels: RequestLabels,
+    start: Instant,
+    request_bytes: Arc<AtomicU64>,
+}
+
+impl BodyDone for Outcome {
+    fn done(mut self, bytes: u64, grpc_status: Option<u32>, _complete: bool) {
+        let duration = self.start.elapsed();
+        self.entry.response_bytes = bytes;
+        self.entry.request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        self.entry.duration_ms = duration.as_secs_f64() * 1000.0;
+        if grpc_status.is_some() {
+            self.entry.grpc_status = grpc_status;
+        }
+        self.proxy.metrics.request(
+            &self.labels,
+            self.entry.status,
+            self.entry.grpc_status,
+            self.entry.flag,
+            self.entry.duration_ms,
+            self.entry.request_bytes,
+            bytes,
+        );
+        crate::access_log::write(self.proxy.settings.access_log, &self.entry);
+    }
+}
+
+struct CountInto(Arc<AtomicU64>);
+
+impl BodyDone for CountInto {
+    fn done(self, bytes: u64, _: Option<u32>, _: bool) {
+        self.0.store(bytes, Ordering::Relaxed);
+    }
+}
+
+async fn handle(
+    proxy: Arc<Proxy>,
+    conn: Arc<(Client, SocketAddr)>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let (client, destination) = (&conn.0, conn.1);
+    let start = Instant::now();
+    let snapshot = proxy.store.load();
+    let (mut parts, incoming) = req.into_parts();
+    let request_bytes = Arc::new(AtomicU64::new(0));
+    let body = body::boxed(Metered::new(incoming, CountInto(request_bytes.clone())));
+    let grpc = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let mut outcome = Outcome {
+        entry: AccessEntry::start(client, destination, &parts, grpc),
+        labels: labels(&proxy, client, grpc),
+        proxy: proxy.clone(),
+        start,
+        request_bytes,
+    };
+    outcome.entry.request_id = headers::ensure_request_id(&mut parts.headers);
+    let result = route_and_forward(
+        &proxy,
+        &snapshot,
+        client,
+        destination,
+        &mut parts,
+        body,
+        &mut outcome,
+    )
+    .await;
+    let response = match result {
+        Ok(response) => response,
+        Err(l) => {
+            outcome.entry.flag = l.flag;
+            Response::builder()
+                .status(l.status)
+                .header(http::header::CONTENT_TYPE, "text/plain")
+                .body(body::full(l.body))
+                .expect("static response")
+        }
+    };
+    outcome.entry.status = response.status().as_u16();
+    if grpc {
+        outcome.entry.grpc_status = body::grpc_status(response.headers());
+    }
+    let (parts, inner) = response.into_parts();
+    Response::from_parts(parts, Metered::new(inner, outcome).boxed())
+}
+
+fn labels(proxy: &Proxy, client: &Client, grpc: bool) -> RequestLabels {
+    let b = &client.baggage;
+    RequestLabels {
+        source: Peer {
+            workload: b.workload_name.clone().unwrap_or_default(),
+            namespace: client.identity.namespace().to_owned(),
+            principal: client.identity.to_string(),
+            app: b.service_name.clone().unwrap_or_default(),
+            version: b.service_version.clone().unwrap_or_default(),
+        },
+        cluster: proxy.settings.cluster.clone(),
+        request_protocol: if grpc { "grpc" } else { "http" },
+        ..Default::default()
+    }
+}
+
+/// The request's host as the client addressed it (HTTP/2 `:authority`, else `Host`).
+fn request_host(parts: &http::request::Parts) -> String {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn route_and_forward<'a>(
+    proxy: &'a Arc<Proxy>,
+    snapshot: &'a Snapshot,
+    client: &'a Client,
+    destination: SocketAddr,
+    parts: &'a mut http::request::Parts,
+    body: Body,
+    outcome: &'a mut Outcome,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Local>> + Send + 'a>>
+{
+    // Boxed with an explicit `Send`: the compiler cannot prove it through the borrows otherwise.
+    Box::pin(async move {
+        const NO_TARGET: Local = local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NR",
+            "no such destination\n",
+        );
+        let target = snapshot.resolve(destination).ok_or(NO_TARGET)?;
+        let (service, port, protocol) = match &target {
+            Target::Service { service, port } => (*service, port.port, port.protocol()),
+            Target::Workload {
+                service,
+                port,
+                protocol,
+                ..
+            } => (*service, *port, *protocol),
+        };
+        let service_addressed = matches!(target, Target::Service { .. });
+        outcome.labels.destination_service = service.hostname.clone();
+        outcome.labels.destination_service_name = service.key.name.clone();
+        outcome.labels.destination_service_namespace = service.key.namespace.clone();
+        let host = request_host(parts);
+
+        // Authorization first, as Envoy's RBAC filter runs before the router.
+        let decision = snapshot.policies.decide(&RequestAttrs {
+            service: Some((&service.key.namespace, &service.key.name)),
+            source: Some(&client.identity),
+            source_ip: client.addr.map(|a| a.ip()),
+            destination_ip: destination.ip(),
+            destination_port: destination.port(),
+            sni: None,
+            http: Some(HttpAttrs {
+                method: &parts.method,
+                path: parts.uri.path(),
+                host: &host,
+                headers: &parts.headers,
+            }),
+        });
+        outcome.entry.policy = decision.describe();
+        if matches!(decision.verdict, Verdict::Deny) {
+            proxy.record_denial(
+                &client.identity,
+                destination,
+                format!("{} {}", parts.method, parts.uri.path()),
+                decision.describe(),
+            );
+            return Err(local(StatusCode::FORBIDDEN, "DENY", "RBAC: access denied"));
+        }
+
+        // Routing: only service-addressed traffic is routed (a pod's own address goes to that pod).
+        let head = RequestHead {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            source_namespace: Some(client.identity.namespace()),
+            grpc: outcome.labels.request_protocol == "grpc",
+        };
+        let lookup = if service_addressed {
+            snapshot.routes.lookup(&service.key, port, &head)
+        } else {
+            Lookup::NoRoutes
+        };
+        let (rule, matched_prefix) = match lookup {
+            Lookup::NoMatch => {
+                return Err(local(StatusCode::NOT_FOUND, "NR", "no route matched\n"))
+            }
+            Lookup::NoRoutes => (None, None),
+            Lookup::Matched(m) => (Some(m.rule), m.matched_prefix.map(str::to_owned)),
+        };
+        if let Some(rule) = rule {
+            outcome.entry.route = rule.route.to_string();
+            if let Some(redirect) = &rule.filters.redirect {
+                let (hostname, host_port) = split_host_port(&host);
+                let scheme = parts
+                    .headers
+                    .get(headers::FORWARDED_PROTO)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("http")
+                    .to_owned();
+                let (status, location) = redirect.location(
+                    &scheme,
+                    hostname,
+                    host_port.or(Some(port)),
+                    parts.uri.path(),
+                    parts.uri.query(),
+                    matched_prefix.as_deref(),
+                );
+                return Response::builder()
+                    .status(status)
+                    .header(LOCATION, location)
+                    .body(body::full(Bytes::new()))
+                    .map_err(|_| {
+                        local(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "-",
+                            "bad redirect location\n",
+                        )
+                    });
+            }
+        }
+
+        // The backend: the rule's weighted pick, or the addressed service itself.
+        let (backend_service, backend_port, backend) = match rule {
+            Some(rule) => {
+                let backend = rule.pick_backend(random()).ok_or(local(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "NR",
+                    "no backend for this route\n",
+                ))?;
+                let svc = snapshot.service(&backend.service).ok_or(local(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "NR",
+                    "backend not found\n",
+                ))?;
+                (svc, backend.port.unwrap_or(port), Some(backend))
+            }
+            None => (service, port, None),
+        };
+
+        // Filters: header modifiers at rule then backend level, then URL rewrite.
+        if let Some(rule) = rule {
+            if let Some(m) = &rule.filters.request_headers {
+                m.apply(&mut parts.headers);
+            }
+            if let Some(m) = backend.and_then(|b| b.filters.request_headers.as_ref()) {
+                m.apply(&mut parts.headers);
+            }
+        }
+        let mut upstream_host = host.clone();
+        let mut path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        if let Some(rewrite) = rule.and_then(|r| r.filters.rewrite.as_ref()) {
+            if let Some(path) = rewrite.path(parts.uri.path(), matched_prefix.as_deref()) {
+                path_and_query = match parts.uri.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                };
+            }
+            if let Some(h) = rewrite.hostname() {
+                upstream_host = h.to_owned();
+            }
+        }
+
+        // The endpoint, and how to speak to it.
+        let (endpoint, target_port, upstream_protocol) = match &target {
+            Target::Workload { endpoint, port, .. } if backend.is_none() => {
+                ((*endpoint).clone(), *port, protocol)
+            }
+            _ => {
+                let svc_port = backend_service.port(backend_port).ok_or(local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "NR",
+                    "backend port not found\n",
+                ))?;
+                let endpoint = backend_service.pick_endpoint().ok_or(local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UH",
+                    "no healthy upstream",
+                ))?;
+                (
+                    endpoint.clone(),
+                    svc_port.target_port(),
+                    svc_port.protocol(),
+                )
+            }
+        };
+        outcome.labels.destination = Peer {
+            workload: endpoint.name.clone().unwrap_or_default(),
+            namespace: endpoint.namespace.clone(),
+            principal: endpoint.identity.to_string(),
+            app: endpoint.labels.get("app").cloned().unwrap_or_default(),
+            version: endpoint.labels.get("version").cloned().unwrap_or_default(),
+        };
+        outcome.labels.destination_service = backend_service.hostname.clone();
+        outcome.labels.destination_service_name = backend_service.key.name.clone();
+        outcome.labels.destination_service_namespace = backend_service.key.namespace.clone();
+        let dest = Destination {
+            target: SocketAddr::new(endpoint.address, target_port),
+            hbone: endpoint.hbone,
+            expected: backend_service.expected_identities(&endpoint),
+        };
+        outcome.entry.upstream = dest.target.to_string();
+        let version = match upstream_protocol {
+            Protocol::Http2 | Protocol::Grpc => Version::Http2,
+            _ if parts.version == HttpVersion::HTTP_2 => Version::Http2,
+            _ => Version::Http1,
+        };
+
+        // Headers for the next hop.
+        let upgrade = parts.headers.contains_key(UPGRADE) && version == Version::Http1;
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        headers::set_forwarded_proto(&mut parts.headers);
+        headers::continue_trace(&mut parts.headers);
+        if proxy.settings.forward_client_cert {
+            headers::set_client_cert(
+                &mut parts.headers,
+                &proxy.identity.to_string(),
+                Some(&client.identity.to_string()),
+            );
+        }
+        let uri: Uri = match version {
+            Version::Http1 => path_and_query.parse(),
+            Version::Http2 => format!("http://{upstream_host}{path_and_query}").parse(),
+        }
+        .map_err(|_| local(StatusCode::BAD_REQUEST, "-", "invalid request target\n"))?;
+        match version {
+            Version::Http1 => {
+                if let Ok(h) = HeaderValue::from_str(&upstream_host) {
+                    parts.headers.insert(HOST, h);
+                }
+            }
+            Version::Http2 => {
+                parts.headers.remove(HOST);
+            }
+        }
+        let downstream_upgrade = upgrade
+            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+            .flatten();
+
+        if let Some(rule) = rule {
+            if !rule.filters.mirrors.is_empty() {
+                mirror(
+                    proxy,
+                    snapshot,
+                    rule,
+                    &parts.method,
+                    &uri,
+                    &parts.headers,
+                    &body,
+                    version,
+                );
+            }
+        }
+        let send = Upstreamed {
+            proxy,
+            dest: &dest,
+            version,
+            method: parts.method.clone(),
+            uri,
+            headers: std::mem::take(&mut parts.headers),
+        };
+        let mut response = match rule {
+            Some(rule) => {
+                send.with_policy(rule, body, &mut outcome.entry.attempts)
+                    .await?
+            }
+            None => send.once(body, None).await?,
+        };
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(downstream) = downstream_upgrade {
+                let upstream = hyper::upgrade::on(&mut response);
+                tokio::spawn(splice_upgraded(downstream, upstream));
+            }
+        } else {
+            headers::strip_hop_by_hop(response.headers_mut(), false);
+        }
+        if let Some(rule) = rule {
+            if let Some(m) = &rule.filters.response_headers {
+                m.apply(response.headers_mut());
+            }
+            if let Some(m) = backend.and_then(|b: &Backend| b.filters.response_headers.as_ref()) {
+                m.apply(response.headers_mut());
+            }
+        }
+        let (parts, incoming) = response.into_parts();
+        Ok(Response::from_parts(parts, body::boxed(incoming)))
+    })
+}
+
+/// Sends a copy of the request to each mirror backend (per its percentage) and forgets the
+/// answer. Bodies are not copied: only requests without one are mirrored.
+#[allow(clippy::too_many_arguments)]
+fn mirror(
+    proxy: &Arc<Proxy>,
+    snapshot: &Snapshot,
+    rule: &CompiledRule,
+    method: &Method,
+    uri: &Uri,
+    headers: &http::HeaderMap,
+    body: &Body,
+    version: Version,
+) {
+    use http_body::Body as _;
+    if !body.is_end_stream() {
+        return;
+    }
+    for m in &rule.filters.mirrors {
+        if (random() % 10_000) as f64 >= m.percent * 100.0 {
+            continue;
+        }
+        let Some(service) = snapshot.service(&m.service) else {
+            continue;
+        };
+        let port = m
+            .port
+            .and_then(|p| service.port(p))
+            .or_else(|| service.ports.first());
+        let (Some(port), Some(endpoint)) = (port, service.pick_endpoint()) else {
+            continue;
+        };
+        let dest = Destination {
+            target: SocketAddr::new(endpoint.address, port.target_port()),
+            hbone: endpoint.hbone,
+            expected: service.expected_identities(endpoint),
+        };
+        let mut req = Request::new(body::full(Bytes::new()));
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri.clone();
+        *req.headers_mut() = headers.clone();
+        if version == Version::Http2 {
+            *req.version_mut() = HttpVersion::HTTP_2;
+        }
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            if let Ok(response) = proxy.upstream.send(&dest, version, req).await {
+                let _ = response.into_body().collect().await;
+            }
+        });
+    }
+}
+
+/// One request's way upstream: the parts a retry sends again.
+struct Upstreamed<'a> {
+    proxy: &'a Arc<Proxy>,
+    dest: &'a Destination,
+    version: Version,
+    method: Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+}
+
+impl Upstreamed<'_> {
+    fn request(&self, body: Body) -> Request<Body> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        if self.version == Version::Http2 {
+            *req.version_mut() = HttpVersion::HTTP_2;
+        }
+        req
+    }
+
+    async fn once(
+        &self,
+        body: Body,
+        timeout: Option<Duration>,
+    ) -> Result<Response<Incoming>, Local> {
+        let send = self
+            .proxy
+            .upstream
+            .send(self.dest, self.version, self.request(body));
+        let result = match timeout {
+            Some(t) => tokio::time::timeout(t, send).await.map_err(|_| {
+                local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "UT",
+                    "upstream request timeout",
+                )
+            })?,
+            None => send.await,
+        };
+        result.map_err(|e| {
+            tracing::debug!(target = %self.dest.target, "upstream: {e}");
+            match e {
+                UpstreamError::Request { .. } => local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UC",
+                    "upstream connect error or disconnect/reset before headers",
+                ),
+                _ => local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UF",
+                    "upstream connect error",
+                ),
+            }
+        })
+    }
+
+    /// Sends with the rule's timeouts and retries: `timeouts.request` bounds the whole exchange,
+    /// `backendRequest` each try; a retry follows a listed status code or a failed connection.
+    async fn with_policy(
+        &self,
+        rule: &CompiledRule,
+        body: Body,
+        attempts: &mut u32,
+    ) -> Result<Response<Incoming>, Local> {
+        let total = rule.timeouts.request;
+        let exchange = async {
+            let Some(retry) = rule.retry.as_ref().filter(|r| r.attempts > 0) else {
+                *attempts = 1;
+                return self.once(body, rule.timeouts.backend_request).await;
+            };
+            let Some(replay) = replayable(body).await? else {
+                *attempts = 1;
+                return Err(local(
+                    StatusCode::BAD_REQUEST,
+                    "-",
+                    "request body unreadable\n",
+                ));
+            };
+            let tries = retry.attempts + 1;
+            let mut last = None;
+            for n in 0..tries {
+                *attempts = n + 1;
+                let result = self
+                    .once(body::full(replay.clone()), rule.timeouts.backend_request)
+                    .await;
+                let retriable = match &result {
+                    Ok(r) => retry.codes.contains(&r.status().as_u16()),
+                    Err(l) => l.flag == "UF" || l.flag == "UC",
+                };
+                if !retriable || n + 1 == tries {
+                    return result;
+                }
+                last = Some(result);
+                if let Some(backoff) = retry.backoff {
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+            last.expect("at least one try")
+        };
+        match total {
+            Some(t) => tokio::time::timeout(t, exchange).await.map_err(|_| {
+                local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "UT",
+                    "upstream request timeout",
+                )
+            })?,
+            None => exchange.await,
+        }
+    }
+}
+
+/// The whole body, read so a retry can send it again; bodies over 64 KiB are refused (413)
+/// on routes with retries rather than sent once unretried behind the user's back.
+async fn replayable(mut body: Body) -> Result<Option<Bytes>, Local> {
+    let mut all = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|_| local(StatusCode::BAD_REQUEST, "-", "request body unreadable\n"))?;
+        if let Some(data) = frame.data_ref() {
+            if all.len() + data.len() > REPLAYABLE_BODY as usize {
+                return Err(local(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "-",
+                    "request body too large to retry\n",
+                ));
+            }
+            all.extend_from_slice(data);
+        }
+    }
+    Ok(Some(all.freeze()))
+}
+
+async fn splice_upgraded(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
+    match tokio::try_join!(downstream, upstream) {
+        Ok((down, up)) => {
+            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        }
+        Err(e) => tracing::debug!("upgrade failed: {e}"),
+    }
+}
+
+/// `host[:port]` split; IPv6 literals keep their brackets.
+fn split_host_port(host: &str) -> (&str, Option<u16>) {
+    match host.rsplit_once(':') {
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (host, None),
+        Some((h, p)) => match p.parse() {
+            Ok(port) => (h, Some(port)),
+            Err(_) => (host, None),
+        },
+        None => (host, None),
+    }
+}
+
+/// A fast per-thread random number for weighted picks (not for secrets).
+fn random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x9e37_79b9_7f4a_7c15)
+                | 1,
+        );
+    }
+    STATE.with(|s| {
+        // xorshift64*
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_port() {
+        assert_eq!(split_host_port("echo:8080"), ("echo", Some(8080)));
+        assert_eq!(split_host_port("echo"), ("echo", None));
+        assert_eq!(split_host_port("[::1]:80"), ("[::1]", Some(80)));
+        assert_eq!(split_host_port("::1"), ("::1", None));
+    }
+}

@@ -1,0 +1,178 @@
+//! Process settings: flags with Istio-style environment variables, as ztunnel's.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use meshcore::identity::{self, SpiffeId};
+
+/// waypoint: the L7 proxy of the ambient mesh.
+///
+/// Receives HBONE (HTTP/2 CONNECT over mutual TLS) from ztunnels on 15008, serves HTTP/1.1,
+/// HTTP/2 and gRPC inside each tunnel, routes requests by Gateway API HTTPRoute/GRPCRoute,
+/// enforces L7 AuthorizationPolicy against the original client's identity, and forwards over
+/// HBONE to the chosen endpoint with its own identity. Every flag can also be set through the
+/// environment variable shown.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "waypoint", version, about, long_about)]
+pub struct Settings {
+    /// Namespace of the waypoint (its Gateway and service account).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// The waypoint Gateway's name; AuthorizationPolicies target it by this name.
+    #[arg(long, env = "WAYPOINT_NAME", default_value = "waypoint")]
+    pub name: String,
+
+    /// Service account whose identity the waypoint proves (Istio: the Gateway's name).
+    #[arg(long, env = "SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+
+    /// Trust domain of the mesh's SPIFFE identities.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+
+    /// The mesh's root namespace: AuthorizationPolicies there targeting the `istio-waypoint`
+    /// GatewayClass apply to every waypoint.
+    #[arg(long, env = "ROOT_NAMESPACE", default_value = "istio-system")]
+    pub root_namespace: String,
+
+    /// Cluster name reported in metrics.
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+
+    /// YAML file with the waypoint's configuration (services with their endpoints, HTTPRoutes,
+    /// GRPCRoutes, AuthorizationPolicies; see docs/waypoint.md). Re-read when it changes; a
+    /// broken file keeps the last good configuration.
+    #[arg(long, env = "LOCAL_CONFIG_PATH")]
+    pub local_config_path: Option<PathBuf>,
+
+    /// Directory holding the mesh CA in Istio's `cacerts` layout; the waypoint issues its own
+    /// certificate from it (local mode). Without it and without CA_ADDRESS, a development CA
+    /// lives in memory only (nothing else will trust it).
+    #[arg(long, env = "CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+
+    /// The control plane's certificate service (`host:port`). Needs CA_TOKEN_FILE.
+    #[arg(long, env = "CA_ADDRESS")]
+    pub ca_address: Option<String>,
+
+    /// File holding the waypoint's token for the certificate service (re-read per request).
+    #[arg(long, env = "CA_TOKEN_FILE")]
+    pub ca_token_file: Option<PathBuf>,
+
+    /// PEM file with the mesh root the control plane chains to (default: CA_DIR/root-cert.pem).
+    #[arg(long, env = "XDS_ROOT_CA")]
+    pub xds_root_ca: Option<PathBuf>,
+
+    /// The name the control plane's serving certificate must carry.
+    #[arg(long, env = "XDS_SERVER_NAME", default_value = meshcore::tls::control::ISTIOD_SERVER_NAME)]
+    pub xds_server_name: String,
+
+    /// Lifetime of the waypoint's certificate (e.g. `24h`); renewed at half-life.
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub secret_ttl: Duration,
+
+    /// Address every listener binds to. The admin listener (15000) uses it only when it is a
+    /// loopback address, else 127.0.0.1.
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+
+    /// Log filter, `RUST_LOG` syntax; changeable at run time through the admin `/logging`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// Access log: one line per request on stdout (`off`, `text` or `json`).
+    #[arg(long, env = "ACCESS_LOG", default_value = "text")]
+    pub access_log: AccessLogFormat,
+
+    /// Send the original client's identity upstream in `x-forwarded-client-cert`
+    /// (`By=<waypoint>;URI=<client>`), as Envoy's SANITIZE_SET does.
+    #[arg(long, env = "FORWARD_CLIENT_CERT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub forward_client_cert: bool,
+
+    /// How long open connections may run on after SIGTERM or `/quitquitquit`.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Time allowed to tell HTTP from opaque TCP on a port of unknown protocol before the
+    /// connection is treated as TCP (a server-speaks-first protocol sends nothing).
+    #[arg(long, env = "PROTOCOL_DETECTION_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    pub protocol_detection_timeout: Duration,
+
+    /// Threads of the data-plane runtime.
+    #[arg(long, env = "WAYPOINT_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
+
+    /// How often the local config file is checked for changes.
+    #[arg(long, env = "LOCAL_CONFIG_POLL", default_value = "250ms", value_parser = parse_duration)]
+    pub config_poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccessLogFormat {
+    Off,
+    Text,
+    Json,
+}
+
+impl Settings {
+    /// Settings with every default, as tests start from.
+    pub fn defaults() -> Self {
+        Settings::parse_from(["waypoint"])
+    }
+
+    /// The waypoint's own identity: its namespace and service account (default: its name).
+    pub fn identity(&self) -> Result<SpiffeId, String> {
+        let sa = self.service_account.as_deref().unwrap_or(&self.name);
+        SpiffeId::new(&self.trust_domain, &self.namespace, sa).map_err(|e| e.to_string())
+    }
+
+    /// Checks what flags alone cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        identity::validate_trust_domain(&self.trust_domain).map_err(|e| e.to_string())?;
+        self.identity()?;
+        if self.ca_address.is_some() && self.ca_token_file.is_none() {
+            return Err("CA_ADDRESS needs CA_TOKEN_FILE (the waypoint's token)".into());
+        }
+        if self.ca_address.is_some() && self.xds_root_ca.is_none() && self.ca_dir.is_none() {
+            return Err("CA_ADDRESS needs XDS_ROOT_CA (or CA_DIR with root-cert.pem)".into());
+        }
+        if self.local_config_path.is_none() {
+            return Err("set LOCAL_CONFIG_PATH (the waypoint's configuration file)".into());
+        }
+        Ok(())
+    }
+
+    /// The admin listener's address: the bind address when loopback, else 127.0.0.1.
+    pub fn local_only_address(&self) -> IpAddr {
+        if self.bind_address.is_loopback() {
+            self.bind_address
+        } else {
+            IpAddr::from([127, 0, 0, 1])
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    meshcore::l7::gateway::parse_duration(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_defaults_to_the_gateway_name() {
+        let s = Settings::parse_from(["waypoint", "--namespace", "shop", "--name", "shop-wp"]);
+        assert_eq!(
+            s.identity().unwrap().to_string(),
+            "spiffe://cluster.local/ns/shop/sa/shop-wp"
+        );
+        assert!(Settings::defaults()
+            .validate()
+            .unwrap_err()
+            .contains("LOCAL_CONFIG_PATH"));
+    }
+}
