@@ -8,7 +8,10 @@ use meshcore::api::{security, workload as wire};
 use meshcore::policy::Authorization;
 use prost::Message;
 
-use crate::state::{HealthStatus, NetworkAddress, PortMap, Protocol, Service, Workload};
+use crate::state::{
+    GatewayAddress, GatewayDestination, HealthStatus, NamespacedHostname, NetworkAddress, PortMap,
+    Protocol, Service, Workload,
+};
 
 /// One decoded Address resource.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,9 +61,14 @@ fn workload(w: wire::Workload) -> Result<Workload, String> {
     let workload_type = wire::WorkloadType::try_from(w.workload_type)
         .map(|t| t.as_str_name().to_lowercase())
         .unwrap_or_default();
+    let waypoint = w
+        .waypoint
+        .as_ref()
+        .map(|g| gateway_address(g, &format!("{at}: waypoint")))
+        .transpose()?;
     Ok(Workload {
         workload_ips,
-        waypoint: None,
+        waypoint,
         network_gateway: None,
         protocol: if w.tunnel_protocol == wire::TunnelProtocol::Hbone as i32 {
             Protocol::HBONE
@@ -107,6 +115,11 @@ fn service(s: wire::Service) -> Result<Service, String> {
             })
         })
         .collect::<Result<_, String>>()?;
+    let waypoint = s
+        .waypoint
+        .as_ref()
+        .map(|g| gateway_address(g, &format!("{at}: waypoint")))
+        .transpose()?;
     Ok(Service {
         ports: ports(&s.ports, &format!("{at}: ports"))?,
         name: s.name,
@@ -115,10 +128,35 @@ fn service(s: wire::Service) -> Result<Service, String> {
         vips,
         endpoints: None,
         subject_alt_names: s.subject_alt_names,
-        waypoint: None,
+        waypoint,
         load_balancer: None,
         ip_families: None,
         canonical: s.canonical,
+    })
+}
+
+fn gateway_address(g: &wire::GatewayAddress, at: &str) -> Result<GatewayAddress, String> {
+    use wire::gateway_address::Destination as D;
+    let destination = match &g.destination {
+        Some(D::Hostname(h)) => GatewayDestination::Hostname(NamespacedHostname {
+            namespace: h.namespace.clone(),
+            hostname: h.hostname.clone(),
+        }),
+        Some(D::Address(a)) => GatewayDestination::Address(NetworkAddress {
+            network: a.network.clone(),
+            ip: ip_from_bytes(&a.address).map_err(|e| format!("{at}: address: {e}"))?,
+        }),
+        None => return Err(format!("{at}: no hostname or address")),
+    };
+    let port = u16::try_from(g.hbone_mtls_port)
+        .map_err(|_| format!("{at}: hboneMtlsPort {} is not a port", g.hbone_mtls_port))?;
+    Ok(GatewayAddress {
+        destination,
+        hbone_mtls_port: if port == 0 {
+            meshcore::hbone::HBONE_PORT
+        } else {
+            port
+        },
     })
 }
 

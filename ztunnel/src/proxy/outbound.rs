@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use super::{ConnectionGuard, Proxy, CONNECT_TIMEOUT};
 use crate::metrics::{ConnectionLabels, ConnectionRecord, Reporter};
-use crate::state::{Destination, Protocol, WorkloadEntry};
+use crate::state::{Destination, Protocol, WaypointHop, WaypointLookup, WorkloadEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
@@ -29,6 +29,9 @@ pub enum OutboundError {
     Certificate(SpiffeId, String),
     #[error("denied by the destination's authorization policy (HBONE 401)")]
     Denied,
+    /// The destination requires a waypoint and none can take the connection.
+    #[error("{0}")]
+    NoWaypoint(String),
     #[error("{0}")]
     Hbone(HboneError),
     #[error("connecting to {addr}: {source}")]
@@ -44,6 +47,7 @@ impl OutboundError {
         match self {
             OutboundError::Denied => "DENY",
             OutboundError::NoHealthyEndpoint(_) | OutboundError::UnknownServicePort { .. } => "NR",
+            OutboundError::NoWaypoint(_) => "UH",
             _ => "CONNECT",
         }
     }
@@ -73,6 +77,29 @@ pub async fn open(
     let source = proxy.served(&snap);
     if proxy.is_own_listener(dst, source.as_deref()) {
         return Err(OutboundError::Loop(dst));
+    }
+    match snap.waypoint_for(dst, source.as_deref()) {
+        WaypointLookup::Direct => {}
+        WaypointLookup::Via(hop) => {
+            let service = snap.service_by_vip("", dst.ip());
+            return via_waypoint(
+                proxy,
+                source.as_deref(),
+                service.map(|s| s.as_ref()),
+                client,
+                dst,
+                hop,
+            )
+            .await;
+        }
+        WaypointLookup::Unavailable(why) => {
+            return Err(fail(
+                proxy,
+                source.as_deref(),
+                None,
+                OutboundError::NoWaypoint(why),
+            ));
+        }
     }
     let (workload, service, port) = match snap.resolve(dst) {
         Destination::Service {
@@ -121,7 +148,8 @@ pub async fn open(
             if proxy.is_own_listener(target, source.as_deref()) {
                 return Err(OutboundError::Loop(target));
             }
-            tunnel(proxy, source.as_deref(), client, target, expected)
+            let hbone = SocketAddr::new(target.ip(), HBONE_PORT);
+            tunnel(proxy, source.as_deref(), client, target, hbone, expected)
                 .await
                 .map(|s| {
                     (
@@ -152,6 +180,40 @@ pub async fn open(
                 route,
             })
         }
+        Err(e) => {
+            proxy.metrics.failed(labels(false), e.response_flag());
+            Err(e)
+        }
+    }
+}
+
+/// Opens a tunnel to the destination's waypoint, with the original destination (Service VIP or
+/// pod address, untranslated) as the CONNECT authority, expecting the waypoint's identity.
+async fn via_waypoint(
+    proxy: &Proxy,
+    source: Option<&WorkloadEntry>,
+    service: Option<&crate::state::ServiceEntry>,
+    client: SocketAddr,
+    dst: SocketAddr,
+    hop: WaypointHop,
+) -> Result<Opened, OutboundError> {
+    let principal = hop.expected.first().map(|id| id.to_string());
+    let labels = |mtls: bool| ConnectionLabels {
+        reporter: Reporter::Source,
+        cluster: &proxy.cluster_id,
+        source,
+        source_principal: Some(proxy.identity.to_string()),
+        destination: None,
+        destination_service: service,
+        destination_principal: principal.clone(),
+        mutual_tls: mtls,
+    };
+    match tunnel(proxy, source, client, dst, hop.hbone, hop.expected).await {
+        Ok(stream) => Ok(Opened {
+            upstream: Upstream::Hbone(stream),
+            record: proxy.metrics.opened(labels(true)),
+            route: format!("{dst} via waypoint {} at {}", hop.name, hop.hbone),
+        }),
         Err(e) => {
             proxy.metrics.failed(labels(false), e.response_flag());
             Err(e)
@@ -210,6 +272,7 @@ async fn tunnel(
     source: Option<&WorkloadEntry>,
     client: SocketAddr,
     target: SocketAddr,
+    hbone_addr: SocketAddr,
     expected: Vec<SpiffeId>,
 ) -> Result<H2Stream, OutboundError> {
     let credentials = proxy
@@ -234,7 +297,7 @@ async fn tunnel(
     let req = ConnectRequest {
         credentials,
         expected,
-        hbone_addr: SocketAddr::new(target.ip(), HBONE_PORT),
+        hbone_addr,
         target,
         source: Some(client),
         bind_ip: proxy.bind_ip,

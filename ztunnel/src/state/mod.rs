@@ -6,6 +6,7 @@
 //! reload never disturbs a connection being set up.
 
 pub mod model;
+pub mod waypoint;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,7 +18,11 @@ use meshcore::identity::SpiffeId;
 use meshcore::policy::{Authorization, CompiledPolicies, Scope};
 use serde::Serialize;
 
-pub use model::{HealthStatus, NetworkAddress, NetworkMode, PortMap, Protocol, Service, Workload};
+pub use model::{
+    GatewayAddress, GatewayDestination, HealthStatus, NamespacedHostname, NetworkAddress,
+    NetworkMode, PortMap, Protocol, Service, Workload,
+};
+pub use waypoint::{WaypointHop, WaypointLookup};
 
 /// A validated, complete view of the mesh as a config source delivers it.
 #[derive(Debug, Clone, Default, Serialize)]

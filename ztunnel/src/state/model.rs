@@ -42,9 +42,10 @@ pub type PortMap = BTreeMap<u16, u16>;
 pub struct Workload {
     #[serde(default)]
     pub workload_ips: Vec<IpAddr>,
-    /// Accepted for compatibility; ztunnel does not route through waypoints yet.
+    /// Traffic addressed to this workload goes through this waypoint (unless a service
+    /// waypoint already applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waypoint: Option<serde_json::Value>,
+    pub waypoint: Option<GatewayAddress>,
     /// Accepted for compatibility; multi-network gateways are not supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_gateway: Option<serde_json::Value>,
@@ -165,6 +166,34 @@ impl<'de> Deserialize<'de> for NetworkAddress {
     }
 }
 
+/// Where a waypoint is (Istio's `GatewayAddress`): a Service by namespace and hostname (load
+/// balanced over its endpoints) or one address, and the port its HBONE listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayAddress {
+    pub destination: GatewayDestination,
+    #[serde(default = "hbone_port")]
+    pub hbone_mtls_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum GatewayDestination {
+    Hostname(NamespacedHostname),
+    Address(NetworkAddress),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespacedHostname {
+    pub namespace: String,
+    pub hostname: String,
+}
+
+fn hbone_port() -> u16 {
+    meshcore::hbone::HBONE_PORT
+}
+
 /// A Kubernetes Service (or ServiceEntry): virtual IPs in front of workloads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -183,8 +212,9 @@ pub struct Service {
     /// Identities the service's endpoints may present besides their own service account.
     #[serde(default)]
     pub subject_alt_names: Vec<String>,
+    /// Traffic addressed to this service goes through this waypoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waypoint: Option<serde_json::Value>,
+    pub waypoint: Option<GatewayAddress>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -137,3 +137,68 @@ fn store_swaps_whole_views_and_refuses_bad_ones() {
     assert!(store.replace(bad).is_err());
     assert_eq!(store.load().version, 1);
 }
+
+const WAYPOINTS: &str = r#"
+workloads:
+- {name: wp-1, namespace: shop, serviceAccount: wp, workloadIps: [10.0.9.1], protocol: HBONE,
+   services: {shop/wp.shop.svc.cluster.local: {15008: 15008}}}
+- {name: cart-1, namespace: shop, serviceAccount: cart, workloadIps: [10.0.0.5], protocol: HBONE,
+   services: {shop/cart.shop.svc.cluster.local: {80: 8080}},
+   waypoint: {destination: !address /10.0.9.1, hboneMtlsPort: 15008}}
+- {name: web-1, namespace: shop, serviceAccount: web, workloadIps: [10.0.0.6], protocol: HBONE}
+- {name: down-wp, namespace: shop, serviceAccount: dwp, workloadIps: [10.0.9.2], protocol: HBONE, status: Unhealthy,
+   services: {shop/down.shop.svc.cluster.local: {15008: 15008}}}
+services:
+- {name: wp, namespace: shop, hostname: wp.shop.svc.cluster.local, vips: [/10.96.9.1], ports: {15008: 15008},
+   subjectAltNames: [spiffe://cluster.local/ns/shop/sa/wp-alt]}
+- {name: down, namespace: shop, hostname: down.shop.svc.cluster.local, vips: [/10.96.9.2], ports: {15008: 15008}}
+- {name: cart, namespace: shop, hostname: cart.shop.svc.cluster.local, vips: [/10.96.0.5], ports: {80: 8080},
+   waypoint: {destination: !hostname {namespace: shop, hostname: wp.shop.svc.cluster.local}}}
+- {name: broken, namespace: shop, hostname: broken.shop.svc.cluster.local, vips: [/10.96.0.7], ports: {80: 8080},
+   waypoint: {destination: !hostname {namespace: shop, hostname: down.shop.svc.cluster.local}}}
+"#;
+
+#[test]
+fn destinations_with_a_waypoint_are_reached_through_it() {
+    let snap = Snapshot::build(
+        parse(WAYPOINTS, "cluster.local").unwrap(),
+        "cluster.local",
+        1,
+    )
+    .unwrap();
+    let web = snap.workload_by_name("shop", "web-1").cloned();
+    let id = |sa: &str| SpiffeId::new("cluster.local", "shop", sa).unwrap();
+    // Service-addressed: the service's waypoint, by hostname, with its SANs.
+    assert_eq!(
+        snap.waypoint_for(addr("10.96.0.5:80"), web.as_deref()),
+        WaypointLookup::Via(WaypointHop {
+            hbone: addr("10.0.9.1:15008"),
+            expected: vec![id("wp"), id("wp-alt")],
+            name: "shop/wp.shop.svc.cluster.local".into(),
+        })
+    );
+    // Workload-addressed: the pod's own waypoint, by address.
+    assert!(matches!(
+        snap.waypoint_for(addr("10.0.0.5:8080"), web.as_deref()),
+        WaypointLookup::Via(WaypointHop { hbone, .. }) if hbone == addr("10.0.9.1:15008")
+    ));
+    // Traffic from the waypoint itself goes direct.
+    let wp = snap.workload_by_name("shop", "wp-1").cloned();
+    assert_eq!(
+        snap.waypoint_for(addr("10.96.0.5:80"), wp.as_deref()),
+        WaypointLookup::Direct
+    );
+    assert_eq!(
+        snap.waypoint_for(addr("10.0.0.5:8080"), wp.as_deref()),
+        WaypointLookup::Direct
+    );
+    // No waypoint: direct; a waypoint without a healthy pod: the connection fails.
+    assert_eq!(
+        snap.waypoint_for(addr("10.0.0.6:80"), None),
+        WaypointLookup::Direct
+    );
+    assert!(matches!(
+        snap.waypoint_for(addr("10.96.0.7:80"), web.as_deref()),
+        WaypointLookup::Unavailable(why) if why.contains("no healthy endpoint")
+    ));
+}
