@@ -518,7 +518,10 @@ open_enum! {
 
 /// A Gateway API duration that does not follow GEP-2257.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: {reason} (a Gateway API duration is 1 to 4 parts, each up to 5 digits followed by h, m, s or ms, e.g. \"10s\", \"500ms\", \"1h30m\")")]
+#[error(
+    "invalid duration {input:?}: {reason} (a Gateway API duration is 1 to 4 parts, each up to \
+     5 digits followed by h, m, s or ms, e.g. \"10s\", \"500ms\", \"1h30m\")"
+)]
 pub struct DurationError {
     pub input: String,
     pub reason: String,

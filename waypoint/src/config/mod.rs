@@ -297,7 +297,7 @@ impl ConfigStore {
         for status in snapshot
             .route_status
             .iter()
-            .filter(|s| !s.accepted || !s.resolved_refs)
+            .filter(|s| !s.accepted || !s.resolved_refs || s.partially_invalid)
         {
             tracing::warn!(route = %status.route, parent = %status.parent, reason = %status.reason, "{}", status.message);
         }

@@ -266,6 +266,14 @@ fn route_and_forward<'a>(
         };
         if let Some(rule) = rule {
             outcome.entry.route = rule.route.to_string();
+            if rule.filters.unresolved_extension.is_some() {
+                // A filter this mesh cannot apply may not be skipped (Gateway API): 500.
+                return Err(local(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "-",
+                    "route filter not supported\n",
+                ));
+            }
             if let Some(redirect) = &rule.filters.redirect {
                 let (hostname, host_port) = split_host_port(&host);
                 let scheme = parts
@@ -304,11 +312,15 @@ fn route_and_forward<'a>(
                     "NR",
                     "no backend for this route\n",
                 ))?;
-                let svc = snapshot.service(&backend.service).ok_or(local(
+                let unresolved = local(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "NR",
                     "backend not found\n",
-                ))?;
+                );
+                if !backend.resolved {
+                    return Err(unresolved);
+                }
+                let svc = snapshot.service(&backend.service).ok_or(unresolved)?;
                 (svc, backend.port.unwrap_or(port), Some(backend))
             }
             None => (service, port, None),

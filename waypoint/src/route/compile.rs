@@ -383,7 +383,10 @@ impl<'s> Builder<'s> {
                     100.0 * f64::from(f.numerator.min(f.denominator)) / f64::from(f.denominator)
                 }
                 _ => {
-                    report.notes.push(format!("mirror {i}: give percent or a fraction with a denominator, not both: mirror dropped"));
+                    report.notes.push(format!(
+                        "mirror {i}: give percent or a fraction with a denominator, \
+                         not both: mirror dropped"
+                    ));
                     continue;
                 }
             };

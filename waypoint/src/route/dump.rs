@@ -143,7 +143,13 @@ fn filters(f: &Filters) -> Value {
         let mirrors: Vec<Value> = f
             .mirrors
             .iter()
-            .map(|m| json!({ "service": m.service.to_string(), "port": m.port, "percent": m.percent }))
+            .map(|m| {
+                json!({
+                    "service": m.service.to_string(),
+                    "port": m.port,
+                    "percent": m.percent,
+                })
+            })
             .collect();
         out.insert("mirrors".into(), json!(mirrors));
     }
@@ -156,7 +162,10 @@ fn filters(f: &Filters) -> Value {
 fn headers(h: &HeaderModifier) -> Value {
     let pairs = |list: &[(http::HeaderName, http::HeaderValue)]| -> Vec<Value> {
         list.iter()
-            .map(|(n, v)| json!({ "name": n.as_str(), "value": String::from_utf8_lossy(v.as_bytes()) }))
+            .map(|(n, v)| {
+                let value = String::from_utf8_lossy(v.as_bytes());
+                json!({ "name": n.as_str(), "value": value })
+            })
             .collect()
     };
     json!({

@@ -314,7 +314,10 @@ pub(super) fn compile<'a>(
             let name = format!("{}/{}/{}", e.group, e.kind, e.name);
             out.unresolved.push((
                 reason::INVALID_KIND,
-                format!("filters[{i}]: ExtensionRef {name} is not supported: matching requests get a 500"),
+                format!(
+                    "filters[{i}]: ExtensionRef {name} is not supported: \
+                     matching requests get a 500"
+                ),
             ));
             out.filters.unresolved_extension.get_or_insert(name);
         }
@@ -407,16 +410,25 @@ fn hostname(spec: Option<&str>) -> Result<Option<String>, String> {
 }
 
 fn path_modifier(spec: &PathModifierSpec) -> Result<PathModifier, String> {
-    match (&spec.modifier_type, &spec.replace_full_path, &spec.replace_prefix_match) {
+    match (
+        &spec.modifier_type,
+        &spec.replace_full_path,
+        &spec.replace_prefix_match,
+    ) {
         (PathModifierType::ReplaceFullPath, Some(full), None) if full.starts_with('/') => {
             Ok(PathModifier::ReplaceFullPath(full.clone()))
         }
-        (PathModifierType::ReplacePrefixMatch, None, Some(prefix)) if prefix.is_empty() || prefix.starts_with('/') => {
+        (PathModifierType::ReplacePrefixMatch, None, Some(prefix))
+            if prefix.is_empty() || prefix.starts_with('/') =>
+        {
             Ok(PathModifier::ReplacePrefixMatch(prefix.clone()))
         }
-        (PathModifierType::Other(other), _, _) => Err(format!("path modifier type {other:?} is not supported")),
+        (PathModifierType::Other(other), _, _) => {
+            Err(format!("path modifier type {other:?} is not supported"))
+        }
         (kind, _, _) => Err(format!(
-            "path modifier {kind} needs its own field (replaceFullPath or replacePrefixMatch) set, to a path starting with '/'"
+            "path modifier {kind} needs its own field (replaceFullPath or replacePrefixMatch) \
+             set, to a path starting with '/'"
         )),
     }
 }

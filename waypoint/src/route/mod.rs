@@ -45,12 +45,13 @@
 //!   `RegularExpression`, either part optional. Precedence: longer `service`, longer `method`,
 //!   more header matches, then the route and rule tie-breaks above.
 //! - **Matching.** The path is matched as the data path passes it (decode or normalize it
-//!   first if needed). `PathPrefix` is element-wise (`/foo` matches `/foo`, `/foo/`, `/foo/bar`, not
-//!   `/foobar`; a trailing `/` in the value is ignored). Regular expressions (Rust `regex` syntax)
-//!   must match the whole value. Header names are case-insensitive; a header sent several times
-//!   is matched as its values joined with `,`. Query parameter names are case-sensitive, the first
-//!   occurrence counts, and `%XX` escapes are decoded before comparing (`+` is not a space). Only
-//!   the first of several entries naming the same header (or parameter) counts.
+//!   first if needed). `PathPrefix` is element-wise (`/foo` matches `/foo`, `/foo/`,
+//!   `/foo/bar`, not `/foobar`; a trailing `/` in the value is ignored). Regular expressions
+//!   (Rust `regex` syntax) must match the whole value. Header names are case-insensitive; a
+//!   header sent several times is matched as its values joined with `,`. Query parameter names
+//!   are case-sensitive, the first occurrence counts, and `%XX` escapes are decoded before
+//!   comparing (`+` is not a space). Only the first of several entries naming the same header
+//!   (or parameter) counts.
 //! - **Invalid rules are dropped** (the spec's "Drop Rule" approach): the route stays accepted
 //!   with [`RouteStatus::partially_invalid`], or is refused (`UnsupportedValue`,
 //!   `IncompatibleFilters`) when no rule is left.

@@ -152,7 +152,10 @@ impl Builder<'_> {
             };
             let message = match &consumer {
                 None => format!("attached to {scope} (producer route)"),
-                Some(client) => format!("attached to {scope} as a consumer route: applies to clients in namespace {client}"),
+                Some(client) => format!(
+                    "attached to {scope} as a consumer route: \
+                     applies to clients in namespace {client}"
+                ),
             };
             return Ok((
                 Target::Service {
@@ -179,10 +182,18 @@ impl Builder<'_> {
                     ),
                 });
             }
-            let message = format!("attached to the waypoint {}: applies to its Services where no Service-parented route does", self.waypoint);
+            let message = format!(
+                "attached to the waypoint {}: applies to its Services \
+                 where no Service-parented route does",
+                self.waypoint
+            );
             return Ok((Target::Gateway, message));
         }
-        Err(no_match(format!("parentRef {}/{} {ns}/{name} is not supported: use a core Service (group \"\") or the waypoint Gateway", parent.group, parent.kind)))
+        Err(no_match(format!(
+            "parentRef {}/{} {ns}/{name} is not supported: \
+             use a core Service (group \"\") or the waypoint Gateway",
+            parent.group, parent.kind
+        )))
     }
 }
 
