@@ -11,6 +11,10 @@ use serde_json::{json, Value};
 
 /// The built-in image: the echo server (`meshctl echo`).
 pub const ECHO_IMAGE: &str = "meshctl/echo";
+/// The built-in image of a waypoint's pod (the `waypoint` binary).
+pub const WAYPOINT_IMAGE: &str = "meshctl/waypoint";
+/// The Gateway class of waypoints.
+pub const WAYPOINT_CLASS: &str = "istio-waypoint";
 
 /// A pod to create.
 #[derive(Debug, Clone)]
@@ -233,6 +237,17 @@ pub fn plan(docs: Vec<Value>, first_vip: Ipv4Addr) -> Result<Plan, String> {
                 }
                 plan.objects.push(doc);
             }
+            "Gateway" if str_at(&doc, &["spec", "gatewayClassName"]) == Some(WAYPOINT_CLASS) => {
+                // What Istio's gateway deployment controller does: a Deployment (here its one
+                // pod) and a Service for the waypoint, owned by the Gateway.
+                let (pod, mut service) = waypoint_objects(&namespace, &name, &doc);
+                service["spec"]["clusterIP"] = json!(Ipv4Addr::from(next_vip).to_string());
+                next_vip += 1;
+                plan.pods
+                    .push(pod_plan(&namespace, &format!("{name}-1"), pod)?);
+                plan.objects.push(service);
+                plan.objects.push(doc);
+            }
             _ => plan.objects.push(doc),
         }
     }
@@ -244,6 +259,61 @@ pub fn plan(docs: Vec<Value>, first_vip: Ipv4Addr) -> Result<Plan, String> {
     }
     plan.named_nodes = named.into_keys().collect();
     Ok(plan)
+}
+
+/// The pod and Service of the waypoint `name`: never captured itself (`dataplane-mode: none`),
+/// its own service account (the Gateway's name unless the annotation names another), HBONE on
+/// 15008 and readiness on 15021 behind a Service named like the Gateway.
+fn waypoint_objects(namespace: &str, name: &str, gateway: &Value) -> (Value, Value) {
+    let service_account = str_at(
+        gateway,
+        &[
+            "metadata",
+            "annotations",
+            "gateway.istio.io/service-account",
+        ],
+    )
+    .unwrap_or(name)
+    .to_owned();
+    let labels = json!({
+        "gateway.networking.k8s.io/gateway-name": name,
+        "istio.io/dataplane-mode": "none",
+        "app": name,
+    });
+    let owner = json!([{
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "name": name,
+        "uid": format!("{namespace}-{name}"),
+        "controller": true,
+    }]);
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": format!("{name}-1"), "namespace": namespace, "labels": labels, "ownerReferences": owner},
+        "spec": {
+            "serviceAccountName": service_account,
+            "containers": [{
+                "name": "waypoint",
+                "image": WAYPOINT_IMAGE,
+                "env": [{"name": "WAYPOINT_NAME", "value": name}],
+                "ports": [{"name": "mesh", "containerPort": 15008}],
+            }],
+        },
+    });
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"gateway.networking.k8s.io/gateway-name": name}, "ownerReferences": owner},
+        "spec": {
+            "selector": {"gateway.networking.k8s.io/gateway-name": name},
+            "ports": [
+                {"name": "mesh", "port": 15008, "targetPort": 15008},
+                {"name": "status-port", "port": 15021, "targetPort": 15021},
+            ],
+        },
+    });
+    (pod, service)
 }
 
 /// The Pod object as the cluster would show it once running: node, IP, Ready.

@@ -15,6 +15,7 @@
 //! Each node routes the other nodes' pod ranges through their `eth0` address, so `vnN` is the
 //! node's link: everything a pod of node N sends to another node crosses it.
 
+pub mod http;
 pub mod manifests;
 pub mod netns;
 mod status;
@@ -103,6 +104,22 @@ pub struct Pod {
 impl Pod {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The waypoint (Gateway name) this pod runs, if it is a waypoint's pod.
+    pub fn waypoint(&self) -> Option<&str> {
+        let runs_waypoint = self
+            .processes
+            .iter()
+            .any(|p| p.argv.first().is_some_and(|a| a.ends_with("/waypoint")));
+        if !runs_waypoint {
+            return None;
+        }
+        self.processes
+            .iter()
+            .flat_map(|p| &p.env)
+            .find(|(k, _)| k == "WAYPOINT_NAME")
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -209,6 +226,17 @@ impl Cluster {
     ) -> std::io::Result<(u16, String)> {
         let pod = self.pod(pod).map_err(std::io::Error::other)?;
         netns::http_get(&pod.netns, dst, path)
+    }
+
+    /// An HTTP request from inside a pod (any method, headers, HTTP/1.1 or HTTP/2).
+    pub fn request(
+        &self,
+        pod: &str,
+        dst: SocketAddr,
+        req: &http::Request<'_>,
+    ) -> std::io::Result<http::Answer> {
+        let pod = self.pod(pod).map_err(std::io::Error::other)?;
+        http::send(&pod.netns, dst, req)
     }
 
     /// The cluster IP given to a Service.

@@ -100,5 +100,29 @@ pub fn print_status(cluster: &Cluster) -> String {
             }
         );
     }
+    let waypoints: Vec<_> = cluster
+        .pods
+        .iter()
+        .filter_map(|p| Some((p, p.waypoint()?)))
+        .collect();
+    if !waypoints.is_empty() {
+        let _ = writeln!(out, "\n{:<24} {:<24} {:<13} READY", "WAYPOINT", "POD", "IP");
+        for (pod, name) in waypoints {
+            let ready = netns::http_get(
+                &pod.netns,
+                std::net::SocketAddr::from((pod.ip, 15021)),
+                "/healthz/ready",
+            )
+            .is_ok_and(|(status, _)| status == 200);
+            let _ = writeln!(
+                out,
+                "{:<24} {:<24} {:<13} {}",
+                format!("{}/{name}", pod.namespace),
+                pod.key(),
+                pod.ip,
+                if ready { "yes" } else { "no" }
+            );
+        }
+    }
     out
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::manifests::{self, PodPlan, ECHO_IMAGE};
+use super::manifests::{self, PodPlan, ECHO_IMAGE, WAYPOINT_IMAGE};
 use super::netns::{self, ip};
 use super::{Cluster, Node, Pod, Proc, CONTROL_IP, FABRIC};
 
@@ -49,7 +49,7 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 /// Builds the cluster the manifests describe. A cluster already running is taken down first.
 pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
     super::check_prerequisites()?;
-    for bin in ["ztunnel", "istiod-lite", "mesh-cni", "meshctl"] {
+    for bin in ["ztunnel", "istiod-lite", "mesh-cni", "meshctl", "waypoint"] {
         if !opts.bin_dir.join(bin).exists() {
             return Err(format!(
                 "{bin} not found in {}: build the workspace first (`cargo build`)",
@@ -388,6 +388,23 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
                 ("NODE_NAME".to_owned(), node.name.clone()),
                 ("SERVICE_ACCOUNT".to_owned(), plan.service_account.clone()),
             ];
+            if c.image.starts_with(WAYPOINT_IMAGE) {
+                // A waypoint talks to the control plane like its node's ztunnel does.
+                env.extend([
+                    ("BIND_ADDRESS".to_owned(), pod_ip.to_string()),
+                    ("XDS_ADDRESS".to_owned(), format!("{CONTROL_IP}:15012")),
+                    ("CA_ADDRESS".to_owned(), format!("{CONTROL_IP}:15012")),
+                    ("XDS_ROOT_CA".to_owned(), root.display().to_string()),
+                    (
+                        "CA_TOKEN_FILE".to_owned(),
+                        dir.join("nodes")
+                            .join(format!("{}.token", node.name))
+                            .display()
+                            .to_string(),
+                    ),
+                    ("RUST_LOG".to_owned(), log_level.clone()),
+                ]);
+            }
             env.extend(c.env.iter().cloned());
             let log = dir
                 .join("logs")
@@ -414,6 +431,9 @@ fn container_argv(
     plan: &PodPlan,
     c: &manifests::Container,
 ) -> Result<Vec<String>, String> {
+    if c.command.is_empty() && c.image.starts_with(WAYPOINT_IMAGE) {
+        return Ok(vec![bin_dir.join("waypoint").display().to_string()]);
+    }
     if c.command.is_empty() && c.image.starts_with(ECHO_IMAGE) {
         let mut argv = vec![bin_dir.join("meshctl").display().to_string(), "echo".into()];
         argv.extend(c.args.iter().cloned());
