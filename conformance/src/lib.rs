@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod l4;
+pub mod l7;
 pub mod support;
 
 use std::time::Instant;
@@ -23,6 +24,11 @@ pub struct Outcome {
 
 /// Runs the cases in order, printing a line each and the summary.
 pub fn run_cases<C>(ctx: &mut C, cases: &[Case<C>]) -> Outcome {
+    run_cases_with(ctx, cases, |_| {})
+}
+
+/// Like [`run_cases`], with `after` run after each case (cleanup), pass or fail.
+pub fn run_cases_with<C>(ctx: &mut C, cases: &[Case<C>], mut after: impl FnMut(&mut C)) -> Outcome {
     let mut outcome = Outcome::default();
     for case in cases {
         let start = Instant::now();
@@ -34,6 +40,7 @@ pub fn run_cases<C>(ctx: &mut C, cases: &[Case<C>]) -> Outcome {
                     .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "panicked".into()))
             });
+        after(ctx);
         let took = start.elapsed().as_secs_f64();
         match result {
             Ok(()) => {

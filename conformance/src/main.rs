@@ -1,17 +1,33 @@
-//! `conformance`: runs the L4 suite against a fresh local cluster and removes it afterwards.
-//! Needs root; the mesh's binaries are looked for beside this one (or in `MESH_BIN_DIR`).
+//! `conformance [l4|l7] [--keep]`: runs the suites (both by default, L4 first) against a fresh
+//! local cluster each and removes it afterwards. Needs root; the mesh's binaries are looked for
+//! beside this one (or in `MESH_BIN_DIR`).
 
 fn main() -> std::process::ExitCode {
-    let state_dir = std::env::var_os("MESHCTL_STATE_DIR")
+    let state_dir: std::path::PathBuf = std::env::var_os("MESHCTL_STATE_DIR")
         .map(Into::into)
         .unwrap_or_else(|| meshctl::cluster::DEFAULT_STATE_DIR.into());
-    let keep = std::env::args().any(|a| a == "--keep");
-    match conformance::l4::run(state_dir, meshctl::cluster::default_bin_dir(), keep) {
-        Ok(outcome) if outcome.failed.is_empty() => std::process::ExitCode::SUCCESS,
-        Ok(_) => std::process::ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("conformance: {e}");
-            std::process::ExitCode::FAILURE
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let keep = args.iter().any(|a| a == "--keep");
+    let only = args.iter().find(|a| !a.starts_with("--")).map(String::as_str);
+    let bin_dir = meshctl::cluster::default_bin_dir();
+    let mut failed = 0;
+    type Suite = fn(std::path::PathBuf, std::path::PathBuf, bool) -> Result<conformance::Outcome, String>;
+    let suites: [(&str, Suite); 2] = [("l4", conformance::l4::run), ("l7", conformance::l7::run)];
+    for (name, run) in suites {
+        if only.is_some_and(|o| o != name) {
+            continue;
         }
+        match run(state_dir.clone(), bin_dir.clone(), keep) {
+            Ok(outcome) => failed += outcome.failed.len(),
+            Err(e) => {
+                eprintln!("conformance {name}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }

@@ -2,7 +2,8 @@
 //! pod answered, from which address the connection came and what headers arrived.
 //!
 //! - HTTP port: HTTP/1.1 and HTTP/2 without TLS (h2c, prior knowledge) on the same port. Any
-//!   request gets `200` and a text body of `Key=Value` lines (below). A gRPC request
+//!   request gets `200` (or NNN for a path `/status/NNN`, after `?delay=250ms` if asked) and a
+//!   text body of `Key=Value` lines (below). A gRPC request
 //!   (`content-type: application/grpc`, any method) gets one gRPC message back: an
 //!   `EchoResponse{message = <the same lines>}` (field 1, string), then `grpc-status: 0`.
 //! - TCP port: raw TCP, every byte echoed back; half-close honoured.
@@ -137,16 +138,44 @@ async fn answer(
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("application/grpc"));
+    let (status, delay) = test_controls(req.uri());
     // Read (and drop) the request body, so clients that send one are not left waiting.
     let _ = req.into_body().collect().await;
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     if grpc {
         grpc_answer(&text)
     } else {
         Response::builder()
+            .status(status)
             .header("content-type", "text/plain")
             .body(Full::new(Bytes::from(text)).boxed())
             .expect("static response")
     }
+}
+
+/// What a test asks of the answer: `/status/NNN` answers with that status, `?delay=250ms` (or
+/// `?delay=2s`) waits that long first (at most 30 s).
+fn test_controls(uri: &http::Uri) -> (http::StatusCode, Option<std::time::Duration>) {
+    let status = uri
+        .path()
+        .strip_prefix("/status/")
+        .and_then(|code| code.split('/').next()?.parse::<u16>().ok())
+        .and_then(|code| http::StatusCode::from_u16(code).ok())
+        .unwrap_or(http::StatusCode::OK);
+    let delay = uri.query().into_iter().flat_map(|q| q.split('&')).find_map(|kv| {
+        let v = kv.strip_prefix("delay=")?;
+        let (n, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+        let n: u64 = n.parse().ok()?;
+        let d = match unit {
+            "ms" | "" => std::time::Duration::from_millis(n),
+            "s" => std::time::Duration::from_secs(n),
+            _ => return None,
+        };
+        Some(d.min(std::time::Duration::from_secs(30)))
+    });
+    (status, delay)
 }
 
 /// `EchoResponse{message = text}` as one gRPC message, then `grpc-status: 0` trailers.

@@ -1,0 +1,32 @@
+//! The conformance suites in CI, L4 then L7 (one at a time: one local cluster per machine), as
+//! root, against a local cluster of the binaries built from this workspace (`scripts/test`
+//! builds them first). Without root they say SKIPPED.
+
+#[test]
+fn conformance_suites() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED the conformance suites: it needs root (network namespaces, nftables)");
+        return;
+    }
+    if let Err(e) = meshctl::cluster::check_prerequisites() {
+        eprintln!("SKIPPED the conformance suites: {e}");
+        return;
+    }
+    let bin_dir = meshctl::cluster::default_bin_dir();
+    assert!(
+        bin_dir.join("ztunnel").exists() && bin_dir.join("meshctl").exists(),
+        "the mesh's binaries are not in {}: run `cargo build --workspace --bins` first (scripts/test does)",
+        bin_dir.display()
+    );
+    // One local cluster runs per machine: this replaces any other (its state is kept apart).
+    let state = std::env::temp_dir().join(format!("conformance-state-{}", std::process::id()));
+    let l4 = conformance::l4::run(state.clone(), bin_dir.clone(), false).expect("the L4 cluster starts");
+    let l7 = conformance::l7::run(state, bin_dir, false).expect("the L7 cluster starts");
+    println!(
+        "conformance: {} passed, {} failed",
+        l4.passed + l7.passed,
+        l4.failed.len() + l7.failed.len()
+    );
+    assert!(l4.failed.is_empty() && l7.failed.is_empty(), "failed: {:?} {:?}", l4.failed, l7.failed);
+}
