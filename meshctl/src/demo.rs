@@ -1,8 +1,10 @@
 //! `meshctl demo`: brings up the example in `examples/local-cluster` (two nodes; `shop` in the
-//! mesh with frontend, two cart replicas behind a Service, and reports; `legacy/batch` outside;
-//! an ALLOW policy on cart and STRICT mTLS in `shop`), sends traffic between the pods from
-//! inside their network namespaces, and reports who reached whom, with which identities, and
-//! which connections the mesh refused and why.
+//! mesh with frontend, cart v1 (two replicas) and v2 behind a Service that uses the namespace's
+//! waypoint, and reports; `legacy/batch` outside; an HTTPRoute splitting cart 90/10 with a
+//! header match for the canary, an L7 policy letting only the frontend GET /items*, an L4 policy
+//! admitting only the waypoint into cart, STRICT mTLS in `shop`), sends traffic between the pods
+//! from inside their network namespaces, and reports who reached whom, with which identities,
+//! which version answered, and which requests and connections the mesh refused and why.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -10,7 +12,7 @@ use std::path::PathBuf;
 
 use crate::cluster::{self, Cluster, UpOptions};
 
-const EXAMPLE: [(&str, &str); 3] = [
+const EXAMPLE: [(&str, &str); 4] = [
     (
         "namespaces.yaml",
         include_str!("../../examples/local-cluster/namespaces.yaml"),
@@ -22,6 +24,10 @@ const EXAMPLE: [(&str, &str); 3] = [
     (
         "policies.yaml",
         include_str!("../../examples/local-cluster/policies.yaml"),
+    ),
+    (
+        "waypoint.yaml",
+        include_str!("../../examples/local-cluster/waypoint.yaml"),
     ),
 ];
 
@@ -114,6 +120,100 @@ fn call(cluster: &Cluster, out: &mut String, from: &str, to_pod: &str, to_worklo
     }
 }
 
+/// Requests to cart's Service, which go through the waypoint: the 90/10 split, the canary
+/// header, and L7 denials with the policy that decided.
+fn l7_traffic(cluster: &Cluster, out: &mut String, vip: SocketAddr) {
+    use crate::cluster::http::Request;
+    // The waypoint takes a moment to get its configuration after the cluster is up.
+    let _ = cluster::up::wait_for("the waypoint", std::time::Duration::from_secs(20), || {
+        cluster
+            .request("frontend", vip, &Request::get("/items"))
+            .is_ok_and(|a| a.status == 200)
+    });
+    let mut counts = std::collections::BTreeMap::new();
+    let n = 50;
+    for _ in 0..n {
+        let who = match cluster.request("frontend", vip, &Request::get("/items")) {
+            Ok(a) if a.status == 200 => version_of(answered_by(&a.body)),
+            Ok(a) => format!("HTTP {}", a.status),
+            Err(e) => format!("error: {e}"),
+        };
+        *counts.entry(who).or_insert(0) += 1;
+    }
+    let split: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(
+        out,
+        "shop/frontend -> Service cart {vip} via the waypoint, GET /items x{n} (route: 90/10): {}",
+        split.join(", ")
+    );
+    let canary = Request {
+        headers: &[("x-canary", "true")],
+        ..Request::get("/items")
+    };
+    match cluster.request("frontend", vip, &canary) {
+        Ok(a) => {
+            let _ = writeln!(
+                out,
+                "shop/frontend -> cart with x-canary: true: HTTP {} from {}",
+                a.status,
+                answered_by(&a.body)
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(out, "shop/frontend -> cart with x-canary: true: {e}");
+        }
+    }
+    let post = Request {
+        method: "POST",
+        body: b"{}",
+        ..Request::get("/items")
+    };
+    for (from, req, what) in [
+        ("frontend", &post, "POST /items"),
+        ("reports", &Request::get("/items"), "GET /items"),
+    ] {
+        let answer = match cluster.request(from, vip, req) {
+            Ok(a) => format!("HTTP {} {:?}", a.status, a.body.trim()),
+            Err(e) => format!("error: {e}"),
+        };
+        let why = waypoint_denial(cluster).unwrap_or_else(|| "no denial recorded".into());
+        let _ = writeln!(
+            out,
+            "shop/{from} -> cart {what}: {answer}; the waypoint says: {why}"
+        );
+    }
+}
+
+/// `cart-v2-1` -> `cart v2`; `cart-1` -> `cart v1`.
+fn version_of(pod: &str) -> String {
+    if pod.starts_with("cart-v2") {
+        "cart v2".into()
+    } else if pod.starts_with("cart") {
+        "cart v1".into()
+    } else {
+        pod.to_owned()
+    }
+}
+
+/// The latest denial the waypoint recorded (its admin endpoint, on the pod's localhost).
+fn waypoint_denial(cluster: &Cluster) -> Option<String> {
+    let pod = cluster.pods.iter().find(|p| p.waypoint().is_some())?;
+    let (_, body) = cluster::netns::http_get(
+        &pod.netns,
+        SocketAddr::from(([127, 0, 0, 1], 15000)),
+        "/config_dump",
+    )
+    .ok()?;
+    let dump: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let last = dump["recentDenials"].as_array()?.last()?;
+    Some(format!(
+        "{} {} {}",
+        last["source"].as_str()?,
+        last["request"].as_str()?,
+        last["reason"].as_str()?
+    ))
+}
+
 /// Runs the demo; returns the report. The cluster is taken down unless `keep`.
 pub fn run(state_dir: PathBuf, bin_dir: PathBuf, keep: bool) -> Result<String, String> {
     cluster::check_prerequisites()?;
@@ -146,22 +246,8 @@ pub fn run(state_dir: PathBuf, bin_dir: PathBuf, keep: bool) -> Result<String, S
         "\nTraffic (each connection made from inside the client pod, as its application would):\n",
     );
     call(&cluster, &mut out, "frontend", "cart-1", "cart");
-    call(&cluster, &mut out, "frontend", "cart-2", "cart");
-    let vip = cluster.service_ip("shop", "cart");
-    if let Some(vip) = vip {
-        let answers: Vec<String> = (0..4)
-            .map(
-                |_| match cluster.http_get("frontend", SocketAddr::from((vip, 80)), "/") {
-                    Ok((_, body)) => answered_by(&body).to_owned(),
-                    Err(e) => format!("error: {e}"),
-                },
-            )
-            .collect();
-        let _ = writeln!(
-            out,
-            "shop/frontend -> Service cart {vip}:80, 4 requests answered by: {}",
-            answers.join(", ")
-        );
+    if let Some(vip) = cluster.service_ip("shop", "cart") {
+        l7_traffic(&cluster, &mut out, SocketAddr::from((vip, 80)));
     }
     let pod = cluster.pod("frontend")?.clone();
     let dns = cluster::netns::run_in(&pod.netns, || {
