@@ -8,10 +8,14 @@ fn main() -> std::process::ExitCode {
         .unwrap_or_else(|| meshctl::cluster::DEFAULT_STATE_DIR.into());
     let args: Vec<String> = std::env::args().skip(1).collect();
     let keep = args.iter().any(|a| a == "--keep");
-    let only = args.iter().find(|a| !a.starts_with("--")).map(String::as_str);
+    let only = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .map(String::as_str);
     let bin_dir = meshctl::cluster::default_bin_dir();
     let mut failed = 0;
-    type Suite = fn(std::path::PathBuf, std::path::PathBuf, bool) -> Result<conformance::Outcome, String>;
+    type Suite =
+        fn(std::path::PathBuf, std::path::PathBuf, bool) -> Result<conformance::Outcome, String>;
     let suites: [(&str, Suite); 2] = [("l4", conformance::l4::run), ("l7", conformance::l7::run)];
     for (name, run) in suites {
         if only.is_some_and(|o| o != name) {

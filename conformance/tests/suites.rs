@@ -21,12 +21,18 @@ fn conformance_suites() {
     );
     // One local cluster runs per machine: this replaces any other (its state is kept apart).
     let state = std::env::temp_dir().join(format!("conformance-state-{}", std::process::id()));
-    let l4 = conformance::l4::run(state.clone(), bin_dir.clone(), false).expect("the L4 cluster starts");
+    let l4 =
+        conformance::l4::run(state.clone(), bin_dir.clone(), false).expect("the L4 cluster starts");
     let l7 = conformance::l7::run(state, bin_dir, false).expect("the L7 cluster starts");
     println!(
         "conformance: {} passed, {} failed",
         l4.passed + l7.passed,
         l4.failed.len() + l7.failed.len()
     );
-    assert!(l4.failed.is_empty() && l7.failed.is_empty(), "failed: {:?} {:?}", l4.failed, l7.failed);
+    assert!(
+        l4.failed.is_empty() && l7.failed.is_empty(),
+        "failed: {:?} {:?}",
+        l4.failed,
+        l7.failed
+    );
 }

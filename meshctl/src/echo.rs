@@ -164,17 +164,21 @@ fn test_controls(uri: &http::Uri) -> (http::StatusCode, Option<std::time::Durati
         .and_then(|code| code.split('/').next()?.parse::<u16>().ok())
         .and_then(|code| http::StatusCode::from_u16(code).ok())
         .unwrap_or(http::StatusCode::OK);
-    let delay = uri.query().into_iter().flat_map(|q| q.split('&')).find_map(|kv| {
-        let v = kv.strip_prefix("delay=")?;
-        let (n, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
-        let n: u64 = n.parse().ok()?;
-        let d = match unit {
-            "ms" | "" => std::time::Duration::from_millis(n),
-            "s" => std::time::Duration::from_secs(n),
-            _ => return None,
-        };
-        Some(d.min(std::time::Duration::from_secs(30)))
-    });
+    let delay = uri
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| {
+            let v = kv.strip_prefix("delay=")?;
+            let (n, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+            let n: u64 = n.parse().ok()?;
+            let d = match unit {
+                "ms" | "" => std::time::Duration::from_millis(n),
+                "s" => std::time::Duration::from_secs(n),
+                _ => return None,
+            };
+            Some(d.min(std::time::Duration::from_secs(30)))
+        });
     (status, delay)
 }
 

@@ -63,7 +63,12 @@ impl Suite {
 
     /// The waypoint's Prometheus metrics.
     pub fn waypoint_metrics(&self) -> Result<String, String> {
-        let pod = self.cluster.pods.iter().find(|p| p.waypoint().is_some()).ok_or("no waypoint pod")?;
+        let pod = self
+            .cluster
+            .pods
+            .iter()
+            .find(|p| p.waypoint().is_some())
+            .ok_or("no waypoint pod")?;
         match netns::http_get(&pod.netns, SocketAddr::from((pod.ip, 15020)), "/metrics") {
             Ok((200, body)) => Ok(body),
             Ok((status, _)) => Err(format!("waypoint metrics: HTTP {status}")),
@@ -100,7 +105,11 @@ pub fn start(state_dir: PathBuf, bin_dir: PathBuf) -> Result<Suite, String> {
     let cluster = up?;
     cluster.wait_listening(8080, Duration::from_secs(15))?;
     for pod in ["client", "consumer", "echo-v1-1", "echo-v2-1"] {
-        eventually(CONVERGE, || served(&cluster, pod)?.then_some(()).ok_or(format!("{pod} not served")))?;
+        eventually(CONVERGE, || {
+            served(&cluster, pod)?
+                .then_some(())
+                .ok_or(format!("{pod} not served"))
+        })?;
     }
     let suite = Suite {
         cluster,
@@ -109,9 +118,10 @@ pub fn start(state_dir: PathBuf, bin_dir: PathBuf) -> Result<Suite, String> {
     // Ready when a request to the Service is answered through the waypoint (it adds a request id).
     eventually(Duration::from_secs(30), || {
         let a = suite.get("echo", 80, "/")?;
-        a.request_header("x-request-id")
-            .map(|_| ())
-            .ok_or(format!("HTTP {} not through the waypoint: {}", a.status, a.body))
+        a.request_header("x-request-id").map(|_| ()).ok_or(format!(
+            "HTTP {} not through the waypoint: {}",
+            a.status, a.body
+        ))
     })?;
     Ok(suite)
 }
@@ -146,14 +156,27 @@ pub fn run(state_dir: PathBuf, bin_dir: PathBuf, keep: bool) -> Result<crate::Ou
 }
 
 fn waypoint_logs(c: &Cluster) -> String {
-    let mut out = format!("--- istiod-lite ({}):\n{}\n", c.control.log.display(), c.control.log_tail(15));
+    let mut out = format!(
+        "--- istiod-lite ({}):\n{}\n",
+        c.control.log.display(),
+        c.control.log_tail(15)
+    );
     for pod in c.pods.iter().filter(|p| p.waypoint().is_some()) {
         for proc in &pod.processes {
-            out.push_str(&format!("--- waypoint {} ({}):\n{}\n", pod.key(), proc.log.display(), proc.log_tail(25)));
+            out.push_str(&format!(
+                "--- waypoint {} ({}):\n{}\n",
+                pod.key(),
+                proc.log.display(),
+                proc.log_tail(25)
+            ));
         }
     }
     for n in &c.nodes {
-        out.push_str(&format!("--- ztunnel {}:\n{}\n", n.name, n.ztunnel.log_tail(10)));
+        out.push_str(&format!(
+            "--- ztunnel {}:\n{}\n",
+            n.name,
+            n.ztunnel.log_tail(10)
+        ));
     }
     out
 }

@@ -9,11 +9,26 @@ use crate::Case;
 
 pub fn cases() -> Vec<Case<Suite>> {
     vec![
-        Case { name: "L7 ALLOW by method and path (GET /items* only)", run: allow_method_path },
-        Case { name: "L7 ALLOW by principal and header", run: allow_principal_header },
-        Case { name: "L7 DENY wins over ALLOW, 403 'RBAC: access denied' counted", run: deny_over_allow },
-        Case { name: "waypoint bypass: the pod admits only its waypoint", run: bypass_refused },
-        Case { name: "metrics: istio_requests_total with reporter=waypoint", run: metrics },
+        Case {
+            name: "L7 ALLOW by method and path (GET /items* only)",
+            run: allow_method_path,
+        },
+        Case {
+            name: "L7 ALLOW by principal and header",
+            run: allow_principal_header,
+        },
+        Case {
+            name: "L7 DENY wins over ALLOW, 403 'RBAC: access denied' counted",
+            run: deny_over_allow,
+        },
+        Case {
+            name: "waypoint bypass: the pod admits only its waypoint",
+            run: bypass_refused,
+        },
+        Case {
+            name: "metrics: istio_requests_total with reporter=waypoint",
+            run: metrics,
+        },
     ]
 }
 
@@ -38,9 +53,23 @@ fn want(got: u16, want: u16, what: &str) -> Result<(), String> {
 fn allow_method_path(s: &mut Suite) -> Result<(), String> {
     let rules = "  - to: [{operation: {methods: [GET], paths: [\"/items*\"]}}]\n";
     s.apply("l7-allow-get", &policy("allow-get-items", "ALLOW", rules))?;
-    eventually(CONVERGE, || want(status(s, "client", &Request::get("/other"))?, 403, "GET /other"))?;
-    want(status(s, "client", &Request::get("/items/1"))?, 200, "GET /items/1")?;
-    let post = Request { method: "POST", body: b"x", ..Request::get("/items/1") };
+    eventually(CONVERGE, || {
+        want(
+            status(s, "client", &Request::get("/other"))?,
+            403,
+            "GET /other",
+        )
+    })?;
+    want(
+        status(s, "client", &Request::get("/items/1"))?,
+        200,
+        "GET /items/1",
+    )?;
+    let post = Request {
+        method: "POST",
+        body: b"x",
+        ..Request::get("/items/1")
+    };
     want(status(s, "client", &post)?, 403, "POST /items/1")
 }
 
@@ -48,11 +77,27 @@ fn allow_principal_header(s: &mut Suite) -> Result<(), String> {
     let rules = format!(
         "  - from: [{{source: {{principals: [\"cluster.local/ns/{NS}/sa/client\"]}}}}]\n    when: [{{key: \"request.headers[x-ticket]\", values: [\"ok-*\"]}}]\n"
     );
-    s.apply("l7-allow-principal", &policy("client-with-ticket", "ALLOW", &rules))?;
-    let ticket = Request { headers: &[("x-ticket", "ok-42")], ..Request::get("/") };
-    eventually(CONVERGE, || want(status(s, "client", &Request::get("/"))?, 403, "client without ticket"))?;
+    s.apply(
+        "l7-allow-principal",
+        &policy("client-with-ticket", "ALLOW", &rules),
+    )?;
+    let ticket = Request {
+        headers: &[("x-ticket", "ok-42")],
+        ..Request::get("/")
+    };
+    eventually(CONVERGE, || {
+        want(
+            status(s, "client", &Request::get("/"))?,
+            403,
+            "client without ticket",
+        )
+    })?;
     want(status(s, "client", &ticket)?, 200, "client with ticket")?;
-    want(status(s, "intruder", &ticket)?, 403, "another principal with ticket")
+    want(
+        status(s, "intruder", &ticket)?,
+        403,
+        "another principal with ticket",
+    )
 }
 
 fn deny_over_allow(s: &mut Suite) -> Result<(), String> {
@@ -60,7 +105,11 @@ fn deny_over_allow(s: &mut Suite) -> Result<(), String> {
     s.apply("l7-allow-all", &policy("allow-all", "ALLOW", "  - {}\n"))?;
     s.apply(
         "l7-deny-admin",
-        &policy("deny-admin", "DENY", "  - to: [{operation: {paths: [\"/admin*\"]}}]\n"),
+        &policy(
+            "deny-admin",
+            "DENY",
+            "  - to: [{operation: {paths: [\"/admin*\"]}}]\n",
+        ),
     )?;
     eventually(CONVERGE, || {
         let a = s.ask("client", s.vip("echo", 80)?, &Request::get("/admin/users"))?;
@@ -70,7 +119,11 @@ fn deny_over_allow(s: &mut Suite) -> Result<(), String> {
         }
         Ok(())
     })?;
-    want(status(s, "client", &Request::get("/public"))?, 200, "GET /public")?;
+    want(
+        status(s, "client", &Request::get("/public"))?,
+        200,
+        "GET /public",
+    )?;
     eventually(CONVERGE, || {
         let after = denied_count(s)?;
         if after > before {
@@ -84,7 +137,11 @@ fn deny_over_allow(s: &mut Suite) -> Result<(), String> {
 /// Requests the waypoint answered 403 with flag DENY, summed over label sets.
 fn denied_count(s: &Suite) -> Result<f64, String> {
     let text = s.waypoint_metrics()?;
-    Ok(sum(&text, "istio_requests_total", &["response_code=\"403\"", "response_flags=\"DENY\""]))
+    Ok(sum(
+        &text,
+        "istio_requests_total",
+        &["response_code=\"403\"", "response_flags=\"DENY\""],
+    ))
 }
 
 fn sum(text: &str, metric: &str, labels: &[&str]) -> f64 {
@@ -102,9 +159,14 @@ fn bypass_refused(s: &mut Suite) -> Result<(), String> {
     );
     s.apply("l4-only-waypoint", &l4)?;
     let pod = s.cluster.pod("echo-v1-1")?.ip;
-    eventually(CONVERGE, || match s.cluster.request("client", (pod, 8080).into(), &Request::get("/")) {
-        Ok(a) => Err(format!("direct to the pod answered HTTP {}", a.status)),
-        Err(_) => Ok(()),
+    eventually(CONVERGE, || {
+        match s
+            .cluster
+            .request("client", (pod, 8080).into(), &Request::get("/"))
+        {
+            Ok(a) => Err(format!("direct to the pod answered HTTP {}", a.status)),
+            Err(_) => Ok(()),
+        }
     })?;
     let a = s.get("echo", 80, "/")?;
     want(a.status, 200, "through the waypoint")
@@ -125,7 +187,10 @@ fn metrics(s: &mut Suite) -> Result<(), String> {
     let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
     let n = sum(&text, "istio_requests_total", &refs);
     if n < 3.0 {
-        return Err(format!("istio_requests_total{{{}}} = {n}, want >= 3", refs.join(",")));
+        return Err(format!(
+            "istio_requests_total{{{}}} = {n}, want >= 3",
+            refs.join(",")
+        ));
     }
     if !text.contains("istio_request_duration_milliseconds_bucket") {
         return Err("no istio_request_duration_milliseconds histogram".into());
