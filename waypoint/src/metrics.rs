@@ -176,43 +176,56 @@ fn or_unknown(s: &str) -> String {
     }
 }
 
+/// Label names of one peer, static so a request allocates only the values.
+struct PeerNames {
+    workload: &'static str,
+    namespace: &'static str,
+    principal: &'static str,
+    app: &'static str,
+    version: &'static str,
+    canonical_service: &'static str,
+    canonical_revision: &'static str,
+    cluster: &'static str,
+}
+
+const SOURCE: PeerNames = PeerNames {
+    workload: "source_workload",
+    namespace: "source_workload_namespace",
+    principal: "source_principal",
+    app: "source_app",
+    version: "source_version",
+    canonical_service: "source_canonical_service",
+    canonical_revision: "source_canonical_revision",
+    cluster: "source_cluster",
+};
+
+const DESTINATION: PeerNames = PeerNames {
+    workload: "destination_workload",
+    namespace: "destination_workload_namespace",
+    principal: "destination_principal",
+    app: "destination_app",
+    version: "destination_version",
+    canonical_service: "destination_canonical_service",
+    canonical_revision: "destination_canonical_revision",
+    cluster: "destination_cluster",
+};
+
 impl RequestLabels {
     fn base(&self) -> Vec<Label> {
-        let peer = |prefix: &str, p: &Peer, out: &mut Vec<Label>| {
-            out.push(Label::new(
-                format!("{prefix}_workload"),
-                or_unknown(&p.workload),
-            ));
-            out.push(Label::new(
-                format!("{prefix}_workload_namespace"),
-                or_unknown(&p.namespace),
-            ));
-            out.push(Label::new(
-                format!("{prefix}_principal"),
-                or_unknown(&p.principal),
-            ));
-            out.push(Label::new(format!("{prefix}_app"), or_unknown(&p.app)));
-            out.push(Label::new(
-                format!("{prefix}_version"),
-                or_unknown(&p.version),
-            ));
-            out.push(Label::new(
-                format!("{prefix}_canonical_service"),
-                or_unknown(&p.app),
-            ));
-            out.push(Label::new(
-                format!("{prefix}_canonical_revision"),
-                or_unknown(&p.version),
-            ));
-            out.push(Label::new(
-                format!("{prefix}_cluster"),
-                or_unknown(&self.cluster),
-            ));
+        let peer = |n: &PeerNames, p: &Peer, out: &mut Vec<Label>| {
+            out.push(Label::new(n.workload, or_unknown(&p.workload)));
+            out.push(Label::new(n.namespace, or_unknown(&p.namespace)));
+            out.push(Label::new(n.principal, or_unknown(&p.principal)));
+            out.push(Label::new(n.app, or_unknown(&p.app)));
+            out.push(Label::new(n.version, or_unknown(&p.version)));
+            out.push(Label::new(n.canonical_service, or_unknown(&p.app)));
+            out.push(Label::new(n.canonical_revision, or_unknown(&p.version)));
+            out.push(Label::new(n.cluster, or_unknown(&self.cluster)));
         };
-        let mut l = Vec::with_capacity(28);
+        let mut l = Vec::with_capacity(30);
         l.push(Label::new("reporter", "waypoint"));
-        peer("source", &self.source, &mut l);
-        peer("destination", &self.destination, &mut l);
+        peer(&SOURCE, &self.source, &mut l);
+        peer(&DESTINATION, &self.destination, &mut l);
         l.push(Label::new(
             "destination_service",
             or_unknown(&self.destination_service),

@@ -136,11 +136,7 @@ async fn handle(
         Ok(response) => response,
         Err(l) => {
             outcome.entry.flag = l.flag;
-            Response::builder()
-                .status(l.status)
-                .header(http::header::CONTENT_TYPE, "text/plain")
-                .body(body::full(l.body))
-                .expect("static response")
+            local_reply(&l, grpc)
         }
     };
     outcome.entry.status = response.status().as_u16();
@@ -149,6 +145,33 @@ async fn handle(
     }
     let (parts, inner) = response.into_parts();
     Response::from_parts(parts, Metered::new(inner, outcome).boxed())
+}
+
+/// The waypoint's own answer. A gRPC client gets it as gRPC does errors (HTTP 200, trailers-only,
+/// `grpc-status` mapped from the HTTP status as Envoy maps it, the text in `grpc-message`).
+fn local_reply(l: &Local, grpc: bool) -> Response<Body> {
+    if !grpc {
+        return Response::builder()
+            .status(l.status)
+            .header(http::header::CONTENT_TYPE, "text/plain")
+            .body(body::full(l.body))
+            .expect("static response");
+    }
+    let code = match l.status.as_u16() {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header("grpc-status", code.to_string())
+        .header("grpc-message", l.body.trim_end())
+        .body(body::full(Bytes::new()))
+        .expect("static response")
 }
 
 fn labels(proxy: &Proxy, client: &Client, grpc: bool) -> RequestLabels {

@@ -352,3 +352,31 @@ async fn no_healthy_endpoint_is_503_and_a_bad_file_keeps_the_last_good_config() 
     );
     w.shutdown().await;
 }
+
+#[tokio::test]
+async fn grpc_clients_get_errors_as_grpc_status() {
+    let (m, w) = setup().await;
+    // No healthy endpoint behind `down`: a gRPC caller sees UNAVAILABLE in a trailers-only answer.
+    let mut g = m.http2("shop", "frontend", vip(&m, 104, 80)).await;
+    let a = g
+        .send(
+            "POST",
+            "/echo.Echo/Call",
+            &[("content-type", "application/grpc")],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.headers["grpc-status"], "14");
+    assert_eq!(a.headers["grpc-message"], "no healthy upstream");
+    let text = metrics(&w).await;
+    assert_eq!(
+        sample(
+            &text,
+            "istio_requests_total",
+            &[("grpc_response_status", "14"), ("response_flags", "UH")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    w.shutdown().await;
+}
