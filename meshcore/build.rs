@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ca.proto",
         "proto/discovery.proto",
         "proto/zds.proto",
+        "proto/waypoint.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

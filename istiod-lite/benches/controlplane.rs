@@ -92,8 +92,7 @@ fn cluster() -> Cluster {
         pods,
         services,
         authorization_policies,
-        peer_authentications: Vec::new(),
-        endpoint_slices: Vec::new(),
+        ..Default::default()
     }
 }
 

@@ -1,7 +1,9 @@
 //! The certificate service: `istio.v1.auth.IstioCertificateService/CreateCertificate`.
 //!
 //! Callers authenticate with `authorization: Bearer <token>`:
-//! - local mode: each token names a node (a bootstrap-token file, `<node> <token>` per line);
+//! - local mode: each token names a node, or a workload identity (a bootstrap-token file,
+//!   `<node> <token>` or `spiffe://<td>/ns/<ns>/sa/<sa> <token>` per line: a waypoint's
+//!   token names the identity it runs as);
 //! - cluster mode: a service-account token, checked with a Kubernetes TokenReview (audience
 //!   `istio-ca`). The caller's own identity is its service account's SPIFFE ID; ztunnel's
 //!   service account acts for the node its pod runs on (from the token's bound node, or its
@@ -27,11 +29,12 @@ use tonic::{Request, Response, Status};
 
 use crate::xds::ResourceSet;
 
-/// Bootstrap tokens: SHA-256 of the token → node. Looking up digests rather than tokens keeps
-/// the comparison's timing from telling anything about a valid token.
+/// Bootstrap tokens: SHA-256 of the token → who presents it (a node, or a workload identity).
+/// Looking up digests rather than tokens keeps the comparison's timing from telling anything
+/// about a valid token.
 #[derive(Debug, Default, Clone)]
 pub struct NodeTokens {
-    by_token: HashMap<[u8; 32], String>,
+    by_token: HashMap<[u8; 32], Caller>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -40,7 +43,8 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 impl NodeTokens {
-    /// `<node> <token>` per line; blank lines and `#` comments are skipped.
+    /// `<node> <token>` or `<SPIFFE ID> <token>` per line; blank lines and `#` comments are
+    /// skipped.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut by_token = HashMap::new();
         for (i, line) in text.lines().enumerate() {
@@ -49,10 +53,26 @@ impl NodeTokens {
                 continue;
             }
             match line.split_whitespace().collect::<Vec<_>>()[..] {
-                [node, token] if token.len() >= 16 => {
-                    if let Some(other) = by_token.insert(digest(token), node.to_owned()) {
+                [subject, token] if token.len() >= 16 => {
+                    let caller = if subject.starts_with("spiffe://") {
+                        let id: meshcore::identity::SpiffeId = subject
+                            .parse()
+                            .map_err(|e| format!("line {}: {subject}: {e}", i + 1))?;
+                        Caller {
+                            node: None,
+                            identity: Some(id.to_string()),
+                        }
+                    } else {
+                        Caller {
+                            node: Some(subject.to_owned()),
+                            identity: None,
+                        }
+                    };
+                    if let Some(other) = by_token.insert(digest(token), caller) {
+                        let other = other.node.or(other.identity).unwrap_or_default();
                         return Err(format!(
-                            "line {}: token already given to node {other}; each node needs its own",
+                            "line {}: token already given to {other}; each node and identity \
+                             needs its own",
                             i + 1
                         ));
                     }
@@ -69,8 +89,14 @@ impl NodeTokens {
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// The node a token acts for, if it is a node's.
     pub fn node(&self, token: &str) -> Option<&str> {
-        self.by_token.get(&digest(token)).map(String::as_str)
+        self.by_token.get(&digest(token))?.node.as_deref()
+    }
+
+    /// Who presents the token.
+    pub fn caller(&self, token: &str) -> Option<&Caller> {
+        self.by_token.get(&digest(token))
     }
 }
 
@@ -103,11 +129,8 @@ impl Authenticator {
     pub async fn authenticate(&self, token: &str) -> Result<Caller, Status> {
         match self {
             Authenticator::NodeTokens(t) => t
-                .node(token)
-                .map(|node| Caller {
-                    node: Some(node.to_owned()),
-                    identity: None,
-                })
+                .caller(token)
+                .cloned()
                 .ok_or_else(|| Status::unauthenticated("unknown bootstrap token")),
             Authenticator::TokenReview(r) => r.review(token).await,
         }
@@ -245,7 +268,28 @@ mod tests {
         );
         assert_eq!(
             NodeTokens::parse("a 0123456789abcdef0\nb 0123456789abcdef0").unwrap_err(),
-            "line 2: token already given to node a; each node needs its own"
+            "line 2: token already given to a; each node and identity needs its own"
+        );
+    }
+
+    #[test]
+    fn a_token_may_name_a_workload_identity() {
+        let t = NodeTokens::parse(
+            "node-1 0123456789abcdef0\nspiffe://cluster.local/ns/shop/sa/wp waypoint-token-0123\n",
+        )
+        .unwrap();
+        assert_eq!(
+            t.caller("waypoint-token-0123"),
+            Some(&Caller {
+                node: None,
+                identity: Some("spiffe://cluster.local/ns/shop/sa/wp".into()),
+            })
+        );
+        assert_eq!(t.node("waypoint-token-0123"), None);
+        assert!(
+            NodeTokens::parse("spiffe://cluster.local/ns/shop 0123456789abcdef0")
+                .unwrap_err()
+                .starts_with("line 1: spiffe://cluster.local/ns/shop: ")
         );
     }
 }

@@ -1,10 +1,11 @@
 //! What the config sources hand the translation: the cluster's objects as typed values.
-//! Kubernetes core types come from k8s-openapi; Istio's from [`crate::crd`].
+//! Kubernetes core types come from k8s-openapi; Istio's and Gateway API's from [`crate::crd`].
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+pub use crate::crd::gateway::{Gateway, GrpcRoute, HttpRoute};
 pub use crate::crd::security::{AuthorizationPolicy, PeerAuthentication};
 
 /// One consistent view of the cluster.
@@ -17,6 +18,10 @@ pub struct Cluster {
     pub endpoint_slices: Vec<EndpointSlice>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub peer_authentications: Vec<PeerAuthentication>,
+    /// Gateway API: waypoints are Gateways of class `istio-waypoint`.
+    pub gateways: Vec<Gateway>,
+    pub http_routes: Vec<HttpRoute>,
+    pub grpc_routes: Vec<GrpcRoute>,
 }
 
 /// `namespace/name` of an object.

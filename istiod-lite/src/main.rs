@@ -22,8 +22,9 @@ use tracing_subscriber::EnvFilter;
 ///
 /// Watches the Kubernetes API (--kubernetes) or reads Kubernetes manifests from a directory
 /// (--config-dir: Namespaces, Pods with spec.nodeName and status.podIP, Services,
-/// AuthorizationPolicies, PeerAuthentications), translates them into the ambient xDS resources
-/// and serves them to ztunnels over delta ADS with TLS on the gRPC port, next to the
+/// AuthorizationPolicies, PeerAuthentications, Gateway API Gateways, HTTPRoutes, GRPCRoutes),
+/// translates them into the ambient xDS resources and each waypoint's configuration, and
+/// serves them to ztunnels and waypoints over delta ADS with TLS on the gRPC port, next to the
 /// certificate service. Every flag can also be set through the environment variable shown.
 #[derive(Debug, Parser)]
 #[command(name = "istiod-lite", version, about, long_about)]
@@ -47,9 +48,12 @@ struct Settings {
     #[arg(long, env = "CA_DIR")]
     ca_dir: Option<PathBuf>,
 
-    /// Bootstrap tokens for the certificate service, `<node> <token>` per line: a ztunnel
-    /// presenting a node's token may obtain certificates for the pods on that node. Without
-    /// this file (and without --kubernetes) the certificate service is off.
+    /// Bootstrap tokens for the certificate service and xDS, `<node> <token>` or
+    /// `spiffe://<td>/ns/<ns>/sa/<sa> <token>` per line: a ztunnel presenting a node's token
+    /// may obtain certificates for the pods on that node; a waypoint presenting an identity's
+    /// token may obtain that identity's certificate and read the configuration of the
+    /// waypoint Gateways running as it. Without this file (and without --kubernetes) the
+    /// certificate service is off.
     #[arg(long, env = "BOOTSTRAP_TOKENS")]
     bootstrap_tokens: Option<PathBuf>,
 
@@ -224,6 +228,7 @@ async fn run(s: Settings) -> Result<(), String> {
     tracing::info!(
         addresses = first.count(meshcore::api::type_url::ADDRESS),
         authorizations = first.count(meshcore::api::type_url::AUTHORIZATION),
+        waypoints = first.count(meshcore::api::type_url::WAYPOINT_CONFIG),
         "config loaded"
     );
     let (publish, resources) = watch::channel(Arc::new(first));

@@ -1,6 +1,7 @@
 //! Reading Kubernetes manifests: multi-document YAML files in a directory, as `kubectl apply
-//! -f DIR` would take them. Namespaces, Pods, Services, EndpointSlices, AuthorizationPolicies
-//! and PeerAuthentications are kept (also inside `kind: List`); other kinds are skipped. A document
+//! -f DIR` would take them. Namespaces, Pods, Services, EndpointSlices, AuthorizationPolicies,
+//! PeerAuthentications, and Gateway API Gateways, HTTPRoutes and GRPCRoutes are kept (also inside
+//! `kind: List`); other kinds are skipped. A document
 //! that does not parse refuses the whole load, naming file, document, object and field, so the
 //! caller keeps its last good view.
 
@@ -111,7 +112,10 @@ fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<St
         let result: Result<T, _> = serde_ignored::deserialize(v, |path| {
             // Our Istio types leave the type header and any recorded status to the reader.
             let path = path.to_string();
-            if !matches!(path.as_str(), "apiVersion" | "kind") && !path.starts_with("status") {
+            if !matches!(path.as_str(), "apiVersion" | "kind")
+                && !path.starts_with("status")
+                && !unsupported_filter(&path)
+            {
                 unknown.push(path);
             }
         });
@@ -130,6 +134,10 @@ fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<St
     let security = matches!(
         api.as_str(),
         "security.istio.io/v1" | "security.istio.io/v1beta1"
+    );
+    let gateway_api = matches!(
+        api.as_str(),
+        "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1"
     );
     match (api.as_str(), kind.as_str()) {
         ("v1", "List") => {
@@ -161,11 +169,28 @@ fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<St
             typed::<crate::cluster::PeerAuthentication>(with_spec(value), &at, errors)
                 .map(default_namespace),
         ),
+        (_, "Gateway") if gateway_api => cluster
+            .gateways
+            .extend(typed::<crate::cluster::Gateway>(value, &at, errors).map(default_namespace)),
+        (_, "HTTPRoute") if gateway_api => cluster
+            .http_routes
+            .extend(typed::<crate::cluster::HttpRoute>(value, &at, errors).map(default_namespace)),
+        (_, "GRPCRoute") if gateway_api => cluster
+            .grpc_routes
+            .extend(typed::<crate::cluster::GrpcRoute>(value, &at, errors).map(default_namespace)),
         ("", _) | (_, "") => errors.push(format!(
             "{at}: not a Kubernetes object (apiVersion and kind are required)"
         )),
         _ => {} // other kinds (Deployments, ConfigMaps, ...) are not the mesh's business
     }
+}
+
+/// Route filters this mesh parses but does not support (`CORS`, `ExternalAuth`): their bodies
+/// are skipped on purpose, and the waypoint reports the filter in the route's status.
+fn unsupported_filter(path: &str) -> bool {
+    // serde_ignored marks an optional value with a trailing `?`.
+    let path = path.trim_end_matches(".?");
+    path.contains(".filters.") && matches!(path.rsplit('.').next(), Some("cors" | "externalAuth"))
 }
 
 /// An Istio policy may leave `spec` out (an empty spec: for an ALLOW policy, allow nothing).

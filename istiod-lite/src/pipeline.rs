@@ -8,20 +8,29 @@
 //! slice when it is a root-namespace policy), then the encoded parts are merged into the next
 //! [`ResourceSet`]. A one-pod change costs one namespace, not the cluster.
 //!
+//! Waypoints are the exception: a waypoint's configuration gathers Services, routes and
+//! policies from any namespace, so it is computed from the whole view (borrowed, not copied)
+//! after any change, which costs nothing while there is no waypoint. A Gateway change
+//! re-translates every slice, since Services and pods anywhere may name it.
+//!
 //! An AuthorizationPolicy with invalid values is rejected on its own: its last good version (or
 //! nothing, if it never had one) stays in force, as when the API server's validation refuses an
 //! update, and the reason is kept for the source to report. Everything else still flows.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::cluster::{AuthorizationPolicy, Cluster, PeerAuthentication};
+use crate::cluster::{
+    AuthorizationPolicy, Cluster, Gateway, GrpcRoute, HttpRoute, PeerAuthentication,
+};
 use crate::translate::peer_authn::STATIC_STRICT;
+use crate::translate::waypoints::{self, View};
 use crate::translate::{authz, translate, ClusterInfo, Note};
-use crate::xds::resources::Encoded;
+use crate::xds::resources::{waypoint_resources, Encoded, Resource};
 use crate::xds::ResourceSet;
 
 /// The kinds the pipeline keeps.
@@ -33,17 +42,28 @@ pub enum Kind {
     EndpointSlice,
     AuthorizationPolicy,
     PeerAuthentication,
+    Gateway,
+    HttpRoute,
+    GrpcRoute,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
+        Kind::Gateway,
+        Kind::HttpRoute,
+        Kind::GrpcRoute,
     ];
+
+    /// Gateway API kinds: their CRDs may not be installed.
+    pub fn is_gateway_api(self) -> bool {
+        matches!(self, Kind::Gateway | Kind::HttpRoute | Kind::GrpcRoute)
+    }
 }
 
 /// One object of a kept kind. (Unboxed: each is moved once, from a watcher or the manifest
@@ -57,6 +77,9 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
+    Gateway(Gateway),
+    HttpRoute(HttpRoute),
+    GrpcRoute(GrpcRoute),
 }
 
 impl Object {
@@ -68,6 +91,9 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
         }
     }
 
@@ -79,6 +105,9 @@ impl Object {
             Object::EndpointSlice(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+            Object::Gateway(o) => &o.metadata,
+            Object::HttpRoute(o) => &o.metadata,
+            Object::GrpcRoute(o) => &o.metadata,
         }
     }
 
@@ -90,6 +119,9 @@ impl Object {
             Object::EndpointSlice(o) => &mut o.metadata,
             Object::AuthorizationPolicy(o) => &mut o.metadata,
             Object::PeerAuthentication(o) => &mut o.metadata,
+            Object::Gateway(o) => &mut o.metadata,
+            Object::HttpRoute(o) => &mut o.metadata,
+            Object::GrpcRoute(o) => &mut o.metadata,
         }
     }
 
@@ -113,6 +145,9 @@ struct Slice {
     endpoint_slices: BTreeMap<String, EndpointSlice>,
     policies: BTreeMap<String, AuthorizationPolicy>,
     peer_authns: BTreeMap<String, PeerAuthentication>,
+    gateways: BTreeMap<String, Gateway>,
+    http_routes: BTreeMap<String, HttpRoute>,
+    grpc_routes: BTreeMap<String, GrpcRoute>,
     output: Encoded,
     notes: Vec<Note>,
     dirty: bool,
@@ -126,6 +161,9 @@ impl Slice {
             && self.endpoint_slices.is_empty()
             && self.policies.is_empty()
             && self.peer_authns.is_empty()
+            && self.gateways.is_empty()
+            && self.http_routes.is_empty()
+            && self.grpc_routes.is_empty()
     }
 
     fn names(&self, kind: Kind) -> Vec<String> {
@@ -140,6 +178,9 @@ impl Slice {
             Kind::EndpointSlice => self.endpoint_slices.keys().cloned().collect(),
             Kind::AuthorizationPolicy => self.policies.keys().cloned().collect(),
             Kind::PeerAuthentication => self.peer_authns.keys().cloned().collect(),
+            Kind::Gateway => self.gateways.keys().cloned().collect(),
+            Kind::HttpRoute => self.http_routes.keys().cloned().collect(),
+            Kind::GrpcRoute => self.grpc_routes.keys().cloned().collect(),
         }
     }
 }
@@ -163,6 +204,13 @@ pub struct Pipeline {
     /// AuthorizationPolicies refused for invalid values (`namespace/name` → reason).
     rejected: BTreeMap<String, Note>,
     generation: u64,
+    /// Something changed since the waypoints' configurations were last computed.
+    waypoints_dirty: bool,
+    /// Each waypoint's configuration resource, by `namespace/name`.
+    waypoints: BTreeMap<String, Arc<Resource>>,
+    /// `namespace/name` → the identity that may read it.
+    waypoint_identities: BTreeMap<String, String>,
+    waypoint_notes: Vec<Note>,
 }
 
 impl Pipeline {
@@ -173,6 +221,10 @@ impl Pipeline {
             removed: false,
             rejected: BTreeMap::new(),
             generation: 0,
+            waypoints_dirty: true,
+            waypoints: BTreeMap::new(),
+            waypoint_identities: BTreeMap::new(),
+            waypoint_notes: Vec::new(),
         }
     }
 
@@ -181,9 +233,14 @@ impl Pipeline {
     }
 
     fn mark(&mut self, namespace: &str, kind: Kind) {
-        let cross = namespace == self.info.root_namespace
-            && matches!(kind, Kind::AuthorizationPolicy | Kind::PeerAuthentication);
-        if cross {
+        // Any change may concern a waypoint: its Services, their pods, routes, policies.
+        self.waypoints_dirty = true;
+        let cross = (namespace == self.info.root_namespace
+            && matches!(kind, Kind::AuthorizationPolicy | Kind::PeerAuthentication))
+            || kind == Kind::Gateway;
+        if matches!(kind, Kind::HttpRoute | Kind::GrpcRoute) {
+            // Routes reach waypoints only, never ztunnels.
+        } else if cross {
             self.slices.values_mut().for_each(|s| s.dirty = true);
         } else if let Some(s) = self.slices.get_mut(namespace) {
             s.dirty = true;
@@ -232,6 +289,9 @@ impl Pipeline {
             Object::EndpointSlice(o) => put(&mut slice.endpoint_slices, name, o),
             Object::AuthorizationPolicy(o) => put(&mut slice.policies, name, o),
             Object::PeerAuthentication(o) => put(&mut slice.peer_authns, name, o),
+            Object::Gateway(o) => put(&mut slice.gateways, name, o),
+            Object::HttpRoute(o) => put(&mut slice.http_routes, name, o),
+            Object::GrpcRoute(o) => put(&mut slice.grpc_routes, name, o),
         };
         if changed {
             self.mark(&namespace, kind);
@@ -254,6 +314,9 @@ impl Pipeline {
             Kind::EndpointSlice => slice.endpoint_slices.remove(name).is_some(),
             Kind::AuthorizationPolicy => slice.policies.remove(name).is_some(),
             Kind::PeerAuthentication => slice.peer_authns.remove(name).is_some(),
+            Kind::Gateway => slice.gateways.remove(name).is_some(),
+            Kind::HttpRoute => slice.http_routes.remove(name).is_some(),
+            Kind::GrpcRoute => slice.grpc_routes.remove(name).is_some(),
         };
         if !removed {
             return;
@@ -291,6 +354,9 @@ impl Pipeline {
             endpoint_slices,
             authorization_policies,
             peer_authentications,
+            gateways,
+            http_routes,
+            grpc_routes,
         } = cluster;
         self.replace_kind(
             Kind::Namespace,
@@ -322,6 +388,18 @@ impl Pipeline {
                 .map(Object::PeerAuthentication)
                 .collect(),
         );
+        self.replace_kind(
+            Kind::Gateway,
+            gateways.into_iter().map(Object::Gateway).collect(),
+        );
+        self.replace_kind(
+            Kind::HttpRoute,
+            http_routes.into_iter().map(Object::HttpRoute).collect(),
+        );
+        self.replace_kind(
+            Kind::GrpcRoute,
+            grpc_routes.into_iter().map(Object::GrpcRoute).collect(),
+        );
     }
 
     /// Translates what changed since the last build. `None` when nothing did (after the first).
@@ -333,20 +411,28 @@ impl Pipeline {
             .map(|(ns, _)| ns.clone())
             .collect();
         // The first build always yields a set, if an empty one.
-        if dirty.is_empty() && !self.removed && self.generation > 0 {
+        if dirty.is_empty() && !self.removed && !self.waypoints_dirty && self.generation > 0 {
             return None;
         }
         let root = self.slices.get(&self.info.root_namespace);
+        let gateways: Vec<Gateway> = self
+            .slices
+            .values()
+            .flat_map(|s| s.gateways.values().cloned())
+            .collect();
         let results: Vec<(String, Encoded, Vec<Note>)> = dirty
             .into_iter()
             .map(|ns| {
                 let slice = &self.slices[&ns];
                 let root = root.filter(|_| ns != self.info.root_namespace);
-                let (encoded, notes) = translate_slice(&ns, slice, root, &self.info);
+                let (encoded, notes) = translate_slice(&ns, slice, root, &gateways, &self.info);
                 (ns, encoded, notes)
             })
             .collect();
         let mut changed = self.removed || self.generation == 0;
+        if self.waypoints_dirty {
+            changed |= self.build_waypoints();
+        }
         for (ns, output, notes) in results {
             let slice = self.slices.get_mut(&ns).expect("dirty slice exists");
             changed |= !output.same_as(&slice.output);
@@ -361,10 +447,44 @@ impl Pipeline {
             return None;
         }
         self.generation += 1;
-        Some(ResourceSet::merge(
-            self.slices.values().map(|s| &s.output),
-            self.generation,
-        ))
+        Some(
+            ResourceSet::merge(self.slices.values().map(|s| &s.output), self.generation)
+                .with_waypoints(self.waypoints.clone(), self.waypoint_identities.clone()),
+        )
+    }
+
+    /// Computes every waypoint's configuration from the whole view; whether any changed.
+    fn build_waypoints(&mut self) -> bool {
+        self.waypoints_dirty = false;
+        let t = if self.slices.values().all(|s| s.gateways.is_empty()) {
+            waypoints::WaypointTranslation::default()
+        } else {
+            let mut view = View::default();
+            for s in self.slices.values() {
+                s.namespace.iter().for_each(|n| view.add_namespace(n));
+                s.services.values().for_each(|o| view.add_service(o));
+                s.pods.values().for_each(|o| view.add_pod(o));
+                s.endpoint_slices
+                    .values()
+                    .for_each(|o| view.add_endpoint_slice(o));
+                view.gateways.extend(s.gateways.values());
+                view.http_routes.extend(s.http_routes.values());
+                view.grpc_routes.extend(s.grpc_routes.values());
+                view.policies.extend(s.policies.values());
+            }
+            waypoints::waypoints(&view, &self.info)
+        };
+        let resources = waypoint_resources(&t.configs);
+        let same = resources.len() == self.waypoints.len()
+            && resources
+                .iter()
+                .zip(&self.waypoints)
+                .all(|((n1, r1), (n2, r2))| n1 == n2 && r1.version == r2.version)
+            && t.identities == self.waypoint_identities;
+        self.waypoints = resources;
+        self.waypoint_identities = t.identities;
+        self.waypoint_notes = t.notes;
+        !same
     }
 
     /// Objects honoured only in part, as of the last build.
@@ -372,6 +492,7 @@ impl Pipeline {
         self.slices
             .values()
             .flat_map(|s| s.notes.iter().cloned())
+            .chain(self.waypoint_notes.iter().cloned())
             .collect()
     }
 
@@ -402,17 +523,22 @@ impl Pipeline {
                 .extend(s.policies.values().cloned());
             c.peer_authentications
                 .extend(s.peer_authns.values().cloned());
+            c.gateways.extend(s.gateways.values().cloned());
+            c.http_routes.extend(s.http_routes.values().cloned());
+            c.grpc_routes.extend(s.grpc_routes.values().cloned());
         }
         c
     }
 }
 
 /// Translates one namespace's slice; `root` is the root namespace's slice (its policies apply
-/// here too) unless this is the root namespace.
+/// here too) unless this is the root namespace; `gateways` are every namespace's (the slice's
+/// Services and pods may use a waypoint elsewhere).
 fn translate_slice(
     namespace: &str,
     slice: &Slice,
     root: Option<&Slice>,
+    gateways: &[Gateway],
     info: &ClusterInfo,
 ) -> (Encoded, Vec<Note>) {
     let mut cluster = Cluster {
@@ -422,6 +548,9 @@ fn translate_slice(
         endpoint_slices: slice.endpoint_slices.values().cloned().collect(),
         authorization_policies: slice.policies.values().cloned().collect(),
         peer_authentications: slice.peer_authns.values().cloned().collect(),
+        gateways: gateways.to_vec(),
+        http_routes: Vec::new(),
+        grpc_routes: Vec::new(),
     };
     if let Some(root) = root {
         cluster

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use crate::config::file::FileStatus;
+use crate::config::xds::XdsStatus;
 use crate::proxy::Proxy;
 
 /// Changes the log filter at run time (the process owns the subscriber).
@@ -28,6 +29,8 @@ pub struct AdminContext {
     pub proxy: Arc<Proxy>,
     pub certs: Arc<CertManager>,
     pub file: Option<Arc<Mutex<FileStatus>>>,
+    /// The xDS source's state, when the configuration comes from the control plane.
+    pub xds: Option<Arc<Mutex<XdsStatus>>>,
     pub log: Option<Arc<dyn LogControl>>,
     pub quit: Arc<Notify>,
     pub ready: watch::Receiver<bool>,
@@ -179,7 +182,11 @@ fn config_dump(ctx: &AdminContext) -> String {
             "identity": ctx.proxy.identity.to_string(),
         },
         "certificates": ctx.certs.status(),
-        "configSource": ctx.file.as_ref().map(|f| f.lock().expect("status lock").clone()),
+        "configSource": match (&ctx.file, &ctx.xds) {
+            (Some(f), _) => serde_json::json!(f.lock().expect("status lock").clone()),
+            (None, Some(x)) => serde_json::json!(x.lock().expect("status lock").clone()),
+            (None, None) => serde_json::Value::Null,
+        },
         "loadedAt": meshcore::certs::rfc3339(snapshot.loaded_at),
         "services": services,
         "routeTable": snapshot.routes.dump(),

@@ -1,5 +1,5 @@
-//! Wiring: the certificate, the configuration source, the HBONE listener and the side doors;
-//! graceful shutdown (stop accepting, GOAWAY, let open tunnels finish within the drain timeout).
+//! Wiring: the certificate, the configuration source (local file or xDS), the HBONE listener
+//! and the side doors; readiness (a configuration in force, not draining); graceful shutdown (stop accepting, GOAWAY, let open tunnels finish within the drain timeout).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +18,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::admin::{self, AdminContext, Endpoints, LogControl};
 use crate::config::file::FileSource;
+use crate::config::xds::{XdsClient, XdsConfig};
 use crate::config::{ConfigStore, WaypointIdentity};
 use crate::metrics::Metrics;
 use crate::proxy::upstream::Upstream;
@@ -52,24 +53,32 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
         .map_err(|e| format!("binding {what} on {addr}: {e}"))
 }
 
+/// The mesh root the control plane chains to: XDS_ROOT_CA, else CA_DIR's root-cert.pem.
+fn mesh_root(settings: &Settings) -> Result<String, String> {
+    let path = settings
+        .xds_root_ca
+        .clone()
+        .or_else(|| settings.ca_dir.as_ref().map(|d| d.join("root-cert.pem")))
+        .ok_or("no mesh root: set XDS_ROOT_CA or CA_DIR")?;
+    std::fs::read_to_string(&path).map_err(|e| format!("mesh root {}: {e}", path.display()))
+}
+
+/// The control plane at `address`, verified against the mesh root.
+fn control_plane(settings: &Settings, address: &str) -> Result<ControlPlane, String> {
+    let root = mesh_root(settings)?;
+    Ok(ControlPlane {
+        address: address.to_owned(),
+        server_name: settings.xds_server_name.clone(),
+        tls: meshcore::tls::control::control_client_config(&root)
+            .map_err(|e| format!("mesh root: {e}"))?,
+    })
+}
+
 fn certificate_provider(settings: &Settings) -> Result<Arc<dyn CertificateProvider>, String> {
-    let mesh_root = || -> Result<String, String> {
-        let path = settings
-            .xds_root_ca
-            .clone()
-            .or_else(|| settings.ca_dir.as_ref().map(|d| d.join("root-cert.pem")))
-            .ok_or("no mesh root: set XDS_ROOT_CA or CA_DIR")?;
-        std::fs::read_to_string(&path).map_err(|e| format!("mesh root {}: {e}", path.display()))
-    };
     Ok(match (&settings.ca_address, &settings.ca_dir) {
         (Some(address), _) => {
-            let root = mesh_root()?;
-            let control = ControlPlane {
-                address: address.clone(),
-                server_name: settings.xds_server_name.clone(),
-                tls: meshcore::tls::control::control_client_config(&root)
-                    .map_err(|e| format!("mesh root: {e}"))?,
-            };
+            let root = mesh_root(settings)?;
+            let control = control_plane(settings, address)?;
             Arc::new(RemoteCa::new(
                 control.channel()?,
                 settings
@@ -118,13 +127,35 @@ pub async fn start(
         root_namespace: settings.root_namespace.clone(),
     }));
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut file_status = None;
+    let (mut file_status, mut xds_status) = (None, None);
+    // True once a configuration is in force: at once from the file, at the first xDS push.
+    let mut configured = watch::channel(true).1;
     if let Some(path) = &settings.local_config_path {
         let mut source = FileSource::new(path, store.clone());
         source.poll().map_err(|e| format!("configuration: {e}"))?;
         file_status = Some(source.status());
         let mut rx = shutdown_rx.clone();
         tokio::spawn(source.run(settings.config_poll_interval, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+    }
+    if let Some(address) = &settings.xds_address {
+        if settings.ca_token_file.is_none() {
+            tracing::warn!("XDS_ADDRESS without CA_TOKEN_FILE: the xDS stream carries no token");
+        }
+        let client = XdsClient::new(
+            XdsConfig {
+                control: control_plane(&settings, address)?,
+                node_id: settings.node_id(),
+                token_file: settings.ca_token_file.clone(),
+                resource: settings.xds_resource(),
+            },
+            store.clone(),
+        );
+        xds_status = Some(client.status());
+        configured = client.ready();
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(client.run(async move {
             let _ = rx.wait_for(|s| *s).await;
         }));
     }
@@ -191,19 +222,12 @@ pub async fn start(
     }
 
     let quit = Arc::new(Notify::new());
-    let (ready_tx, ready_rx) = watch::channel(true);
-    // Readiness follows the process: not ready from the moment it starts draining.
-    {
-        let mut rx = shutdown_rx.clone();
-        tokio::spawn(async move {
-            let _ = rx.wait_for(|s| *s).await;
-            let _ = ready_tx.send(false);
-        });
-    }
+    let ready_rx = readiness(configured, shutdown_rx.clone());
     let ctx = Arc::new(AdminContext {
         proxy: proxy.clone(),
         certs,
         file: file_status,
+        xds: xds_status,
         log,
         quit: quit.clone(),
         ready: ready_rx,
@@ -236,6 +260,31 @@ pub async fn start(
         open_tunnels,
         drain_timeout: settings.drain_timeout,
     })
+}
+
+/// Ready while a configuration is in force and the process is not draining.
+fn readiness(
+    mut configured: watch::Receiver<bool>,
+    mut draining: watch::Receiver<bool>,
+) -> watch::Receiver<bool> {
+    let ready = *configured.borrow_and_update() && !*draining.borrow_and_update();
+    let (tx, rx) = watch::channel(ready);
+    tokio::spawn(async move {
+        // The file source's flag never changes: its sender is gone from the start.
+        let mut source_alive = true;
+        loop {
+            tokio::select! {
+                changed = configured.changed(), if source_alive => source_alive = changed.is_ok(),
+                changed = draining.changed() => if changed.is_err() { return },
+            }
+            let ready = *configured.borrow() && !*draining.borrow();
+            tx.send_replace(ready);
+            if *draining.borrow() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 impl Waypoint {

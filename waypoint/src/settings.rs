@@ -44,9 +44,23 @@ pub struct Settings {
 
     /// YAML file with the waypoint's configuration (services with their endpoints, HTTPRoutes,
     /// GRPCRoutes, AuthorizationPolicies; see docs/waypoint.md). Re-read when it changes; a
-    /// broken file keeps the last good configuration.
+    /// broken file keeps the last good configuration. Either this or XDS_ADDRESS.
     #[arg(long, env = "LOCAL_CONFIG_PATH")]
     pub local_config_path: Option<PathBuf>,
+
+    /// The control plane's delta xDS (`host:port`, istiod-lite's 15012): the waypoint
+    /// subscribes to its configuration, `<namespace>/<name>`, with CA_TOKEN_FILE's token and
+    /// verifies the server against XDS_ROOT_CA. Either this or LOCAL_CONFIG_PATH.
+    #[arg(long, env = "XDS_ADDRESS")]
+    pub xds_address: Option<String>,
+
+    /// This pod's name, for the xDS node id (default: the waypoint's name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// This pod's IP, for the xDS node id (default: BIND_ADDRESS).
+    #[arg(long, env = "INSTANCE_IP")]
+    pub instance_ip: Option<IpAddr>,
 
     /// Directory holding the mesh CA in Istio's `cacerts` layout; the waypoint issues its own
     /// certificate from it (local mode). Without it and without CA_ADDRESS, a development CA
@@ -58,7 +72,8 @@ pub struct Settings {
     #[arg(long, env = "CA_ADDRESS")]
     pub ca_address: Option<String>,
 
-    /// File holding the waypoint's token for the certificate service (re-read per request).
+    /// File holding the waypoint's token for the certificate service and xDS (re-read per
+    /// request and per connection).
     #[arg(long, env = "CA_TOKEN_FILE")]
     pub ca_token_file: Option<PathBuf>,
 
@@ -139,10 +154,37 @@ impl Settings {
         if self.ca_address.is_some() && self.xds_root_ca.is_none() && self.ca_dir.is_none() {
             return Err("CA_ADDRESS needs XDS_ROOT_CA (or CA_DIR with root-cert.pem)".into());
         }
-        if self.local_config_path.is_none() {
-            return Err("set LOCAL_CONFIG_PATH (the waypoint's configuration file)".into());
+        match (&self.local_config_path, &self.xds_address) {
+            (None, None) => {
+                return Err(
+                    "set LOCAL_CONFIG_PATH (a configuration file) or XDS_ADDRESS (the \
+                            control plane)"
+                        .into(),
+                )
+            }
+            (Some(_), Some(_)) => {
+                return Err("set LOCAL_CONFIG_PATH or XDS_ADDRESS, not both".into());
+            }
+            _ => {}
+        }
+        if self.xds_address.is_some() && self.xds_root_ca.is_none() && self.ca_dir.is_none() {
+            return Err("XDS_ADDRESS needs XDS_ROOT_CA (or CA_DIR with root-cert.pem)".into());
         }
         Ok(())
+    }
+
+    /// The xDS node id, Istio's shape with type `waypoint`:
+    /// `waypoint~<pod ip>~<pod name>.<namespace>~<namespace>.svc.cluster.local`.
+    pub fn node_id(&self) -> String {
+        let ip = self.instance_ip.unwrap_or(self.bind_address);
+        let pod = self.pod_name.as_deref().unwrap_or(&self.name);
+        let ns = &self.namespace;
+        format!("waypoint~{ip}~{pod}.{ns}~{ns}.svc.cluster.local")
+    }
+
+    /// The configuration resource it subscribes to: `<namespace>/<name>`.
+    pub fn xds_resource(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
     }
 
     /// The admin listener's address: the bind address when loopback, else 127.0.0.1.
@@ -174,5 +216,39 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("LOCAL_CONFIG_PATH"));
+    }
+
+    #[test]
+    fn xds_or_a_local_file() {
+        let s = Settings::parse_from([
+            "waypoint",
+            "--namespace",
+            "shop",
+            "--name",
+            "wp",
+            "--xds-address",
+            "istiod:15012",
+            "--pod-name",
+            "wp-5d8f-x2x",
+            "--instance-ip",
+            "10.1.0.7",
+        ]);
+        assert_eq!(
+            s.validate().unwrap_err(),
+            "XDS_ADDRESS needs XDS_ROOT_CA (or CA_DIR with root-cert.pem)"
+        );
+        assert_eq!(
+            s.node_id(),
+            "waypoint~10.1.0.7~wp-5d8f-x2x.shop~shop.svc.cluster.local"
+        );
+        assert_eq!(s.xds_resource(), "shop/wp");
+        let mut both = s.clone();
+        both.xds_root_ca = Some("/root.pem".into());
+        assert!(both.validate().is_ok());
+        both.local_config_path = Some("/config.yaml".into());
+        assert_eq!(
+            both.validate().unwrap_err(),
+            "set LOCAL_CONFIG_PATH or XDS_ADDRESS, not both"
+        );
     }
 }

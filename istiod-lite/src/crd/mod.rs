@@ -1,7 +1,9 @@
 //! Istio's resources as users write them (`security.istio.io/v1`), as kube-derive CRD types. Spec
 //! fields keep Istio's camelCase names; unknown fields are refused so a misspelt key is reported
-//! instead of silently ignored.
+//! instead of silently ignored. Gateway API's objects ([`gateway`]) are read too; their CRDs
+//! come from the Gateway API project, not from `--print-crds`.
 
+pub mod gateway;
 pub mod security;
 
 use kube::CustomResourceExt;

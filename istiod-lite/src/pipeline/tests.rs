@@ -34,9 +34,18 @@ fn versions(set: &ResourceSet) -> Versions {
 /// Builds and checks the result against a from-scratch translation of the pipeline's view.
 fn check(p: &mut Pipeline) -> ResourceSet {
     let set = p.build().expect("something changed");
-    let whole = ResourceSet::from_translation(&translate(&p.cluster(), p.info()), 0);
+    let cluster = p.cluster();
+    let waypoints = crate::translate::waypoints::waypoints(
+        &crate::translate::waypoints::View::from_cluster(&cluster),
+        p.info(),
+    );
+    let whole = ResourceSet::from_translation(&translate(&cluster, p.info()), 0).with_waypoints(
+        crate::xds::resources::waypoint_resources(&waypoints.configs),
+        waypoints.identities,
+    );
     assert_eq!(versions(&set), versions(&whole));
     assert_eq!(set.identities_by_node, whole.identities_by_node);
+    assert_eq!(set.waypoint_identities, whole.waypoint_identities);
     set
 }
 
@@ -142,4 +151,55 @@ fn an_invalid_policy_keeps_its_last_good_version() {
     p.delete(Kind::AuthorizationPolicy, "shop", "deny-ip");
     let gone = check(&mut p);
     assert!(!gone.by_type[type_url::AUTHORIZATION].contains_key("shop/deny-ip"));
+}
+
+#[test]
+fn waypoint_changes_match_a_whole_translation() {
+    let mut p = Pipeline::new(ClusterInfo::default());
+    p.replace_all(example());
+    let first = check(&mut p);
+    assert!(first.by_type[type_url::WAYPOINT_CONFIG].is_empty());
+
+    // A waypoint in `shop`; `cart` uses it.
+    p.apply(Object::Gateway(yaml(
+        "metadata: {name: wp, namespace: shop}\n\
+         spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}",
+    )));
+    let set = check(&mut p);
+    assert_eq!(
+        set.waypoint_identities["shop/wp"],
+        "spiffe://cluster.local/ns/shop/sa/wp"
+    );
+    p.apply(Object::Service(yaml(
+        "metadata: {name: cart, namespace: shop, labels: {istio.io/use-waypoint: wp}}\n\
+         spec: {clusterIP: 10.96.0.20, selector: {app: cart}, ports: [{name: http, port: 80, targetPort: http}]}",
+    )));
+    let bound = check(&mut p);
+
+    // A route touches the waypoint's configuration and nothing ztunnels hold.
+    p.apply(Object::HttpRoute(yaml(
+        "metadata: {name: cart, namespace: shop}\n\
+         spec: {parentRefs: [{group: \"\", kind: Service, name: cart}], rules: [{backendRefs: [{name: cart, port: 80}]}]}",
+    )));
+    let routed = check(&mut p);
+    let config = |set: &ResourceSet| {
+        set.by_type[type_url::WAYPOINT_CONFIG]["shop/wp"]
+            .version
+            .clone()
+    };
+    assert_ne!(config(&routed), config(&bound));
+    for t in [type_url::ADDRESS, type_url::AUTHORIZATION] {
+        assert_eq!(versions(&routed)[t], versions(&bound)[t], "{t}");
+    }
+    assert!(p.build().is_none());
+
+    // Deleting the Gateway unbinds the Service everywhere and drops the configuration.
+    p.delete(Kind::Gateway, "shop", "wp");
+    let gone = check(&mut p);
+    assert!(gone.by_type[type_url::WAYPOINT_CONFIG].is_empty());
+    assert!(gone.waypoint_identities.is_empty());
+    assert!(p
+        .notes()
+        .iter()
+        .any(|n| n.object == "Service shop/cart" && n.message.contains("does not exist")));
 }

@@ -1,11 +1,15 @@
-//! The Kubernetes source: kube-rs watchers on Namespaces, Pods, Services, EndpointSlices and
-//! Istio's AuthorizationPolicy and PeerAuthentication feed the [`Pipeline`].
+//! The Kubernetes source: kube-rs watchers on Namespaces, Pods, Services, EndpointSlices,
+//! Istio's AuthorizationPolicy and PeerAuthentication, and Gateway API's Gateway, HTTPRoute and
+//! GRPCRoute feed the [`Pipeline`].
 //!
 //! - Each kind has its own watcher (list, then watch from the list's resourceVersion, resumed
 //!   after timeouts, relisted after `410 Gone`, with backoff on errors). A relist replaces that
 //!   kind's objects whole, so deletions missed while disconnected are caught.
 //! - Nothing is published until every kind has been listed once: a ztunnel takes the first
-//!   push as the complete state.
+//!   push as the complete state. A Gateway API kind whose CRD is not installed (the list
+//!   answers 404), or that istiod-lite's RBAC does not let it list (403), counts as listed and
+//!   empty, so a cluster without Gateway API still gets its ztunnels served; its watcher keeps
+//!   retrying with backoff and picks the kind up once it can.
 //! - Changes are debounced (a burst is collected for up to [`DEBOUNCE`], never longer than
 //!   [`MAX_DELAY`]) and translated incrementally.
 //! - Objects are normalised before they are compared (no managedFields, resourceVersion or
@@ -26,7 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::cluster::{AuthorizationPolicy, PeerAuthentication};
+use crate::cluster::{AuthorizationPolicy, Gateway, GrpcRoute, HttpRoute, PeerAuthentication};
 use crate::pipeline::{Kind, Object, Pipeline};
 use crate::sources::status::StatusWriter;
 use crate::translate::ClusterInfo;
@@ -58,6 +62,19 @@ pub struct KubeStatus {
 enum Update {
     Event(Kind, Event<Object>),
     Error(Kind, String),
+    /// The kind is not there for us: its API is not served (a Gateway API CRD not installed)
+    /// or we may not list it.
+    Missing(Kind, String),
+}
+
+/// The API server does not serve this kind, or not to us.
+fn not_served(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            if s.code == 404 || s.code == 403
+    )
 }
 
 /// Drops what changes without meaning anything to the translation.
@@ -65,6 +82,9 @@ fn normalise(mut object: Object) -> Object {
     match &mut object {
         Object::AuthorizationPolicy(o) => o.status = None,
         Object::PeerAuthentication(o) => o.status = None,
+        Object::Gateway(o) => o.status = None,
+        Object::HttpRoute(o) => o.status = None,
+        Object::GrpcRoute(o) => o.status = None,
         _ => {}
     }
     let meta = object.meta_mut();
@@ -89,6 +109,9 @@ where
                     Update::Event(kind, Event::InitApply(normalise(wrap(o))))
                 }
                 Ok(Event::InitDone) => Update::Event(kind, Event::InitDone),
+                Err(e) if kind.is_gateway_api() && not_served(&e) => {
+                    Update::Missing(kind, e.to_string())
+                }
                 Err(e) => Update::Error(kind, e.to_string()),
             };
             if tx.send(update).await.is_err() {
@@ -146,6 +169,24 @@ impl KubeSource {
             Api::<PeerAuthentication>::all(client.clone()),
             Kind::PeerAuthentication,
             Object::PeerAuthentication,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<Gateway>::all(client.clone()),
+            Kind::Gateway,
+            Object::Gateway,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<HttpRoute>::all(client.clone()),
+            Kind::HttpRoute,
+            Object::HttpRoute,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<GrpcRoute>::all(client.clone()),
+            Kind::GrpcRoute,
+            Object::GrpcRoute,
             tx,
         );
         Self {
@@ -171,6 +212,21 @@ impl KubeSource {
                     .expect("status lock")
                     .watch_errors
                     .insert(format!("{kind:?}"), e);
+                return;
+            }
+            Update::Missing(kind, e) => {
+                // Nothing of a kind the cluster does not have: listed, and empty.
+                self.pipeline.replace_kind(kind, Vec::new());
+                let mut status = self.status.lock().expect("status lock");
+                let reason =
+                    format!("{e} (Gateway API CRDs not installed, or not readable by istiod-lite? no waypoints until they are)");
+                if status.watch_errors.get(&format!("{kind:?}")) != Some(&reason) {
+                    tracing::warn!(?kind, "{reason}");
+                }
+                status.watch_errors.insert(format!("{kind:?}"), reason);
+                if self.synced.insert(kind) {
+                    status.synced = self.synced.iter().map(|k| format!("{k:?}")).collect();
+                }
                 return;
             }
         };

@@ -4,6 +4,8 @@
 
 pub mod authz;
 pub mod peer_authn;
+pub mod use_waypoint;
+pub mod waypoints;
 pub mod workloads;
 
 use std::collections::BTreeMap;
@@ -15,7 +17,7 @@ use crate::cluster::{key, Cluster};
 pub use workloads::ClusterInfo;
 
 /// A reason an object was not honoured as written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Note {
     /// `Kind namespace/name`.
     pub object: String,
@@ -23,9 +25,12 @@ pub struct Note {
 }
 
 impl Note {
-    /// The object's namespace, from `Kind namespace/name`.
+    /// The object's namespace, from `Kind namespace/name` (a Namespace: `Namespace name`).
     pub fn namespace(&self) -> Option<&str> {
-        let (_, key) = self.object.split_once(' ')?;
+        let (kind, key) = self.object.split_once(' ')?;
+        if kind == "Namespace" {
+            return Some(key);
+        }
         Some(key.split_once('/')?.0)
     }
 }
@@ -146,6 +151,22 @@ pub fn translate(cluster: &Cluster, info: &ClusterInfo) -> Translation {
     }
     out.authorizations.extend(mtls_policies.into_values());
     out.services = workloads::services(&cluster.services, info);
+    // Services and workloads that use a waypoint say which.
+    let waypoints = use_waypoint::Waypoints::new(&cluster.gateways);
+    let namespaces: BTreeMap<&str, &k8s_openapi::api::core::v1::Namespace> = cluster
+        .namespaces
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, n)))
+        .collect();
+    let bindings = use_waypoint::bind(&waypoints, &namespaces, &cluster.services, &cluster.pods);
+    use_waypoint::fill(
+        &bindings,
+        &waypoints,
+        info,
+        &mut out.services,
+        &mut out.workloads,
+    );
+    out.notes.extend(bindings.notes);
     // Deterministic order: pushes and tests compare like with like.
     out.workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
     out.services

@@ -70,7 +70,10 @@ pub fn enrolled(namespace: Option<&Namespace>, pod_labels: &BTreeMap<String, Str
     }
 }
 
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn selects(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -342,7 +345,7 @@ fn slice_endpoints(slices: &[EndpointSlice]) -> SliceEndpoints<'_> {
 }
 
 /// Parsable addresses, each once, in order.
-fn unique_ips<'a>(ips: impl Iterator<Item = &'a str>) -> Vec<IpAddr> {
+pub(crate) fn unique_ips<'a>(ips: impl Iterator<Item = &'a str>) -> Vec<IpAddr> {
     let mut out = Vec::new();
     for ip in ips.filter_map(|ip| ip.parse().ok()) {
         if !out.contains(&ip) {
@@ -352,7 +355,7 @@ fn unique_ips<'a>(ips: impl Iterator<Item = &'a str>) -> Vec<IpAddr> {
     out
 }
 
-fn named_port(pod: &Pod, name: &str) -> Option<i32> {
+pub(crate) fn named_port(pod: &Pod, name: &str) -> Option<i32> {
     pod.spec
         .as_ref()?
         .containers

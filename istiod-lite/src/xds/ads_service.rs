@@ -26,6 +26,7 @@ use tonic::server::NamedService;
 use tonic::Status;
 
 use super::encoded::EncodedDeltaResponse;
+use super::server::Outgoing;
 use super::XdsServer;
 
 pub const PATH: &str =
@@ -103,9 +104,9 @@ impl tower::Service<Request<Body>> for AdsService {
 }
 
 /// The response stream's body: each queued response, a piece at a time, then `grpc-status: 0`
-/// when the session ends.
+/// when the session ends (or the status the session ended it with).
 struct ResponseBody {
-    responses: mpsc::Receiver<EncodedDeltaResponse>,
+    responses: mpsc::Receiver<Outgoing>,
     current: Option<Chunks>,
     done: bool,
 }
@@ -129,7 +130,13 @@ impl http_body::Body for ResponseBody {
                 self.current = None;
             }
             match self.responses.poll_recv(cx) {
-                Poll::Ready(Some(response)) => self.current = Some(Chunks::new(response)),
+                Poll::Ready(Some(Ok(response))) => self.current = Some(Chunks::new(response)),
+                Poll::Ready(Some(Err(status))) => {
+                    self.done = true;
+                    let mut trailers = HeaderMap::new();
+                    let _ = status.add_header(&mut trailers);
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
                 Poll::Ready(None) => {
                     self.done = true;
                     let mut trailers = HeaderMap::new();

@@ -1,5 +1,7 @@
-//! Delta xDS: the resources ztunnels subscribe to and the ADS server that streams them.
+//! Delta xDS: the resources ztunnels and waypoints subscribe to and the ADS server that streams
+//! them.
 
+pub mod access;
 pub mod ads_service;
 pub mod encoded;
 pub mod grpc;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use meshcore::api::discovery::Resource as WireResource;
-use meshcore::api::{security, type_url, workload as wire};
+use meshcore::api::{security, type_url, waypoint, workload as wire};
+use meshcore::l7::WaypointConfig;
 use prost::Message;
 
 use crate::translate::Translation;
@@ -52,6 +53,9 @@ pub struct ResourceSet {
     /// Node name → SPIFFE IDs of the pods scheduled there: what the CA lets that node's
     /// ztunnel obtain certificates for.
     pub identities_by_node: BTreeMap<String, BTreeSet<String>>,
+    /// Waypoint `namespace/name` → the SPIFFE ID allowed to read its configuration (the
+    /// Gateway's service account).
+    pub waypoint_identities: BTreeMap<String, String>,
     /// What changed from the previous set, computed once when publishing, so a client that
     /// was up to date is updated without comparing every resource.
     pub delta: Option<Arc<SetDelta>>,
@@ -148,6 +152,32 @@ impl Encoded {
     }
 }
 
+/// Each waypoint's configuration as a `mesh.waypoint.v1.WaypointConfig` resource named
+/// `namespace/name`, carrying the configuration as JSON (the local config file's schema).
+pub fn waypoint_resources(
+    configs: &[(String, String, WaypointConfig)],
+) -> BTreeMap<String, Arc<Resource>> {
+    let mut out = BTreeMap::new();
+    for (namespace, name, config) in configs {
+        let key = format!("{namespace}/{name}");
+        let config_json = match serde_json::to_string(config) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::error!(waypoint = %key, "waypoint configuration not encodable: {e}");
+                continue;
+            }
+        };
+        let value = waypoint::WaypointConfig {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            config_json,
+        }
+        .encode_to_vec();
+        out.insert(key.clone(), resource(key, type_url::WAYPOINT_CONFIG, value));
+    }
+    out
+}
+
 impl ResourceSet {
     pub fn from_translation(t: &Translation, generation: u64) -> Self {
         Self::merge([&Encoded::from_translation(t)], generation)
@@ -175,12 +205,25 @@ impl ResourceSet {
         let mut by_type = BTreeMap::new();
         by_type.insert(type_url::ADDRESS, addresses);
         by_type.insert(type_url::AUTHORIZATION, authorizations);
+        by_type.insert(type_url::WAYPOINT_CONFIG, BTreeMap::new());
         Self {
             by_type,
             generation,
             identities_by_node,
+            waypoint_identities: BTreeMap::new(),
             delta: None,
         }
+    }
+
+    /// Adds the waypoints' configurations and who may read them.
+    pub fn with_waypoints(
+        mut self,
+        resources: BTreeMap<String, Arc<Resource>>,
+        identities: BTreeMap<String, String>,
+    ) -> Self {
+        self.by_type.insert(type_url::WAYPOINT_CONFIG, resources);
+        self.waypoint_identities = identities;
+        self
     }
 
     /// Records what changed relative to `previous` (the set clients currently hold).

@@ -8,12 +8,17 @@
 //! the client's error, counted, and does not hold anything up; what was NACKed is not sent again
 //! until it changes.
 //!
+//! A waypoint's configuration (`mesh.waypoint.v1.WaypointConfig`) is the one type served by
+//! name only: the client names `<namespace>/<gateway>`, the name is checked against its
+//! authenticated identity ([`super::access`]) when subscribed and again whenever the resource
+//! changes, and only the names subscribed are sent. A refusal ends the stream with its status.
+//!
 //! Memory: what a client holds is remembered as the (shared) set it was last brought up to date
 //! with, not as a per-client list of names and versions; resources are encoded once for all
 //! clients ([`super::encoded`]), and responses are written out in pieces as the transport takes
 //! them ([`super::ads_service`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,9 +27,13 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
+use super::access;
 use super::encoded::EncodedDeltaResponse;
 use super::resources::{diff, diff_versions, Resource, ResourceSet};
-use crate::ca::{bearer, Authenticator};
+use crate::ca::{bearer, Authenticator, Caller};
+
+/// What a session hands the transport: a response, or the status ending the stream.
+pub type Outgoing = Result<EncodedDeltaResponse, Status>;
 
 /// What the debug endpoint shows about one connected client.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -44,7 +53,8 @@ pub struct Clients {
     next: AtomicU64,
     connected: Mutex<BTreeMap<u64, ClientStatus>>,
     pub nacks_total: AtomicU64,
-    /// Streams refused for a missing or invalid token.
+    /// Streams refused for a missing or invalid token, or a subscription the caller may not
+    /// have.
     pub refused_total: AtomicU64,
 }
 
@@ -105,17 +115,21 @@ impl XdsServer {
         &self,
         headers: &http::HeaderMap,
         requests: Streaming<DeltaDiscoveryRequest>,
-    ) -> Result<mpsc::Receiver<EncodedDeltaResponse>, Status> {
+    ) -> Result<mpsc::Receiver<Outgoing>, Status> {
+        let mut caller = None;
         if let Some(auth) = &self.auth {
             let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
             let checked = match bearer(&metadata) {
-                Ok(token) => auth.authenticate(token).await.map(|_| ()),
+                Ok(token) => auth.authenticate(token).await,
                 Err(e) => Err(e),
             };
-            if let Err(e) = checked {
-                self.clients.refused_total.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("xDS stream refused: {}", e.message());
-                return Err(e);
+            match checked {
+                Ok(c) => caller = Some(c),
+                Err(e) => {
+                    self.clients.refused_total.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("xDS stream refused: {}", e.message());
+                    return Err(e);
+                }
             }
         }
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -131,6 +145,8 @@ impl XdsServer {
             resources: self.resources.clone(),
             tx,
             subscriptions: BTreeMap::new(),
+            names: BTreeMap::new(),
+            caller,
             nonce: 0,
         };
         tokio::spawn(session.run(requests));
@@ -142,10 +158,14 @@ struct Session {
     id: u64,
     clients: Arc<Clients>,
     resources: watch::Receiver<Arc<ResourceSet>>,
-    tx: mpsc::Sender<EncodedDeltaResponse>,
+    tx: mpsc::Sender<Outgoing>,
     /// Type URL → the set whose resources of that type the client holds (a NACKed update
     /// counts as held: it is not resent until it changes).
     subscriptions: BTreeMap<String, Arc<ResourceSet>>,
+    /// By-name types: the names subscribed to.
+    names: BTreeMap<String, BTreeSet<String>>,
+    /// Who the token says the client is (`None`: xDS without authentication).
+    caller: Option<Caller>,
     nonce: u64,
 }
 
@@ -203,7 +223,12 @@ impl Session {
                     });
                 }
             }
-            return Ok(());
+            if !access::by_name_only(&type_url) {
+                return Ok(());
+            }
+        }
+        if access::by_name_only(&type_url) {
+            return self.on_names(&req).await;
         }
         if self.subscriptions.contains_key(&type_url) {
             return Ok(());
@@ -213,6 +238,18 @@ impl Session {
         let empty = BTreeMap::new();
         let current = set.by_type.get(type_url.as_str()).unwrap_or(&empty);
         let (updated, removed) = diff_versions(&req.initial_resource_versions, current);
+        self.subscribe(&type_url, set, updated, removed).await
+    }
+
+    /// Records a new subscription (its first response carries `updated` and `removed`) and
+    /// brings the client's other types up to the same set.
+    async fn subscribe(
+        &mut self,
+        type_url: &str,
+        set: Arc<ResourceSet>,
+        updated: Vec<Arc<Resource>>,
+        removed: Vec<String>,
+    ) -> Result<(), ()> {
         // Another type subscribed earlier may hold an older set than this: `changed()` was
         // just consumed, so bring the others up to date now.
         let others: Vec<String> = self
@@ -221,12 +258,74 @@ impl Session {
             .filter(|(_, held)| held.generation != set.generation)
             .map(|(t, _)| t.clone())
             .collect();
-        self.subscriptions.insert(type_url.clone(), set.clone());
-        self.send(&type_url, &set, updated, removed, true).await?;
+        self.subscriptions.insert(type_url.to_owned(), set.clone());
+        self.send(type_url, &set, updated, removed, true).await?;
         for t in others {
             self.push(&t, &set).await?;
         }
         Ok(())
+    }
+
+    /// A request for a by-name type: names subscribed (each checked against the caller) and
+    /// unsubscribed. The first request must name something.
+    async fn on_names(&mut self, req: &DeltaDiscoveryRequest) -> Result<(), ()> {
+        let type_url = req.type_url.as_str();
+        let first = !self.subscriptions.contains_key(type_url);
+        let held = self.names.entry(type_url.to_owned()).or_default();
+        for n in &req.resource_names_unsubscribe {
+            held.remove(n);
+        }
+        let added: Vec<String> = req
+            .resource_names_subscribe
+            .iter()
+            .filter(|n| !held.contains(*n))
+            .cloned()
+            .collect();
+        if first && added.is_empty() {
+            return self.refuse(access::wildcard_refused(type_url)).await;
+        }
+        // A first subscription takes the newest set; later ones the set the client holds.
+        let set = match self.subscriptions.get(type_url) {
+            Some(held) => held.clone(),
+            None => self.resources.borrow_and_update().clone(),
+        };
+        for name in &added {
+            if let Err(status) = access::may_read_waypoint(self.caller.as_ref(), name, &set) {
+                return self.refuse(status).await;
+            }
+        }
+        let names = self.names.entry(type_url.to_owned()).or_default();
+        names.extend(added.iter().cloned());
+        let empty = BTreeMap::new();
+        let current = set.by_type.get(type_url).unwrap_or(&empty);
+        if first {
+            let wanted: BTreeMap<String, Arc<Resource>> = names
+                .iter()
+                .filter_map(|n| Some((n.clone(), current.get(n)?.clone())))
+                .collect();
+            let (updated, removed) = diff_versions(&req.initial_resource_versions, &wanted);
+            return self.subscribe(type_url, set, updated, removed).await;
+        }
+        let updated: Vec<Arc<Resource>> = added
+            .iter()
+            .filter_map(|n| current.get(n).cloned())
+            .collect();
+        if updated.is_empty() {
+            return Ok(());
+        }
+        self.send(type_url, &set, updated, Vec::new(), false).await
+    }
+
+    /// Ends the stream with `status`.
+    async fn refuse(&mut self, status: Status) -> Result<(), ()> {
+        self.clients.refused_total.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            client = self.id,
+            "xDS subscription refused: {}",
+            status.message()
+        );
+        let _ = self.tx.send(Err(status)).await;
+        Err(())
     }
 
     async fn push_all(&mut self) -> Result<(), ()> {
@@ -253,7 +352,7 @@ impl Session {
             .as_ref()
             .filter(|d| d.from == held.generation)
             .and_then(|d| d.changed.get(type_url));
-        let (updated, removed) = match shared {
+        let (mut updated, mut removed): (Vec<Arc<Resource>>, Vec<String>) = match shared {
             Some((changed, gone)) => (
                 changed
                     .iter()
@@ -263,6 +362,18 @@ impl Session {
             ),
             None => diff(held.by_type.get(type_url).unwrap_or(&empty), current),
         };
+        if let Some(names) = self.names.get(type_url) {
+            updated.retain(|r| names.contains(&r.name));
+            removed.retain(|n| names.contains(n));
+            // Who may read a waypoint's configuration can change with it (its Gateway's
+            // service-account annotation).
+            let refused = updated
+                .iter()
+                .find_map(|r| access::may_read_waypoint(self.caller.as_ref(), &r.name, set).err());
+            if let Some(status) = refused {
+                return self.refuse(status).await;
+            }
+        }
         self.subscriptions.insert(type_url.to_owned(), set.clone());
         if updated.is_empty() && removed.is_empty() {
             return Ok(());
@@ -280,7 +391,17 @@ impl Session {
         removed: Vec<String>,
         first: bool,
     ) -> Result<(), ()> {
-        let held = set.count(type_url);
+        let held = match self.names.get(type_url) {
+            Some(names) => names
+                .iter()
+                .filter(|n| {
+                    set.by_type
+                        .get(type_url)
+                        .is_some_and(|m| m.contains_key(*n))
+                })
+                .count(),
+            None => set.count(type_url),
+        };
         let type_name = type_url.to_owned();
         self.clients.update(self.id, |c| {
             c.resources.insert(type_name, held);
@@ -306,7 +427,7 @@ impl Session {
                 resources: chunk.iter().map(|r| r.encoded.clone()).collect(),
             };
             // Waits only for this client's own queue.
-            self.tx.send(response).await.map_err(|_| ())?;
+            self.tx.send(Ok(response)).await.map_err(|_| ())?;
         }
         Ok(())
     }

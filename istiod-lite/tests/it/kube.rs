@@ -367,3 +367,55 @@ async fn ca_lives_in_secrets_and_callers_pass_token_review() {
         4
     );
 }
+
+#[tokio::test]
+async fn without_gateway_api_ztunnels_are_served_and_waypoints_follow_the_crds() {
+    let api = FakeApi::start().await;
+    api.serve_group("gateway.networking.k8s.io", false);
+    for o in example_objects() {
+        api.apply(o);
+    }
+    let mut source = KubeSource::start(api.client(), ClusterInfo::default(), false);
+    // Gateway API not installed: listed as empty, the rest is served.
+    let first = next(&mut source).await;
+    assert!(first.count(type_url::ADDRESS) > 0);
+    assert_eq!(first.count(type_url::WAYPOINT_CONFIG), 0);
+    assert!(source.status.lock().unwrap().watch_errors["Gateway"].contains("CRDs not installed"));
+
+    // The CRDs arrive with a waypoint that `cart` uses: picked up on the watcher's next try.
+    api.serve_group("gateway.networking.k8s.io", true);
+    api.apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "wp", "namespace": "shop", "annotations": {"gateway.istio.io/service-account": "wp-sa"}},
+        "spec": {"gatewayClassName": "istio-waypoint",
+                 "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+        "status": {"addresses": [{"value": "10.96.9.9"}]}}));
+    api.apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "cart", "namespace": "shop"},
+        "spec": {"parentRefs": [{"name": "wp"}], "rules": [{"backendRefs": [{"name": "cart", "port": 80}]}]}}));
+    // The Gateway and the route may come in separate pushes.
+    let config_of = |set: &ResourceSet| {
+        let resource = set.by_type[type_url::WAYPOINT_CONFIG].get("shop/wp")?;
+        let decoded: meshcore::api::discovery::Resource =
+            prost::Message::decode(resource.encoded.clone()).unwrap();
+        let body: meshcore::api::waypoint::WaypointConfig =
+            prost::Message::decode(decoded.resource.unwrap().value.as_slice()).unwrap();
+        assert_eq!(
+            (body.namespace.as_str(), body.name.as_str()),
+            ("shop", "wp")
+        );
+        let config: meshcore::l7::WaypointConfig = serde_json::from_str(&body.config_json).unwrap();
+        Some(config)
+    };
+    let (with_waypoint, config) = loop {
+        let set = next(&mut source).await;
+        if let Some(config) = config_of(&set).filter(|c| !c.http_routes.is_empty()) {
+            break (set, config);
+        }
+    };
+    assert_eq!(
+        with_waypoint.waypoint_identities["shop/wp"],
+        "spiffe://cluster.local/ns/shop/sa/wp-sa"
+    );
+    assert_eq!(config.http_routes[0].metadata.key(), "shop/cart");
+    assert_eq!(config.services[0].name, "cart");
+}

@@ -56,6 +56,8 @@ struct State {
     /// Watch requests seen: (collection, resourceVersion asked).
     pub watches: Vec<(String, String)>,
     lists: Vec<String>,
+    /// API groups (`apis/<group>/`) answered 404, as when their CRDs are not installed.
+    unserved: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -92,7 +94,7 @@ fn type_of(collection: &str) -> (String, String) {
     (api_version.to_owned(), kind.to_owned())
 }
 
-const KINDS: [(&str, &str); 8] = [
+const KINDS: [(&str, &str); 11] = [
     ("Namespace", "namespaces"),
     ("Pod", "pods"),
     ("Service", "services"),
@@ -101,6 +103,9 @@ const KINDS: [(&str, &str); 8] = [
     ("EndpointSlice", "endpointslices"),
     ("AuthorizationPolicy", "authorizationpolicies"),
     ("PeerAuthentication", "peerauthentications"),
+    ("Gateway", "gateways"),
+    ("HTTPRoute", "httproutes"),
+    ("GRPCRoute", "grpcroutes"),
 ];
 
 /// A parsed request path.
@@ -321,6 +326,16 @@ impl FakeApi {
         self.state.lock().unwrap().watches.clone()
     }
 
+    /// Answers 404 for the API group `group` (its CRDs "not installed"), or serves it again.
+    pub fn serve_group(&self, group: &str, served: bool) {
+        let prefix = format!("/apis/{group}/");
+        let mut s = self.state.lock().unwrap();
+        s.unserved.retain(|g| *g != prefix);
+        if !served {
+            s.unserved.push(prefix);
+        }
+    }
+
     /// How many times `collection` was listed.
     pub fn lists(&self, collection: &str) -> usize {
         let s = self.state.lock().unwrap();
@@ -338,6 +353,20 @@ impl FakeApi {
                     .collect()
             })
             .unwrap_or_default();
+        let unserved = {
+            let s = self.state.lock().unwrap();
+            s.unserved.iter().any(|g| req.uri().path().starts_with(g))
+        };
+        if unserved {
+            return reply(
+                StatusCode::NOT_FOUND,
+                &status_error(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
+            );
+        }
         let Some(target) = parse_path(req.uri().path()) else {
             return reply(
                 StatusCode::NOT_FOUND,

@@ -4,4 +4,5 @@ mod kube;
 mod kube_api;
 mod restart;
 mod support;
+mod waypoint_xds;
 mod xds;

@@ -1,7 +1,7 @@
 //! Istio's public wire types, generated from our own `.proto` files in `meshcore/proto/` (Istio's
 //! package names, message names and field numbers): the ambient xDS resources, delta xDS, the
-//! certificate service and the node agent protocol. Conversions into the mesh's own model live
-//! beside them.
+//! certificate service and the node agent protocol; plus our own waypoint configuration resource
+//! (`mesh.waypoint.v1`). Conversions into the mesh's own model live beside them.
 
 pub mod convert;
 
@@ -30,8 +30,19 @@ pub mod zds {
     tonic::include_proto!("istio.workload.zds");
 }
 
-/// Type URLs of the resources ztunnel subscribes to.
+/// The waypoint's configuration resource (ours: Istio feeds its Envoy waypoints differently).
+#[allow(clippy::all)]
+pub mod waypoint {
+    tonic::include_proto!("mesh.waypoint.v1");
+}
+
+/// Type URLs of the resources served over delta ADS.
 pub mod type_url {
+    /// ztunnel: workloads and services.
     pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
+    /// ztunnel: L4 policies.
     pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
+    /// A waypoint: its whole configuration, named `<namespace>/<gateway name>`, subscribed to by
+    /// name (never wildcard).
+    pub const WAYPOINT_CONFIG: &str = "type.googleapis.com/mesh.waypoint.v1.WaypointConfig";
 }

@@ -1,8 +1,10 @@
 //! The waypoint's configuration as the data path reads it: a [`Snapshot`] compiled from a
 //! [`WaypointConfig`] (services indexed by address, the route table, the L7 policies), swapped
-//! whole into the [`ConfigStore`] so a request sees one consistent view.
+//! whole into the [`ConfigStore`] so a request sees one consistent view. Its sources: the local
+//! file ([`file`]) or the control plane over delta xDS ([`xds`]), both in the same schema.
 
 pub mod file;
+pub mod xds;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

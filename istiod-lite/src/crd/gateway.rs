@@ -1,0 +1,318 @@
+//! Gateway API objects (`gateway.networking.k8s.io/v1`) istiod-lite reads: `Gateway` (a waypoint
+//! is one of class `istio-waypoint`), and `HTTPRoute` / `GRPCRoute`, whose specs are meshcore's
+//! types, handed to waypoints exactly as written.
+//!
+//! These are not kube-derive CRDs: the Gateway API project ships their definitions (users
+//! install them, as for Istio), so `--print-crds` leaves them out. Each type implements
+//! [`kube::Resource`] by hand so the watchers can read them. Unknown fields are not refused here
+//! (a cluster may run a newer Gateway API); the manifest reader is strict on its own.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::NamespaceResourceScope;
+use meshcore::l7;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+
+/// The Gateway API group.
+pub const GROUP: &str = l7::gateway::GROUP;
+pub const VERSION: &str = "v1";
+/// The GatewayClass of waypoints.
+pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+
+/// Implements [`kube::Resource`] for a namespaced Gateway API type.
+macro_rules! gateway_api_resource {
+    ($ty:ty, $kind:literal, $plural:literal) => {
+        impl kube::Resource for $ty {
+            type DynamicType = ();
+            type Scope = NamespaceResourceScope;
+
+            fn kind(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed($kind)
+            }
+
+            fn group(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed(GROUP)
+            }
+
+            fn version(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed(VERSION)
+            }
+
+            fn plural(_: &()) -> Cow<'_, str> {
+                Cow::Borrowed($plural)
+            }
+
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+/// A `Gateway`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Gateway {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: GatewaySpec,
+    /// Written by whoever runs the Gateway; not read.
+    #[serde(default, skip_serializing)]
+    pub status: Option<IgnoredAny>,
+}
+
+gateway_api_resource!(Gateway, "Gateway", "gateways");
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    pub gateway_class_name: String,
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<GatewaySpecAddress>,
+    /// Labels and annotations for what the Gateway's controller deploys: not used here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infrastructure: Option<serde_json::Value>,
+    #[serde(
+        default,
+        rename = "backendTLS",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_tls: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_listeners: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    pub port: u16,
+    /// `HBONE` for a waypoint's mesh listener.
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_routes: Option<AllowedRoutes>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedRoutes {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<RouteNamespaces>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<RouteGroupKind>,
+}
+
+/// Which namespaces may attach: `Same` (the default), `All`, or `Selector`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteNamespaces {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteGroupKind {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpecAddress {
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub address_type: Option<String>,
+    pub value: String,
+}
+
+impl Listener {
+    /// Whether objects of a namespace with `labels` may use the Gateway through this listener,
+    /// per `allowedRoutes.namespaces` (`Same` when absent).
+    pub fn allows_namespace(
+        &self,
+        gateway_namespace: &str,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        let namespaces = self
+            .allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref());
+        match namespaces.and_then(|n| n.from.as_deref()).unwrap_or("Same") {
+            "All" => true,
+            "Selector" => namespaces
+                .and_then(|n| n.selector.as_ref())
+                .is_some_and(|s| selector_matches(s, labels)),
+            _ => namespace == gateway_namespace,
+        }
+    }
+}
+
+/// A Kubernetes label selector (`matchLabels` and `matchExpressions`, ANDed). An empty
+/// selector matches everything.
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_label = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    by_label
+        && selector.match_expressions.iter().flatten().all(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            let value = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => value.is_some_and(|v| values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false, // the API server refuses other operators
+            }
+        })
+}
+
+/// An `HTTPRoute`: Kubernetes metadata around meshcore's spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRoute {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: l7::gateway::HttpRouteSpec,
+    /// Route status (written by controllers): not read.
+    #[serde(default, skip_serializing)]
+    pub status: Option<IgnoredAny>,
+}
+
+gateway_api_resource!(HttpRoute, "HTTPRoute", "httproutes");
+
+/// A `GRPCRoute`: Kubernetes metadata around meshcore's spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRoute {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: l7::gateway::GrpcRouteSpec,
+    #[serde(default, skip_serializing)]
+    pub status: Option<IgnoredAny>,
+}
+
+gateway_api_resource!(GrpcRoute, "GRPCRoute", "grpcroutes");
+
+/// The part of Kubernetes metadata the waypoint reads.
+pub fn l7_meta(meta: &ObjectMeta) -> l7::ObjectMeta {
+    l7::ObjectMeta {
+        name: meta.name.clone().unwrap_or_default(),
+        namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        creation_timestamp: meta.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+        labels: meta.labels.clone().unwrap_or_default(),
+        annotations: meta.annotations.clone().unwrap_or_default(),
+    }
+}
+
+impl HttpRoute {
+    /// The route as the waypoint takes it.
+    pub fn to_l7(&self) -> l7::gateway::HttpRoute {
+        l7::gateway::HttpRoute {
+            api_version: l7::gateway::API_VERSION.into(),
+            kind: "HTTPRoute".into(),
+            metadata: l7_meta(&self.metadata),
+            spec: self.spec.clone(),
+            status: None,
+        }
+    }
+}
+
+impl GrpcRoute {
+    /// The route as the waypoint takes it.
+    pub fn to_l7(&self) -> l7::gateway::GrpcRoute {
+        l7::gateway::GrpcRoute {
+            api_version: l7::gateway::API_VERSION.into(),
+            kind: "GRPCRoute".into(),
+            metadata: l7_meta(&self.metadata),
+            spec: self.spec.clone(),
+            status: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::Resource;
+
+    #[test]
+    fn resource_paths_are_gateway_apis() {
+        assert_eq!(
+            Gateway::url_path(&(), Some("shop")),
+            "/apis/gateway.networking.k8s.io/v1/namespaces/shop/gateways"
+        );
+        assert_eq!(
+            HttpRoute::url_path(&(), None),
+            "/apis/gateway.networking.k8s.io/v1/httproutes"
+        );
+        assert_eq!(
+            GrpcRoute::url_path(&(), None),
+            "/apis/gateway.networking.k8s.io/v1/grpcroutes"
+        );
+    }
+
+    #[test]
+    fn allowed_namespaces() {
+        let listener: Listener = serde_yaml_ng::from_str(
+            "{name: mesh, port: 15008, protocol: HBONE, allowedRoutes: {namespaces: {from: Selector, \
+             selector: {matchLabels: {team: a}, matchExpressions: [{key: env, operator: NotIn, values: [prod]}]}}}}",
+        )
+        .unwrap();
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(listener.allows_namespace("gw", "x", &labels(&[("team", "a")])));
+        assert!(!listener.allows_namespace("gw", "x", &labels(&[("team", "a"), ("env", "prod")])));
+        assert!(!listener.allows_namespace("gw", "x", &labels(&[])));
+        let same: Listener =
+            serde_yaml_ng::from_str("{name: mesh, port: 15008, protocol: HBONE}").unwrap();
+        assert!(same.allows_namespace("gw", "gw", &labels(&[])));
+        assert!(!same.allows_namespace("gw", "x", &labels(&[])));
+        let all: Listener = serde_yaml_ng::from_str(
+            "{name: mesh, port: 15008, protocol: HBONE, allowedRoutes: {namespaces: {from: All}}}",
+        )
+        .unwrap();
+        assert!(all.allows_namespace("gw", "x", &labels(&[])));
+    }
+
+    #[test]
+    fn route_keeps_its_spec_and_metadata() {
+        let route: HttpRoute = serde_yaml_ng::from_str(
+            "metadata: {name: r, namespace: shop, creationTimestamp: \"2024-05-01T10:00:00Z\", labels: {a: b}}\n\
+             spec: {parentRefs: [{group: \"\", kind: Service, name: cart}], rules: [{backendRefs: [{name: cart, port: 80}]}]}\n\
+             status: {parents: []}",
+        )
+        .unwrap();
+        let l7 = route.to_l7();
+        assert_eq!(l7.metadata.key(), "shop/r");
+        assert_eq!(
+            l7.metadata.creation_timestamp.as_deref(),
+            Some("2024-05-01T10:00:00Z")
+        );
+        assert_eq!(l7.spec, route.spec);
+        assert_eq!(l7.kind, "HTTPRoute");
+    }
+}

@@ -1,0 +1,370 @@
+//! Per waypoint, the whole configuration it applies ([`WaypointConfig`]): pure, from one view of
+//! the cluster.
+//!
+//! For a waypoint (a Gateway of class `istio-waypoint`, see [`super::use_waypoint`]):
+//! - **services**: those bound to it (`istio.io/use-waypoint`, waypoint-for service|all), the
+//!   Services of pods bound to it (waypoint-for workload|all: the waypoint resolves their
+//!   addresses through them), and every Service a route attached to it names as a backend or a
+//!   mirror; each with the pods behind it as endpoints;
+//! - **routes**: HTTPRoutes and GRPCRoutes with a `parentRef` naming one of its bound Services
+//!   (group `""`, kind `Service`) or the waypoint Gateway itself, kept as written;
+//! - **policies**: AuthorizationPolicies whose `targetRefs` name the Gateway (same namespace),
+//!   a bound Service (same namespace), or the GatewayClass `istio-waypoint` (from the root
+//!   namespace), kept as written.
+//!
+//! Everything is sorted, so equal views give byte-equal configurations (and versions).
+
+pub mod services;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use meshcore::l7::gateway::{
+    BackendObjectReference, GrpcRouteFilter, HttpRouteFilter, ParentReference,
+};
+use meshcore::l7::{self, WaypointConfig};
+
+use super::use_waypoint::{bind, ObjectKey, Waypoint, Waypoints};
+use super::workloads::selects;
+use super::{ClusterInfo, Note};
+use crate::cluster::{AuthorizationPolicy, Cluster, Gateway, GrpcRoute, HttpRoute};
+use crate::crd::gateway::{l7_meta, GROUP, WAYPOINT_CLASS};
+
+/// The objects waypoint translation reads, borrowed (the pipeline builds it from its slices
+/// without copying).
+#[derive(Debug, Default)]
+pub struct View<'a> {
+    pub namespaces: BTreeMap<&'a str, &'a Namespace>,
+    /// By namespace, then name.
+    pub services: BTreeMap<&'a str, BTreeMap<&'a str, &'a Service>>,
+    /// By namespace.
+    pub pods: BTreeMap<&'a str, Vec<&'a Pod>>,
+    /// By namespace.
+    pub endpoint_slices: BTreeMap<&'a str, Vec<&'a EndpointSlice>>,
+    pub gateways: Vec<&'a Gateway>,
+    pub http_routes: Vec<&'a HttpRoute>,
+    pub grpc_routes: Vec<&'a GrpcRoute>,
+    pub policies: Vec<&'a AuthorizationPolicy>,
+}
+
+fn ns_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or_default()
+}
+
+impl<'a> View<'a> {
+    pub fn add_namespace(&mut self, n: &'a Namespace) {
+        if let Some(name) = n.metadata.name.as_deref() {
+            self.namespaces.insert(name, n);
+        }
+    }
+
+    pub fn add_service(&mut self, s: &'a Service) {
+        let name = s.metadata.name.as_deref().unwrap_or_default();
+        self.services
+            .entry(ns_of(&s.metadata))
+            .or_default()
+            .insert(name, s);
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&'a Service> {
+        self.services.get(namespace)?.get(name).copied()
+    }
+
+    pub fn add_pod(&mut self, p: &'a Pod) {
+        self.pods.entry(ns_of(&p.metadata)).or_default().push(p);
+    }
+
+    pub fn add_endpoint_slice(&mut self, e: &'a EndpointSlice) {
+        self.endpoint_slices
+            .entry(ns_of(&e.metadata))
+            .or_default()
+            .push(e);
+    }
+
+    pub fn from_cluster(c: &'a Cluster) -> Self {
+        let mut v = View::default();
+        c.namespaces.iter().for_each(|n| v.add_namespace(n));
+        c.services.iter().for_each(|s| v.add_service(s));
+        c.pods.iter().for_each(|p| v.add_pod(p));
+        c.endpoint_slices
+            .iter()
+            .for_each(|e| v.add_endpoint_slice(e));
+        v.gateways = c.gateways.iter().collect();
+        v.http_routes = c.http_routes.iter().collect();
+        v.grpc_routes = c.grpc_routes.iter().collect();
+        v.policies = c.authorization_policies.iter().collect();
+        v
+    }
+}
+
+/// What waypoint translation produces.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WaypointTranslation {
+    /// (namespace, name, configuration) per waypoint, sorted.
+    pub configs: Vec<(String, String, WaypointConfig)>,
+    /// `namespace/name` → the SPIFFE ID allowed to read that waypoint's configuration.
+    pub identities: BTreeMap<String, String>,
+    /// Objects a waypoint cannot use as written.
+    pub notes: Vec<Note>,
+}
+
+/// Every waypoint's configuration.
+pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
+    let mut out = WaypointTranslation::default();
+    let all = Waypoints::new(view.gateways.iter().copied());
+    if all.is_empty() {
+        return out;
+    }
+    // Binding notes belong to the Address translation, which reports them.
+    let bindings = bind(
+        &all,
+        &view.namespaces,
+        view.services.values().flat_map(|s| s.values().copied()),
+        view.pods.values().flatten().copied(),
+    );
+    let mut notes = BTreeSet::new();
+    for w in all.iter() {
+        let key = (w.namespace.to_owned(), w.name.to_owned());
+        let bound: BTreeSet<ObjectKey> = bindings.services_of(&key).into_iter().cloned().collect();
+        let mut wanted = bound.clone();
+        for (ns, pod) in bindings.pods_of(&key) {
+            let services = services_selecting(view, ns, pod);
+            if services.is_empty() {
+                notes.insert(Note {
+                    object: format!("Pod {ns}/{pod}"),
+                    message: format!(
+                        "uses waypoint {} but no Service selects it: the waypoint cannot \
+                         resolve its address",
+                        w.key()
+                    ),
+                });
+            }
+            wanted.extend(services);
+        }
+        let attached = |route_ns: &str, parents: &[ParentReference]| {
+            parents
+                .iter()
+                .any(|p| parent_is_waypoint(p, route_ns, w, &bound))
+        };
+        let mut http_routes: Vec<l7::gateway::HttpRoute> = view
+            .http_routes
+            .iter()
+            .filter(|r| attached(ns_of(&r.metadata), &r.spec.parent_refs))
+            .map(|r| r.to_l7())
+            .collect();
+        http_routes.sort_by_key(|r| r.metadata.key());
+        let mut grpc_routes: Vec<l7::gateway::GrpcRoute> = view
+            .grpc_routes
+            .iter()
+            .filter(|r| attached(ns_of(&r.metadata), &r.spec.parent_refs))
+            .map(|r| r.to_l7())
+            .collect();
+        grpc_routes.sort_by_key(|r| r.metadata.key());
+        for r in &http_routes {
+            wanted.extend(http_backends(r));
+        }
+        for r in &grpc_routes {
+            wanted.extend(grpc_backends(r));
+        }
+        let mut services = Vec::new();
+        for (ns, name) in &wanted {
+            let Some(svc) = view.service(ns, name) else {
+                continue; // a missing backend is the route's problem, reported by the waypoint
+            };
+            let (service, service_notes) = services::service(svc, view, info);
+            services.extend(service);
+            notes.extend(service_notes);
+        }
+        let mut authorization_policies = Vec::new();
+        for p in &view.policies {
+            if !policy_attaches(p, w, &bound, &info.root_namespace) {
+                continue;
+            }
+            match l7_policy(p) {
+                Ok(policy) => authorization_policies.push(policy),
+                Err(message) => {
+                    notes.insert(Note {
+                        object: format!("AuthorizationPolicy {}", crate::cluster::key(&p.metadata)),
+                        message: format!("not sent to waypoint {}: {message}", w.key()),
+                    });
+                }
+            }
+        }
+        authorization_policies.sort_by_key(|p| p.key());
+        out.identities.insert(w.key(), w.identity(info));
+        out.configs.push((
+            key.0,
+            key.1,
+            WaypointConfig {
+                services,
+                http_routes,
+                grpc_routes,
+                authorization_policies,
+            },
+        ));
+    }
+    out.notes = notes.into_iter().collect();
+    out
+}
+
+/// The Services of `namespace` whose selector picks the pod.
+fn services_selecting(view: &View<'_>, namespace: &str, pod: &str) -> Vec<ObjectKey> {
+    let Some(pod) = view
+        .pods
+        .get(namespace)
+        .into_iter()
+        .flatten()
+        .find(|p| p.metadata.name.as_deref() == Some(pod))
+    else {
+        return Vec::new();
+    };
+    let empty = BTreeMap::new();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    view.services
+        .get(namespace)
+        .into_iter()
+        .flatten()
+        .filter(|(_, svc)| {
+            svc.spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .is_some_and(|s| selects(s, labels))
+        })
+        .map(|(name, _)| (namespace.to_owned(), (*name).to_owned()))
+        .collect()
+}
+
+fn core_group(group: &str) -> bool {
+    matches!(group, "" | "core")
+}
+
+/// Whether a route's `parentRef` names the waypoint or one of the Services bound to it.
+fn parent_is_waypoint(
+    p: &ParentReference,
+    route_ns: &str,
+    w: &Waypoint<'_>,
+    bound: &BTreeSet<ObjectKey>,
+) -> bool {
+    let ns = p.namespace.as_deref().unwrap_or(route_ns);
+    match (p.group.as_str(), p.kind.as_str()) {
+        (g, "Service") if core_group(g) => bound.contains(&(ns.to_owned(), p.name.clone())),
+        (GROUP, "Gateway") => ns == w.namespace && p.name == w.name,
+        _ => false,
+    }
+}
+
+/// A backend or mirror naming a Service: its (namespace, name).
+fn service_ref(
+    group: &str,
+    kind: &str,
+    name: &str,
+    ns: Option<&str>,
+    route_ns: &str,
+) -> Option<ObjectKey> {
+    (core_group(group) && kind == "Service")
+        .then(|| (ns.unwrap_or(route_ns).to_owned(), name.to_owned()))
+}
+
+fn mirror(r: &BackendObjectReference, route_ns: &str) -> Option<ObjectKey> {
+    service_ref(&r.group, &r.kind, &r.name, r.namespace.as_deref(), route_ns)
+}
+
+fn http_mirrors<'a>(
+    filters: &'a [HttpRouteFilter],
+    route_ns: &'a str,
+) -> impl Iterator<Item = ObjectKey> + 'a {
+    filters
+        .iter()
+        .filter_map(|f| f.request_mirror.as_ref())
+        .filter_map(move |m| mirror(&m.backend_ref, route_ns))
+}
+
+fn grpc_mirrors<'a>(
+    filters: &'a [GrpcRouteFilter],
+    route_ns: &'a str,
+) -> impl Iterator<Item = ObjectKey> + 'a {
+    filters
+        .iter()
+        .filter_map(|f| f.request_mirror.as_ref())
+        .filter_map(move |m| mirror(&m.backend_ref, route_ns))
+}
+
+/// Services an HTTPRoute sends to: backends and mirrors, at rule and backend level.
+fn http_backends(r: &l7::gateway::HttpRoute) -> Vec<ObjectKey> {
+    let ns = r.metadata.namespace.as_str();
+    let mut out = Vec::new();
+    for rule in &r.spec.rules {
+        out.extend(http_mirrors(&rule.filters, ns));
+        for b in &rule.backend_refs {
+            out.extend(service_ref(
+                &b.group,
+                &b.kind,
+                &b.name,
+                b.namespace.as_deref(),
+                ns,
+            ));
+            out.extend(http_mirrors(&b.filters, ns));
+        }
+    }
+    out
+}
+
+/// Services a GRPCRoute sends to, likewise.
+fn grpc_backends(r: &l7::gateway::GrpcRoute) -> Vec<ObjectKey> {
+    let ns = r.metadata.namespace.as_str();
+    let mut out = Vec::new();
+    for rule in &r.spec.rules {
+        out.extend(grpc_mirrors(&rule.filters, ns));
+        for b in &rule.backend_refs {
+            out.extend(service_ref(
+                &b.group,
+                &b.kind,
+                &b.name,
+                b.namespace.as_deref(),
+                ns,
+            ));
+            out.extend(grpc_mirrors(&b.filters, ns));
+        }
+    }
+    out
+}
+
+/// Whether a policy's `targetRef(s)` attach it to this waypoint. Cross-namespace references
+/// are not honoured (Istio's validation refuses them).
+fn policy_attaches(
+    p: &AuthorizationPolicy,
+    w: &Waypoint<'_>,
+    bound: &BTreeSet<ObjectKey>,
+    root_namespace: &str,
+) -> bool {
+    let ns = ns_of(&p.metadata);
+    p.spec
+        .target_ref
+        .iter()
+        .chain(&p.spec.target_refs)
+        .filter(|t| t.namespace.as_deref().is_none_or(|n| n == ns))
+        .any(|t| match (t.group.as_str(), t.kind.as_str()) {
+            (GROUP, "Gateway") => ns == w.namespace && t.name == w.name,
+            (GROUP, "GatewayClass") => ns == root_namespace && t.name == WAYPOINT_CLASS,
+            (g, "Service") if core_group(g) => bound.contains(&(ns.to_owned(), t.name.clone())),
+            _ => false,
+        })
+}
+
+/// The policy in meshcore's shape (the same fields, camelCase), as written.
+pub fn l7_policy(p: &AuthorizationPolicy) -> Result<l7::authz::AuthorizationPolicy, String> {
+    let spec = serde_json::to_value(&p.spec)
+        .and_then(serde_json::from_value)
+        .map_err(|e| format!("spec: {e}"))?;
+    Ok(l7::authz::AuthorizationPolicy {
+        api_version: Default::default(),
+        kind: Default::default(),
+        metadata: l7_meta(&p.metadata),
+        spec,
+        status: None,
+    })
+}
+
+#[cfg(test)]
+mod tests;
