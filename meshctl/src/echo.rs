@@ -50,6 +50,8 @@ pub async fn serve_http(listener: TcpListener, id: Arc<Identity>) {
         let Ok((tcp, peer)) = listener.accept().await else {
             continue;
         };
+        // As gRPC servers do: an answer's frames (headers, data, trailers) go out at once.
+        let _ = tcp.set_nodelay(true);
         let id = id.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {

@@ -107,6 +107,27 @@ fn certificate_provider(settings: &Settings) -> Result<Arc<dyn CertificateProvid
     })
 }
 
+/// The waypoint's first certificate. The CA may not be up yet (a waypoint starting with its
+/// control plane): retried with backoff for up to a minute before giving up.
+async fn first_certificate(
+    certs: &Arc<CertManager>,
+    identity: &meshcore::identity::SpiffeId,
+) -> Result<Arc<meshcore::tls::Credentials>, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match certs.credentials(identity).await {
+            Ok(c) => return Ok(c),
+            Err(e) if tokio::time::Instant::now() + wait < deadline => {
+                tracing::warn!(retry_in = ?wait, "the waypoint's certificate: {e}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(format!("the waypoint's certificate: {e}")),
+        }
+    }
+}
+
 /// Starts a waypoint: fails if its configuration, certificate or listeners cannot be had.
 pub async fn start(
     settings: Settings,
@@ -115,10 +136,7 @@ pub async fn start(
     settings.validate()?;
     let identity = settings.identity()?;
     let certs = CertManager::new(certificate_provider(&settings)?);
-    let credentials = certs
-        .credentials(&identity)
-        .await
-        .map_err(|e| format!("the waypoint's certificate: {e}"))?;
+    let credentials = first_certificate(&certs, &identity).await?;
 
     let store = Arc::new(ConfigStore::new(WaypointIdentity {
         namespace: settings.namespace.clone(),

@@ -83,6 +83,7 @@ impl<'a> Request<'a> {
 pub fn send(netns: &str, dst: SocketAddr, req: &Request<'_>) -> std::io::Result<Answer> {
     let tcp = netns::run_in(netns, move || {
         let s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(3))?;
+        s.set_nodelay(true)?;
         s.set_nonblocking(true)?;
         Ok(s)
     })?;

@@ -255,7 +255,8 @@ impl Cluster {
     /// Waits until every pod accepts connections on `port` (checked over the pod's loopback,
     /// which capture leaves alone).
     pub fn wait_listening(&self, port: u16, limit: Duration) -> Result<(), String> {
-        for pod in &self.pods {
+        // Waypoint pods serve the mesh's ports, not the applications'.
+        for pod in self.pods.iter().filter(|p| p.waypoint().is_none()) {
             up::wait_for(&format!("{} to listen on {port}", pod.key()), limit, || {
                 netns::run_in(&pod.netns, move || {
                     std::net::TcpStream::connect_timeout(

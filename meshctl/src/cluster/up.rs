@@ -213,6 +213,16 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
         // /proc/sys/net is the opener's namespace: written from a thread inside the node.
         netns::run_in(&ns, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
             .map_err(|e| format!("{ns}: enabling forwarding: {e}"))?;
+        // Pods reach the control plane as in a cluster (waypoints fetch config and certificates).
+        ip(&[
+            "-n",
+            FABRIC,
+            "route",
+            "add",
+            &format!("10.244.{index}.0/24"),
+            "via",
+            &node_ip.to_string(),
+        ])?;
         for j in 1..=node_names.len() as u8 {
             if j != index {
                 let via = Ipv4Addr::new(172, 30, 0, 10 + j).to_string();
