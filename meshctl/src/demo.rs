@@ -124,12 +124,6 @@ fn call(cluster: &Cluster, out: &mut String, from: &str, to_pod: &str, to_worklo
 /// header, and L7 denials with the policy that decided.
 fn l7_traffic(cluster: &Cluster, out: &mut String, vip: SocketAddr) {
     use crate::cluster::http::Request;
-    // The waypoint takes a moment to get its configuration after the cluster is up.
-    let _ = cluster::up::wait_for("the waypoint", std::time::Duration::from_secs(20), || {
-        cluster
-            .request("frontend", vip, &Request::get("/items"))
-            .is_ok_and(|a| a.status == 200)
-    });
     let mut counts = std::collections::BTreeMap::new();
     let n = 50;
     for _ in 0..n {
@@ -241,6 +235,25 @@ pub fn run(state_dir: PathBuf, bin_dir: PathBuf, keep: bool) -> Result<String, S
         cluster.pods.len()
     );
     cluster.wait_listening(8080, std::time::Duration::from_secs(10))?;
+    // Waypoints are ready once they hold their configuration from istiod-lite.
+    cluster::up::wait_for(
+        "the waypoint to be ready",
+        std::time::Duration::from_secs(30),
+        || {
+            cluster
+                .pods
+                .iter()
+                .filter(|p| p.waypoint().is_some())
+                .all(|p| {
+                    cluster::netns::http_get(
+                        &p.netns,
+                        SocketAddr::from((p.ip, 15021)),
+                        "/healthz/ready",
+                    )
+                    .is_ok_and(|(status, _)| status == 200)
+                })
+        },
+    )?;
     out.push_str(&cluster::print_status(&cluster));
     out.push_str(
         "\nTraffic (each connection made from inside the client pod, as its application would):\n",

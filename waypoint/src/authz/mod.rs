@@ -138,8 +138,11 @@ pub enum Reason {
     },
     /// No ALLOW policy applies to the request's target (and no DENY matched).
     NoAllowPolicies,
-    /// ALLOW policies apply and none matched.
-    NoAllowMatched,
+    /// ALLOW policies apply and none matched: the ALLOW policies that applied, so a denial names
+    /// them (as ztunnel's does).
+    NoAllowMatched {
+        policies: Vec<Arc<str>>,
+    },
     /// A refused DENY or CUSTOM policy, enforced fail-closed, denied the request.
     FailClosed {
         policy: Arc<str>,
@@ -152,7 +155,16 @@ impl fmt::Display for Reason {
             Reason::DeniedBy { policy, rule } => write!(f, "denied by {policy} rule {rule}"),
             Reason::AllowedBy { policy, rule } => write!(f, "allowed by {policy} rule {rule}"),
             Reason::NoAllowPolicies => f.write_str("allowed: no ALLOW policy applies"),
-            Reason::NoAllowMatched => f.write_str("denied: no ALLOW policy matched"),
+            Reason::NoAllowMatched { policies } => {
+                f.write_str("denied: no ALLOW policy matched (")?;
+                for (i, p) in policies.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    f.write_str(p)?;
+                }
+                f.write_str(")")
+            }
             Reason::FailClosed { policy } => {
                 write!(
                     f,
@@ -185,7 +197,7 @@ impl Decision {
             Reason::DeniedBy { policy, .. }
             | Reason::AllowedBy { policy, .. }
             | Reason::FailClosed { policy } => Some(policy),
-            Reason::NoAllowPolicies | Reason::NoAllowMatched => None,
+            Reason::NoAllowPolicies | Reason::NoAllowMatched { .. } => None,
         }
     }
 
@@ -316,7 +328,9 @@ impl L7Policies {
             let policy = p.key.clone();
             (Verdict::Allow, Reason::AllowedBy { policy, rule })
         } else {
-            (Verdict::Deny, Reason::NoAllowMatched)
+            // The denial path only: naming the policies costs nothing on allowed requests.
+            let policies = scope.each(|b| &b.allow).map(|p| p.key.clone()).collect();
+            (Verdict::Deny, Reason::NoAllowMatched { policies })
         };
 
         let mut audited: Vec<Arc<str>> = Vec::new();
@@ -412,7 +426,7 @@ impl<'p> Scope<'p, '_, '_> {
                 }
                 _ => None,
             },
-            Reason::NoAllowMatched => self
+            Reason::NoAllowMatched { .. } => self
                 .first(|b| &b.dry_allow, true)
                 .map(|(p, _)| (Verdict::Allow, p.key.clone())),
             Reason::DeniedBy { .. } | Reason::AllowedBy { .. } | Reason::FailClosed { .. } => None,
