@@ -7,6 +7,8 @@ use http::header::{
 };
 use meshcore::hbone::TraceParent;
 
+use super::rand::next_u64;
+
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
@@ -58,14 +60,14 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
     if let Some(id) = headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()) {
         return id.to_owned();
     }
-    let t = TraceParent::random();
+    let (hi, lo) = (next_u64(), next_u64());
     let id = format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        (t.trace_id >> 96) as u32,
-        (t.trace_id >> 80) as u16,
-        (t.trace_id >> 68) as u16 & 0xfff,
-        ((t.trace_id >> 52) as u16 & 0x3fff) | 0x8000,
-        t.span_id & 0xffff_ffff_ffff
+        (hi >> 32) as u32,
+        (hi >> 16) as u16,
+        hi as u16 & 0xfff,
+        ((lo >> 48) as u16 & 0x3fff) | 0x8000,
+        lo & 0xffff_ffff_ffff
     );
     headers.insert(REQUEST_ID, HeaderValue::from_str(&id).expect("hex"));
     id
@@ -77,8 +79,15 @@ pub fn continue_trace(headers: &mut HeaderMap) -> u128 {
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(TraceParent::parse)
-        .map(|t| t.child())
-        .unwrap_or_else(TraceParent::random);
+        .map(|t| TraceParent {
+            span_id: next_u64() | 1,
+            ..t
+        })
+        .unwrap_or_else(|| TraceParent {
+            trace_id: (u128::from(next_u64()) << 64 | u128::from(next_u64())) | 1,
+            span_id: next_u64() | 1,
+            sampled: false,
+        });
     headers.insert(
         TRACEPARENT,
         HeaderValue::from_str(&next.encode()).expect("hex"),

@@ -19,6 +19,7 @@ use meshcore::l7::service::Protocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::{self, Body, BodyDone, Metered};
+use super::rand::next_u64 as random;
 use super::upstream::{Destination, UpstreamError, Version};
 use super::{headers, Client, Proxy};
 use crate::access_log::AccessEntry;
@@ -713,29 +714,6 @@ fn split_host_port(host: &str) -> (&str, Option<u16>) {
         },
         None => (host, None),
     }
-}
-
-/// A fast per-thread random number for weighted picks (not for secrets).
-fn random() -> u64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0x9e37_79b9_7f4a_7c15)
-                | 1,
-        );
-    }
-    STATE.with(|s| {
-        // xorshift64*
-        let mut x = s.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        s.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    })
 }
 
 #[cfg(test)]

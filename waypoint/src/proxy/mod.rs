@@ -6,6 +6,7 @@
 pub mod body;
 pub mod headers;
 pub mod http;
+mod rand;
 pub mod sniff;
 pub mod tcp;
 pub mod upstream;
