@@ -259,7 +259,7 @@ fn waypoint(dir: &Path) -> Proc {
         .env("ACCESS_LOG", "off")
         .env(
             "WAYPOINT_WORKER_THREADS",
-            std::env::var("WAYPOINT_WORKER_THREADS").unwrap_or_else(|_| "2".into()),
+            std::env::var("WAYPOINT_WORKER_THREADS").unwrap_or_else(|_| "1".into()),
         );
     Proc::spawn("waypoint", cmd, dir.join("waypoint.log"))
 }
