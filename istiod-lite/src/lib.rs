@@ -9,6 +9,7 @@
 pub mod ca;
 pub mod ca_secret;
 pub mod cluster;
+pub mod controller;
 pub mod crd;
 pub mod http;
 pub mod manifests;

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use istiod_lite::ca::Authenticator;
+use istiod_lite::controller::DeploySettings;
 use istiod_lite::http::SourceStatus;
 use istiod_lite::sources::dir::DirSource;
-use istiod_lite::sources::kube::KubeSource;
+use istiod_lite::sources::kube::{KubeOptions, KubeSource};
 use istiod_lite::token_review::TokenReviewer;
 use istiod_lite::translate::ClusterInfo;
 use istiod_lite::xds::{grpc, XdsServer};
@@ -35,8 +36,9 @@ struct Settings {
     config_dir: Option<PathBuf>,
 
     /// Watch the Kubernetes API instead (in-cluster service account, or KUBECONFIG). Policies
-    /// get a `ZtunnelAccepted` status condition; callers of the certificate service are
-    /// authenticated with TokenReview; the CA lives in Secrets of the root namespace.
+    /// get a `ZtunnelAccepted` status condition; waypoint Gateways are deployed and get status,
+    /// as do the routes attached to them; callers of the certificate service are authenticated
+    /// with TokenReview; the CA lives in Secrets of the root namespace.
     #[arg(long, env = "KUBERNETES")]
     kubernetes: bool,
 
@@ -66,9 +68,25 @@ struct Settings {
     )]
     ztunnel_service_account: String,
 
-    /// With --kubernetes: do not write status conditions on policies.
+    /// With --kubernetes: do not write status (policies' `ZtunnelAccepted`, waypoint Gateways',
+    /// routes').
     #[arg(long, env = "DISABLE_STATUS")]
     no_status: bool,
+
+    /// With --kubernetes: do not deploy waypoints (by default each Gateway of class
+    /// istio-waypoint gets a ServiceAccount, Deployment and Service it owns, and its namespace
+    /// the istio-ca-root-cert ConfigMap).
+    #[arg(long, env = "DISABLE_WAYPOINT_DEPLOYMENT")]
+    no_waypoint_deployment: bool,
+
+    /// The image deployed waypoints run.
+    #[arg(long, env = "WAYPOINT_IMAGE", default_value = istiod_lite::controller::DEFAULT_WAYPOINT_IMAGE)]
+    waypoint_image: String,
+
+    /// istiod-lite's address as deployed waypoints reach it (`host:port` of its Service's
+    /// 15012): their XDS_ADDRESS and CA_ADDRESS.
+    #[arg(long, env = "DISCOVERY_ADDRESS", default_value = istiod_lite::controller::DEFAULT_DISCOVERY_ADDRESS)]
+    discovery_address: String,
 
     /// gRPC over TLS (delta xDS, certificates), Istio's 15012.
     #[arg(long, env = "GRPC_ADDRESS", default_value = "0.0.0.0:15012")]
@@ -198,7 +216,17 @@ async fn run(s: Settings) -> Result<(), String> {
             (Source::Dir(source), status)
         }
         (None, Some(client)) => {
-            let source = KubeSource::start(client.clone(), info, !s.no_status);
+            let deploy = (!s.no_waypoint_deployment).then(|| DeploySettings {
+                image: s.waypoint_image.clone(),
+                discovery_address: s.discovery_address.clone(),
+                info: info.clone(),
+                root_pem: ca.root_pem().to_owned(),
+            });
+            let options = KubeOptions {
+                write_status: !s.no_status,
+                deploy,
+            };
+            let source = KubeSource::start_with(client.clone(), info, options);
             let status = SourceStatus::Kube(source.status.clone());
             (Source::Kube(source), status)
         }

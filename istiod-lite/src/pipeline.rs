@@ -10,8 +10,9 @@
 //!
 //! Waypoints are the exception: a waypoint's configuration gathers Services, routes and
 //! policies from any namespace, so it is computed from the whole view (borrowed, not copied)
-//! after any change, which costs nothing while there is no waypoint. A Gateway change
-//! re-translates every slice, since Services and pods anywhere may name it.
+//! after any change, with the status each route is owed, which costs nothing while there is no
+//! waypoint and no route. A Gateway change re-translates every slice, since Services and pods
+//! anywhere may name it.
 //!
 //! An AuthorizationPolicy with invalid values is rejected on its own: its last good version (or
 //! nothing, if it never had one) stays in force, as when the API server's validation refuses an
@@ -28,6 +29,7 @@ use crate::cluster::{
     AuthorizationPolicy, Cluster, Gateway, GrpcRoute, HttpRoute, PeerAuthentication,
 };
 use crate::translate::peer_authn::STATIC_STRICT;
+use crate::translate::route_status::RouteStatus;
 use crate::translate::waypoints::{self, View};
 use crate::translate::{authz, translate, ClusterInfo, Note};
 use crate::xds::resources::{waypoint_resources, Encoded, Resource};
@@ -211,6 +213,10 @@ pub struct Pipeline {
     /// `namespace/name` → the identity that may read it.
     waypoint_identities: BTreeMap<String, String>,
     waypoint_notes: Vec<Note>,
+    /// The status each route is owed, as of the last computation.
+    route_statuses: Vec<RouteStatus>,
+    /// Bumped each time the waypoints (and route statuses) are recomputed.
+    waypoint_epoch: u64,
 }
 
 impl Pipeline {
@@ -225,6 +231,8 @@ impl Pipeline {
             waypoints: BTreeMap::new(),
             waypoint_identities: BTreeMap::new(),
             waypoint_notes: Vec::new(),
+            route_statuses: Vec::new(),
+            waypoint_epoch: 0,
         }
     }
 
@@ -456,7 +464,12 @@ impl Pipeline {
     /// Computes every waypoint's configuration from the whole view; whether any changed.
     fn build_waypoints(&mut self) -> bool {
         self.waypoints_dirty = false;
-        let t = if self.slices.values().all(|s| s.gateways.is_empty()) {
+        self.waypoint_epoch += 1;
+        let nothing = self
+            .slices
+            .values()
+            .all(|s| s.gateways.is_empty() && s.http_routes.is_empty() && s.grpc_routes.is_empty());
+        let t = if nothing {
             waypoints::WaypointTranslation::default()
         } else {
             let mut view = View::default();
@@ -484,7 +497,26 @@ impl Pipeline {
         self.waypoints = resources;
         self.waypoint_identities = t.identities;
         self.waypoint_notes = t.notes;
+        self.route_statuses = t.routes;
         !same
+    }
+
+    /// Bumped whenever the waypoints and route statuses are recomputed (after any change).
+    pub fn waypoint_epoch(&self) -> u64 {
+        self.waypoint_epoch
+    }
+
+    /// The status each route is owed, as of the last build.
+    pub fn route_statuses(&self) -> &[RouteStatus] {
+        &self.route_statuses
+    }
+
+    /// The Gateways of class `istio-waypoint`.
+    pub fn waypoint_gateways(&self) -> impl Iterator<Item = &Gateway> {
+        self.slices
+            .values()
+            .flat_map(|s| s.gateways.values())
+            .filter(|g| g.spec.gateway_class_name == crate::crd::gateway::WAYPOINT_CLASS)
     }
 
     /// Objects honoured only in part, as of the last build.

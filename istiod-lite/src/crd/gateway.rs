@@ -21,6 +21,9 @@ pub const GROUP: &str = l7::gateway::GROUP;
 pub const VERSION: &str = "v1";
 /// The GatewayClass of waypoints.
 pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+/// The controller named in the route status entries istiod-lite writes
+/// (`status.parents[].controllerName`), Istio's.
+pub const CONTROLLER_NAME: &str = "istio.io/gateway-controller";
 
 /// Implements [`kube::Resource`] for a namespaced Gateway API type.
 macro_rules! gateway_api_resource {
@@ -193,9 +196,9 @@ pub struct HttpRoute {
     #[serde(default)]
     pub metadata: ObjectMeta,
     pub spec: l7::gateway::HttpRouteSpec,
-    /// Route status (written by controllers): not read.
+    /// Route status (written by controllers): only whether it holds entries of ours is read.
     #[serde(default, skip_serializing)]
-    pub status: Option<IgnoredAny>,
+    pub status: Option<RouteStatusSeen>,
 }
 
 gateway_api_resource!(HttpRoute, "HTTPRoute", "httproutes");
@@ -208,10 +211,46 @@ pub struct GrpcRoute {
     pub metadata: ObjectMeta,
     pub spec: l7::gateway::GrpcRouteSpec,
     #[serde(default, skip_serializing)]
-    pub status: Option<IgnoredAny>,
+    pub status: Option<RouteStatusSeen>,
 }
 
 gateway_api_resource!(GrpcRoute, "GRPCRoute", "grpcroutes");
+
+/// What istiod-lite reads of a route's `status`: which controllers wrote entries in
+/// `parents`. After [`RouteStatusSeen::reduce`] it only says whether [`CONTROLLER_NAME`] has any,
+/// so the route compares equal across status writes that do not change that.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct RouteStatusSeen {
+    #[serde(default)]
+    pub parents: Vec<RouteParentSeen>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteParentSeen {
+    #[serde(default)]
+    pub controller_name: String,
+}
+
+impl RouteStatusSeen {
+    /// Whether Istio's controller (us) has entries in the route's status.
+    pub fn has_ours(status: Option<&Self>) -> bool {
+        status.is_some_and(|s| {
+            s.parents
+                .iter()
+                .any(|p| p.controller_name == CONTROLLER_NAME)
+        })
+    }
+
+    /// `Some` (one entry of ours) when the status holds entries of ours, else `None`.
+    pub fn reduce(status: Option<Self>) -> Option<Self> {
+        Self::has_ours(status.as_ref()).then(|| Self {
+            parents: vec![RouteParentSeen {
+                controller_name: CONTROLLER_NAME.into(),
+            }],
+        })
+    }
+}
 
 /// The part of Kubernetes metadata the waypoint reads.
 pub fn l7_meta(meta: &ObjectMeta) -> l7::ObjectMeta {

@@ -31,6 +31,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{AuthorizationPolicy, Gateway, GrpcRoute, HttpRoute, PeerAuthentication};
+use crate::controller::run::{Controller, ControllerStatus, Inputs};
+use crate::controller::DeploySettings;
+use crate::crd::gateway::RouteStatusSeen;
 use crate::pipeline::{Kind, Object, Pipeline};
 use crate::sources::status::StatusWriter;
 use crate::translate::ClusterInfo;
@@ -56,6 +59,18 @@ pub struct KubeStatus {
     pub notes: Vec<String>,
     /// AuthorizationPolicies refused for invalid values (their last good version stays).
     pub refused: Vec<String>,
+    /// The waypoints' deployment controller and Gateway API status writer.
+    pub waypoint_controller: ControllerStatus,
+}
+
+/// What cluster mode does besides serving.
+#[derive(Debug, Clone, Default)]
+pub struct KubeOptions {
+    /// Write status: policies' `ZtunnelAccepted`, waypoint Gateways', routes'.
+    pub write_status: bool,
+    /// Deploy waypoints (ServiceAccount, Deployment, Service per Gateway of class
+    /// `istio-waypoint`, and the `istio-ca-root-cert` ConfigMaps).
+    pub deploy: Option<DeploySettings>,
 }
 
 #[allow(clippy::large_enum_variant)] // see `Object`
@@ -83,8 +98,9 @@ fn normalise(mut object: Object) -> Object {
         Object::AuthorizationPolicy(o) => o.status = None,
         Object::PeerAuthentication(o) => o.status = None,
         Object::Gateway(o) => o.status = None,
-        Object::HttpRoute(o) => o.status = None,
-        Object::GrpcRoute(o) => o.status = None,
+        // Whether we have entries in a route's status is kept (stale ones must be removed).
+        Object::HttpRoute(o) => o.status = RouteStatusSeen::reduce(o.status.take()),
+        Object::GrpcRoute(o) => o.status = RouteStatusSeen::reduce(o.status.take()),
         _ => {}
     }
     let meta = object.meta_mut();
@@ -128,12 +144,25 @@ pub struct KubeSource {
     listing: BTreeMap<Kind, Vec<Object>>,
     synced: BTreeSet<Kind>,
     status_writer: Option<StatusWriter>,
+    controller: Option<Controller>,
+    /// The pipeline's waypoint epoch the controller was last given.
+    controller_epoch: u64,
     pub status: Arc<Mutex<KubeStatus>>,
 }
 
 impl KubeSource {
-    /// Starts the watchers. `write_status`: report on each policy's `status` how it was honoured.
+    /// Starts the watchers. `write_status`: report on each policy's, waypoint Gateway's and
+    /// route's `status` how it was honoured; no waypoint deployment.
     pub fn start(client: Client, info: ClusterInfo, write_status: bool) -> Self {
+        let options = KubeOptions {
+            write_status,
+            deploy: None,
+        };
+        Self::start_with(client, info, options)
+    }
+
+    /// Starts the watchers, and the waypoint controller if it has anything to do.
+    pub fn start_with(client: Client, info: ClusterInfo, options: KubeOptions) -> Self {
         let (tx, updates) = mpsc::channel(1024);
         spawn_watcher(
             Api::<Namespace>::all(client.clone()),
@@ -189,14 +218,41 @@ impl KubeSource {
             Object::GrpcRoute,
             tx,
         );
+        let status: Arc<Mutex<KubeStatus>> = Arc::default();
+        let controller = (options.write_status || options.deploy.is_some()).then(|| {
+            Controller::start(
+                client.clone(),
+                options.deploy,
+                options.write_status,
+                info.domain.clone(),
+                status.clone(),
+            )
+        });
         Self {
             pipeline: Pipeline::new(info),
             updates,
             listing: BTreeMap::new(),
             synced: BTreeSet::new(),
-            status_writer: write_status.then(|| StatusWriter::start(client)),
-            status: Arc::default(),
+            status_writer: options.write_status.then(|| StatusWriter::start(client)),
+            controller,
+            controller_epoch: 0,
+            status,
         }
+    }
+
+    /// Hands the waypoint controller what changed for it.
+    fn update_controller(&mut self) {
+        let Some(controller) = &self.controller else {
+            return;
+        };
+        if self.pipeline.waypoint_epoch() == self.controller_epoch {
+            return;
+        }
+        self.controller_epoch = self.pipeline.waypoint_epoch();
+        controller.update(Inputs {
+            gateways: self.pipeline.waypoint_gateways().cloned().collect(),
+            routes: self.pipeline.route_statuses().to_vec(),
+        });
     }
 
     fn handle(&mut self, update: Update) {
@@ -281,7 +337,9 @@ impl KubeSource {
             if self.synced.len() < Kind::ALL.len() {
                 continue;
             }
-            let Some(set) = self.pipeline.build() else {
+            let built = self.pipeline.build();
+            self.update_controller();
+            let Some(set) = built else {
                 continue;
             };
             let notes = self.pipeline.notes();

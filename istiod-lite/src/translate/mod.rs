@@ -4,6 +4,7 @@
 
 pub mod authz;
 pub mod peer_authn;
+pub mod route_status;
 pub mod use_waypoint;
 pub mod waypoints;
 pub mod workloads;

@@ -25,6 +25,7 @@ use meshcore::l7::gateway::{
 };
 use meshcore::l7::{self, WaypointConfig};
 
+use super::route_status::{route_statuses, RouteStatus};
 use super::use_waypoint::{bind, ObjectKey, Waypoint, Waypoints};
 use super::workloads::selects;
 use super::{ClusterInfo, Note};
@@ -107,22 +108,29 @@ pub struct WaypointTranslation {
     pub identities: BTreeMap<String, String>,
     /// Objects a waypoint cannot use as written.
     pub notes: Vec<Note>,
+    /// The status each route is owed (see [`super::route_status`]).
+    pub routes: Vec<RouteStatus>,
 }
 
 /// Every waypoint's configuration.
 pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
     let mut out = WaypointTranslation::default();
     let all = Waypoints::new(view.gateways.iter().copied());
+    // Binding notes belong to the Address translation, which reports them.
+    let bindings = if all.is_empty() {
+        Default::default()
+    } else {
+        bind(
+            &all,
+            &view.namespaces,
+            view.services.values().flat_map(|s| s.values().copied()),
+            view.pods.values().flatten().copied(),
+        )
+    };
+    out.routes = route_statuses(view, &all, &bindings);
     if all.is_empty() {
         return out;
     }
-    // Binding notes belong to the Address translation, which reports them.
-    let bindings = bind(
-        &all,
-        &view.namespaces,
-        view.services.values().flat_map(|s| s.values().copied()),
-        view.pods.values().flatten().copied(),
-    );
     let mut notes = BTreeSet::new();
     for w in all.iter() {
         let key = (w.namespace.to_owned(), w.name.to_owned());

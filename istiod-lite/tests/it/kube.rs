@@ -419,3 +419,283 @@ async fn without_gateway_api_ztunnels_are_served_and_waypoints_follow_the_crds()
     assert_eq!(config.http_routes[0].metadata.key(), "shop/cart");
     assert_eq!(config.services[0].name, "cart");
 }
+
+/// Polls `check` until it gives a value (15 s at most).
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+const GATEWAYS: &str = "gateway.networking.k8s.io/v1";
+const ROOT: &str = "-----BEGIN CERTIFICATE-----\nthe mesh root\n-----END CERTIFICATE-----\n";
+
+fn waypoint(name: &str, service_account: Option<&str>) -> Value {
+    let mut gw = json!({"apiVersion": GATEWAYS, "kind": "Gateway",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"gatewayClassName": "istio-waypoint",
+                 "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}});
+    if let Some(sa) = service_account {
+        gw["metadata"]["annotations"] = json!({"gateway.istio.io/service-account": sa});
+    }
+    gw
+}
+
+/// A source deploying waypoints and writing status, driven in the background.
+fn start_controller(
+    api: &FakeApi,
+) -> Arc<std::sync::Mutex<istiod_lite::sources::kube::KubeStatus>> {
+    let options = istiod_lite::sources::kube::KubeOptions {
+        write_status: true,
+        deploy: Some(istiod_lite::controller::DeploySettings {
+            image: "waypoint:test".into(),
+            discovery_address: "istiod.istio-system.svc:15012".into(),
+            info: ClusterInfo::default(),
+            root_pem: ROOT.into(),
+        }),
+    };
+    let mut source = KubeSource::start_with(api.client(), ClusterInfo::default(), options);
+    let status = source.status.clone();
+    tokio::spawn(async move { while source.next_set().await.is_some() {} });
+    status
+}
+
+#[tokio::test]
+async fn waypoints_are_deployed_and_gateways_and_routes_get_status() {
+    let api = FakeApi::start().await;
+    for o in example_objects() {
+        api.apply(o);
+    }
+    api.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "cart", "namespace": "shop", "labels": {"istio.io/use-waypoint": "wp"}},
+        "spec": {"clusterIP": "10.96.0.20", "selector": {"app": "cart"},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}));
+    api.apply(waypoint("wp", None));
+    // Another controller's entry in the route's status must survive ours.
+    let theirs = json!({"parentRef": {"name": "ingress"}, "controllerName": "example.com/other",
+                        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                                        "message": "", "lastTransitionTime": "2024-01-01T00:00:00Z"}]});
+    api.apply(json!({"apiVersion": GATEWAYS, "kind": "HTTPRoute",
+        "metadata": {"name": "cart", "namespace": "shop"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "cart"},
+                                {"group": "", "kind": "Service", "name": "missing"},
+                                {"name": "ingress"}],
+                 "rules": [{"backendRefs": [{"name": "cart", "port": 80}]}]},
+        "status": {"parents": [theirs.clone()]}}));
+    // A user's ServiceAccount a second waypoint names: used, never taken over.
+    api.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                     "metadata": {"name": "shared", "namespace": "shop"}}));
+    api.apply(waypoint("wp2", Some("shared")));
+    let status = start_controller(&api);
+
+    // The three objects, owned by the Gateway, and the root in the namespace.
+    let gw_uid = api.get(GATEWAYS, "Gateway", "shop", "wp").unwrap()["metadata"]["uid"].clone();
+    let owner = json!([{"apiVersion": GATEWAYS, "kind": "Gateway", "name": "wp", "uid": gw_uid,
+                        "controller": true}]);
+    let get = |api_version: &str, kind: &str, name: &str| api.get(api_version, kind, "shop", name);
+    let deployment = eventually("the Deployment", || get("apps/v1", "Deployment", "wp")).await;
+    let service = eventually("the Service", || get("v1", "Service", "wp")).await;
+    let account = eventually("the ServiceAccount", || get("v1", "ServiceAccount", "wp")).await;
+    for o in [&deployment, &service, &account] {
+        assert_eq!(o["metadata"]["ownerReferences"], owner, "{o:#}");
+        assert_eq!(
+            o["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"],
+            "wp"
+        );
+    }
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["istio.io/dataplane-mode"], "none");
+    assert_eq!(pod["spec"]["serviceAccountName"], "wp");
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["image"], "waypoint:test");
+    let env: BTreeMap<String, Value> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e.clone()))
+        .collect();
+    assert_eq!(env["XDS_ADDRESS"]["value"], "istiod.istio-system.svc:15012");
+    assert_eq!(env["WAYPOINT_NAME"]["value"], "wp");
+    assert_eq!(
+        env["INSTANCE_IP"]["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.podIP"
+    );
+    let ip = service["spec"]["clusterIP"]
+        .as_str()
+        .expect("a cluster IP was allocated")
+        .to_owned();
+    let root = eventually("the root ConfigMap", || {
+        get("v1", "ConfigMap", "istio-ca-root-cert")
+    })
+    .await;
+    assert_eq!(root["data"]["root-cert.pem"], ROOT);
+    assert!(
+        root["metadata"]["ownerReferences"].is_null(),
+        "shared by the namespace's waypoints"
+    );
+    // wp2 runs as the user's account, which stays the user's.
+    let wp2 = eventually("wp2's Deployment", || get("apps/v1", "Deployment", "wp2")).await;
+    assert_eq!(
+        wp2["spec"]["template"]["spec"]["serviceAccountName"],
+        "shared"
+    );
+    assert!(
+        get("v1", "ServiceAccount", "shared").unwrap()["metadata"]["ownerReferences"].is_null()
+    );
+
+    // Gateway status: addresses; accepted; not programmed until a replica is ready.
+    let condition = |name: &str, type_: &str| {
+        let gw = get(GATEWAYS, "Gateway", name)?;
+        gw["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)
+            .cloned()
+    };
+    let programmed = eventually("Programmed", || condition("wp", "Programmed")).await;
+    assert_eq!(
+        (&programmed["status"], &programmed["reason"]),
+        (&json!("False"), &json!("Pending"))
+    );
+    let gw = get(GATEWAYS, "Gateway", "wp").unwrap();
+    assert_eq!(
+        programmed["observedGeneration"],
+        gw["metadata"]["generation"]
+    );
+    assert_eq!(
+        gw["status"]["addresses"],
+        json!([{"type": "Hostname", "value": "wp.shop.svc.cluster.local"},
+               {"type": "IPAddress", "value": ip}])
+    );
+    let accepted = condition("wp", "Accepted").unwrap();
+    assert_eq!(
+        (&accepted["status"], &accepted["reason"]),
+        (&json!("True"), &json!("Accepted"))
+    );
+    api.set_status(
+        "apps/v1",
+        "Deployment",
+        "shop",
+        "wp",
+        json!({"replicas": 1, "readyReplicas": 1}),
+    );
+    eventually("Programmed=True", || {
+        condition("wp", "Programmed").filter(|c| c["status"] == "True")
+    })
+    .await;
+    assert_eq!(
+        condition("wp", "Accepted").unwrap()["lastTransitionTime"],
+        accepted["lastTransitionTime"],
+        "an unchanged condition keeps its transition time"
+    );
+
+    // Route status: ours per Service parent, theirs kept.
+    let parents = eventually("route status", || {
+        let r = get(GATEWAYS, "HTTPRoute", "cart")?;
+        let parents = r["status"]["parents"].as_array()?.clone();
+        (parents.len() == 3).then_some(parents)
+    })
+    .await;
+    assert_eq!(parents[0], theirs);
+    let summary = |p: &Value| {
+        let c = |t: &str| {
+            let c = p["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == t)
+                .unwrap();
+            format!(
+                "{}={}/{}",
+                t,
+                c["status"].as_str().unwrap(),
+                c["reason"].as_str().unwrap()
+            )
+        };
+        format!(
+            "{} {} {} {}",
+            p["parentRef"]["name"].as_str().unwrap(),
+            p["controllerName"].as_str().unwrap(),
+            c("Accepted"),
+            c("ResolvedRefs")
+        )
+    };
+    assert_eq!(
+        parents[1..].iter().map(summary).collect::<Vec<_>>(),
+        [
+            "cart istio.io/gateway-controller Accepted=True/Accepted ResolvedRefs=True/ResolvedRefs",
+            "missing istio.io/gateway-controller Accepted=False/NoMatchingParent ResolvedRefs=True/ResolvedRefs",
+        ]
+    );
+
+    // Steady: nothing is applied or written again, by this controller or a restarted one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // (The policy status writer patches policies once per start: not counted.)
+    let writes = || {
+        let applies: usize = [
+            "deployments/",
+            "services/",
+            "serviceaccounts/",
+            "configmaps/",
+        ]
+        .iter()
+        .map(|kind| api.calls("PATCH", kind))
+        .sum();
+        (applies, api.calls("PUT", "/status"))
+    };
+    let before = writes();
+    let reads = |path: &str| api.calls("GET", path);
+    let (gateway_reads, route_reads) =
+        (reads("gateways/wp/status"), reads("httproutes/cart/status"));
+    let _restarted = start_controller(&api);
+    // The restarted controller reads each status it owes, finds it current, and writes nothing.
+    eventually("the restarted controller reconciled", || {
+        (reads("gateways/wp/status") > gateway_reads
+            && reads("httproutes/cart/status") > route_reads)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(writes(), before, "no writes without changes");
+    assert!(status.lock().unwrap().waypoint_controller.errors.is_empty());
+
+    // A new service-account annotation: a new account, and the Deployment runs as it.
+    api.apply(waypoint("wp", Some("wp-sa")));
+    let account = eventually("the new ServiceAccount", || {
+        get("v1", "ServiceAccount", "wp-sa")
+    })
+    .await;
+    assert_eq!(account["metadata"]["ownerReferences"], owner);
+    eventually("the Deployment runs as wp-sa", || {
+        get("apps/v1", "Deployment", "wp")
+            .filter(|d| d["spec"]["template"]["spec"]["serviceAccountName"] == "wp-sa")
+    })
+    .await;
+
+    // Drift: a deleted Deployment comes back.
+    api.delete("apps/v1", "Deployment", "shop", "wp");
+    eventually("the Deployment recreated", || {
+        get("apps/v1", "Deployment", "wp")
+    })
+    .await;
+
+    // Deleting the Gateway: Kubernetes collects what it owns; the root stays.
+    api.delete(GATEWAYS, "Gateway", "shop", "wp");
+    for (api_version, kind, name) in [
+        ("apps/v1", "Deployment", "wp"),
+        ("v1", "Service", "wp"),
+        ("v1", "ServiceAccount", "wp"),
+        ("v1", "ServiceAccount", "wp-sa"),
+    ] {
+        assert!(
+            get(api_version, kind, name).is_none(),
+            "{kind} {name} collected"
+        );
+    }
+    assert!(get("v1", "ConfigMap", "istio-ca-root-cert").is_some());
+}

@@ -10,9 +10,26 @@
 //!   them; a resourceVersion older than the compaction point gets the `410 Expired` ERROR event
 //!   that forces a relist;
 //! - get, create (409 when it exists), merge-patch of `/status`, and TokenReview answering from
-//!   a table of tokens.
+//!   a table of tokens;
+//! - `labelSelector` (`k`, `!k`, `k=v`, `k!=v`) and `fieldSelector` (`metadata.name`,
+//!   `metadata.namespace`) on list and watch (a watch filters each event by the object it
+//!   carries; the real server also turns "stopped matching" into DELETED);
+//! - server-side apply (`PATCH` with `application/apply-patch+yaml`, `fieldManager` required):
+//!   creates, or removes what that manager applied before and no longer applies and merges what
+//!   it applies (see [`semantics::apply_merge`]); `status` in the body is ignored; a no-op apply
+//!   writes nothing (same resourceVersion, no event); `generation` moves only with the spec.
+//!   Conflicts with other managers are not modelled (as if every apply were forced);
+//! - replace of `/status` (`PUT`), refused with 409 when `metadata.resourceVersion` is not the
+//!   current one, writing nothing when nothing changes;
+//! - a Service created by a client without `clusterIP` gets one allocated;
+//! - garbage collection: deleting an object deletes the objects whose `ownerReferences` name
+//!   its uid (at once; the real collector does it in the background).
 //!
-//! Tests drive it directly: `apply`, `delete`, `close_watches`, `bookmark`, `compact`.
+//! Tests drive it directly: `apply`, `set_status`, `delete`, `close_watches`, `bookmark`,
+//! `compact`, and read what clients did with `get` and `calls`.
+
+mod semantics;
+mod writes;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -27,6 +44,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
+
+use semantics::Selector;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -58,6 +77,13 @@ struct State {
     lists: Vec<String>,
     /// API groups (`apis/<group>/`) answered 404, as when their CRDs are not installed.
     unserved: Vec<String>,
+    /// Server-side apply: the last configuration each manager applied, per object
+    /// (collection, namespace, name, manager).
+    applied: BTreeMap<(String, String, String, String), Value>,
+    /// Cluster IPs handed out so far.
+    allocated_ips: u32,
+    /// Requests seen: (method, path).
+    requests: Vec<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -94,7 +120,7 @@ fn type_of(collection: &str) -> (String, String) {
     (api_version.to_owned(), kind.to_owned())
 }
 
-const KINDS: [(&str, &str); 11] = [
+const KINDS: [(&str, &str); 13] = [
     ("Namespace", "namespaces"),
     ("Pod", "pods"),
     ("Service", "services"),
@@ -106,6 +132,8 @@ const KINDS: [(&str, &str); 11] = [
     ("Gateway", "gateways"),
     ("HTTPRoute", "httproutes"),
     ("GRPCRoute", "grpcroutes"),
+    ("Deployment", "deployments"),
+    ("ConfigMap", "configmaps"),
 ];
 
 /// A parsed request path.
@@ -243,8 +271,16 @@ impl FakeApi {
             .unwrap_or(0)
             + i64::from(new_generation);
         meta.insert("generation".into(), json!(generation));
-        meta.entry("uid")
-            .or_insert_with(|| json!(format!("uid-{}-{}-{rv}", key.0, key.1)));
+        // An update keeps the object's identity.
+        match existed.as_ref().map(|e| e["metadata"]["uid"].clone()) {
+            Some(uid) if !uid.is_null() => {
+                meta.insert("uid".into(), uid);
+            }
+            _ => {
+                meta.entry("uid")
+                    .or_insert_with(|| json!(format!("uid-{}-{}-{rv}", key.0, key.1)));
+            }
+        }
         let event = if existed.is_some() {
             "MODIFIED"
         } else {
@@ -268,9 +304,55 @@ impl FakeApi {
             return;
         };
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let uid = obj["metadata"]["uid"].clone();
         c.log.push((rv, "DELETED", obj));
+        // The garbage collector: objects owned by this one go too.
+        let dependents: Vec<(String, String, String, String)> = s
+            .collections
+            .iter()
+            .flat_map(|(collection, c)| c.objects.values().map(move |o| (collection, o)))
+            .filter(|(_, o)| {
+                !uid.is_null()
+                    && o["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+            })
+            .map(|(collection, o)| {
+                let (api_version, kind) = type_of(collection);
+                let (ns, name) = key_of(o);
+                (api_version, kind, ns, name)
+            })
+            .collect();
         drop(s);
         let _ = self.signals.send(Signal::Changed(collection, rv));
+        for (api_version, kind, ns, name) in dependents {
+            self.delete(&api_version, &kind, &ns, &name);
+        }
+    }
+
+    /// Sets an object's `status` (as its controller would, e.g. a Deployment's ready replicas).
+    pub fn set_status(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        status: Value,
+    ) {
+        let mut obj = self
+            .get(api_version, kind, namespace, name)
+            .unwrap_or_else(|| panic!("no {kind} {namespace}/{name}"));
+        obj["status"] = status;
+        self.write(obj, false);
+    }
+
+    /// How many requests with `method` went to a path containing `part`.
+    pub fn calls(&self, method: &str, part: &str) -> usize {
+        let s = self.state.lock().unwrap();
+        s.requests
+            .iter()
+            .filter(|(m, p)| m == method && p.contains(part))
+            .count()
     }
 
     /// Deletes an object as if its event had been lost (no watch sees it; with [`Self::compact`]
@@ -343,18 +425,17 @@ impl FakeApi {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let query: BTreeMap<String, String> = req
-            .uri()
-            .query()
-            .map(|q| {
-                q.split('&')
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_owned(), v.replace("%2F", "/")))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let query = semantics::query(req.uri().query());
+        let content_type = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let unserved = {
-            let s = self.state.lock().unwrap();
+            let mut s = self.state.lock().unwrap();
+            s.requests
+                .push((req.method().to_string(), req.uri().path().to_owned()));
             s.unserved.iter().any(|g| req.uri().path().starts_with(g))
         };
         if unserved {
@@ -423,6 +504,7 @@ impl FakeApi {
                         &status_error(409, "AlreadyExists", "already exists"),
                     );
                 }
+                self.allocate_cluster_ip(&mut obj);
                 self.apply(obj.clone());
                 let key = key_of(&obj);
                 let s = self.state.lock().unwrap();
@@ -463,6 +545,10 @@ impl FakeApi {
                     &s.collections[&target.collection].objects[&key],
                 )
             }
+            (Method::PATCH, Some(name)) if content_type == "application/apply-patch+yaml" => {
+                self.server_side_apply(&target, name, &query, &body)
+            }
+            (Method::PUT, Some(name)) if target.status => self.replace_status(&target, name, &body),
             _ => reply(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &status_error(405, "MethodNotAllowed", "not supported by the stand-in"),
@@ -488,6 +574,7 @@ impl FakeApi {
     }
 
     fn list(&self, target: &Target, query: &BTreeMap<String, String>) -> Response<Body> {
+        let selector = Selector::from_query(query);
         let mut s = self.state.lock().unwrap();
         s.lists.push(target.collection.clone());
         let rv = s.rv;
@@ -502,6 +589,7 @@ impl FakeApi {
                             .namespace
                             .as_ref()
                             .is_none_or(|ns| o["metadata"]["namespace"] == json!(ns))
+                            && selector.matches(o)
                     })
                     .cloned()
                     .collect()
@@ -537,10 +625,12 @@ impl FakeApi {
         let (tx, rx) = mpsc::unbounded_channel::<Value>();
         let collection = target.collection.clone();
         let namespace = target.namespace.clone();
+        let selector = Selector::from_query(query);
         let in_scope = move |o: &Value| {
             namespace
                 .as_ref()
                 .is_none_or(|ns| o["metadata"]["namespace"] == json!(ns))
+                && selector.matches(o)
         };
         let mut sent_rv;
         {

@@ -617,7 +617,17 @@ fn no_waypoints_no_configs() {
     let mut cluster = mesh();
     cluster.gateways.clear();
     let t = waypoints(&View::from_cluster(&cluster), &ClusterInfo::default());
-    assert_eq!(t, WaypointTranslation::default());
+    assert!(t.configs.is_empty() && t.identities.is_empty() && t.notes.is_empty());
+    // Routes on Services are still the mesh's: not attached, and told why.
+    assert!(!t.routes.is_empty());
+    for r in &t.routes {
+        assert!(
+            r.parents
+                .iter()
+                .all(|p| !p.accepted.status && p.accepted.reason == "NoMatchingParent"),
+            "{r:?}"
+        );
+    }
 }
 
 #[test]
