@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use meshctl::cluster::{self, Cluster, UpOptions, FABRIC};
+use meshctl::cluster::{self, Cluster, FABRIC};
 use meshctl::demo::answered_by;
 
 use crate::capture::{self, Capture};
@@ -30,18 +30,7 @@ fn namespace_optin(ambient: bool) -> String {
 
 /// Brings up the suite's cluster (replacing any local cluster) and waits until it serves.
 pub fn start(state_dir: PathBuf, bin_dir: PathBuf) -> Result<Suite, String> {
-    let dir = std::env::temp_dir().join(format!("conformance-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("base.yaml"), BASE).map_err(|e| e.to_string())?;
-    let up = cluster::up(&UpOptions {
-        manifests: dir.clone(),
-        nodes: 2,
-        state_dir,
-        bin_dir,
-        log_level: "info".into(),
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    let cluster = up?;
+    let cluster = up_from("base", BASE, state_dir, bin_dir)?;
     cluster.apply("ns-optin", &namespace_optin(false))?;
     cluster.wait_listening(8080, Duration::from_secs(15))?;
     cluster.wait_listening(9090, Duration::from_secs(15))?;

@@ -146,3 +146,25 @@ impl LongLived {
         }
     }
 }
+
+/// Brings up a local cluster of two nodes from one manifest file's text (replacing any other
+/// local cluster).
+pub fn up_from(
+    name: &str,
+    yaml: &str,
+    state_dir: std::path::PathBuf,
+    bin_dir: std::path::PathBuf,
+) -> Result<Cluster, String> {
+    let dir = std::env::temp_dir().join(format!("conformance-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join(format!("{name}.yaml")), yaml).map_err(|e| e.to_string())?;
+    let up = meshctl::cluster::up(&meshctl::cluster::UpOptions {
+        manifests: dir.clone(),
+        nodes: 2,
+        state_dir,
+        bin_dir,
+        log_level: "info".into(),
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    up
+}

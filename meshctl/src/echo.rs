@@ -80,6 +80,19 @@ pub async fn serve_tcp(listener: TcpListener) {
     }
 }
 
+/// A `Key=Value` line of an answer's text (`Hostname`, `URL`, `Method`...).
+pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// A request header as the echo server saw it (`RequestHeader=name:value`, name in lower case).
+pub fn request_header<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("RequestHeader="))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+}
+
 /// The text describing a request.
 pub fn describe(
     method: &str,

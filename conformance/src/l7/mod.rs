@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use meshctl::cluster::http::{Answer, Request};
-use meshctl::cluster::{self, netns, Cluster, UpOptions};
+use meshctl::cluster::{self, netns, Cluster};
 
 use crate::support::*;
 use crate::Case;
@@ -91,18 +91,7 @@ pub fn version(a: &Answer) -> Option<&'static str> {
 
 /// Brings up the suite's cluster and waits until the waypoint serves.
 pub fn start(state_dir: PathBuf, bin_dir: PathBuf) -> Result<Suite, String> {
-    let dir = std::env::temp_dir().join(format!("conformance-l7-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("l7.yaml"), MANIFESTS).map_err(|e| e.to_string())?;
-    let up = cluster::up(&UpOptions {
-        manifests: dir.clone(),
-        nodes: 2,
-        state_dir,
-        bin_dir,
-        log_level: "info".into(),
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    let cluster = up?;
+    let cluster = up_from("l7", MANIFESTS, state_dir, bin_dir)?;
     cluster.wait_listening(8080, Duration::from_secs(15))?;
     for pod in ["client", "consumer", "echo-v1-1", "echo-v2-1"] {
         eventually(CONVERGE, || {

@@ -39,17 +39,12 @@ impl Answer {
 
     /// A `Key=Value` line of the echo server's answer (`Hostname`, `URL`, `Method`...).
     pub fn echo(&self, key: &str) -> Option<&str> {
-        self.body
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        crate::echo::field(&self.body, key)
     }
 
-    /// A request header as the echo server saw it (name in lower case).
+    /// A request header as the echo server saw it.
     pub fn request_header(&self, name: &str) -> Option<&str> {
-        self.body
-            .lines()
-            .filter_map(|l| l.strip_prefix("RequestHeader="))
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        crate::echo::request_header(&self.body, name)
     }
 }
 

@@ -172,17 +172,12 @@ pub struct Answer {
 impl Answer {
     /// The echo server's `Key=Value` line, e.g. `Hostname`.
     pub fn echo(&self, key: &str) -> Option<&str> {
-        self.body
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        meshctl::echo::field(&self.body, key)
     }
 
     /// A request header as the echo server saw it.
     pub fn request_header(&self, name: &str) -> Option<&str> {
-        self.body
-            .lines()
-            .filter_map(|l| l.strip_prefix("RequestHeader="))
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        meshctl::echo::request_header(&self.body, name)
     }
 }
 
