@@ -122,6 +122,18 @@ pub struct Endpoint {
     /// Where its ztunnel accepts HBONE for it; defaults to the endpoint's own `address:15008`.
     #[serde(default)]
     pub hbone_port: Option<u16>,
+    /// How it is reached: over HBONE (a pod in the mesh, the default) or plain TCP (a pod
+    /// outside it, as Istio's waypoint reaches endpoints without a tunnel).
+    #[serde(default)]
+    pub protocol: TunnelProtocol,
+}
+
+/// How the waypoint reaches an endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TunnelProtocol {
+    #[default]
+    HBONE,
+    TCP,
 }
 
 fn default_service_account() -> String {

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use meshcore::identity::SpiffeId;
-use meshcore::l7::service::{Protocol, Service, ServicePort};
+use meshcore::l7::service::{Protocol, Service, ServicePort, TunnelProtocol};
 use meshcore::l7::WaypointConfig;
 use serde::Serialize;
 
@@ -50,8 +50,8 @@ pub struct EndpointView {
     #[serde(serialize_with = "as_string")]
     pub identity: SpiffeId,
     pub healthy: bool,
-    /// Where its ztunnel takes HBONE for it.
-    pub hbone: SocketAddr,
+    /// Where its ztunnel takes HBONE for it; `None` for a pod outside the mesh (plain TCP).
+    pub hbone: Option<SocketAddr>,
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
@@ -249,10 +249,12 @@ fn service_view(svc: &Service, trust_domain: &str) -> Result<ServiceView, String
             namespace,
             identity,
             healthy: ep.healthy,
-            hbone: SocketAddr::new(
-                ep.address,
-                ep.hbone_port.unwrap_or(meshcore::hbone::HBONE_PORT),
-            ),
+            hbone: (ep.protocol == TunnelProtocol::HBONE).then(|| {
+                SocketAddr::new(
+                    ep.address,
+                    ep.hbone_port.unwrap_or(meshcore::hbone::HBONE_PORT),
+                )
+            }),
             labels: ep.labels.clone(),
         });
     }

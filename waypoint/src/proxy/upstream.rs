@@ -1,14 +1,17 @@
 //! Upstream connections: HTTP/1.1 or HTTP/2 spoken inside an HBONE tunnel to the chosen
 //! endpoint (`<pod ip>:15008`, authority `<pod ip>:<target port>`), presenting the waypoint's
-//! identity and expecting the endpoint's.
+//! identity and expecting the endpoint's; plain TCP to an endpoint outside the mesh.
 //!
 //! Connections are pooled per (endpoint address, protocol): one multiplexed HTTP/2 connection,
 //! or a stack of idle HTTP/1.1 connections reused once their previous response has ended. The
 //! pool lock is held only to take or return a sender, never across an await.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -18,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshcore::certs::CertManager;
 use meshcore::hbone::{ConnectRequest, H2Stream, HboneClient, HboneError};
 use meshcore::identity::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::body::Body;
 
@@ -44,8 +48,58 @@ pub enum UpstreamError {
         target: SocketAddr,
         source: hyper::Error,
     },
+    /// Plain TCP to an endpoint outside the mesh failed (Envoy: UF).
+    #[error("connecting to {target}: {source}")]
+    Tcp {
+        target: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the waypoint's certificate: {0}")]
     Certificate(String),
+}
+
+/// An upstream connection: an HBONE tunnel, or plain TCP.
+pub enum Conn {
+    Hbone(H2Stream),
+    Tcp(tokio::net::TcpStream),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Hbone(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Hbone(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Hbone(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Hbone(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Which HTTP version to speak upstream.
@@ -59,8 +113,8 @@ pub enum Version {
 pub struct Destination {
     /// The endpoint's application address: the CONNECT authority.
     pub target: SocketAddr,
-    /// Its ztunnel's HBONE address.
-    pub hbone: SocketAddr,
+    /// Its ztunnel's HBONE address; `None` to connect in plain TCP (a pod outside the mesh).
+    pub hbone: Option<SocketAddr>,
     pub expected: Vec<SpiffeId>,
 }
 
@@ -87,8 +141,22 @@ impl Upstream {
         }
     }
 
-    /// Opens an HBONE tunnel to `dest` (for opaque TCP, and under each HTTP connection).
-    pub async fn tunnel(&self, dest: &Destination) -> Result<H2Stream, UpstreamError> {
+    /// Opens the connection to `dest` (for opaque TCP, and under each HTTP connection): an
+    /// HBONE tunnel, or plain TCP to an endpoint outside the mesh.
+    pub async fn tunnel(&self, dest: &Destination) -> Result<Conn, UpstreamError> {
+        let Some(hbone_addr) = dest.hbone else {
+            let connect = tokio::net::TcpStream::connect(dest.target);
+            let tcp = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))
+                .and_then(|r| r)
+                .map_err(|e| UpstreamError::Tcp {
+                    target: dest.target,
+                    source: e,
+                })?;
+            let _ = tcp.set_nodelay(true);
+            return Ok(Conn::Tcp(tcp));
+        };
         let credentials = self
             .certs
             .credentials(&self.identity)
@@ -98,7 +166,7 @@ impl Upstream {
             .connect(&ConnectRequest {
                 credentials,
                 expected: dest.expected.clone(),
-                hbone_addr: dest.hbone,
+                hbone_addr,
                 target: dest.target,
                 source: None,
                 bind_ip: None,
@@ -107,6 +175,7 @@ impl Upstream {
                 trace: None,
             })
             .await
+            .map(Conn::Hbone)
             .map_err(|source| UpstreamError::Connect {
                 target: dest.target,
                 source,

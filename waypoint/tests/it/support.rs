@@ -80,6 +80,18 @@ impl Mesh {
         ));
     }
 
+    /// An endpoint outside the mesh at `ip(host)`: the echo server on 8080, no HBONE.
+    pub async fn plain_endpoint(&self, host: u8, pod: &str) {
+        let echo_id = Arc::new(meshctl::echo::Identity {
+            pod: pod.to_owned(),
+            namespace: "legacy".to_owned(),
+        });
+        let http = tokio::net::TcpListener::bind((self.ip(host), 8080))
+            .await
+            .unwrap();
+        tokio::spawn(meshctl::echo::serve_http(http, echo_id));
+    }
+
     /// Writes the waypoint's config file and starts it at `ip(1)` as `ns/waypoint`.
     pub async fn waypoint(&self, ns: &str, config: &str) -> Waypoint {
         let path = self.config_path();

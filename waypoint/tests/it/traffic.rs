@@ -44,6 +44,11 @@ services:
   vips: [{vip4}]
   ports: [{{port: 80, targetPort: 8080, name: http}}]
   endpoints: [{{address: {v1}, name: echo-v1-a, serviceAccount: echo, healthy: false}}]
+- name: legacy
+  namespace: shop
+  vips: [{vip5}]
+  ports: [{{port: 80, targetPort: 8080, name: http}}]
+  endpoints: [{{address: {plain}, name: legacy-1, protocol: TCP}}]
 httpRoutes:
 - apiVersion: gateway.networking.k8s.io/v1
   kind: HTTPRoute
@@ -102,6 +107,8 @@ authorizationPolicies:
         vip2 = ip(102),
         vip3 = ip(103),
         vip4 = ip(104),
+        vip5 = ip(105),
+        plain = ip(13),
         v1 = ip(11),
         v2 = ip(12),
     )
@@ -111,6 +118,7 @@ async fn setup() -> (Mesh, waypoint::Waypoint) {
     let m = Mesh::new();
     m.endpoint(11, "shop", "echo", "echo-v1-a").await;
     m.endpoint(12, "shop", "echo", "echo-v2-a").await;
+    m.plain_endpoint(13, "legacy-1").await;
     let w = m.waypoint("shop", &config(&m)).await;
     (m, w)
 }
@@ -377,6 +385,20 @@ async fn grpc_clients_get_errors_as_grpc_status() {
         ),
         Some(1.0),
         "{text}"
+    );
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn endpoints_outside_the_mesh_are_reached_in_plain_tcp() {
+    let (m, w) = setup().await;
+    let mut c = m.http1("shop", "frontend", vip(&m, 105, 80)).await;
+    let a = c.get("/legacy").await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.echo("Hostname"), Some("legacy-1"));
+    assert!(
+        a.request_header("x-request-id").is_some(),
+        "through the waypoint"
     );
     w.shutdown().await;
 }

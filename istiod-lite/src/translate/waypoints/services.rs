@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use meshcore::l7;
 
 use super::View;
-use crate::translate::workloads::{named_port, selects, unique_ips};
+use crate::translate::workloads::{enrolled, named_port, selects, unique_ips};
 use crate::translate::{ClusterInfo, Note};
 
 /// The Service as the waypoint sees it; `None` (with a note) when it has no TCP port.
@@ -67,8 +67,11 @@ pub fn service(
         })
         .collect();
     behind.sort_by_key(|p| p.metadata.name.clone());
-    let mut endpoints: Vec<l7::service::Endpoint> =
-        behind.iter().filter_map(|p| endpoint(p)).collect();
+    let namespace_object = view.namespaces.get(namespace).copied();
+    let mut endpoints: Vec<l7::service::Endpoint> = behind
+        .iter()
+        .filter_map(|p| endpoint(p, namespace_object))
+        .collect();
     endpoints.sort_by(|a, b| (&a.name, a.address).cmp(&(&b.name, b.address)));
     let ports = tcp
         .iter()
@@ -122,8 +125,9 @@ pub fn service(
     (Some(service), notes)
 }
 
-/// A running pod with an address, as an endpoint.
-pub fn endpoint(pod: &Pod) -> Option<l7::service::Endpoint> {
+/// A running pod with an address, as an endpoint: over HBONE when it is in the mesh (as its
+/// Workload says), plain TCP otherwise.
+pub fn endpoint(pod: &Pod, namespace: Option<&Namespace>) -> Option<l7::service::Endpoint> {
     let status = pod.status.as_ref()?;
     if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
         return None;
@@ -152,7 +156,22 @@ pub fn endpoint(pod: &Pod) -> Option<l7::service::Endpoint> {
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         healthy,
         hbone_port: None,
+        protocol: if in_mesh(pod, namespace) {
+            l7::service::TunnelProtocol::HBONE
+        } else {
+            l7::service::TunnelProtocol::TCP
+        },
     })
+}
+
+fn in_mesh(pod: &Pod, namespace: Option<&Namespace>) -> bool {
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let empty = BTreeMap::new();
+    !host_network && enrolled(namespace, pod.metadata.labels.as_ref().unwrap_or(&empty))
 }
 
 /// What a selector-less Service's EndpointSlices list: pod names and ports by port name.

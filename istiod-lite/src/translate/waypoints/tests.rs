@@ -549,12 +549,35 @@ fn services_carry_addresses_ports_and_endpoints() {
     );
     assert_eq!(cart.endpoints[0].namespace.as_deref(), Some("shop"));
     assert_eq!(cart.endpoints[0].labels["app"], "cart");
+    assert!(
+        cart.endpoints
+            .iter()
+            .all(|e| e.protocol == l7::service::TunnelProtocol::HBONE),
+        "pods of an ambient namespace are reached over HBONE"
+    );
 
     let inventory = &shop.services[1];
     assert!(!inventory.endpoints[0].healthy, "not Ready");
     assert_eq!(inventory.endpoints[0].labels["version"], "v1");
     let audit = &shop.services[0];
     assert_eq!(audit.endpoints[0].service_account, "default");
+
+    // A pod that opts out of the mesh is reached in plain TCP.
+    let mut cluster = mesh();
+    let pod = cluster
+        .pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some("cart-2"))
+        .unwrap();
+    pod.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("istio.io/dataplane-mode".into(), "none".into());
+    let t2 = waypoints(&View::from_cluster(&cluster), &ClusterInfo::default());
+    let cart2 = &config(&t2, "shop/shop-wp").services[2];
+    let protocols: Vec<_> = cart2.endpoints.iter().map(|e| e.protocol).collect();
+    use l7::service::TunnelProtocol::{HBONE, TCP};
+    assert_eq!(protocols, [HBONE, TCP, HBONE]);
 
     // A named targetPort is resolved from the pods' container ports.
     let reviews = &config(&t, "shop/svc-only").services[0];
