@@ -6,13 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshcore::certs::remote::RemoteCa;
-use meshcore::certs::{CertManager, CertificateProvider, LocalCa};
+use meshcore::certs::{CaSource, CertManager, CertificateProvider};
 use meshcore::control::ControlPlane;
 use meshcore::hbone::{
     server::HboneServer, ClientSettings, HboneClient, ServerSettings, HBONE_PORT,
 };
-use meshcore::tls::TrustRoots;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
@@ -75,36 +73,24 @@ fn control_plane(settings: &Settings, address: &str) -> Result<ControlPlane, Str
 }
 
 fn certificate_provider(settings: &Settings) -> Result<Arc<dyn CertificateProvider>, String> {
-    Ok(match (&settings.ca_address, &settings.ca_dir) {
+    let root;
+    let source = match (&settings.ca_address, &settings.ca_dir) {
         (Some(address), _) => {
-            let root = mesh_root(settings)?;
-            let control = control_plane(settings, address)?;
-            Arc::new(RemoteCa::new(
-                control.channel()?,
-                settings
+            root = mesh_root(settings)?;
+            CaSource::Remote {
+                control: control_plane(settings, address)?,
+                token_file: settings
                     .ca_token_file
                     .clone()
                     .expect("validated: CA_ADDRESS has a token"),
-                settings.cluster_id.clone(),
-                settings.secret_ttl,
-                TrustRoots::from_pem(&root).map_err(|e| format!("mesh root: {e}"))?,
-            ))
+                root_pem: &root,
+                cluster_id: &settings.cluster_id,
+            }
         }
-        (None, Some(dir)) => Arc::new(LocalCa::from_dir(
-            dir,
-            &settings.trust_domain,
-            settings.secret_ttl,
-        )?),
-        (None, None) => {
-            tracing::warn!(
-                "no CA_DIR or CA_ADDRESS: an in-memory development CA that nothing else trusts"
-            );
-            Arc::new(LocalCa::generate(
-                &settings.trust_domain,
-                settings.secret_ttl,
-            )?)
-        }
-    })
+        (None, Some(dir)) => CaSource::Dir(dir),
+        (None, None) => CaSource::InMemory,
+    };
+    source.provider(&settings.trust_domain, settings.secret_ttl)
 }
 
 /// The waypoint's first certificate. The CA may not be up yet (a waypoint starting with its

@@ -11,8 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::admin::{self, AdminContext, LogControl};
-use crate::certs::remote::RemoteCa;
-use crate::certs::{CertManager, CertificateProvider, LocalCa};
+use crate::certs::{CaSource, CertManager};
 use crate::config::watch::{LocalFileSource, SourceStatus};
 use crate::config::xds::{XdsClient, XdsConfig};
 use crate::control::ControlPlane;
@@ -20,7 +19,6 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, Drain, Proxy};
 use crate::settings::Settings;
 use crate::state::StateStore;
-use meshcore::tls::TrustRoots;
 
 /// Istio's ztunnel ports.
 pub mod ports {
@@ -247,35 +245,24 @@ pub fn shared_parts(settings: &Settings, node_id: String, drain: &Drain) -> Resu
             tls,
         })
     };
-    let provider: Arc<dyn CertificateProvider> = match (&settings.ca_address, &settings.ca_dir) {
+    let root;
+    let source = match (&settings.ca_address, &settings.ca_dir) {
         (Some(address), _) => {
-            let roots =
-                TrustRoots::from_pem(&control_root()?).map_err(|e| format!("mesh root: {e}"))?;
-            let token = settings
-                .ca_token_file
-                .clone()
-                .expect("validated: CA_ADDRESS has a token");
-            Arc::new(RemoteCa::new(
-                control_plane(address)?.channel()?,
-                token,
-                settings.cluster_id.clone(),
-                settings.secret_ttl,
-                roots,
-            ))
+            root = control_root()?;
+            CaSource::Remote {
+                control: control_plane(address)?,
+                token_file: settings
+                    .ca_token_file
+                    .clone()
+                    .expect("validated: CA_ADDRESS has a token"),
+                root_pem: &root,
+                cluster_id: &settings.cluster_id,
+            }
         }
-        (None, Some(dir)) => Arc::new(LocalCa::from_dir(
-            dir,
-            &settings.trust_domain,
-            settings.secret_ttl,
-        )?),
-        (None, None) => {
-            tracing::warn!("no CA_DIR or CA_ADDRESS: using an in-memory development CA only this process trusts");
-            Arc::new(LocalCa::generate(
-                &settings.trust_domain,
-                settings.secret_ttl,
-            )?)
-        }
+        (None, Some(dir)) => CaSource::Dir(dir),
+        (None, None) => CaSource::InMemory,
     };
+    let provider = source.provider(&settings.trust_domain, settings.secret_ttl)?;
     // After the CA: a development CA directory gets its root-cert.pem written above.
     if let Some(address) = &settings.xds_address {
         let client = XdsClient::new(

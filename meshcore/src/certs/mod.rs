@@ -23,6 +23,51 @@ pub mod remote;
 
 pub type IssueFuture<'a> = Pin<Box<dyn Future<Output = Result<WorkloadCert, String>> + Send + 'a>>;
 
+/// Where a process gets its workload certificates, as ztunnel's and the waypoint's settings
+/// say it: the control plane's certificate service, a CA directory, or (development only) a CA
+/// held in memory.
+pub enum CaSource<'a> {
+    Remote {
+        control: crate::control::ControlPlane,
+        /// Bearer token file, re-read per request.
+        token_file: std::path::PathBuf,
+        /// The mesh root, PEM: what peers' certificates chain to.
+        root_pem: &'a str,
+        cluster_id: &'a str,
+    },
+    Dir(&'a Path),
+    InMemory,
+}
+
+impl CaSource<'_> {
+    /// The provider for this source, issuing certificates of `ttl` in `trust_domain`.
+    pub fn provider(
+        self,
+        trust_domain: &str,
+        ttl: Duration,
+    ) -> Result<Arc<dyn CertificateProvider>, String> {
+        Ok(match self {
+            CaSource::Remote {
+                control,
+                token_file,
+                root_pem,
+                cluster_id,
+            } => Arc::new(remote::RemoteCa::new(
+                control.channel()?,
+                token_file,
+                cluster_id.to_owned(),
+                ttl,
+                TrustRoots::from_pem(root_pem).map_err(|e| format!("mesh root: {e}"))?,
+            )),
+            CaSource::Dir(dir) => Arc::new(LocalCa::from_dir(dir, trust_domain, ttl)?),
+            CaSource::InMemory => {
+                tracing::warn!("no CA_DIR or CA_ADDRESS: an in-memory development CA that only this process trusts");
+                Arc::new(LocalCa::generate(trust_domain, ttl)?)
+            }
+        })
+    }
+}
+
 /// Something that can issue a certificate for a workload identity.
 pub trait CertificateProvider: Send + Sync + 'static {
     fn issue<'a>(&'a self, id: &'a SpiffeId) -> IssueFuture<'a>;
