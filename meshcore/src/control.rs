@@ -38,3 +38,29 @@ impl ControlPlane {
             .connect_with_connector_lazy(connector))
     }
 }
+
+/// The outbound half of a delta ADS stream (the requests `rx` yields), carrying the caller's
+/// bearer token. The token file is read for every stream, so a rotated token is used from the
+/// next reconnection on.
+pub fn ads_request(
+    rx: tokio::sync::mpsc::Receiver<crate::api::discovery::DeltaDiscoveryRequest>,
+    token_file: Option<&std::path::Path>,
+) -> Result<
+    tonic::Request<
+        impl futures_util::Stream<Item = crate::api::discovery::DeltaDiscoveryRequest> + Send + 'static,
+    >,
+    String,
+> {
+    let outbound =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    let mut request = tonic::Request::new(outbound);
+    if let Some(file) = token_file {
+        let token = std::fs::read_to_string(file)
+            .map_err(|e| format!("token file {}: {e}", file.display()))?;
+        let bearer = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| format!("token file {}: not a valid header value", file.display()))?;
+        request.metadata_mut().insert("authorization", bearer);
+    }
+    Ok(request)
+}

@@ -147,20 +147,7 @@ impl XdsClient {
                 .await
                 .map_err(|_| "request queue closed".to_owned())?;
         }
-        let outbound =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
-            );
-        let mut request = tonic::Request::new(outbound);
-        if let Some(file) = &self.config.token_file {
-            let token = std::fs::read_to_string(file)
-                .map_err(|e| format!("token file {}: {e}", file.display()))?;
-            let bearer = format!("Bearer {}", token.trim())
-                .parse()
-                .map_err(|_| format!("token file {}: not a valid header value", file.display()))?;
-            request.metadata_mut().insert("authorization", bearer);
-        }
+        let request = meshcore::control::ads_request(rx, self.config.token_file.as_deref())?;
         let mut responses = client
             .delta_aggregated_resources(request)
             .await
