@@ -195,6 +195,7 @@ pub async fn start(
             access_log: settings.access_log,
             forward_client_cert: settings.forward_client_cert,
             detection_timeout: settings.protocol_detection_timeout,
+            header_timeout: settings.request_header_timeout,
         },
         identity.clone(),
     ));

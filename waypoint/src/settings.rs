@@ -116,6 +116,10 @@ pub struct Settings {
     #[arg(long, env = "PROTOCOL_DETECTION_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
     pub protocol_detection_timeout: Duration,
 
+    /// Time an HTTP/1 client has to send a request's headers before the connection is closed.
+    #[arg(long, env = "REQUEST_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_header_timeout: Duration,
+
     /// Threads of the data-plane runtime. One by default: a request crosses several tasks
     /// (tunnel, HTTP server, upstream connection, upstream tunnel) and with two threads each
     /// hand-off may wake the other one; measured 14-35% less CPU per request and half the

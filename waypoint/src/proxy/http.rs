@@ -14,7 +14,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version as H
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshcore::l7::service::Protocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -36,12 +36,20 @@ pub async fn serve<S>(proxy: Arc<Proxy>, stream: S, client: Client, destination:
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let header_timeout = proxy.settings.header_timeout;
     let conn = Arc::new((client, destination));
     let service = service_fn(move |req| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
         async move { Ok::<_, Infallible>(handle(proxy, conn, req).await) }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A client that opens a request and trickles its headers does not hold the connection
+    // forever (hyper enforces the timeout only with a timer).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
     if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .await

@@ -33,6 +33,8 @@ pub struct ProxySettings {
     pub access_log: AccessLogFormat,
     pub forward_client_cert: bool,
     pub detection_timeout: Duration,
+    /// Time an HTTP/1 client has to send a request's headers.
+    pub header_timeout: Duration,
 }
 
 /// The original client of a tunnel, as its ztunnel presented it.

@@ -94,6 +94,16 @@ impl Mesh {
 
     /// Writes the waypoint's config file and starts it at `ip(1)` as `ns/waypoint`.
     pub async fn waypoint(&self, ns: &str, config: &str) -> Waypoint {
+        self.waypoint_with(ns, config, |_| {}).await
+    }
+
+    /// [`Mesh::waypoint`] with settings adjusted by `adjust`.
+    pub async fn waypoint_with(
+        &self,
+        ns: &str,
+        config: &str,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> Waypoint {
         let path = self.config_path();
         std::fs::write(&path, config).unwrap();
         let mut s = Settings::defaults();
@@ -104,6 +114,7 @@ impl Mesh {
         s.local_config_path = Some(path);
         s.config_poll_interval = Duration::from_millis(50);
         s.drain_timeout = Duration::from_secs(1);
+        adjust(&mut s);
         waypoint::start(s, None).await.expect("waypoint starts")
     }
 

@@ -402,3 +402,23 @@ async fn endpoints_outside_the_mesh_are_reached_in_plain_tcp() {
     );
     w.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = Mesh::new();
+    m.endpoint(11, "shop", "echo", "echo-v1-a").await;
+    let w = m
+        .waypoint_with("shop", &config(&m), |s| {
+            s.request_header_timeout = Duration::from_millis(300)
+        })
+        .await;
+    let mut t = m.client("shop", "frontend", vip(&m, 101, 80)).await;
+    t.write_all(b"GET / HTTP/1.1\r\nhost: echo\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "still open 5 s after a 300 ms header timeout");
+    w.shutdown().await;
+}
