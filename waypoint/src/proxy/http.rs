@@ -457,6 +457,7 @@ fn route_and_forward<'a>(
                 parts.headers.remove(HOST);
             }
         }
+        let downstream_version = parts.version;
         let downstream_upgrade = upgrade
             .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
             .flatten();
@@ -490,6 +491,9 @@ fn route_and_forward<'a>(
             }
             None => send.once(body, None).await?,
         };
+        // Answer in the client's HTTP version, whatever the backend spoke (an HTTP/1.0 server
+        // behind an HTTP/1.1 client, HTTP/2 upstream for an HTTP/1.1 client...).
+        *response.version_mut() = downstream_version;
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(downstream) = downstream_upgrade {
