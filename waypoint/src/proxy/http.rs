@@ -216,304 +216,298 @@ fn request_host(parts: &http::request::Parts) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn route_and_forward<'a>(
-    proxy: &'a Arc<Proxy>,
-    snapshot: &'a Snapshot,
-    client: &'a Client,
+async fn route_and_forward(
+    proxy: &Arc<Proxy>,
+    snapshot: &Snapshot,
+    client: &Client,
     destination: SocketAddr,
-    parts: &'a mut http::request::Parts,
+    parts: &mut http::request::Parts,
     body: Body,
-    outcome: &'a mut Outcome,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Local>> + Send + 'a>>
-{
-    // Boxed with an explicit `Send`: the compiler cannot prove it through the borrows otherwise.
-    Box::pin(async move {
-        const NO_TARGET: Local = local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NR",
-            "no such destination\n",
-        );
-        let target = snapshot.resolve(destination).ok_or(NO_TARGET)?;
-        let (service, port, protocol) = match &target {
-            Target::Service { service, port } => (*service, port.port, port.protocol()),
-            Target::Workload {
-                service,
-                port,
-                protocol,
-                ..
-            } => (*service, *port, *protocol),
-        };
-        let service_addressed = matches!(target, Target::Service { .. });
-        outcome.labels.destination_service = service.hostname.clone();
-        outcome.labels.destination_service_name = service.key.name.clone();
-        outcome.labels.destination_service_namespace = service.key.namespace.clone();
-        let host = request_host(parts);
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, Local> {
+    const NO_TARGET: Local = local(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "NR",
+        "no such destination\n",
+    );
+    let target = snapshot.resolve(destination).ok_or(NO_TARGET)?;
+    let (service, port, protocol) = match &target {
+        Target::Service { service, port } => (*service, port.port, port.protocol()),
+        Target::Workload {
+            service,
+            port,
+            protocol,
+            ..
+        } => (*service, *port, *protocol),
+    };
+    let service_addressed = matches!(target, Target::Service { .. });
+    outcome.labels.destination_service = service.hostname.clone();
+    outcome.labels.destination_service_name = service.key.name.clone();
+    outcome.labels.destination_service_namespace = service.key.namespace.clone();
+    let host = request_host(parts);
 
-        // Authorization first, as Envoy's RBAC filter runs before the router.
-        let decision = snapshot.policies.decide(&RequestAttrs {
-            service: Some((&service.key.namespace, &service.key.name)),
-            source: Some(&client.identity),
-            source_ip: client.addr.map(|a| a.ip()),
-            destination_ip: destination.ip(),
-            destination_port: destination.port(),
-            sni: None,
-            http: Some(HttpAttrs {
-                method: &parts.method,
-                path: parts.uri.path(),
-                host: &host,
-                headers: &parts.headers,
-            }),
-        });
-        outcome.entry.policy = decision.describe();
-        if matches!(decision.verdict, Verdict::Deny) {
-            proxy.record_denial(
-                &client.identity,
-                destination,
-                format!("{} {}", parts.method, parts.uri.path()),
-                decision.describe(),
-            );
-            return Err(local(StatusCode::FORBIDDEN, "DENY", "RBAC: access denied"));
-        }
-
-        // Routing: only service-addressed traffic is routed (a pod's own address goes to that pod).
-        let head = RequestHead {
+    // Authorization first, as Envoy's RBAC filter runs before the router.
+    let decision = snapshot.policies.decide(&RequestAttrs {
+        service: Some((&service.key.namespace, &service.key.name)),
+        source: Some(&client.identity),
+        source_ip: client.addr.map(|a| a.ip()),
+        destination_ip: destination.ip(),
+        destination_port: destination.port(),
+        sni: None,
+        http: Some(HttpAttrs {
             method: &parts.method,
             path: parts.uri.path(),
-            query: parts.uri.query(),
+            host: &host,
             headers: &parts.headers,
-            source_namespace: Some(client.identity.namespace()),
-            grpc: outcome.labels.request_protocol == "grpc",
-        };
-        let lookup = if service_addressed {
-            snapshot.routes.lookup(&service.key, port, &head)
-        } else {
-            Lookup::NoRoutes
-        };
-        let (rule, matched_prefix) = match lookup {
-            Lookup::NoMatch => {
-                return Err(local(StatusCode::NOT_FOUND, "NR", "no route matched\n"))
+        }),
+    });
+    outcome.entry.policy = decision.describe();
+    if matches!(decision.verdict, Verdict::Deny) {
+        proxy.record_denial(
+            &client.identity,
+            destination,
+            format!("{} {}", parts.method, parts.uri.path()),
+            decision.describe(),
+        );
+        return Err(local(StatusCode::FORBIDDEN, "DENY", "RBAC: access denied"));
+    }
+
+    // Routing: only service-addressed traffic is routed (a pod's own address goes to that pod).
+    let head = RequestHead {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        source_namespace: Some(client.identity.namespace()),
+        grpc: outcome.labels.request_protocol == "grpc",
+    };
+    let lookup = if service_addressed {
+        snapshot.routes.lookup(&service.key, port, &head)
+    } else {
+        Lookup::NoRoutes
+    };
+    let (rule, matched_prefix) = match lookup {
+        Lookup::NoMatch => return Err(local(StatusCode::NOT_FOUND, "NR", "no route matched\n")),
+        Lookup::NoRoutes => (None, None),
+        Lookup::Matched(m) => (Some(m.rule), m.matched_prefix.map(str::to_owned)),
+    };
+    if let Some(rule) = rule {
+        outcome.entry.route = rule.route.to_string();
+        if rule.filters.unresolved_extension.is_some() {
+            // A filter this mesh cannot apply may not be skipped (Gateway API): 500.
+            return Err(local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "-",
+                "route filter not supported\n",
+            ));
+        }
+        if let Some(redirect) = &rule.filters.redirect {
+            let (hostname, host_port) = split_host_port(&host);
+            let scheme = parts
+                .headers
+                .get(headers::FORWARDED_PROTO)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("http")
+                .to_owned();
+            let (status, location) = redirect.location(
+                &scheme,
+                hostname,
+                host_port.or(Some(port)),
+                parts.uri.path(),
+                parts.uri.query(),
+                matched_prefix.as_deref(),
+            );
+            return Response::builder()
+                .status(status)
+                .header(LOCATION, location)
+                .body(body::full(Bytes::new()))
+                .map_err(|_| {
+                    local(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "-",
+                        "bad redirect location\n",
+                    )
+                });
+        }
+    }
+
+    // The backend: the rule's weighted pick, or the addressed service itself.
+    let (backend_service, backend_port, backend) = match rule {
+        Some(rule) => {
+            let backend = rule.pick_backend(random()).ok_or(local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "NR",
+                "no backend for this route\n",
+            ))?;
+            let unresolved = local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "NR",
+                "backend not found\n",
+            );
+            if !backend.resolved {
+                return Err(unresolved);
             }
-            Lookup::NoRoutes => (None, None),
-            Lookup::Matched(m) => (Some(m.rule), m.matched_prefix.map(str::to_owned)),
-        };
-        if let Some(rule) = rule {
-            outcome.entry.route = rule.route.to_string();
-            if rule.filters.unresolved_extension.is_some() {
-                // A filter this mesh cannot apply may not be skipped (Gateway API): 500.
-                return Err(local(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "-",
-                    "route filter not supported\n",
-                ));
-            }
-            if let Some(redirect) = &rule.filters.redirect {
-                let (hostname, host_port) = split_host_port(&host);
-                let scheme = parts
-                    .headers
-                    .get(headers::FORWARDED_PROTO)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("http")
-                    .to_owned();
-                let (status, location) = redirect.location(
-                    &scheme,
-                    hostname,
-                    host_port.or(Some(port)),
-                    parts.uri.path(),
-                    parts.uri.query(),
-                    matched_prefix.as_deref(),
-                );
-                return Response::builder()
-                    .status(status)
-                    .header(LOCATION, location)
-                    .body(body::full(Bytes::new()))
-                    .map_err(|_| {
-                        local(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "-",
-                            "bad redirect location\n",
-                        )
-                    });
+            let svc = snapshot.service(&backend.service).ok_or(unresolved)?;
+            (svc, backend.port.unwrap_or(port), Some(backend))
+        }
+        None => (service, port, None),
+    };
+
+    // Filters: header modifiers at rule then backend level, then URL rewrite.
+    if let Some(rule) = rule {
+        if let Some(m) = &rule.filters.request_headers {
+            m.apply(&mut parts.headers);
+        }
+        if let Some(m) = backend.and_then(|b| b.filters.request_headers.as_ref()) {
+            m.apply(&mut parts.headers);
+        }
+    }
+    let mut upstream_host = host.clone();
+    let mut path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    if let Some(rewrite) = rule.and_then(|r| r.filters.rewrite.as_ref()) {
+        if let Some(path) = rewrite.path(parts.uri.path(), matched_prefix.as_deref()) {
+            path_and_query = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+        }
+        if let Some(h) = rewrite.hostname() {
+            upstream_host = h.to_owned();
+        }
+    }
+
+    // The endpoint, and how to speak to it.
+    let (endpoint, target_port, upstream_protocol) = match &target {
+        Target::Workload { endpoint, port, .. } if backend.is_none() => {
+            ((*endpoint).clone(), *port, protocol)
+        }
+        _ => {
+            let svc_port = backend_service.port(backend_port).ok_or(local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NR",
+                "backend port not found\n",
+            ))?;
+            let endpoint = backend_service.pick_endpoint().ok_or(local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UH",
+                "no healthy upstream",
+            ))?;
+            (
+                endpoint.clone(),
+                svc_port.target_port(),
+                svc_port.protocol(),
+            )
+        }
+    };
+    outcome.labels.destination = Peer {
+        workload: endpoint.name.clone().unwrap_or_default(),
+        namespace: endpoint.namespace.clone(),
+        principal: endpoint.identity.to_string(),
+        app: endpoint.labels.get("app").cloned().unwrap_or_default(),
+        version: endpoint.labels.get("version").cloned().unwrap_or_default(),
+    };
+    outcome.labels.destination_service = backend_service.hostname.clone();
+    outcome.labels.destination_service_name = backend_service.key.name.clone();
+    outcome.labels.destination_service_namespace = backend_service.key.namespace.clone();
+    let dest = Destination {
+        target: SocketAddr::new(endpoint.address, target_port),
+        hbone: endpoint.hbone,
+        expected: backend_service.expected_identities(&endpoint),
+    };
+    outcome.entry.upstream = dest.target.to_string();
+    let version = match upstream_protocol {
+        Protocol::Http2 | Protocol::Grpc => Version::Http2,
+        _ if parts.version == HttpVersion::HTTP_2 => Version::Http2,
+        _ => Version::Http1,
+    };
+
+    // Headers for the next hop.
+    let upgrade = parts.headers.contains_key(UPGRADE) && version == Version::Http1;
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::set_forwarded_proto(&mut parts.headers);
+    headers::continue_trace(&mut parts.headers);
+    if proxy.settings.forward_client_cert {
+        headers::set_client_cert(
+            &mut parts.headers,
+            &proxy.identity.to_string(),
+            Some(&client.identity.to_string()),
+        );
+    }
+    let uri: Uri = match version {
+        Version::Http1 => path_and_query.parse(),
+        Version::Http2 => format!("http://{upstream_host}{path_and_query}").parse(),
+    }
+    .map_err(|_| local(StatusCode::BAD_REQUEST, "-", "invalid request target\n"))?;
+    match version {
+        Version::Http1 => {
+            if let Ok(h) = HeaderValue::from_str(&upstream_host) {
+                parts.headers.insert(HOST, h);
             }
         }
-
-        // The backend: the rule's weighted pick, or the addressed service itself.
-        let (backend_service, backend_port, backend) = match rule {
-            Some(rule) => {
-                let backend = rule.pick_backend(random()).ok_or(local(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "NR",
-                    "no backend for this route\n",
-                ))?;
-                let unresolved = local(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "NR",
-                    "backend not found\n",
-                );
-                if !backend.resolved {
-                    return Err(unresolved);
-                }
-                let svc = snapshot.service(&backend.service).ok_or(unresolved)?;
-                (svc, backend.port.unwrap_or(port), Some(backend))
-            }
-            None => (service, port, None),
-        };
-
-        // Filters: header modifiers at rule then backend level, then URL rewrite.
-        if let Some(rule) = rule {
-            if let Some(m) = &rule.filters.request_headers {
-                m.apply(&mut parts.headers);
-            }
-            if let Some(m) = backend.and_then(|b| b.filters.request_headers.as_ref()) {
-                m.apply(&mut parts.headers);
-            }
+        Version::Http2 => {
+            parts.headers.remove(HOST);
         }
-        let mut upstream_host = host.clone();
-        let mut path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".to_owned());
-        if let Some(rewrite) = rule.and_then(|r| r.filters.rewrite.as_ref()) {
-            if let Some(path) = rewrite.path(parts.uri.path(), matched_prefix.as_deref()) {
-                path_and_query = match parts.uri.query() {
-                    Some(q) => format!("{path}?{q}"),
-                    None => path,
-                };
-            }
-            if let Some(h) = rewrite.hostname() {
-                upstream_host = h.to_owned();
-            }
-        }
+    }
+    let downstream_version = parts.version;
+    let downstream_upgrade = upgrade
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
 
-        // The endpoint, and how to speak to it.
-        let (endpoint, target_port, upstream_protocol) = match &target {
-            Target::Workload { endpoint, port, .. } if backend.is_none() => {
-                ((*endpoint).clone(), *port, protocol)
-            }
-            _ => {
-                let svc_port = backend_service.port(backend_port).ok_or(local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "NR",
-                    "backend port not found\n",
-                ))?;
-                let endpoint = backend_service.pick_endpoint().ok_or(local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "UH",
-                    "no healthy upstream",
-                ))?;
-                (
-                    endpoint.clone(),
-                    svc_port.target_port(),
-                    svc_port.protocol(),
-                )
-            }
-        };
-        outcome.labels.destination = Peer {
-            workload: endpoint.name.clone().unwrap_or_default(),
-            namespace: endpoint.namespace.clone(),
-            principal: endpoint.identity.to_string(),
-            app: endpoint.labels.get("app").cloned().unwrap_or_default(),
-            version: endpoint.labels.get("version").cloned().unwrap_or_default(),
-        };
-        outcome.labels.destination_service = backend_service.hostname.clone();
-        outcome.labels.destination_service_name = backend_service.key.name.clone();
-        outcome.labels.destination_service_namespace = backend_service.key.namespace.clone();
-        let dest = Destination {
-            target: SocketAddr::new(endpoint.address, target_port),
-            hbone: endpoint.hbone,
-            expected: backend_service.expected_identities(&endpoint),
-        };
-        outcome.entry.upstream = dest.target.to_string();
-        let version = match upstream_protocol {
-            Protocol::Http2 | Protocol::Grpc => Version::Http2,
-            _ if parts.version == HttpVersion::HTTP_2 => Version::Http2,
-            _ => Version::Http1,
-        };
-
-        // Headers for the next hop.
-        let upgrade = parts.headers.contains_key(UPGRADE) && version == Version::Http1;
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        headers::set_forwarded_proto(&mut parts.headers);
-        headers::continue_trace(&mut parts.headers);
-        if proxy.settings.forward_client_cert {
-            headers::set_client_cert(
-                &mut parts.headers,
-                &proxy.identity.to_string(),
-                Some(&client.identity.to_string()),
+    if let Some(rule) = rule {
+        if !rule.filters.mirrors.is_empty() {
+            mirror(
+                proxy,
+                snapshot,
+                rule,
+                &parts.method,
+                &uri,
+                &parts.headers,
+                &body,
+                version,
             );
         }
-        let uri: Uri = match version {
-            Version::Http1 => path_and_query.parse(),
-            Version::Http2 => format!("http://{upstream_host}{path_and_query}").parse(),
+    }
+    let send = Upstreamed {
+        proxy,
+        dest: &dest,
+        version,
+        method: parts.method.clone(),
+        uri,
+        headers: std::mem::take(&mut parts.headers),
+    };
+    let mut response = match rule {
+        Some(rule) => {
+            send.with_policy(rule, body, &mut outcome.entry.attempts)
+                .await?
         }
-        .map_err(|_| local(StatusCode::BAD_REQUEST, "-", "invalid request target\n"))?;
-        match version {
-            Version::Http1 => {
-                if let Ok(h) = HeaderValue::from_str(&upstream_host) {
-                    parts.headers.insert(HOST, h);
-                }
-            }
-            Version::Http2 => {
-                parts.headers.remove(HOST);
-            }
-        }
-        let downstream_version = parts.version;
-        let downstream_upgrade = upgrade
-            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
-            .flatten();
+        None => send.once(body, None).await?,
+    };
+    // Answer in the client's HTTP version, whatever the backend spoke (an HTTP/1.0 server
+    // behind an HTTP/1.1 client, HTTP/2 upstream for an HTTP/1.1 client...).
+    *response.version_mut() = downstream_version;
 
-        if let Some(rule) = rule {
-            if !rule.filters.mirrors.is_empty() {
-                mirror(
-                    proxy,
-                    snapshot,
-                    rule,
-                    &parts.method,
-                    &uri,
-                    &parts.headers,
-                    &body,
-                    version,
-                );
-            }
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(downstream) = downstream_upgrade {
+            let upstream = hyper::upgrade::on(&mut response);
+            tokio::spawn(splice_upgraded(downstream, upstream));
         }
-        let send = Upstreamed {
-            proxy,
-            dest: &dest,
-            version,
-            method: parts.method.clone(),
-            uri,
-            headers: std::mem::take(&mut parts.headers),
-        };
-        let mut response = match rule {
-            Some(rule) => {
-                send.with_policy(rule, body, &mut outcome.entry.attempts)
-                    .await?
-            }
-            None => send.once(body, None).await?,
-        };
-        // Answer in the client's HTTP version, whatever the backend spoke (an HTTP/1.0 server
-        // behind an HTTP/1.1 client, HTTP/2 upstream for an HTTP/1.1 client...).
-        *response.version_mut() = downstream_version;
-
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(downstream) = downstream_upgrade {
-                let upstream = hyper::upgrade::on(&mut response);
-                tokio::spawn(splice_upgraded(downstream, upstream));
-            }
-        } else {
-            headers::strip_hop_by_hop(response.headers_mut(), false);
+    } else {
+        headers::strip_hop_by_hop(response.headers_mut(), false);
+    }
+    if let Some(rule) = rule {
+        if let Some(m) = &rule.filters.response_headers {
+            m.apply(response.headers_mut());
         }
-        if let Some(rule) = rule {
-            if let Some(m) = &rule.filters.response_headers {
-                m.apply(response.headers_mut());
-            }
-            if let Some(m) = backend.and_then(|b: &Backend| b.filters.response_headers.as_ref()) {
-                m.apply(response.headers_mut());
-            }
+        if let Some(m) = backend.and_then(|b: &Backend| b.filters.response_headers.as_ref()) {
+            m.apply(response.headers_mut());
         }
-        let (parts, incoming) = response.into_parts();
-        Ok(Response::from_parts(parts, body::boxed(incoming)))
-    })
+    }
+    let (parts, incoming) = response.into_parts();
+    Ok(Response::from_parts(parts, body::boxed(incoming)))
 }
 
 /// Sends a copy of the request to each mirror backend (per its percentage) and forgets the

@@ -183,42 +183,35 @@ impl Upstream {
     }
 
     /// Sends one request on a pooled (or new) connection to `dest`.
-    pub fn send<'a>(
-        &'a self,
-        dest: &'a Destination,
+    pub async fn send(
+        &self,
+        dest: &Destination,
         version: Version,
         req: Request<Body>,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a,
-        >,
-    > {
-        // Boxed with an explicit `Send` (the compiler cannot see it through hyper's bounds).
-        Box::pin(async move {
-            let target = dest.target;
-            let request_error = |source| UpstreamError::Request { target, source };
-            match version {
-                Version::Http2 => {
-                    let mut sender = match self.pooled_h2(target) {
-                        Some(s) => s,
-                        None => self.connect_h2(dest).await?,
-                    };
-                    sender.ready().await.map_err(request_error)?;
-                    sender.send_request(req).await.map_err(request_error)
-                }
-                Version::Http1 => {
-                    let mut sender = match self.pooled_h1(target) {
-                        Some(s) => s,
-                        None => self.connect_h1(dest).await?,
-                    };
-                    let response = sender.send_request(req).await.map_err(request_error)?;
-                    // Back to the pool at once: it is taken again only when ready, that is once
-                    // this response's body has been read to its end.
-                    self.return_h1(target, sender);
-                    Ok(response)
-                }
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let target = dest.target;
+        let request_error = |source| UpstreamError::Request { target, source };
+        match version {
+            Version::Http2 => {
+                let mut sender = match self.pooled_h2(target) {
+                    Some(s) => s,
+                    None => self.connect_h2(dest).await?,
+                };
+                sender.ready().await.map_err(request_error)?;
+                sender.send_request(req).await.map_err(request_error)
             }
-        })
+            Version::Http1 => {
+                let mut sender = match self.pooled_h1(target) {
+                    Some(s) => s,
+                    None => self.connect_h1(dest).await?,
+                };
+                let response = sender.send_request(req).await.map_err(request_error)?;
+                // Back to the pool at once: it is taken again only when ready, that is once
+                // this response's body has been read to its end.
+                self.return_h1(target, sender);
+                Ok(response)
+            }
+        }
     }
 
     fn pooled_h2(&self, target: SocketAddr) -> Option<http2::SendRequest<Body>> {
