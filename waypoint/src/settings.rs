@@ -206,7 +206,7 @@ impl Settings {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    meshcore::l7::gateway::parse_duration(s).map_err(|e| e.to_string())
+    meshcore::l7::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@
 //! `PartiallyInvalid`, or `UnsupportedValue` when no rule is left) is the waypoint's: it shows in
 //! its `/config_dump`, not here.
 
-use meshcore::l7::gateway::{BackendObjectReference, ParentReference, RequestMirrorFilter};
+use meshcore::l7::gateway::{
+    BackendObjectReference, ParentReference, RequestMirrorFilter, RouteFilter, RouteRule,
+};
 
 use super::use_waypoint::{Bindings, Waypoints};
 use super::waypoints::View;
@@ -105,67 +107,25 @@ pub fn route_statuses(
 ) -> Vec<RouteStatus> {
     let mut out = Vec::new();
     for r in &view.http_routes {
-        let ns = r.metadata.namespace.as_deref().unwrap_or_default();
-        let mut unresolved = Vec::new();
-        for (j, rule) in r.spec.rules.iter().enumerate() {
-            for (i, b) in rule.backend_refs.iter().enumerate() {
-                let object = backend(&b.group, &b.kind, &b.name, b.namespace.as_deref(), b.port);
-                unresolved.extend(check(
-                    view,
-                    ns,
-                    &object,
-                    &format!("rules[{j}].backendRefs[{i}]"),
-                ));
-            }
-            let filters = rule.filters.iter().map(|f| f.request_mirror.as_ref());
-            mirrors(view, ns, filters, j, &mut unresolved);
-        }
-        let route = Route {
-            namespace: ns,
-            parents: &r.spec.parent_refs,
-            has_hostnames: !r.spec.hostnames.is_empty(),
-            unresolved,
-        };
-        out.extend(status(
+        out.extend(route_status(
             "HTTPRoute",
             &r.metadata,
             RouteStatusSeen::has_ours(r.status.as_ref()),
-            &route,
-            view,
-            waypoints,
-            bindings,
+            &r.spec.parent_refs,
+            &r.spec.hostnames,
+            &r.spec.rules,
+            (view, waypoints, bindings),
         ));
     }
     for r in &view.grpc_routes {
-        let ns = r.metadata.namespace.as_deref().unwrap_or_default();
-        let mut unresolved = Vec::new();
-        for (j, rule) in r.spec.rules.iter().enumerate() {
-            for (i, b) in rule.backend_refs.iter().enumerate() {
-                let object = backend(&b.group, &b.kind, &b.name, b.namespace.as_deref(), b.port);
-                unresolved.extend(check(
-                    view,
-                    ns,
-                    &object,
-                    &format!("rules[{j}].backendRefs[{i}]"),
-                ));
-            }
-            let filters = rule.filters.iter().map(|f| f.request_mirror.as_ref());
-            mirrors(view, ns, filters, j, &mut unresolved);
-        }
-        let route = Route {
-            namespace: ns,
-            parents: &r.spec.parent_refs,
-            has_hostnames: !r.spec.hostnames.is_empty(),
-            unresolved,
-        };
-        out.extend(status(
+        out.extend(route_status(
             "GRPCRoute",
             &r.metadata,
             RouteStatusSeen::has_ours(r.status.as_ref()),
-            &route,
-            view,
-            waypoints,
-            bindings,
+            &r.spec.parent_refs,
+            &r.spec.hostnames,
+            &r.spec.rules,
+            (view, waypoints, bindings),
         ));
     }
     out.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
@@ -189,6 +149,41 @@ fn backend(
 }
 
 /// Rule-level `RequestMirror` filters (one entry per filter, `None` for other kinds).
+/// The status of one route (HTTPRoute or GRPCRoute): its backends and mirrors checked, then
+/// each parentRef judged.
+fn route_status<R: RouteRule>(
+    kind: &'static str,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    has_ours: bool,
+    parents: &[ParentReference],
+    hostnames: &[String],
+    rules: &[R],
+    (view, waypoints, bindings): (&View<'_>, &Waypoints<'_>, &Bindings),
+) -> Option<RouteStatus> {
+    let ns = meta.namespace.as_deref().unwrap_or_default();
+    let mut unresolved = Vec::new();
+    for (j, rule) in rules.iter().enumerate() {
+        for (i, b) in rule.backend_refs().iter().enumerate() {
+            let object = backend(&b.group, &b.kind, &b.name, b.namespace.as_deref(), b.port);
+            unresolved.extend(check(
+                view,
+                ns,
+                &object,
+                &format!("rules[{j}].backendRefs[{i}]"),
+            ));
+        }
+        let filters = rule.filters().iter().map(|f| f.request_mirror());
+        mirrors(view, ns, filters, j, &mut unresolved);
+    }
+    let route = Route {
+        namespace: ns,
+        parents,
+        has_hostnames: !hostnames.is_empty(),
+        unresolved,
+    };
+    status(kind, meta, has_ours, &route, view, waypoints, bindings)
+}
+
 fn mirrors<'f>(
     view: &View<'_>,
     ns: &str,

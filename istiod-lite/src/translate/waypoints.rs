@@ -20,9 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use meshcore::l7::gateway::{
-    BackendObjectReference, GrpcRouteFilter, HttpRouteFilter, ParentReference,
-};
+use meshcore::l7::gateway::{BackendObjectReference, ParentReference, RouteFilter, RouteRule};
 use meshcore::l7::{self, WaypointConfig};
 
 use super::route_status::{route_statuses, RouteStatus};
@@ -170,10 +168,10 @@ pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
             .collect();
         grpc_routes.sort_by_key(|r| r.metadata.key());
         for r in &http_routes {
-            wanted.extend(http_backends(r));
+            wanted.extend(backends(&r.spec.rules, &r.metadata.namespace));
         }
         for r in &grpc_routes {
-            wanted.extend(grpc_backends(r));
+            wanted.extend(backends(&r.spec.rules, &r.metadata.namespace));
         }
         let mut services = Vec::new();
         for (ns, name) in &wanted {
@@ -278,33 +276,22 @@ fn mirror(r: &BackendObjectReference, route_ns: &str) -> Option<ObjectKey> {
     service_ref(&r.group, &r.kind, &r.name, r.namespace.as_deref(), route_ns)
 }
 
-fn http_mirrors<'a>(
-    filters: &'a [HttpRouteFilter],
+fn mirrors<'a, F: RouteFilter>(
+    filters: &'a [F],
     route_ns: &'a str,
 ) -> impl Iterator<Item = ObjectKey> + 'a {
     filters
         .iter()
-        .filter_map(|f| f.request_mirror.as_ref())
+        .filter_map(|f| f.request_mirror())
         .filter_map(move |m| mirror(&m.backend_ref, route_ns))
 }
 
-fn grpc_mirrors<'a>(
-    filters: &'a [GrpcRouteFilter],
-    route_ns: &'a str,
-) -> impl Iterator<Item = ObjectKey> + 'a {
-    filters
-        .iter()
-        .filter_map(|f| f.request_mirror.as_ref())
-        .filter_map(move |m| mirror(&m.backend_ref, route_ns))
-}
-
-/// Services an HTTPRoute sends to: backends and mirrors, at rule and backend level.
-fn http_backends(r: &l7::gateway::HttpRoute) -> Vec<ObjectKey> {
-    let ns = r.metadata.namespace.as_str();
+/// Services a route's rules send to: backends and mirrors, at rule and backend level.
+fn backends<R: RouteRule>(rules: &[R], ns: &str) -> Vec<ObjectKey> {
     let mut out = Vec::new();
-    for rule in &r.spec.rules {
-        out.extend(http_mirrors(&rule.filters, ns));
-        for b in &rule.backend_refs {
+    for rule in rules {
+        out.extend(mirrors(rule.filters(), ns));
+        for b in rule.backend_refs() {
             out.extend(service_ref(
                 &b.group,
                 &b.kind,
@@ -312,27 +299,7 @@ fn http_backends(r: &l7::gateway::HttpRoute) -> Vec<ObjectKey> {
                 b.namespace.as_deref(),
                 ns,
             ));
-            out.extend(http_mirrors(&b.filters, ns));
-        }
-    }
-    out
-}
-
-/// Services a GRPCRoute sends to, likewise.
-fn grpc_backends(r: &l7::gateway::GrpcRoute) -> Vec<ObjectKey> {
-    let ns = r.metadata.namespace.as_str();
-    let mut out = Vec::new();
-    for rule in &r.spec.rules {
-        out.extend(grpc_mirrors(&rule.filters, ns));
-        for b in &rule.backend_refs {
-            out.extend(service_ref(
-                &b.group,
-                &b.kind,
-                &b.name,
-                b.namespace.as_deref(),
-                ns,
-            ));
-            out.extend(grpc_mirrors(&b.filters, ns));
+            out.extend(mirrors(&b.filters, ns));
         }
     }
     out

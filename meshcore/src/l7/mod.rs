@@ -9,6 +9,7 @@
 //! protocol, endpoints with their identity). Unknown fields are refused, naming the field.
 
 pub mod authz;
+pub mod duration;
 pub mod gateway;
 pub mod service;
 

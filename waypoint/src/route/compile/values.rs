@@ -3,8 +3,8 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use meshcore::l7::gateway;
 use meshcore::l7::ObjectMeta;
+use meshcore::l7::{duration, gateway};
 
 use super::Invalid;
 use crate::route::{Retry, Timeouts};
@@ -12,7 +12,7 @@ use crate::route::{Retry, Timeouts};
 fn duration(text: Option<&str>, what: &str) -> Result<Option<Duration>, Invalid> {
     let Some(text) = text else { return Ok(None) };
     let d =
-        gateway::parse_duration(text).map_err(|e| Invalid::unsupported(format!("{what}: {e}")))?;
+        duration::parse_duration(text).map_err(|e| Invalid::unsupported(format!("{what}: {e}")))?;
     Ok((!d.is_zero()).then_some(d))
 }
 
