@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use istiod_lite::ca::Authenticator;
 use istiod_lite::controller::DeploySettings;
 use istiod_lite::http::SourceStatus;
@@ -27,7 +26,7 @@ use tracing_subscriber::EnvFilter;
 /// translates them into the ambient xDS resources and each waypoint's configuration, and
 /// serves them to ztunnels and waypoints over delta ADS with TLS on the gRPC port, next to the
 /// certificate service. Every flag can also be set through the environment variable shown.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "istiod-lite", version, about, long_about)]
 struct Settings {
     /// Directory of Kubernetes manifests (multi-document YAML), re-read when it changes; a
@@ -46,9 +45,16 @@ struct Settings {
     /// cert-chain.pem, root-cert.pem; RSA or ECDSA). Empty or absent: a root is generated
     /// and persisted there, so restarts keep it. ztunnels verify istiod-lite against its root.
     /// With --kubernetes and no --ca-dir: Secret `cacerts`, else `istio-ca-secret` (created
-    /// with a generated root at first start) in the root namespace.
+    /// with a generated root at first start) in the root namespace. Without either: `ca/` in
+    /// the state directory.
     #[arg(long, env = "CA_DIR")]
     ca_dir: Option<PathBuf>,
+
+    /// Where istiod-lite keeps what must survive a restart when nothing else is given (the
+    /// generated root CA, in `ca/`). Default: /var/lib/istiod-lite for root, else
+    /// $XDG_STATE_HOME/istiod-lite or ~/.local/state/istiod-lite. Created with mode 0700.
+    #[arg(long, env = "STATE_DIR")]
+    state_dir: Option<PathBuf>,
 
     /// Bootstrap tokens for the certificate service and xDS, `<node> <token>` or
     /// `spiffe://<td>/ns/<ns>/sa/<sa> <token>` per line: a ztunnel presenting a node's token
@@ -123,14 +129,71 @@ struct Settings {
     /// Log filter (`RUST_LOG` syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log_level: String,
+
+    /// Parse and validate the settings (flags and environment), report, and exit without
+    /// starting. Files named by settings are not opened.
+    #[arg(long)]
+    check_config: bool,
+}
+
+impl Settings {
+    /// Checks what flags alone cannot express.
+    fn validate(&self) -> Result<(), String> {
+        meshcore::identity::validate_trust_domain(&self.trust_domain)
+            .map_err(|e| format!("TRUST_DOMAIN: {e}"))?;
+        if self.config_dir.is_none() && !self.kubernetes {
+            return Err("give --config-dir DIR (CONFIG_DIR), or --kubernetes (KUBERNETES)".into());
+        }
+        if self.poll_ms == 0 {
+            return Err("CONFIG_POLL_MS must be at least 1".into());
+        }
+        if !self.ztunnel_service_account.contains('/') {
+            return Err(format!(
+                "ZTUNNEL_SERVICE_ACCOUNT {:?}: expected namespace/name",
+                self.ztunnel_service_account
+            ));
+        }
+        EnvFilter::try_new(&self.log_level)
+            .map_err(|e| format!("RUST_LOG {:?}: {e}", self.log_level))?;
+        Ok(())
+    }
+
+    /// The state directory: the flag, else the default for this user.
+    fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return PathBuf::from("/var/lib/istiod-lite");
+        }
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("state"))
+            })
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("istiod-lite")
+    }
 }
 
 fn main() -> std::process::ExitCode {
     istiod_lite::tune_allocator();
-    let s = Settings::parse();
+    let meshcore::settings::Parsed {
+        settings: s,
+        warnings,
+    } = meshcore::settings::parse::<Settings>();
     if s.print_crds {
         print!("{}", istiod_lite::crd::crds_yaml());
         return std::process::ExitCode::SUCCESS;
+    }
+    if s.check_config {
+        return meshcore::settings::check_config_report("istiod-lite", s.validate(), &warnings);
+    }
+    if let Err(e) = s.validate() {
+        eprintln!("istiod-lite: {e}");
+        return std::process::ExitCode::from(2);
     }
     let filter = match EnvFilter::try_new(&s.log_level) {
         Ok(f) => f,
@@ -143,6 +206,7 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(filter)
         .with_ansi(std::io::stdout().is_terminal())
         .init();
+    warnings.iter().for_each(|w| tracing::warn!("{w}"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -156,6 +220,24 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The CA of `dir` (Istio's `cacerts` layout), generated and persisted at first start; says
+/// where it lives, as ztunnels and waypoints need its root-cert.pem.
+fn load_ca_dir(
+    dir: &std::path::Path,
+    trust_domain: &str,
+    what: &str,
+) -> Result<CertificateAuthority, String> {
+    let (ca, generated) = CertificateAuthority::load_or_generate_dir(dir, trust_domain)
+        .map_err(|e| format!("{what} {}: {e}", dir.display()))?;
+    let root = dir.join("root-cert.pem");
+    if generated {
+        tracing::warn!(dir = %dir.display(), root = %root.display(), "generated a root CA and persisted it; bring your own for production");
+    } else {
+        tracing::info!(dir = %dir.display(), root = %root.display(), "CA loaded");
+    }
+    Ok(ca)
 }
 
 /// Where the config comes from.
@@ -175,14 +257,7 @@ async fn run(s: Settings) -> Result<(), String> {
         None
     };
     let ca = match (&s.ca_dir, &client) {
-        (Some(dir), _) => {
-            let (ca, generated) = CertificateAuthority::load_or_generate_dir(dir, &s.trust_domain)
-                .map_err(|e| format!("CA_DIR {}: {e}", dir.display()))?;
-            if generated {
-                tracing::warn!(dir = %dir.display(), "generated a root CA and persisted it; bring your own for production");
-            }
-            ca
-        }
+        (Some(dir), _) => load_ca_dir(dir, &s.trust_domain, "CA_DIR")?,
         (None, Some(client)) => {
             let (ca, secret) = istiod_lite::ca_secret::load_or_create(
                 client.clone(),
@@ -193,7 +268,20 @@ async fn run(s: Settings) -> Result<(), String> {
             tracing::info!("CA loaded from Secret {}/{secret}", s.root_namespace);
             ca
         }
-        (None, None) => return Err("--ca-dir is required without --kubernetes".into()),
+        (None, None) => {
+            let state = s.state_dir();
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&state)
+                .map_err(|e| format!("state directory {}: {e}", state.display()))?;
+            load_ca_dir(
+                &state.join("ca"),
+                &s.trust_domain,
+                "the state directory's CA",
+            )?
+        }
     };
     let (chain, key) = ca
         .issue_server_cert(

@@ -11,5 +11,6 @@ pub mod identity;
 pub mod l7;
 pub mod pki;
 pub mod policy;
+pub mod settings;
 pub mod tls;
 pub mod zds;

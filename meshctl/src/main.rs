@@ -208,10 +208,17 @@ fn cluster_command(command: Command) -> Result<(), String> {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // An empty MESHCTL_STATE_DIR, MESH_BIN_DIR... counts as unset, as for the mesh's programs.
+    let meshcore::settings::Parsed {
+        settings: cli,
+        warnings,
+    } = meshcore::settings::parse::<Cli>();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
+    warnings
+        .iter()
+        .for_each(|w| eprintln!("meshctl: warning: {w}"));
     if !matches!(cli.command, Command::Echo { .. }) {
         return match cluster_command(cli.command) {
             Ok(()) => std::process::ExitCode::SUCCESS,

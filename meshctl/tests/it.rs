@@ -120,3 +120,23 @@ async fn tcp_echoes_bytes_and_honours_half_close() {
     s.read_to_end(&mut back).await.unwrap();
     assert_eq!(back, payload);
 }
+
+/// An empty MESHCTL_STATE_DIR means unset, as for every setting of the mesh's programs: the
+/// default state directory is used instead of the current directory.
+#[test]
+fn an_empty_state_dir_variable_means_the_default() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .env("MESHCTL_STATE_DIR", "")
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() || text.contains(meshctl::cluster::DEFAULT_STATE_DIR),
+        "{text}"
+    );
+}

@@ -1,7 +1,6 @@
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
-use clap::Parser;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
@@ -28,7 +27,10 @@ impl LogControl for Filter {
 }
 
 fn main() -> std::process::ExitCode {
-    let settings = Settings::parse();
+    let meshcore::settings::Parsed { settings, warnings } = meshcore::settings::parse::<Settings>();
+    if settings.check_config {
+        return meshcore::settings::check_config_report("waypoint", settings.validate(), &warnings);
+    }
     let filter = match EnvFilter::try_new(&settings.log_level) {
         Ok(f) => f,
         Err(e) => {
@@ -45,6 +47,7 @@ fn main() -> std::process::ExitCode {
                 .with_writer(std::io::stderr),
         )
         .init();
+    warnings.iter().for_each(|w| tracing::warn!("{w}"));
     let log: Arc<dyn LogControl> = Arc::new(Filter {
         handle,
         current: Mutex::new(settings.log_level.clone()),

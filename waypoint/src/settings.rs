@@ -131,6 +131,11 @@ pub struct Settings {
     /// How often the local config file is checked for changes.
     #[arg(long, env = "LOCAL_CONFIG_POLL", default_value = "250ms", value_parser = parse_duration)]
     pub config_poll_interval: Duration,
+
+    /// Parse and validate the settings (flags and environment), report, and exit without
+    /// starting. Files named by settings are not opened.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -155,6 +160,8 @@ impl Settings {
     /// Checks what flags alone cannot express.
     pub fn validate(&self) -> Result<(), String> {
         identity::validate_trust_domain(&self.trust_domain).map_err(|e| e.to_string())?;
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| format!("RUST_LOG {:?}: {e}", self.log_level))?;
         self.identity()?;
         if self.ca_address.is_some() && self.ca_token_file.is_none() {
             return Err("CA_ADDRESS needs CA_TOKEN_FILE (the waypoint's token)".into());

@@ -1,7 +1,6 @@
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
-use clap::Parser;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
@@ -63,11 +62,15 @@ fn main() -> std::process::ExitCode {
     if std::env::args().nth(1).as_deref() == Some("node-agent") {
         return node_agent();
     }
-    let settings = Settings::parse();
+    let meshcore::settings::Parsed { settings, warnings } = meshcore::settings::parse::<Settings>();
+    if settings.check_config {
+        return meshcore::settings::check_config_report("ztunnel", settings.validate(), &warnings);
+    }
     let logging = match init_logging(&settings.log_level) {
         Ok(l) => l,
         Err(code) => return code,
     };
+    warnings.iter().for_each(|w| tracing::warn!("{w}"));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.worker_threads.max(1))
@@ -117,10 +120,19 @@ fn main() -> std::process::ExitCode {
 /// `ztunnel node-agent`: the node agent (see `ztunnel::agent::program`).
 fn node_agent() -> std::process::ExitCode {
     use ztunnel::agent::program::{start_agent, AgentSettings};
-    let settings = AgentSettings::parse_from(std::env::args().skip(1));
+    let meshcore::settings::Parsed { settings, warnings } =
+        meshcore::settings::parse_from::<AgentSettings>(std::env::args_os().skip(1));
+    if settings.check_config {
+        return meshcore::settings::check_config_report(
+            "ztunnel node-agent",
+            settings.validate(),
+            &warnings,
+        );
+    }
     if let Err(code) = init_logging(&settings.log_level) {
         return code;
     }
+    warnings.iter().for_each(|w| tracing::warn!("{w}"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

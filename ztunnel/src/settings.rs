@@ -45,6 +45,11 @@ pub struct Settings {
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     pub cluster_id: String,
 
+    /// The cluster's DNS suffix: Services are `<name>.<namespace>.svc.<domain>`, and the DNS
+    /// proxy answers their short forms for pods of the same namespace.
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+
     /// Directory holding the mesh CA in Istio's `cacerts` layout (ca-cert.pem, ca-key.pem,
     /// cert-chain.pem, root-cert.pem). An absent or empty directory gets a freshly generated
     /// development root, so several local ztunnels pointed at it share one CA. Without this
@@ -124,6 +129,11 @@ pub struct Settings {
     /// How often the local config file is checked for changes.
     #[arg(long, env = "LOCAL_XDS_POLL", default_value = "250ms", value_parser = parse_duration)]
     pub config_poll_interval: Duration,
+
+    /// Parse and validate the settings (flags and environment), report, and exit without
+    /// starting. Files named by settings are not opened.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 impl Settings {
@@ -135,6 +145,8 @@ impl Settings {
     /// Checks what flags alone cannot express.
     pub fn validate(&self) -> Result<(), String> {
         identity::validate_trust_domain(&self.trust_domain).map_err(|e| e.to_string())?;
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| format!("RUST_LOG {:?}: {e}", self.log_level))?;
         if self.xds_address.is_some() && self.local_xds_path.is_some() {
             return Err("set either XDS_ADDRESS or LOCAL_XDS_PATH, not both".into());
         }

@@ -87,12 +87,17 @@ pub fn hostname(svc: &Service, info: &ClusterInfo) -> String {
     )
 }
 
-/// Services with cluster IPs.
+/// Services with cluster IPs, and headless ones (`clusterIP: None`) without addresses, as
+/// Istio sends them: ztunnel's DNS proxy answers their names with their endpoints' addresses.
+/// ExternalName Services are the cluster DNS's business.
 pub fn services(services: &[Service], info: &ClusterInfo) -> Vec<wire::Service> {
     services
         .iter()
         .filter_map(|svc| {
             let spec = svc.spec.as_ref()?;
+            if spec.type_.as_deref() == Some("ExternalName") {
+                return None;
+            }
             let ips = spec
                 .cluster_ips
                 .iter()
@@ -100,8 +105,9 @@ pub fn services(services: &[Service], info: &ClusterInfo) -> Vec<wire::Service> 
                 .chain(spec.cluster_ip.iter())
                 .map(String::as_str);
             let ips = unique_ips(ips);
-            if ips.is_empty() {
-                return None; // headless or ExternalName: nothing for ztunnel to resolve
+            let headless = spec.cluster_ip.as_deref() == Some("None");
+            if ips.is_empty() && !headless {
+                return None; // no address assigned yet
             }
             let ports = spec
                 .ports

@@ -3,6 +3,7 @@
 mod kube;
 mod kube_api;
 mod restart;
+mod settings;
 mod support;
 mod waypoint_xds;
 mod xds;

@@ -323,14 +323,29 @@ impl CertificateAuthority {
                 dir.file_name().and_then(|n| n.to_str()).unwrap_or("ca"),
                 std::process::id()
             ));
-            std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-            for (name, pem) in [
-                ("ca-cert.pem", ca.ca_cert_pem().to_owned()),
-                ("ca-key.pem", ca.key_pem().to_owned()),
-                ("root-cert.pem", ca.root_pem().to_owned()),
-                ("cert-chain.pem", ca.chain_pem()),
+            // Only the owner may enter the directory or read the key: whoever reads the key can
+            // mint any identity of the mesh.
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&tmp)
+                .map_err(|e| io(&tmp, e))?;
+            for (name, pem, mode) in [
+                ("ca-cert.pem", ca.ca_cert_pem().to_owned(), 0o644),
+                ("ca-key.pem", ca.key_pem().to_owned(), 0o600),
+                ("root-cert.pem", ca.root_pem().to_owned(), 0o644),
+                ("cert-chain.pem", ca.chain_pem(), 0o644),
             ] {
-                std::fs::write(tmp.join(name), pem).map_err(|e| io(&tmp.join(name), e))?;
+                use std::io::Write;
+                let path = tmp.join(name);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&path)
+                    .and_then(|mut f| f.write_all(pem.as_bytes()))
+                    .map_err(|e| io(&path, e))?;
             }
             // An existing empty directory would make rename fail; remove it first (only if empty).
             let _ = std::fs::remove_dir(dir);

@@ -320,3 +320,20 @@ fn refuses_what_openssl_can_make_but_we_cannot_honour() {
         "{err}"
     );
 }
+
+#[test]
+fn a_generated_root_is_persisted_where_only_its_owner_can_read_the_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = std::env::temp_dir().join(format!("meshcore-ca-modes-{}", std::process::id()));
+    let dir = base.join("ca");
+    let _ = std::fs::remove_dir_all(&base);
+    let (_, generated) = CertificateAuthority::load_or_generate_dir(&dir, "cluster.local").unwrap();
+    assert!(generated);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "CA directory");
+    assert_eq!(mode(&dir.join("ca-key.pem")), 0o600, "CA key");
+    // Loaded again, not regenerated.
+    let (_, again) = CertificateAuthority::load_or_generate_dir(&dir, "cluster.local").unwrap();
+    assert!(!again);
+    std::fs::remove_dir_all(&base).unwrap();
+}

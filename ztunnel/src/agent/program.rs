@@ -98,6 +98,26 @@ pub struct AgentSettings {
 
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_level: String,
+
+    /// Parse and validate the settings, report, and exit without starting.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl AgentSettings {
+    /// Checks what flags alone cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        meshcore::identity::validate_trust_domain(&self.trust_domain).map_err(|e| e.to_string())?;
+        if self.xds_address.is_some() && self.local_xds_path.is_some() {
+            return Err("set either XDS_ADDRESS or LOCAL_XDS_PATH, not both".into());
+        }
+        if self.node_name.is_empty() {
+            return Err("NODE_NAME is empty".into());
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| format!("RUST_LOG {:?}: {e}", self.log_level))?;
+        Ok(())
+    }
 }
 
 /// A running agent.

@@ -4,6 +4,7 @@
 //! to the upstream resolvers of ztunnel's own `resolv.conf`.
 
 pub mod message;
+pub mod names;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -33,6 +34,10 @@ pub struct DnsProxy {
     /// Forwarded queries leave from here (the pod), marked so capture lets them pass.
     pub netns: Option<Arc<Netns>>,
     pub mark: Option<u32>,
+    /// The namespace of the pod asking: a bare Service name means one of its namespace.
+    pub namespace: Option<String>,
+    /// The cluster's DNS suffix (`cluster.local`).
+    pub domain: String,
 }
 
 /// The `nameserver` lines of a `resolv.conf`, on port 53. Loopback resolvers (a node's
@@ -48,14 +53,37 @@ pub fn upstreams(resolv_conf: &str) -> Vec<SocketAddr> {
 }
 
 impl DnsProxy {
-    /// The mesh's answer for `name`: the VIPs of the Services with that hostname. A Service
-    /// without VIPs (headless) is left to the cluster's DNS, which lists its pods.
+    /// The mesh's answer for `name`, in any form Kubernetes' DNS and the pod's search list
+    /// give it (see [`names`]): a Service's VIPs, or for a headless Service its endpoints'
+    /// addresses, and a headless Service's pod records (`<pod>.<service>.<ns>.svc.<domain>`).
     fn lookup(&self, name: &str) -> Option<Vec<IpAddr>> {
         let snap = self.state.load();
+        for candidate in names::service_candidates(name, self.namespace.as_deref(), &self.domain) {
+            let services = snap.services_by_host(&candidate);
+            let vips: Vec<IpAddr> = services
+                .iter()
+                .flat_map(|s| s.service.vips.iter().map(|v| v.ip))
+                .collect();
+            if !vips.is_empty() {
+                return Some(vips);
+            }
+            let endpoints: Vec<IpAddr> = services
+                .iter()
+                .flat_map(|s| &s.endpoints)
+                .flat_map(|e| e.workload.workload.workload_ips.iter().copied())
+                .collect();
+            if !endpoints.is_empty() {
+                return Some(endpoints);
+            }
+        }
+        let (pod, service) = names::pod_record(name, &self.domain)?;
         let ips: Vec<IpAddr> = snap
-            .services_by_host(name)
+            .services_by_host(service)
             .iter()
-            .flat_map(|s| s.service.vips.iter().map(|v| v.ip))
+            .filter(|s| s.service.vips.is_empty())
+            .flat_map(|s| &s.endpoints)
+            .filter(|e| e.workload.workload.name == pod)
+            .flat_map(|e| e.workload.workload.workload_ips.iter().copied())
             .collect();
         (!ips.is_empty()).then_some(ips)
     }
@@ -190,12 +218,18 @@ mod tests {
     async fn mesh_names_are_answered_from_the_config_and_others_fail_without_upstreams() {
         let state = Arc::new(StateStore::new("cluster.local"));
         let config = crate::config::local::parse(
-            "services:\n- {name: cart, namespace: shop, hostname: cart.shop.svc.cluster.local, vips: [\"/10.96.0.10\"], ports: {80: 8080}}\n",
+            "services:\n- {name: cart, namespace: shop, hostname: cart.shop.svc.cluster.local, vips: [\"/10.96.0.10\"], ports: {80: 8080}}\n\
+             - {name: db, namespace: shop, hostname: db.shop.svc.cluster.local, vips: [], ports: {5432: 5432}}\n\
+             workloads:\n\
+             - {name: db-0, namespace: shop, workloadIps: [10.1.0.5], services: {shop/db.shop.svc.cluster.local: {5432: 5432}}}\n\
+             - {name: db-1, namespace: shop, workloadIps: [10.1.0.6], services: {shop/db.shop.svc.cluster.local: {5432: 5432}}}\n",
             "cluster.local",
         )
         .unwrap();
         state.replace(config).unwrap();
         let proxy = DnsProxy {
+            namespace: Some("shop".into()),
+            domain: "cluster.local".into(),
             state,
             upstreams: Vec::new(),
             netns: None,
@@ -211,6 +245,39 @@ mod tests {
                 rcode::NOERROR,
                 vec!["10.96.0.10".parse::<IpAddr>().unwrap()]
             )
+        );
+        // Short forms (the pod is in shop), and headless Services' endpoints and pod records.
+        let ask = |id, name: &'static str| {
+            let proxy = &proxy;
+            async move {
+                let reply = proxy.resolve(&query(id, name, TYPE_A)).await.unwrap();
+                answer_ips(&reply).unwrap()
+            }
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for name in [
+            "cart",
+            "cart.shop",
+            "cart.shop.svc",
+            "cart.shop.shop.svc.cluster.local",
+        ] {
+            assert_eq!(
+                ask(5, name).await,
+                (rcode::NOERROR, vec![ip("10.96.0.10")]),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            ask(6, "db").await,
+            (rcode::NOERROR, vec![ip("10.1.0.5"), ip("10.1.0.6")])
+        );
+        assert_eq!(
+            ask(7, "db-1.db.shop.svc.cluster.local").await,
+            (rcode::NOERROR, vec![ip("10.1.0.6")])
+        );
+        assert_eq!(
+            ask(8, "db-2.db.shop.svc.cluster.local").await.0,
+            rcode::SERVFAIL
         );
         let aaaa = proxy
             .resolve(&query(2, "cart.shop.svc.cluster.local", TYPE_AAAA))

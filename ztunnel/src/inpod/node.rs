@@ -66,6 +66,7 @@ pub async fn start_node(
     let pods = Arc::new(Pods::new(NodeContext {
         trust_domain: settings.trust_domain.clone(),
         cluster_id: settings.cluster_id.clone(),
+        cluster_domain: settings.cluster_domain.clone(),
         state: state.clone(),
         certs: certs.clone(),
         hbone: HboneClient::new(ClientSettings {

@@ -29,6 +29,8 @@ use crate::state::StateStore;
 pub struct NodeContext {
     pub trust_domain: String,
     pub cluster_id: String,
+    /// The cluster's DNS suffix, for the DNS proxy's short names.
+    pub cluster_domain: String,
     pub state: Arc<StateStore>,
     pub certs: Arc<CertManager>,
     pub hbone: HboneClient,
@@ -159,6 +161,8 @@ impl Pods {
                 upstreams: upstreams.clone(),
                 netns: Some(ns),
                 mark,
+                namespace: Some(workload.namespace.clone()),
+                domain: self.ctx.cluster_domain.clone(),
             });
             tokio::spawn(crate::dns::serve_udp(udp, dns.clone(), proxy.drain.clone()));
             tokio::spawn(crate::dns::serve_tcp(tcp, dns, proxy.drain.clone()));

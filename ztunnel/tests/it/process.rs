@@ -153,3 +153,76 @@ fn broken_config_at_start_is_refused_by_name() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("PROXY_WORKLOAD_INFO"));
 }
+
+/// Istio's documented local run, `XDS_ADDRESS="" LOCAL_XDS_PATH=… ztunnel`: an empty variable
+/// is unset. Every setting of both programs (ztunnel and the node agent) is blanked at once;
+/// values clap would refuse (an empty PROXY_MODE, SECRET_TTL, BIND_ADDRESS...) prove the rule.
+#[test]
+fn empty_environment_variables_are_unset_and_misspelt_ones_are_reported() {
+    use clap::CommandFactory;
+    let dir = std::env::temp_dir().join(format!("zt-it-settings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, "workloads: []\n").unwrap();
+    let run = |args: &[&str], names: &[String], extra: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_ztunnel"))
+            .env_clear()
+            .envs(names.iter().map(|n| (n.as_str(), "")))
+            .envs(extra.iter().copied())
+            .args(args)
+            .output()
+            .expect("run ztunnel")
+    };
+    let ztunnel = meshcore::settings::env_names(&ztunnel::Settings::command());
+    assert!(ztunnel.len() > 20, "{ztunnel:?}");
+    let ok = run(
+        &["--check-config", "--proxy-mode", "shared"],
+        &ztunnel,
+        &[("LOCAL_XDS_PATH", config.to_str().unwrap())],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("configuration OK"));
+
+    let agent = meshcore::settings::env_names(&ztunnel::agent::program::AgentSettings::command());
+    let ok = run(
+        &["node-agent", "--check-config", "--node-name", "node-1"],
+        &agent,
+        &[("LOCAL_XDS_PATH", config.to_str().unwrap())],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let typo = run(
+        &["--check-config", "--proxy-mode", "shared"],
+        &[],
+        &[
+            ("LOCAL_XDS_PATH", config.to_str().unwrap()),
+            ("XDS_ADRESS", "istiod:15012"),
+        ],
+    );
+    assert_eq!(typo.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        err.contains("XDS_ADRESS is not a setting; did you mean XDS_ADDRESS?"),
+        "{err}"
+    );
+
+    let both = run(
+        &["--check-config", "--proxy-mode", "shared"],
+        &[],
+        &[
+            ("LOCAL_XDS_PATH", config.to_str().unwrap()),
+            ("XDS_ADDRESS", "istiod:15012"),
+        ],
+    );
+    assert_eq!(both.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&both.stderr).contains("not both"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

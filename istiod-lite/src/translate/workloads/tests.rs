@@ -154,10 +154,20 @@ spec:
 ---
 metadata: {name: headless, namespace: apps}
 spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
+---
+metadata: {name: elsewhere, namespace: apps}
+spec: {type: ExternalName, externalName: example.com}
 "#,
         &[],
     );
-    assert_eq!(s.len(), 1, "headless services have no VIP");
+    // A headless Service is sent without addresses (ztunnel's DNS proxy answers its name with
+    // its endpoints); an ExternalName one is the cluster DNS's business.
+    assert_eq!(s.len(), 2, "{s:?}");
+    assert_eq!(s[1].hostname, "headless.apps.svc.cluster.local");
+    assert!(s[1].addresses.is_empty());
+    assert!(w[0]
+        .services
+        .contains_key("apps/headless.apps.svc.cluster.local"));
     let svc = &s[0];
     assert_eq!(svc.hostname, "web.apps.svc.cluster.local");
     assert_eq!(
