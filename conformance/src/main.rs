@@ -1,4 +1,4 @@
-//! `conformance [l4|l7] [--keep]`: runs the suites (both by default, L4 first) against a fresh
+//! `conformance [l4|l7|samples] [--keep]`: runs the suites (all by default, L4 first) against a fresh
 //! local cluster each and removes it afterwards. Needs root; the mesh's binaries are looked for
 //! beside this one (or in `MESH_BIN_DIR`).
 
@@ -16,7 +16,11 @@ fn main() -> std::process::ExitCode {
     let mut failed = 0;
     type Suite =
         fn(std::path::PathBuf, std::path::PathBuf, bool) -> Result<conformance::Outcome, String>;
-    let suites: [(&str, Suite); 2] = [("l4", conformance::l4::run), ("l7", conformance::l7::run)];
+    let suites: [(&str, Suite); 3] = [
+        ("l4", conformance::l4::run),
+        ("l7", conformance::l7::run),
+        ("samples", conformance::samples::run),
+    ];
     for (name, run) in suites {
         if only.is_some_and(|o| o != name) {
             continue;

@@ -155,6 +155,17 @@ pub fn up_from(
     state_dir: std::path::PathBuf,
     bin_dir: std::path::PathBuf,
 ) -> Result<Cluster, String> {
+    up_with(name, yaml, state_dir, bin_dir, None)
+}
+
+/// [`up_from`], with a stand-in for containers whose images cannot run here.
+pub fn up_with(
+    name: &str,
+    yaml: &str,
+    state_dir: std::path::PathBuf,
+    bin_dir: std::path::PathBuf,
+    stand_in: Option<meshctl::cluster::stand_in::StandIn>,
+) -> Result<Cluster, String> {
     let dir = std::env::temp_dir().join(format!("conformance-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     std::fs::write(dir.join(format!("{name}.yaml")), yaml).map_err(|e| e.to_string())?;
@@ -164,6 +175,7 @@ pub fn up_from(
         state_dir,
         bin_dir,
         log_level: "info".into(),
+        stand_in,
     });
     let _ = std::fs::remove_dir_all(&dir);
     up

@@ -1,4 +1,4 @@
-//! The conformance suites in CI, L4 then L7 (one at a time: one local cluster per machine), as
+//! The conformance suites in CI, L4, L7, then Istio's samples (one at a time: one local cluster per machine), as
 //! root, against a local cluster of the binaries built from this workspace (`scripts/test`
 //! builds them first). Without root they say SKIPPED.
 
@@ -23,16 +23,19 @@ fn conformance_suites() {
     let state = std::env::temp_dir().join(format!("conformance-state-{}", std::process::id()));
     let l4 =
         conformance::l4::run(state.clone(), bin_dir.clone(), false).expect("the L4 cluster starts");
-    let l7 = conformance::l7::run(state, bin_dir, false).expect("the L7 cluster starts");
+    let l7 =
+        conformance::l7::run(state.clone(), bin_dir.clone(), false).expect("the L7 cluster starts");
+    let samples =
+        conformance::samples::run(state, bin_dir, false).expect("the samples cluster starts");
+    let all = [&l4, &l7, &samples];
     println!(
         "conformance: {} passed, {} failed",
-        l4.passed + l7.passed,
-        l4.failed.len() + l7.failed.len()
+        all.iter().map(|o| o.passed).sum::<usize>(),
+        all.iter().map(|o| o.failed.len()).sum::<usize>()
     );
     assert!(
-        l4.failed.is_empty() && l7.failed.is_empty(),
-        "failed: {:?} {:?}",
-        l4.failed,
-        l7.failed
+        all.iter().all(|o| o.failed.is_empty()),
+        "failed: {:?}",
+        all.iter().flat_map(|o| &o.failed).collect::<Vec<_>>()
     );
 }

@@ -223,6 +223,7 @@ pub fn run(state_dir: PathBuf, bin_dir: PathBuf, keep: bool) -> Result<String, S
         state_dir: state_dir.clone(),
         bin_dir,
         log_level: "info".into(),
+        stand_in: None,
     });
     let _ = std::fs::remove_dir_all(&manifests);
     let cluster = up?;

@@ -11,6 +11,7 @@
 //! ```text
 //! Hostname=cart-1
 //! Namespace=shop
+//! Version=v1              (only when --app-version is given)
 //! ServicePort=8080
 //! Method=GET
 //! URL=/path
@@ -39,6 +40,8 @@ use tokio::net::TcpListener;
 pub struct Identity {
     pub pod: String,
     pub namespace: String,
+    /// The pod's `version` label (`Version=`), when it has one.
+    pub version: String,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -106,6 +109,9 @@ pub fn describe(
     let mut out = String::new();
     let _ = writeln!(out, "Hostname={}", id.pod);
     let _ = writeln!(out, "Namespace={}", id.namespace);
+    if !id.version.is_empty() {
+        let _ = writeln!(out, "Version={}", id.version);
+    }
     let _ = writeln!(out, "ServicePort={port}");
     let _ = writeln!(out, "Method={method}");
     let _ = writeln!(out, "URL={uri}");

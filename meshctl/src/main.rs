@@ -32,6 +32,12 @@ enum Command {
         /// Log level of the mesh's processes.
         #[arg(long, default_value = "info")]
         log_level: String,
+        /// Run containers whose image cannot run here (and whose command does not exist on
+        /// this machine) as the echo server on their declared containerPorts, reporting the
+        /// pod's name and version label: Istio's samples (Bookinfo, httpbin, curl) come up
+        /// unmodified.
+        #[arg(long, value_enum)]
+        stand_in: Option<cluster::stand_in::StandIn>,
     },
     /// Shows nodes, pods, enrolment and certificates.
     Status {
@@ -78,11 +84,12 @@ enum Command {
     /// Echo server for tests and demos: HTTP/1.1, h2c and gRPC answered with what the server
     /// saw (its pod, the client's address, method, URL, headers); raw TCP echoed back.
     Echo {
-        /// HTTP/1.1 + h2c + gRPC listeners (repeatable).
-        #[arg(long = "http", default_value = "0.0.0.0:8080")]
+        /// HTTP/1.1 + h2c + gRPC listeners (repeatable). With neither --http nor --tcp:
+        /// HTTP on 0.0.0.0:8080 and TCP on 0.0.0.0:9090.
+        #[arg(long = "http")]
         http: Vec<SocketAddr>,
         /// Raw TCP echo listeners (repeatable).
-        #[arg(long = "tcp", default_value = "0.0.0.0:9090")]
+        #[arg(long = "tcp")]
         tcp: Vec<SocketAddr>,
         /// The pod name reported (`Hostname=`).
         #[arg(long, env = "POD_NAME", default_value = "")]
@@ -90,6 +97,9 @@ enum Command {
         /// The namespace reported (`Namespace=`).
         #[arg(long, env = "POD_NAMESPACE", default_value = "")]
         namespace: String,
+        /// The pod's `version` label, reported as `Version=` when given.
+        #[arg(long = "app-version", default_value = "")]
+        version: String,
     },
 }
 
@@ -125,6 +135,7 @@ fn cluster_command(command: Command) -> Result<(), String> {
             nodes,
             common,
             log_level,
+            stand_in,
         } => {
             let cluster = cluster::up(&UpOptions {
                 manifests: file,
@@ -132,6 +143,7 @@ fn cluster_command(command: Command) -> Result<(), String> {
                 state_dir: common.state_dir.clone(),
                 bin_dir: common.bin_dir(),
                 log_level,
+                stand_in,
             })?;
             println!("{}", cluster::print_status(&cluster));
             Ok(())
@@ -161,6 +173,12 @@ fn cluster_command(command: Command) -> Result<(), String> {
                     std::io::Error::last_os_error()
                 ));
             }
+            // The pod's resolv.conf, as its containers have it (short Service names resolve).
+            let resolv = cluster::up::pod_resolv_conf(&cluster.dir, &pod.namespace)
+                .and_then(|p| cluster::netns::c_path(&p))?;
+            // SAFETY: single-threaded, about to exec.
+            unsafe { cluster::netns::mount_resolv_conf(&resolv) }
+                .map_err(|e| format!("pod {}: mounting its resolv.conf: {e}", pod.key()))?;
             use std::os::unix::process::CommandExt;
             let err = std::process::Command::new(&command[0])
                 .args(&command[1..])
@@ -236,12 +254,21 @@ fn main() -> std::process::ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Echo {
-                http,
-                tcp,
+                mut http,
+                mut tcp,
                 pod,
                 namespace,
+                version,
             } => {
-                let id = Arc::new(Identity { pod, namespace });
+                if http.is_empty() && tcp.is_empty() {
+                    http.push(SocketAddr::from(([0, 0, 0, 0], 8080)));
+                    tcp.push(SocketAddr::from(([0, 0, 0, 0], 9090)));
+                }
+                let id = Arc::new(Identity {
+                    pod,
+                    namespace,
+                    version,
+                });
                 for addr in http {
                     match TcpListener::bind(addr).await {
                         Ok(l) => {

@@ -14,6 +14,7 @@ async fn start() -> (SocketAddr, SocketAddr) {
     let id = Arc::new(Identity {
         pod: "cart-1".into(),
         namespace: "shop".into(),
+        version: String::new(),
     });
     tokio::spawn(serve_http(http, id));
     tokio::spawn(serve_tcp(tcp));

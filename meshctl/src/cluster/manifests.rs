@@ -36,6 +36,8 @@ pub struct Container {
     pub command: Vec<String>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// `ports[].containerPort` with the port's name, if any.
+    pub ports: Vec<(u16, Option<String>)>,
 }
 
 /// What the manifests ask for.
@@ -123,6 +125,16 @@ fn pod_plan(namespace: &str, name: &str, object: Value) -> Result<PodPlan, Strin
                         str_at(e, &["name"])?.to_owned(),
                         str_at(e, &["value"]).unwrap_or_default().to_owned(),
                     ))
+                })
+                .collect(),
+            ports: c
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    let port = u16::try_from(p.get("containerPort")?.as_u64()?).ok()?;
+                    Some((port, str_at(p, &["name"]).map(str::to_owned)))
                 })
                 .collect(),
         })
@@ -226,6 +238,8 @@ pub fn plan(docs: Vec<Value>, first_vip: Ipv4Addr) -> Result<Plan, String> {
                 }
             }
             "Service" => {
+                // As the API server stores it: in the default namespace unless it says otherwise.
+                doc["metadata"]["namespace"] = json!(namespace);
                 let spec = object_at(&mut doc, "spec", &format!("Service {namespace}/{name}"))?;
                 let has_ip = spec
                     .get("clusterIP")

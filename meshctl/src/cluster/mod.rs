@@ -18,6 +18,7 @@
 pub mod http;
 pub mod manifests;
 pub mod netns;
+pub mod stand_in;
 mod status;
 pub mod up;
 
@@ -35,6 +36,11 @@ pub const PREFIX: &str = "mctl-";
 pub const FABRIC: &str = "mctl-fabric";
 pub const CONTROL_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
 pub const DEFAULT_STATE_DIR: &str = "/run/meshctl";
+/// The cluster DNS address pods' resolv.conf names (Kubernetes' kube-dns VIP). Nothing listens
+/// there: the node agent's DNS capture hands every query to ztunnel's DNS proxy in the pod.
+pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 2);
+/// The cluster's DNS suffix.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// A process the cluster started.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,6 +50,9 @@ pub struct Proc {
     pub env: Vec<(String, String)>,
     pub log: PathBuf,
     pub pid: u32,
+    /// A pod's own resolv.conf, mounted over /etc/resolv.conf for this process.
+    #[serde(default)]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl Proc {
@@ -52,14 +61,16 @@ impl Proc {
         argv: Vec<String>,
         env: Vec<(String, String)>,
         log: PathBuf,
+        resolv_conf: Option<PathBuf>,
     ) -> Result<Self, String> {
-        let pid = netns::spawn(netns, &argv, &env, &log)?;
+        let pid = netns::spawn(netns, &argv, &env, &log, resolv_conf.as_deref())?;
         Ok(Self {
             netns: netns.to_owned(),
             argv,
             env,
             log,
             pid,
+            resolv_conf,
         })
     }
 
@@ -306,7 +317,7 @@ impl Cluster {
             .ok_or_else(|| format!("no node {node}"))?;
         let old = self.nodes[i].ztunnel.clone();
         netns::stop(old.pid, Duration::from_secs(10));
-        self.nodes[i].ztunnel = Proc::start(&old.netns, old.argv, old.env, old.log)?;
+        self.nodes[i].ztunnel = Proc::start(&old.netns, old.argv, old.env, old.log, None)?;
         up::wait_for(
             &format!("{node}'s ztunnel to be ready"),
             Duration::from_secs(30),

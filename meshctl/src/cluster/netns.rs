@@ -84,14 +84,59 @@ pub fn run_in<T: Send + 'static>(
     .map_err(|_| io::Error::other("thread panicked"))?
 }
 
+/// Gives the calling process a private mount namespace in which `resolv_conf` is mounted over
+/// /etc/resolv.conf: a pod's own DNS settings, as the kubelet gives each pod. Only syscalls,
+/// so it may run between fork and exec.
+///
+/// # Safety
+/// Changes the calling process's mount namespace; call it in a child about to exec, or in a
+/// single-threaded process.
+pub unsafe fn mount_resolv_conf(resolv_conf: &std::ffi::CStr) -> io::Result<()> {
+    if libc::unshare(libc::CLONE_NEWNS) != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Private, so the bind mount below never propagates back to the host.
+    if libc::mount(
+        c"none".as_ptr(),
+        c"/".as_ptr(),
+        std::ptr::null(),
+        libc::MS_REC | libc::MS_PRIVATE,
+        std::ptr::null(),
+    ) != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    if libc::mount(
+        resolv_conf.as_ptr(),
+        c"/etc/resolv.conf".as_ptr(),
+        std::ptr::null(),
+        libc::MS_BIND,
+        std::ptr::null(),
+    ) != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A path as a C string, for code that runs between fork and exec.
+pub fn c_path(path: &Path) -> Result<std::ffi::CString, String> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("{}: path contains a NUL byte", path.display()))
+}
+
 /// Starts `argv` inside `netns`, in its own session (it outlives meshctl), with stdout and
-/// stderr appended to `log`. Returns its pid.
+/// stderr appended to `log`; with `resolv_conf`, that file is its /etc/resolv.conf (see
+/// [`mount_resolv_conf`]). Returns its pid.
 pub fn spawn(
     netns: &str,
     argv: &[String],
     env: &[(String, String)],
     log: &Path,
+    resolv_conf: Option<&Path>,
 ) -> Result<u32, String> {
+    let resolv = resolv_conf.map(c_path).transpose()?;
     let fd = open(netns).map_err(|e| e.to_string())?;
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -106,11 +151,15 @@ pub fn spawn(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // SAFETY: only async-signal-safe calls (setns, setsid) between fork and exec.
+    // SAFETY: only async-signal-safe calls (setns, unshare, mount, setsid) between fork and
+    // exec; the C strings were made before the fork.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some(resolv) = &resolv {
+                mount_resolv_conf(resolv)?;
             }
             libc::setsid();
             Ok(())

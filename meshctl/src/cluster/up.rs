@@ -9,7 +9,8 @@ use serde_json::json;
 
 use super::manifests::{self, PodPlan, ECHO_IMAGE, WAYPOINT_IMAGE};
 use super::netns::{self, ip};
-use super::{Cluster, Node, Pod, Proc, CONTROL_IP, FABRIC};
+use super::stand_in::{self, StandIn};
+use super::{Cluster, Node, Pod, Proc, CLUSTER_DOMAIN, CONTROL_IP, DNS_IP, FABRIC};
 
 pub struct UpOptions {
     /// A manifest file or directory.
@@ -20,6 +21,8 @@ pub struct UpOptions {
     /// Where `ztunnel`, `istiod-lite`, `mesh-cni` and `meshctl` are.
     pub bin_dir: PathBuf,
     pub log_level: String,
+    /// What runs in containers whose image cannot run here (see `stand_in`).
+    pub stand_in: Option<StandIn>,
 }
 
 pub fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Result<(), String> {
@@ -161,6 +164,7 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
         ],
         vec![("RUST_LOG".into(), log_level.clone())],
         dir.join("logs").join("istiod-lite.log"),
+        None,
     )?;
     let root = dir.join("ca").join("root-cert.pem");
     wait_for("istiod-lite to be ready", Duration::from_secs(30), || {
@@ -267,6 +271,7 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
             vec![bin("ztunnel"), "node-agent".into()],
             agent_env,
             dir.join("logs").join(format!("{name}.agent.log")),
+            None,
         )?;
         let mut zt_env = common;
         zt_env.extend([
@@ -280,6 +285,7 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
             vec![bin("ztunnel")],
             zt_env,
             dir.join("logs").join(format!("{name}.ztunnel.log")),
+            None,
         )?;
         nodes.push(Node {
             name: name.clone(),
@@ -390,7 +396,7 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
         added?;
         let mut processes = Vec::new();
         for c in &plan.containers {
-            let argv = container_argv(&cluster.bin_dir, plan, c)?;
+            let argv = container_argv(&cluster.bin_dir, plan, c, &objects, opts.stand_in)?;
             let mut env = vec![
                 ("POD_NAME".to_owned(), plan.name.clone()),
                 ("POD_NAMESPACE".to_owned(), plan.namespace.clone()),
@@ -419,7 +425,8 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
             let log = dir
                 .join("logs")
                 .join(format!("{}.{}.{}.log", plan.namespace, plan.name, c.name));
-            processes.push(Proc::start(&ns, argv, env, log)?);
+            let resolv = pod_resolv_conf(&dir, &plan.namespace)?;
+            processes.push(Proc::start(&ns, argv, env, log, Some(resolv))?);
         }
         cluster.pods.push(Pod {
             namespace: plan.namespace.clone(),
@@ -435,27 +442,64 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
     Ok(cluster)
 }
 
-/// What a container runs: the built-in echo server, or its own command on this machine.
+/// The resolv.conf of the pods of `namespace`, as the kubelet writes it for `ClusterFirst`
+/// pods: the cluster DNS address, the namespace's search list, `ndots:5`. Written once per
+/// namespace under the state directory.
+pub fn pod_resolv_conf(dir: &Path, namespace: &str) -> Result<PathBuf, String> {
+    let path = dir.join("dns").join(format!("{namespace}.resolv.conf"));
+    if !path.exists() {
+        std::fs::create_dir_all(dir.join("dns")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        write(
+            &path,
+            &format!(
+                "# meshctl: the resolv.conf of namespace {namespace}'s pods\n\
+                 search {namespace}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\n\
+                 nameserver {DNS_IP}\n\
+                 options ndots:5\n"
+            ),
+        )?;
+    }
+    Ok(path)
+}
+
+/// What a container runs: the built-in echo server or waypoint, its own command when that
+/// exists on this machine, else the stand-in if one was asked for.
 fn container_argv(
     bin_dir: &Path,
     plan: &PodPlan,
     c: &manifests::Container,
+    objects: &[serde_json::Value],
+    stand_in: Option<StandIn>,
 ) -> Result<Vec<String>, String> {
+    let meshctl = bin_dir.join("meshctl").display().to_string();
     if c.command.is_empty() && c.image.starts_with(WAYPOINT_IMAGE) {
         return Ok(vec![bin_dir.join("waypoint").display().to_string()]);
     }
     if c.command.is_empty() && c.image.starts_with(ECHO_IMAGE) {
-        let mut argv = vec![bin_dir.join("meshctl").display().to_string(), "echo".into()];
+        let mut argv = vec![meshctl, "echo".into()];
         argv.extend(c.args.iter().cloned());
         return Ok(argv);
     }
-    if c.command.is_empty() {
-        return Err(format!(
-            "pod {}/{} container {}: image {:?} has no built-in program here; give the container a `command` to run on this machine, or use image {ECHO_IMAGE}",
+    let own = c
+        .command
+        .first()
+        .filter(|program| stand_in::runnable(program));
+    match (own, stand_in) {
+        (Some(_), _) => Ok(c.command.iter().chain(&c.args).cloned().collect()),
+        (None, Some(StandIn::Echo)) => {
+            let mut argv = vec![meshctl];
+            argv.extend(stand_in::echo_args(plan, c, objects));
+            Ok(argv)
+        }
+        (None, None) if c.command.is_empty() => Err(format!(
+            "pod {}/{} container {}: image {:?} has no built-in program here; give the container a `command` to run on this machine, use image {ECHO_IMAGE}, or run `meshctl up --stand-in echo` to serve its ports with the echo server",
             plan.namespace, plan.name, c.name, c.image
-        ));
+        )),
+        (None, None) => Err(format!(
+            "pod {}/{} container {}: command {:?} does not exist on this machine; run `meshctl up --stand-in echo` to serve its ports with the echo server",
+            plan.namespace, plan.name, c.name, c.command[0]
+        )),
     }
-    Ok(c.command.iter().chain(&c.args).cloned().collect())
 }
 
 /// Runs the `mesh-cni` plugin for a new pod as a container runtime would.

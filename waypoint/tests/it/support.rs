@@ -52,6 +52,7 @@ impl Mesh {
         let echo_id = Arc::new(meshctl::echo::Identity {
             pod: pod.to_owned(),
             namespace: ns.to_owned(),
+            version: String::new(),
         });
         let http = tokio::net::TcpListener::bind((ip, 8080)).await.unwrap();
         tokio::spawn(meshctl::echo::serve_http(http, echo_id));
@@ -85,6 +86,7 @@ impl Mesh {
         let echo_id = Arc::new(meshctl::echo::Identity {
             pod: pod.to_owned(),
             namespace: "legacy".to_owned(),
+            version: String::new(),
         });
         let http = tokio::net::TcpListener::bind((self.ip(host), 8080))
             .await
