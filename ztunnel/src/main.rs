@@ -153,7 +153,7 @@ fn node_agent() -> std::process::ExitCode {
             _ = sigterm.recv() => tracing::info!("SIGTERM received"),
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
         }
-        agent.shutdown();
+        agent.shutdown_and_wait().await;
         std::process::ExitCode::SUCCESS
     })
 }

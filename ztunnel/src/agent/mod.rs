@@ -2,10 +2,11 @@
 //! the control plane's Workloads ([`program`]), learns their network namespaces from the CNI
 //! plugin ([`cni`]) or by scanning the node ([`discover`]), installs the redirect rules in each
 //! pod's namespace ([`rules`]) and hands the namespaces to the node's ztunnel over the ZDS
-//! socket ([`server`]).
+//! socket ([`server`]). In a cluster it also installs the CNI plugin on the node ([`install`]).
 
 pub mod cni;
 pub mod discover;
+pub mod install;
 pub mod program;
 pub mod rules;
 pub mod server;

@@ -99,6 +99,35 @@ pub struct AgentSettings {
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_level: String,
 
+    /// Install the CNI plugin on the node and chain it into the node's CNI configuration (see
+    /// `agent::install`); what the Helm chart's DaemonSet does. Off by default, so an agent run
+    /// by hand never edits the host's CNI setup.
+    #[arg(long, env = "CNI_INSTALL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub cni_install: bool,
+
+    /// CNI_INSTALL: the node's CNI bin directory, as mounted in this container.
+    #[arg(long, env = "CNI_BIN_DIR", default_value = "/host/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+
+    /// CNI_INSTALL: the node's CNI configuration directory, as mounted in this container.
+    #[arg(long, env = "CNI_NET_DIR", default_value = "/host/etc/cni/net.d")]
+    pub cni_net_dir: PathBuf,
+
+    /// CNI_INSTALL: the configuration file to chain into (default: the first one, in the
+    /// kubelet's order).
+    #[arg(long, env = "CNI_CONF_NAME")]
+    pub cni_conf_name: Option<String>,
+
+    /// CNI_INSTALL: the `mesh-cni` binary to copy (default: `mesh-cni` beside this program).
+    #[arg(long, env = "CNI_PLUGIN_BINARY")]
+    pub cni_plugin_binary: Option<PathBuf>,
+
+    /// CNI_INSTALL: remove the plugin and its configuration entry when the agent exits, so an
+    /// uninstalled mesh never blocks pod creation (pods created during an agent restart then
+    /// start outside the mesh until the agent finds them).
+    #[arg(long, env = "CNI_CLEANUP_ON_EXIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cni_cleanup_on_exit: bool,
+
     /// Parse and validate the settings, report, and exit without starting.
     #[arg(long)]
     pub check_config: bool,
@@ -116,7 +145,34 @@ impl AgentSettings {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| format!("RUST_LOG {:?}: {e}", self.log_level))?;
+        if let Some(name) = &self.cni_conf_name {
+            if name.contains('/') || name.is_empty() {
+                return Err(format!(
+                    "CNI_CONF_NAME {name:?}: a file name in CNI_NET_DIR"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The CNI installer these settings describe, when CNI_INSTALL is on.
+    pub fn installer(&self) -> Result<Option<super::install::Installer>, String> {
+        if !self.cni_install {
+            return Ok(None);
+        }
+        let plugin_binary = match &self.cni_plugin_binary {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| format!("CNI_PLUGIN_BINARY not set and this program's path: {e}"))?
+                .with_file_name(super::install::PLUGIN),
+        };
+        Ok(Some(super::install::Installer {
+            bin_dir: self.cni_bin_dir.clone(),
+            net_dir: self.cni_net_dir.clone(),
+            conf_name: self.cni_conf_name.clone(),
+            plugin_binary,
+            agent_socket: self.cni_socket.clone(),
+        }))
     }
 }
 
@@ -125,6 +181,8 @@ pub struct NodeAgent {
     pub agent: Arc<Agent>,
     pub state: Arc<StateStore>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// The CNI installer, which cleans up after shutdown.
+    installer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl NodeAgent {
@@ -132,6 +190,14 @@ impl NodeAgent {
     /// them again), as Istio's agent leaves pods alone when it is upgraded.
     pub fn shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// [`Self::shutdown`], then waits for the CNI installer's clean-up.
+    pub async fn shutdown_and_wait(mut self) {
+        self.shutdown();
+        if let Some(task) = self.installer.take() {
+            let _ = task.await;
+        }
     }
 }
 
@@ -175,6 +241,9 @@ pub async fn start_agent(settings: AgentSettings) -> Result<NodeAgent, String> {
         tokio::spawn(client.run(stopped()));
     }
 
+    let installer = settings
+        .installer()?
+        .map(|installer| tokio::spawn(installer.run(settings.cni_cleanup_on_exit, stopped())));
     let agent = Agent::with_rules(RuleOptions {
         dns_capture: settings.dns_capture,
     });
@@ -215,6 +284,7 @@ pub async fn start_agent(settings: AgentSettings) -> Result<NodeAgent, String> {
         agent,
         state,
         shutdown,
+        installer,
     })
 }
 
