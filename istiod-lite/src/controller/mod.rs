@@ -3,7 +3,7 @@
 //!
 //! - for each Gateway of class `istio-waypoint`, a ServiceAccount, a Deployment and a Service
 //!   ([`render`]), owned by the Gateway, applied with server-side apply and re-applied when they
-//!   drift; the `istio-ca-root-cert` ConfigMap in every namespace with a waypoint;
+//!   drift; the `istio-ca-root-cert` ConfigMap in every namespace with a waypoint and in the root namespace (where the node DaemonSets mount it);
 //! - the Gateway's status ([`gateway_status`]): addresses, `Accepted`, `Programmed`;
 //! - each route's status towards the parents it names that are ours
 //!   ([`crate::translate::route_status`]).

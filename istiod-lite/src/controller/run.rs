@@ -335,11 +335,14 @@ impl State {
             .collect();
         let mut ok = true;
         if let Some(settings) = self.deploy.clone() {
-            let namespaces: BTreeSet<&str> = rendered
+            // The root in every namespace with a waypoint, and in the root namespace, where the
+            // node DaemonSets (ztunnel, the node agent) mount it to verify istiod-lite.
+            let mut namespaces: BTreeSet<&str> = rendered
                 .iter()
                 .filter(|(_, r)| matches!(r, Some(Ok(_))))
                 .filter_map(|(gw, _)| gw.metadata.namespace.as_deref())
                 .collect();
+            namespaces.insert(settings.info.root_namespace.as_str());
             for ns in namespaces {
                 let cm = render::root_cert_config_map(ns, &settings.root_pem);
                 ok &= self.ensure(Owned::ConfigMap, &cm).await;

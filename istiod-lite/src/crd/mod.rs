@@ -9,16 +9,33 @@ pub mod security;
 use kube::CustomResourceExt;
 
 /// The CustomResourceDefinitions of these types, as multi-document YAML (`--print-crds`; the
-/// Helm chart ships this output).
+/// Helm chart ships this output). Each serves `v1` (stored) and `v1beta1` with the same schema,
+/// as Istio's do, so manifests written for older Istio releases apply unchanged; the API
+/// server converts between them (same fields), and istiod-lite watches `v1`.
 pub fn crds_yaml() -> String {
     [
         security::AuthorizationPolicy::crd(),
         security::PeerAuthentication::crd(),
     ]
-    .iter()
-    .map(|crd| serde_yaml_ng::to_string(crd).expect("a CRD serialises"))
+    .into_iter()
+    .map(with_v1beta1)
+    .map(|crd| serde_yaml_ng::to_string(&crd).expect("a CRD serialises"))
     .collect::<Vec<_>>()
     .join("---\n")
+}
+
+type Crd =
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+/// `crd` also serving `v1beta1`, a copy of its stored version.
+fn with_v1beta1(mut crd: Crd) -> Crd {
+    if let Some(stored) = crd.spec.versions.iter().find(|v| v.storage).cloned() {
+        let mut beta = stored;
+        beta.name = "v1beta1".into();
+        beta.storage = false;
+        crd.spec.versions.push(beta);
+    }
+    crd
 }
 
 #[cfg(test)]
@@ -39,5 +56,20 @@ mod tests {
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect();
         assert_eq!(docs.len(), 2);
+        for doc in &docs {
+            let versions: Vec<(&str, bool, bool)> = doc["spec"]["versions"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|v| {
+                    (
+                        v["name"].as_str().unwrap(),
+                        v["served"].as_bool().unwrap(),
+                        v["storage"].as_bool().unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(versions, [("v1", true, true), ("v1beta1", true, false)]);
+        }
     }
 }

@@ -538,6 +538,12 @@ async fn waypoints_are_deployed_and_gateways_and_routes_get_status() {
         root["metadata"]["ownerReferences"].is_null(),
         "shared by the namespace's waypoints"
     );
+    // And in the root namespace, for the node DaemonSets (ztunnel, node agent) the chart runs.
+    let in_root = eventually("the root ConfigMap in istio-system", || {
+        api.get("v1", "ConfigMap", "istio-system", "istio-ca-root-cert")
+    })
+    .await;
+    assert_eq!(in_root["data"]["root-cert.pem"], ROOT);
     // wp2 runs as the user's account, which stays the user's.
     let wp2 = eventually("wp2's Deployment", || get("apps/v1", "Deployment", "wp2")).await;
     assert_eq!(
