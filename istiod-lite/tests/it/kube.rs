@@ -28,7 +28,7 @@ fn examples() -> std::path::PathBuf {
 }
 
 /// The example mesh's objects as JSON, as a cluster would hold them.
-fn example_objects() -> Vec<Value> {
+pub(crate) fn example_objects() -> Vec<Value> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(examples()).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
@@ -214,12 +214,12 @@ async fn policies_get_status_conditions() {
     );
 }
 
-fn token_status(username: &str, extra: Value, audiences: &[&str]) -> Value {
+pub(crate) fn token_status(username: &str, extra: Value, audiences: &[&str]) -> Value {
     json!({"authenticated": true, "audiences": audiences,
            "user": {"username": username, "uid": "u", "extra": extra}})
 }
 
-async fn ask(ca: &CaServer, token: &str, identity: &str) -> Result<(), tonic::Status> {
+pub(crate) async fn ask(ca: &CaServer, token: &str, identity: &str) -> Result<(), tonic::Status> {
     let csr = generate_csr(&identity.parse().unwrap()).unwrap();
     let mut req = tonic::Request::new(IstioCertificateRequest {
         csr: csr.csr_pem,
@@ -421,7 +421,7 @@ async fn without_gateway_api_ztunnels_are_served_and_waypoints_follow_the_crds()
 }
 
 /// Polls `check` until it gives a value (15 s at most).
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub(crate) async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(v) = check() {
@@ -432,10 +432,11 @@ async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-const GATEWAYS: &str = "gateway.networking.k8s.io/v1";
-const ROOT: &str = "-----BEGIN CERTIFICATE-----\nthe mesh root\n-----END CERTIFICATE-----\n";
+pub(crate) const GATEWAYS: &str = "gateway.networking.k8s.io/v1";
+pub(crate) const ROOT: &str =
+    "-----BEGIN CERTIFICATE-----\nthe mesh root\n-----END CERTIFICATE-----\n";
 
-fn waypoint(name: &str, service_account: Option<&str>) -> Value {
+pub(crate) fn waypoint(name: &str, service_account: Option<&str>) -> Value {
     let mut gw = json!({"apiVersion": GATEWAYS, "kind": "Gateway",
         "metadata": {"name": name, "namespace": "shop"},
         "spec": {"gatewayClassName": "istio-waypoint",
@@ -447,7 +448,7 @@ fn waypoint(name: &str, service_account: Option<&str>) -> Value {
 }
 
 /// A source deploying waypoints and writing status, driven in the background.
-fn start_controller(
+pub(crate) fn start_controller(
     api: &FakeApi,
 ) -> Arc<std::sync::Mutex<istiod_lite::sources::kube::KubeStatus>> {
     let options = istiod_lite::sources::kube::KubeOptions {

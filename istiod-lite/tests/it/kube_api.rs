@@ -83,7 +83,8 @@ struct State {
     /// Cluster IPs handed out so far.
     allocated_ips: u32,
     /// Requests seen: (method, path).
-    requests: Vec<(String, String)>,
+    /// (method, path, query) of every request.
+    requests: Vec<(String, String, String)>,
 }
 
 #[derive(Clone)]
@@ -120,7 +121,7 @@ fn type_of(collection: &str) -> (String, String) {
     (api_version.to_owned(), kind.to_owned())
 }
 
-const KINDS: [(&str, &str); 13] = [
+const KINDS: [(&str, &str); 20] = [
     ("Namespace", "namespaces"),
     ("Pod", "pods"),
     ("Service", "services"),
@@ -134,6 +135,14 @@ const KINDS: [(&str, &str); 13] = [
     ("GRPCRoute", "grpcroutes"),
     ("Deployment", "deployments"),
     ("ConfigMap", "configmaps"),
+    // Stored and served as written (what a Helm chart installs); no semantics.
+    ("ClusterRole", "clusterroles"),
+    ("ClusterRoleBinding", "clusterrolebindings"),
+    ("Role", "roles"),
+    ("RoleBinding", "rolebindings"),
+    ("CustomResourceDefinition", "customresourcedefinitions"),
+    ("PodDisruptionBudget", "poddisruptionbudgets"),
+    ("ServiceMonitor", "servicemonitors"),
 ];
 
 /// A parsed request path.
@@ -351,8 +360,13 @@ impl FakeApi {
         let s = self.state.lock().unwrap();
         s.requests
             .iter()
-            .filter(|(m, p)| m == method && p.contains(part))
+            .filter(|(m, p, _)| m == method && p.contains(part))
             .count()
+    }
+
+    /// Every request so far: (method, path, query).
+    pub fn requests(&self) -> Vec<(String, String, String)> {
+        self.state.lock().unwrap().requests.clone()
     }
 
     /// Deletes an object as if its event had been lost (no watch sees it; with [`Self::compact`]
@@ -434,8 +448,11 @@ impl FakeApi {
             .to_owned();
         let unserved = {
             let mut s = self.state.lock().unwrap();
-            s.requests
-                .push((req.method().to_string(), req.uri().path().to_owned()));
+            s.requests.push((
+                req.method().to_string(),
+                req.uri().path().to_owned(),
+                req.uri().query().unwrap_or_default().to_owned(),
+            ));
             s.unserved.iter().any(|g| req.uri().path().starts_with(g))
         };
         if unserved {

@@ -1,5 +1,6 @@
 //! istiod-lite's integration tests: one binary, modules by concern.
 
+mod chart;
 mod kube;
 mod kube_api;
 mod restart;
