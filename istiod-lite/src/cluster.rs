@@ -6,6 +6,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use crate::crd::gateway::{Gateway, GrpcRoute, HttpRoute};
+pub use crate::crd::networking::{DestinationRule, VirtualService};
 pub use crate::crd::security::{AuthorizationPolicy, PeerAuthentication};
 
 /// One consistent view of the cluster.
@@ -22,6 +23,9 @@ pub struct Cluster {
     pub gateways: Vec<Gateway>,
     pub http_routes: Vec<HttpRoute>,
     pub grpc_routes: Vec<GrpcRoute>,
+    /// Istio traffic management, applied by waypoints.
+    pub virtual_services: Vec<VirtualService>,
+    pub destination_rules: Vec<DestinationRule>,
 }
 
 /// `namespace/name` of an object.

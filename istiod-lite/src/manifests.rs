@@ -1,6 +1,7 @@
 //! Reading Kubernetes manifests: multi-document YAML files in a directory, as `kubectl apply
 //! -f DIR` would take them. Namespaces, Pods, Services, EndpointSlices, AuthorizationPolicies,
-//! PeerAuthentications, and Gateway API Gateways, HTTPRoutes and GRPCRoutes are kept (also inside
+//! PeerAuthentications, Gateway API Gateways, HTTPRoutes and GRPCRoutes, and Istio VirtualServices
+//! and DestinationRules are kept (also inside
 //! `kind: List`); other kinds are skipped. A document
 //! that does not parse refuses the whole load, naming file, document, object and field, so the
 //! caller keeps its last good view.
@@ -135,6 +136,10 @@ fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<St
         api.as_str(),
         "security.istio.io/v1" | "security.istio.io/v1beta1"
     );
+    let networking = matches!(
+        api.as_str(),
+        "networking.istio.io/v1" | "networking.istio.io/v1beta1" | "networking.istio.io/v1alpha3"
+    );
     let gateway_api = matches!(
         api.as_str(),
         "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1"
@@ -178,6 +183,12 @@ fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<St
         (_, "GRPCRoute") if gateway_api => cluster
             .grpc_routes
             .extend(typed::<crate::cluster::GrpcRoute>(value, &at, errors).map(default_namespace)),
+        (_, "VirtualService") if networking => cluster.virtual_services.extend(
+            typed::<crate::cluster::VirtualService>(value, &at, errors).map(default_namespace),
+        ),
+        (_, "DestinationRule") if networking => cluster.destination_rules.extend(
+            typed::<crate::cluster::DestinationRule>(value, &at, errors).map(default_namespace),
+        ),
         ("", _) | (_, "") => errors.push(format!(
             "{at}: not a Kubernetes object (apiVersion and kind are required)"
         )),

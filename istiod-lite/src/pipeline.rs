@@ -26,7 +26,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::cluster::{
-    AuthorizationPolicy, Cluster, Gateway, GrpcRoute, HttpRoute, PeerAuthentication,
+    AuthorizationPolicy, Cluster, DestinationRule, Gateway, GrpcRoute, HttpRoute,
+    PeerAuthentication, VirtualService,
 };
 use crate::translate::peer_authn::STATIC_STRICT;
 use crate::translate::route_status::RouteStatus;
@@ -47,10 +48,12 @@ pub enum Kind {
     Gateway,
     HttpRoute,
     GrpcRoute,
+    VirtualService,
+    DestinationRule,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
@@ -60,11 +63,28 @@ impl Kind {
         Kind::Gateway,
         Kind::HttpRoute,
         Kind::GrpcRoute,
+        Kind::VirtualService,
+        Kind::DestinationRule,
     ];
 
-    /// Gateway API kinds: their CRDs may not be installed.
-    pub fn is_gateway_api(self) -> bool {
-        matches!(self, Kind::Gateway | Kind::HttpRoute | Kind::GrpcRoute)
+    /// Kinds whose CRDs may not be installed: Gateway API's, Istio's networking ones.
+    pub fn is_optional(self) -> bool {
+        matches!(
+            self,
+            Kind::Gateway
+                | Kind::HttpRoute
+                | Kind::GrpcRoute
+                | Kind::VirtualService
+                | Kind::DestinationRule
+        )
+    }
+
+    /// Kinds only waypoints read.
+    fn waypoint_only(self) -> bool {
+        matches!(
+            self,
+            Kind::HttpRoute | Kind::GrpcRoute | Kind::VirtualService | Kind::DestinationRule
+        )
     }
 }
 
@@ -82,6 +102,8 @@ pub enum Object {
     Gateway(Gateway),
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
+    VirtualService(VirtualService),
+    DestinationRule(DestinationRule),
 }
 
 impl Object {
@@ -96,6 +118,8 @@ impl Object {
             Object::Gateway(_) => Kind::Gateway,
             Object::HttpRoute(_) => Kind::HttpRoute,
             Object::GrpcRoute(_) => Kind::GrpcRoute,
+            Object::VirtualService(_) => Kind::VirtualService,
+            Object::DestinationRule(_) => Kind::DestinationRule,
         }
     }
 
@@ -110,6 +134,8 @@ impl Object {
             Object::Gateway(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
             Object::GrpcRoute(o) => &o.metadata,
+            Object::VirtualService(o) => &o.metadata,
+            Object::DestinationRule(o) => &o.metadata,
         }
     }
 
@@ -124,6 +150,8 @@ impl Object {
             Object::Gateway(o) => &mut o.metadata,
             Object::HttpRoute(o) => &mut o.metadata,
             Object::GrpcRoute(o) => &mut o.metadata,
+            Object::VirtualService(o) => &mut o.metadata,
+            Object::DestinationRule(o) => &mut o.metadata,
         }
     }
 
@@ -150,6 +178,8 @@ struct Slice {
     gateways: BTreeMap<String, Gateway>,
     http_routes: BTreeMap<String, HttpRoute>,
     grpc_routes: BTreeMap<String, GrpcRoute>,
+    virtual_services: BTreeMap<String, VirtualService>,
+    destination_rules: BTreeMap<String, DestinationRule>,
     output: Encoded,
     notes: Vec<Note>,
     dirty: bool,
@@ -166,6 +196,8 @@ impl Slice {
             && self.gateways.is_empty()
             && self.http_routes.is_empty()
             && self.grpc_routes.is_empty()
+            && self.virtual_services.is_empty()
+            && self.destination_rules.is_empty()
     }
 
     fn names(&self, kind: Kind) -> Vec<String> {
@@ -183,6 +215,8 @@ impl Slice {
             Kind::Gateway => self.gateways.keys().cloned().collect(),
             Kind::HttpRoute => self.http_routes.keys().cloned().collect(),
             Kind::GrpcRoute => self.grpc_routes.keys().cloned().collect(),
+            Kind::VirtualService => self.virtual_services.keys().cloned().collect(),
+            Kind::DestinationRule => self.destination_rules.keys().cloned().collect(),
         }
     }
 }
@@ -246,8 +280,8 @@ impl Pipeline {
         let cross = (namespace == self.info.root_namespace
             && matches!(kind, Kind::AuthorizationPolicy | Kind::PeerAuthentication))
             || kind == Kind::Gateway;
-        if matches!(kind, Kind::HttpRoute | Kind::GrpcRoute) {
-            // Routes reach waypoints only, never ztunnels.
+        if kind.waypoint_only() {
+            // Routes and traffic rules reach waypoints only, never ztunnels.
         } else if cross {
             self.slices.values_mut().for_each(|s| s.dirty = true);
         } else if let Some(s) = self.slices.get_mut(namespace) {
@@ -300,6 +334,8 @@ impl Pipeline {
             Object::Gateway(o) => put(&mut slice.gateways, name, o),
             Object::HttpRoute(o) => put(&mut slice.http_routes, name, o),
             Object::GrpcRoute(o) => put(&mut slice.grpc_routes, name, o),
+            Object::VirtualService(o) => put(&mut slice.virtual_services, name, o),
+            Object::DestinationRule(o) => put(&mut slice.destination_rules, name, o),
         };
         if changed {
             self.mark(&namespace, kind);
@@ -325,6 +361,8 @@ impl Pipeline {
             Kind::Gateway => slice.gateways.remove(name).is_some(),
             Kind::HttpRoute => slice.http_routes.remove(name).is_some(),
             Kind::GrpcRoute => slice.grpc_routes.remove(name).is_some(),
+            Kind::VirtualService => slice.virtual_services.remove(name).is_some(),
+            Kind::DestinationRule => slice.destination_rules.remove(name).is_some(),
         };
         if !removed {
             return;
@@ -365,6 +403,8 @@ impl Pipeline {
             gateways,
             http_routes,
             grpc_routes,
+            virtual_services,
+            destination_rules,
         } = cluster;
         self.replace_kind(
             Kind::Namespace,
@@ -407,6 +447,20 @@ impl Pipeline {
         self.replace_kind(
             Kind::GrpcRoute,
             grpc_routes.into_iter().map(Object::GrpcRoute).collect(),
+        );
+        self.replace_kind(
+            Kind::VirtualService,
+            virtual_services
+                .into_iter()
+                .map(Object::VirtualService)
+                .collect(),
+        );
+        self.replace_kind(
+            Kind::DestinationRule,
+            destination_rules
+                .into_iter()
+                .map(Object::DestinationRule)
+                .collect(),
         );
     }
 
@@ -483,6 +537,8 @@ impl Pipeline {
                 view.gateways.extend(s.gateways.values());
                 view.http_routes.extend(s.http_routes.values());
                 view.grpc_routes.extend(s.grpc_routes.values());
+                view.virtual_services.extend(s.virtual_services.values());
+                view.destination_rules.extend(s.destination_rules.values());
                 view.policies.extend(s.policies.values());
             }
             waypoints::waypoints(&view, &self.info)
@@ -558,6 +614,10 @@ impl Pipeline {
             c.gateways.extend(s.gateways.values().cloned());
             c.http_routes.extend(s.http_routes.values().cloned());
             c.grpc_routes.extend(s.grpc_routes.values().cloned());
+            c.virtual_services
+                .extend(s.virtual_services.values().cloned());
+            c.destination_rules
+                .extend(s.destination_rules.values().cloned());
         }
         c
     }
@@ -583,6 +643,8 @@ fn translate_slice(
         gateways: gateways.to_vec(),
         http_routes: Vec::new(),
         grpc_routes: Vec::new(),
+        virtual_services: Vec::new(),
+        destination_rules: Vec::new(),
     };
     if let Some(root) = root {
         cluster

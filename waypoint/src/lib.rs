@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod settings;
+pub mod traffic;
 
 pub use app::{start, Addresses, Waypoint};
 pub use settings::Settings;

@@ -4,6 +4,7 @@
 //! come from the Gateway API project, not from `--print-crds`.
 
 pub mod gateway;
+pub mod networking;
 pub mod security;
 
 use kube::CustomResourceExt;
@@ -19,6 +20,7 @@ pub fn crds_yaml() -> String {
     ]
     .into_iter()
     .map(with_v1beta1)
+    .chain(networking::crds())
     .map(|crd| serde_yaml_ng::to_string(&crd).expect("a CRD serialises"))
     .collect::<Vec<_>>()
     .join("---\n")
@@ -55,8 +57,8 @@ mod tests {
         let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect();
-        assert_eq!(docs.len(), 2);
-        for doc in &docs {
+        assert_eq!(docs.len(), 4);
+        for doc in &docs[..2] {
             let versions: Vec<(&str, bool, bool)> = doc["spec"]["versions"]
                 .as_sequence()
                 .unwrap()

@@ -30,7 +30,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::cluster::{AuthorizationPolicy, Gateway, GrpcRoute, HttpRoute, PeerAuthentication};
+use crate::cluster::{
+    AuthorizationPolicy, DestinationRule, Gateway, GrpcRoute, HttpRoute, PeerAuthentication,
+    VirtualService,
+};
 use crate::controller::run::{Controller, ControllerStatus, Inputs};
 use crate::controller::DeploySettings;
 use crate::crd::gateway::RouteStatusSeen;
@@ -101,6 +104,8 @@ fn normalise(mut object: Object) -> Object {
         // Whether we have entries in a route's status is kept (stale ones must be removed).
         Object::HttpRoute(o) => o.status = RouteStatusSeen::reduce(o.status.take()),
         Object::GrpcRoute(o) => o.status = RouteStatusSeen::reduce(o.status.take()),
+        Object::VirtualService(o) => o.status = None,
+        Object::DestinationRule(o) => o.status = None,
         _ => {}
     }
     let meta = object.meta_mut();
@@ -125,7 +130,7 @@ where
                     Update::Event(kind, Event::InitApply(normalise(wrap(o))))
                 }
                 Ok(Event::InitDone) => Update::Event(kind, Event::InitDone),
-                Err(e) if kind.is_gateway_api() && not_served(&e) => {
+                Err(e) if kind.is_optional() && not_served(&e) => {
                     Update::Missing(kind, e.to_string())
                 }
                 Err(e) => Update::Error(kind, e.to_string()),
@@ -216,6 +221,18 @@ impl KubeSource {
             Api::<GrpcRoute>::all(client.clone()),
             Kind::GrpcRoute,
             Object::GrpcRoute,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<VirtualService>::all(client.clone()),
+            Kind::VirtualService,
+            Object::VirtualService,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<DestinationRule>::all(client.clone()),
+            Kind::DestinationRule,
+            Object::DestinationRule,
             tx,
         );
         let status: Arc<Mutex<KubeStatus>> = Arc::default();

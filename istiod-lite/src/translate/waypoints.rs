@@ -10,7 +10,10 @@
 //!   (group `""`, kind `Service`) or the waypoint Gateway itself, kept as written;
 //! - **policies**: AuthorizationPolicies whose `targetRefs` name the Gateway (same namespace),
 //!   a bound Service (same namespace), or the GatewayClass `istio-waypoint` (from the root
-//!   namespace), kept as written.
+//!   namespace), kept as written;
+//! - **traffic rules**: VirtualServices bound to the mesh (`gateways` empty or `mesh`) whose
+//!   `hosts` name a bound Service (their destinations and mirrors join the services), and the
+//!   DestinationRules whose `host` names any of the services sent, kept as written.
 //!
 //! Everything is sorted, so equal views give byte-equal configurations (and versions).
 
@@ -27,7 +30,9 @@ use super::route_status::{route_statuses, RouteStatus};
 use super::use_waypoint::{bind, ObjectKey, Waypoint, Waypoints};
 use super::workloads::selects;
 use super::{ClusterInfo, Note};
-use crate::cluster::{AuthorizationPolicy, Cluster, Gateway, GrpcRoute, HttpRoute};
+use crate::cluster::{
+    AuthorizationPolicy, Cluster, DestinationRule, Gateway, GrpcRoute, HttpRoute, VirtualService,
+};
 use crate::crd::gateway::{l7_meta, GROUP, WAYPOINT_CLASS};
 
 /// The objects waypoint translation reads, borrowed (the pipeline builds it from its slices
@@ -45,6 +50,8 @@ pub struct View<'a> {
     pub http_routes: Vec<&'a HttpRoute>,
     pub grpc_routes: Vec<&'a GrpcRoute>,
     pub policies: Vec<&'a AuthorizationPolicy>,
+    pub virtual_services: Vec<&'a VirtualService>,
+    pub destination_rules: Vec<&'a DestinationRule>,
 }
 
 fn ns_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
@@ -93,6 +100,8 @@ impl<'a> View<'a> {
         v.http_routes = c.http_routes.iter().collect();
         v.grpc_routes = c.grpc_routes.iter().collect();
         v.policies = c.authorization_policies.iter().collect();
+        v.virtual_services = c.virtual_services.iter().collect();
+        v.destination_rules = c.destination_rules.iter().collect();
         v
     }
 }
@@ -173,6 +182,34 @@ pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
         for r in &grpc_routes {
             wanted.extend(backends(&r.spec.rules, &r.metadata.namespace));
         }
+        let mut virtual_services: Vec<l7::networking::VirtualService> = view
+            .virtual_services
+            .iter()
+            .filter(|vs| {
+                let ns = ns_of(&vs.metadata);
+                (vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh"))
+                    && vs
+                        .spec
+                        .hosts
+                        .iter()
+                        .filter_map(|h| host_service(h, ns, &info.domain))
+                        .any(|k| bound.contains(&k))
+            })
+            .map(|vs| vs.to_l7())
+            .collect();
+        virtual_services.sort_by_key(|v| v.metadata.key());
+        for vs in &virtual_services {
+            let ns = &vs.metadata.namespace;
+            for http in &vs.spec.http {
+                let hosts = http
+                    .route
+                    .iter()
+                    .map(|d| &d.destination)
+                    .chain(&http.mirror)
+                    .chain(http.mirrors.iter().map(|m| &m.destination));
+                wanted.extend(hosts.filter_map(|d| host_service(&d.host, ns, &info.domain)));
+            }
+        }
         let mut services = Vec::new();
         for (ns, name) in &wanted {
             let Some(svc) = view.service(ns, name) else {
@@ -182,6 +219,16 @@ pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
             services.extend(service);
             notes.extend(service_notes);
         }
+        let mut destination_rules: Vec<l7::networking::DestinationRule> = view
+            .destination_rules
+            .iter()
+            .filter(|dr| {
+                host_service(&dr.spec.host, ns_of(&dr.metadata), &info.domain)
+                    .is_some_and(|k| wanted.contains(&k))
+            })
+            .map(|dr| dr.to_l7())
+            .collect();
+        destination_rules.sort_by_key(|d| d.metadata.key());
         let mut authorization_policies = Vec::new();
         for p in &view.policies {
             if !policy_attaches(p, w, &bound, &info.root_namespace) {
@@ -207,11 +254,30 @@ pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
                 http_routes,
                 grpc_routes,
                 authorization_policies,
+                virtual_services,
+                destination_rules,
             },
         ));
     }
     out.notes = notes.into_iter().collect();
     out
+}
+
+/// The Service an Istio `host` names, seen from `namespace`: `name`, `name.ns`, `name.ns.svc`
+/// or `name.ns.svc.<domain>`. Wildcards and other hosts name none.
+pub fn host_service(host: &str, namespace: &str, domain: &str) -> Option<ObjectKey> {
+    if host.contains('*') {
+        return None;
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    match labels.as_slice() {
+        [name] => Some((namespace.to_owned(), (*name).to_owned())),
+        [name, ns] | [name, ns, "svc"] => Some(((*ns).to_owned(), (*name).to_owned())),
+        [name, ns, "svc", rest @ ..] if rest.join(".") == domain => {
+            Some(((*ns).to_owned(), (*name).to_owned()))
+        }
+        _ => None,
+    }
 }
 
 /// The Services of `namespace` whose selector picks the pod.

@@ -67,6 +67,54 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     Ok(Duration::from_millis(millis))
 }
 
+/// Reads a duration as Istio's resources write them (protobuf `Duration` in its Go form): one or
+/// more `<number><unit>` parts, the number possibly with a fraction, units `h`, `m`, `s`, `ms`,
+/// `us` (or `µs`) and `ns` (`10s`, `1.5s`, `500ms`, `1h30m`).
+pub fn parse_istio_duration(input: &str) -> Result<Duration, DurationError> {
+    let fail = |reason: &str| DurationError {
+        input: input.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if input.is_empty() {
+        return Err(fail("it is empty"));
+    }
+    let mut rest = input;
+    let mut nanos: f64 = 0.0;
+    while !rest.is_empty() {
+        let number_len = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || *b == b'.')
+            .count();
+        if number_len == 0 {
+            return Err(fail("expected a number"));
+        }
+        let number: f64 = rest[..number_len]
+            .parse()
+            .map_err(|_| fail("a number is malformed"))?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .char_indices()
+            .find(|(_, c)| c.is_ascii_digit() || *c == '.')
+            .map_or(rest.len(), |(i, _)| i);
+        let scale = match &rest[..unit_len] {
+            "h" => 3_600e9,
+            "m" => 60e9,
+            "s" => 1e9,
+            "ms" => 1e6,
+            "us" | "µs" => 1e3,
+            "ns" => 1.0,
+            "" => return Err(fail("a number has no unit (h, m, s, ms, us, ns)")),
+            _ => return Err(fail("unknown unit (use h, m, s, ms, us, ns)")),
+        };
+        nanos += number * scale;
+        rest = &rest[unit_len..];
+    }
+    if !nanos.is_finite() || nanos > 1e18 {
+        return Err(fail("too long"));
+    }
+    Ok(Duration::from_nanos(nanos.round() as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +156,19 @@ mod tests {
             let message = err.to_string();
             assert!(message.contains(reason), "{text}: {message}");
             assert!(message.contains("e.g. \"10s\""), "{message}");
+        }
+    }
+
+    #[test]
+    fn istio_durations() {
+        use super::parse_istio_duration as p;
+        assert_eq!(p("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(p("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(p("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(p("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(p("0s").unwrap(), Duration::ZERO);
+        for bad in ["", "10", "s", "10 s", "1x", "-1s"] {
+            assert!(p(bad).is_err(), "{bad}");
         }
     }
 }

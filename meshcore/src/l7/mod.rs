@@ -11,6 +11,7 @@
 pub mod authz;
 pub mod duration;
 pub mod gateway;
+pub mod networking;
 pub mod service;
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,13 @@ pub struct WaypointConfig {
     /// GatewayClass, or a Service it serves.
     #[serde(default)]
     pub authorization_policies: Vec<authz::AuthorizationPolicy>,
+    /// Istio VirtualServices whose `hosts` name a Service this waypoint serves (mesh-bound:
+    /// no `gateways`, or `mesh` among them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_services: Vec<networking::VirtualService>,
+    /// Istio DestinationRules whose `host` names one of the Services above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destination_rules: Vec<networking::DestinationRule>,
 }
 
 /// The part of Kubernetes' `metadata` the waypoint reads.

@@ -8,7 +8,7 @@ pub mod xds;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -20,6 +20,8 @@ use serde::Serialize;
 
 use crate::authz::{L7Policies, PolicyNote, WaypointRef};
 use crate::route::{RouteStatus, RouteTable, ServiceKey};
+use crate::traffic::balance::{self, Choice, EndpointState};
+use crate::traffic::{ServiceTraffic, TrafficNote};
 
 /// Who this waypoint is, as configuration needs it.
 #[derive(Debug, Clone)]
@@ -39,6 +41,41 @@ pub struct ServiceView {
     /// Extra identities its endpoints may prove (`subjectAltNames`).
     pub subject_alt_names: Vec<SpiffeId>,
     next: AtomicUsize,
+    /// Its DestinationRule, compiled (the default policy without one).
+    pub traffic: ServiceTraffic,
+    /// Per endpoint (same order as `endpoints`): requests in flight, outlier counters.
+    pub state: Vec<EndpointState>,
+    addresses: Vec<IpAddr>,
+    /// Round-robin positions: the whole Service, then each subset.
+    round_robin: Vec<AtomicUsize>,
+    /// Requests in flight to the Service (connection pool limit).
+    in_flight: AtomicU32,
+}
+
+/// Why no endpoint was picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickError {
+    /// No healthy endpoint (in the subset).
+    NoHealthy,
+    /// The subset is not defined by the Service's DestinationRule.
+    UnknownSubset,
+    /// The connection pool's request limit is reached.
+    Overflow,
+}
+
+/// A request counted against its endpoint and Service until dropped.
+pub struct InFlight<'a> {
+    service: &'a ServiceView,
+    index: usize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.service.state[self.index]
+            .active
+            .fetch_sub(1, Ordering::Relaxed);
+        self.service.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// An endpoint (pod) with the identity it must prove.
@@ -71,6 +108,124 @@ impl ServiceView {
 
     pub fn port(&self, port: u16) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.port == port)
+    }
+
+    /// Chooses an endpoint for a request to `subset` on `port` by the DestinationRule's
+    /// balancer, among healthy endpoints of the subset that are not ejected (ejected ones only
+    /// when nothing else is left); `now_ms` is the caller's clock for ejections.
+    pub fn pick(
+        &self,
+        subset: Option<&str>,
+        port: u16,
+        req: &balance::Request<'_>,
+        now_ms: u64,
+    ) -> Result<Choice, PickError> {
+        let (labels, rr) = match subset {
+            None => (None, &self.round_robin[0]),
+            Some(name) => {
+                let i = self
+                    .traffic
+                    .subsets
+                    .iter()
+                    .position(|s| s.name == name)
+                    .ok_or(PickError::UnknownSubset)?;
+                (
+                    Some(&self.traffic.subsets[i].labels),
+                    &self.round_robin[i + 1],
+                )
+            }
+        };
+        let eligible: Vec<usize> = (0..self.endpoints.len())
+            .filter(|&i| {
+                let e = &self.endpoints[i];
+                e.healthy
+                    && labels.is_none_or(|l| l.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            })
+            .collect();
+        let fresh: Vec<usize> = eligible
+            .iter()
+            .copied()
+            .filter(|&i| !self.state[i].ejected(now_ms))
+            .collect();
+        let candidates = if fresh.is_empty() { &eligible } else { &fresh };
+        let policy = self.traffic.policy(subset, port);
+        balance::choose(
+            &policy.balancer,
+            candidates,
+            &self.addresses,
+            &self.state,
+            rr,
+            req,
+        )
+        .ok_or(PickError::NoHealthy)
+    }
+
+    /// Counts a request to endpoint `index` until the guard drops; refused when the
+    /// connection pool's limit for (`subset`, `port`) is reached.
+    pub fn begin(
+        &self,
+        index: usize,
+        subset: Option<&str>,
+        port: u16,
+    ) -> Result<InFlight<'_>, PickError> {
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight {
+            service: self,
+            index,
+        };
+        self.state[index].active.fetch_add(1, Ordering::Relaxed);
+        match self.traffic.policy(subset, port).max_requests {
+            Some(max) if before >= max => Err(PickError::Overflow),
+            _ => Ok(guard),
+        }
+    }
+
+    /// Outlier detection: the answer of endpoint `index` (`None`: no answer, a connect failure
+    /// or reset). Ejects it after the configured run of failures.
+    pub fn report(
+        &self,
+        index: usize,
+        subset: Option<&str>,
+        port: u16,
+        status: Option<u16>,
+        now_ms: u64,
+    ) {
+        let Some(outlier) = &self.traffic.policy(subset, port).outlier else {
+            return;
+        };
+        let s = &self.state[index];
+        let gateway = status.is_none_or(|c| matches!(c, 502..=504));
+        let failed = status.is_none_or(|c| c >= 500);
+        let run = if failed {
+            s.failures.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            s.failures.store(0, Ordering::Relaxed);
+            0
+        };
+        let gateway_run = if gateway {
+            s.gateway_failures.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            s.gateway_failures.store(0, Ordering::Relaxed);
+            0
+        };
+        let trip = outlier.consecutive_5xx.is_some_and(|n| run >= n)
+            || outlier
+                .consecutive_gateway
+                .is_some_and(|n| gateway_run >= n);
+        if !trip || s.ejected(now_ms) {
+            return;
+        }
+        let ejected_now = self.state.iter().filter(|e| e.ejected(now_ms)).count();
+        let allowed = (self.endpoints.len() * outlier.max_ejection_percent as usize / 100).max(1);
+        if ejected_now >= allowed {
+            return;
+        }
+        let times = s.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let ms = outlier.base_ejection.as_millis() as u64 * u64::from(times.min(10));
+        s.ejected_until_ms.store(now_ms + ms, Ordering::Relaxed);
+        s.failures.store(0, Ordering::Relaxed);
+        s.gateway_failures.store(0, Ordering::Relaxed);
+        tracing::info!(service = %self.key, endpoint = %self.endpoints[index].address, ms, "outlier detection: endpoint ejected");
     }
 
     /// Identities an endpoint of this service may prove.
@@ -107,6 +262,8 @@ pub struct Snapshot {
     pub route_status: Vec<RouteStatus>,
     pub policies: L7Policies,
     pub policy_notes: Vec<PolicyNote>,
+    /// DestinationRules applied in part or not at all.
+    pub traffic_notes: Vec<TrafficNote>,
     /// The configuration as given, for `/config_dump`.
     pub source: WaypointConfig,
     pub loaded_at: SystemTime,
@@ -123,6 +280,7 @@ impl Snapshot {
             route_status: Vec::new(),
             policies: L7Policies::empty(),
             policy_notes: Vec::new(),
+            traffic_notes: Vec::new(),
             source: WaypointConfig::default(),
             loaded_at: SystemTime::now(),
         }
@@ -135,8 +293,14 @@ impl Snapshot {
         let mut by_vip = HashMap::new();
         let mut by_name = HashMap::new();
         let mut by_endpoint = HashMap::new();
+        let (mut traffic, traffic_notes) =
+            crate::traffic::compile(&config.destination_rules, &config.services);
         for (i, svc) in config.services.iter().enumerate() {
-            let view = service_view(svc, &me.trust_domain)?;
+            let mut view = service_view(svc, &me.trust_domain)?;
+            if let Some(t) = traffic.remove(&view.key) {
+                view.round_robin = (0..=t.subsets.len()).map(|_| AtomicUsize::new(0)).collect();
+                view.traffic = t;
+            }
             if by_name.insert(view.key.clone(), i).is_some() {
                 return Err(format!(
                     "services: {}/{} appears twice",
@@ -164,9 +328,10 @@ impl Snapshot {
             namespace: me.namespace.clone(),
             name: me.name.clone(),
         };
-        let (routes, route_status) = RouteTable::compile(
+        let (routes, route_status) = RouteTable::compile_with_virtual_services(
             &config.http_routes,
             &config.grpc_routes,
+            &config.virtual_services,
             &config.services,
             &waypoint,
         );
@@ -188,6 +353,7 @@ impl Snapshot {
             route_status,
             policies,
             policy_notes,
+            traffic_notes,
             source: config,
             loaded_at: SystemTime::now(),
         })
@@ -271,9 +437,14 @@ fn service_view(svc: &Service, trust_domain: &str) -> Result<ServiceView, String
         },
         hostname: svc.hostname(),
         ports: svc.ports.clone(),
+        state: endpoints.iter().map(|_| EndpointState::default()).collect(),
+        addresses: endpoints.iter().map(|e| e.address).collect(),
         endpoints,
         subject_alt_names,
         next: AtomicUsize::new(0),
+        traffic: ServiceTraffic::default(),
+        round_robin: vec![AtomicUsize::new(0)],
+        in_flight: AtomicU32::new(0),
     })
 }
 
@@ -307,6 +478,9 @@ impl ConfigStore {
         }
         for note in &snapshot.policy_notes {
             tracing::warn!(policy = %note.policy, "{}", note.message);
+        }
+        for note in &snapshot.traffic_notes {
+            tracing::warn!(destination_rule = %note.rule, "{}", note.message);
         }
         self.current.store(Arc::new(snapshot));
         Ok(())

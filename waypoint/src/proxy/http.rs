@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HOST, LOCATION, UPGRADE};
@@ -18,18 +18,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshcore::l7::service::Protocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::attempt::{self, local, pick_error, Local, Picked, Upstreamed};
 use super::body::{self, Body, BodyDone, Metered};
 use super::rand::next_u64 as random;
-use super::upstream::{Destination, UpstreamError, Version};
+use super::upstream::{Destination, Version};
 use super::{headers, Client, Proxy};
 use crate::access_log::AccessEntry;
 use crate::authz::{HttpAttrs, RequestAttrs, Verdict};
 use crate::config::{Snapshot, Target};
 use crate::metrics::{Peer, RequestLabels};
 use crate::route::{Backend, CompiledRule, Lookup, RequestHead};
-
-/// Request bodies up to this size are buffered so a retry or a mirror can send them again.
-const REPLAYABLE_BODY: u64 = 64 * 1024;
+use crate::traffic::balance;
 
 /// Serves HTTP on one accepted tunnel until the client closes it.
 pub async fn serve<S>(proxy: Arc<Proxy>, stream: S, client: Client, destination: SocketAddr)
@@ -56,17 +55,6 @@ where
     {
         tracing::debug!(%destination, "HTTP connection ended: {e}");
     }
-}
-
-/// Why the waypoint answered itself, with Envoy's response flag.
-struct Local {
-    status: StatusCode,
-    flag: &'static str,
-    body: &'static str,
-}
-
-const fn local(status: StatusCode, flag: &'static str, body: &'static str) -> Local {
-    Local { status, flag, body }
 }
 
 /// What one request's record and access log line carry, filled in as it goes.
@@ -380,7 +368,20 @@ async fn route_and_forward(
         }
     }
 
-    // The endpoint, and how to speak to it.
+    // Istio fault injection: a delay, or an answer instead of the upstream's.
+    if let Some(fault) = rule.and_then(|r| r.fault.as_ref()) {
+        if let Some(aborted) =
+            attempt::inject(fault, outcome.labels.request_protocol == "grpc").await
+        {
+            outcome.entry.flag = "FI";
+            return Ok(aborted);
+        }
+    }
+
+    // The endpoint (by the DestinationRule's subset and balancer), and how to speak to it.
+    let subset = backend.and_then(|b| b.subset.as_deref());
+    let mut set_cookie = None;
+    let mut picked = None;
     let (endpoint, target_port, upstream_protocol) = match &target {
         Target::Workload { endpoint, port, .. } if backend.is_none() => {
             ((*endpoint).clone(), *port, protocol)
@@ -391,13 +392,29 @@ async fn route_and_forward(
                 "NR",
                 "backend port not found\n",
             ))?;
-            let endpoint = backend_service.pick_endpoint().ok_or(local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UH",
-                "no healthy upstream",
-            ))?;
+            let choice = backend_service
+                .pick(
+                    subset,
+                    backend_port,
+                    &balance::Request {
+                        headers: &parts.headers,
+                        query: parts.uri.query(),
+                        source_ip: client.addr.map(|a| a.ip()),
+                        random: random(),
+                    },
+                    attempt::now_ms(),
+                )
+                .map_err(pick_error)?;
+            set_cookie = choice.set_cookie;
+            picked = Some(Picked {
+                service: backend_service,
+                subset,
+                port: backend_port,
+                target_port: svc_port.target_port(),
+                index: choice.index,
+            });
             (
-                endpoint.clone(),
+                backend_service.endpoints[choice.index].clone(),
                 svc_port.target_port(),
                 svc_port.protocol(),
             )
@@ -473,7 +490,8 @@ async fn route_and_forward(
     }
     let send = Upstreamed {
         proxy,
-        dest: &dest,
+        dest,
+        picked,
         version,
         method: parts.method.clone(),
         uri,
@@ -497,6 +515,11 @@ async fn route_and_forward(
         }
     } else {
         headers::strip_hop_by_hop(response.headers_mut(), false);
+    }
+    if let Some(cookie) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        response
+            .headers_mut()
+            .append(http::header::SET_COOKIE, cookie);
     }
     if let Some(rule) = rule {
         if let Some(m) = &rule.filters.response_headers {
@@ -560,141 +583,6 @@ fn mirror(
             }
         });
     }
-}
-
-/// One request's way upstream: the parts a retry sends again.
-struct Upstreamed<'a> {
-    proxy: &'a Arc<Proxy>,
-    dest: &'a Destination,
-    version: Version,
-    method: Method,
-    uri: Uri,
-    headers: http::HeaderMap,
-}
-
-impl Upstreamed<'_> {
-    fn request(&self, body: Body) -> Request<Body> {
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        if self.version == Version::Http2 {
-            *req.version_mut() = HttpVersion::HTTP_2;
-        }
-        req
-    }
-
-    async fn once(
-        &self,
-        body: Body,
-        timeout: Option<Duration>,
-    ) -> Result<Response<Incoming>, Local> {
-        let send = self
-            .proxy
-            .upstream
-            .send(self.dest, self.version, self.request(body));
-        let result = match timeout {
-            Some(t) => tokio::time::timeout(t, send).await.map_err(|_| {
-                local(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "UT",
-                    "upstream request timeout",
-                )
-            })?,
-            None => send.await,
-        };
-        result.map_err(|e| {
-            tracing::debug!(target = %self.dest.target, "upstream: {e}");
-            match e {
-                UpstreamError::Request { .. } => local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "UC",
-                    "upstream connect error or disconnect/reset before headers",
-                ),
-                _ => local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "UF",
-                    "upstream connect error",
-                ),
-            }
-        })
-    }
-
-    /// Sends with the rule's timeouts and retries: `timeouts.request` bounds the whole exchange,
-    /// `backendRequest` each try; a retry follows a listed status code or a failed connection.
-    async fn with_policy(
-        &self,
-        rule: &CompiledRule,
-        body: Body,
-        attempts: &mut u32,
-    ) -> Result<Response<Incoming>, Local> {
-        let total = rule.timeouts.request;
-        let exchange = async {
-            let Some(retry) = rule.retry.as_ref().filter(|r| r.attempts > 0) else {
-                *attempts = 1;
-                return self.once(body, rule.timeouts.backend_request).await;
-            };
-            let Some(replay) = replayable(body).await? else {
-                *attempts = 1;
-                return Err(local(
-                    StatusCode::BAD_REQUEST,
-                    "-",
-                    "request body unreadable\n",
-                ));
-            };
-            let tries = retry.attempts + 1;
-            let mut last = None;
-            for n in 0..tries {
-                *attempts = n + 1;
-                let result = self
-                    .once(body::full(replay.clone()), rule.timeouts.backend_request)
-                    .await;
-                let retriable = match &result {
-                    Ok(r) => retry.codes.contains(&r.status().as_u16()),
-                    Err(l) => l.flag == "UF" || l.flag == "UC",
-                };
-                if !retriable || n + 1 == tries {
-                    return result;
-                }
-                last = Some(result);
-                if let Some(backoff) = retry.backoff {
-                    tokio::time::sleep(backoff).await;
-                }
-            }
-            last.expect("at least one try")
-        };
-        match total {
-            Some(t) => tokio::time::timeout(t, exchange).await.map_err(|_| {
-                local(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "UT",
-                    "upstream request timeout",
-                )
-            })?,
-            None => exchange.await,
-        }
-    }
-}
-
-/// The whole body, read so a retry can send it again; bodies over 64 KiB are refused (413)
-/// on routes with retries rather than sent once unretried behind the user's back.
-async fn replayable(mut body: Body) -> Result<Option<Bytes>, Local> {
-    let mut all = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|_| local(StatusCode::BAD_REQUEST, "-", "request body unreadable\n"))?;
-        if let Some(data) = frame.data_ref() {
-            if all.len() + data.len() > REPLAYABLE_BODY as usize {
-                return Err(local(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "-",
-                    "request body too large to retry\n",
-                ));
-            }
-            all.extend_from_slice(data);
-        }
-    }
-    Ok(Some(all.freeze()))
 }
 
 async fn splice_upgraded(

@@ -3,6 +3,7 @@
 //! HTTP/2, told apart by hyper) through [`http`], opaque TCP through [`tcp`], unknown ports
 //! detected from their first bytes ([`sniff`]).
 
+mod attempt;
 pub mod body;
 pub mod headers;
 pub mod http;

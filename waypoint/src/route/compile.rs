@@ -3,6 +3,7 @@
 mod index;
 mod parents;
 mod values;
+pub(super) mod virtual_service;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -410,6 +411,7 @@ impl<'s> Builder<'s> {
             backends,
             timeouts: Timeouts::default(),
             retry: None,
+            fault: None,
         }
     }
 
@@ -451,6 +453,7 @@ impl<'s> Builder<'s> {
                 weight: b.weight,
                 filters,
                 resolved,
+                subset: None,
             });
         }
         Ok(out)

@@ -179,5 +179,6 @@ fn path(p: &PathModifier) -> Value {
     match p {
         PathModifier::ReplaceFullPath(full) => json!({ "replaceFullPath": full }),
         PathModifier::ReplacePrefixMatch(prefix) => json!({ "replacePrefixMatch": prefix }),
+        PathModifier::ReplaceStringPrefix(prefix) => json!({ "replaceStringPrefix": prefix }),
     }
 }

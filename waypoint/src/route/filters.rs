@@ -43,6 +43,9 @@ pub enum PathModifier {
     ReplaceFullPath(String),
     /// Replace the matched `PathPrefix`, element-wise.
     ReplacePrefixMatch(String),
+    /// Replace the matched string prefix as it stands (Istio's `rewrite.uri` after a
+    /// `uri.prefix` match).
+    ReplaceStringPrefix(String),
 }
 
 impl PathModifier {
@@ -52,6 +55,17 @@ impl PathModifier {
             Self::ReplaceFullPath(full) => full.clone(),
             Self::ReplacePrefixMatch(replacement) => {
                 replace_prefix(path, matched_prefix, replacement)
+            }
+            Self::ReplaceStringPrefix(replacement) => {
+                let rest = matched_prefix
+                    .and_then(|p| path.strip_prefix(p))
+                    .unwrap_or(path);
+                let joined = format!("{replacement}{rest}");
+                if joined.is_empty() {
+                    "/".to_owned()
+                } else {
+                    joined
+                }
             }
         }
     }

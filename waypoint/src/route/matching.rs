@@ -23,28 +23,41 @@ pub(super) struct Order {
     pub index: u32,
 }
 
+#[derive(Clone)]
 pub(super) enum PathMatch {
     Exact(Box<str>),
     /// Without its trailing `/`, except `/` itself.
     Prefix(Box<str>),
+    /// A plain string prefix (Istio's `uri.prefix`: `/foo` matches `/foobar`).
+    StringPrefix(Box<str>),
     Regex(Regex),
 }
 
+#[derive(Clone)]
 pub(super) enum ValueMatch {
     Exact(Box<str>),
+    Prefix(Box<str>),
     Regex(Regex),
+    /// Any value (Istio's empty string match on a header: present).
+    Present,
 }
 
+#[derive(Clone)]
 pub(super) struct HeaderMatch {
     pub name: HeaderName,
     pub value: ValueMatch,
+    /// Matches when the header does *not* match (Istio's `withoutHeaders`; an absent header
+    /// counts as not matching).
+    pub invert: bool,
 }
 
+#[derive(Clone)]
 pub(super) struct QueryMatch {
     pub name: Box<str>,
     pub value: ValueMatch,
 }
 
+#[derive(Clone)]
 pub(super) struct HttpMatch {
     /// Index of the rule in the table (in its route while compiling).
     pub rule: u32,
@@ -52,6 +65,8 @@ pub(super) struct HttpMatch {
     pub method: Option<Method>,
     pub headers: Vec<HeaderMatch>,
     pub query: Vec<QueryMatch>,
+    /// Only requests from clients in this namespace (Istio's `sourceNamespace`).
+    pub source_namespace: Option<Box<str>>,
     pub order: Order,
 }
 
@@ -67,14 +82,18 @@ impl ValueMatch {
     fn is_match(&self, value: &str) -> bool {
         match self {
             Self::Exact(exact) => **exact == *value,
+            Self::Prefix(prefix) => value.starts_with(&**prefix),
             Self::Regex(re) => re.is_match(value),
+            Self::Present => true,
         }
     }
 
     pub fn describe(&self) -> String {
         match self {
             Self::Exact(exact) => format!("Exact {exact}"),
+            Self::Prefix(prefix) => format!("Prefix {prefix}"),
             Self::Regex(re) => format!("RegularExpression {}", unanchored(re)),
+            Self::Present => "Present".to_owned(),
         }
     }
 }
@@ -85,6 +104,7 @@ impl PathMatch {
         match self {
             Self::Exact(exact) => (**exact == *path).then_some(None),
             Self::Prefix(prefix) => prefix_matches(prefix, path).then_some(Some(&**prefix)),
+            Self::StringPrefix(prefix) => path.starts_with(&**prefix).then_some(Some(&**prefix)),
             Self::Regex(re) => re.is_match(path).then_some(None),
         }
     }
@@ -93,6 +113,7 @@ impl PathMatch {
         match self {
             Self::Exact(exact) => format!("Exact {exact}"),
             Self::Prefix(prefix) => format!("PathPrefix {prefix}"),
+            Self::StringPrefix(prefix) => format!("Prefix {prefix}"),
             Self::Regex(re) => format!("RegularExpression {}", unanchored(re)),
         }
     }
@@ -109,6 +130,10 @@ pub(super) fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 impl HeaderMatch {
     fn is_match(&self, headers: &HeaderMap) -> bool {
+        self.value_matches(headers) != self.invert
+    }
+
+    fn value_matches(&self, headers: &HeaderMap) -> bool {
         let mut values = headers.get_all(&self.name).iter();
         let Some(first) = values.next() else {
             return false;
@@ -127,7 +152,8 @@ impl HeaderMatch {
     }
 
     pub fn describe(&self) -> String {
-        format!("{}: {}", self.name, self.value.describe())
+        let not = if self.invert { "not " } else { "" };
+        format!("{}: {not}{}", self.name, self.value.describe())
     }
 }
 
@@ -189,6 +215,11 @@ impl HttpMatch {
         }
         if !self.query.iter().all(|q| q.is_match(req.query)) {
             return None;
+        }
+        if let Some(ns) = &self.source_namespace {
+            if req.source_namespace != Some(&**ns) {
+                return None;
+            }
         }
         Some(prefix)
     }
@@ -295,6 +326,7 @@ pub(super) fn http_match(
         method,
         headers,
         query,
+        source_namespace: None,
         order: Order {
             specificity,
             route: 0,
@@ -374,6 +406,7 @@ fn header_matches(specs: &[HeaderMatchSpec]) -> Result<Vec<HeaderMatch>, Invalid
         out.push(HeaderMatch {
             name,
             value: value_match(&h.match_type, &h.value, "header")?,
+            invert: false,
         });
     }
     Ok(out)
@@ -391,7 +424,7 @@ fn value_match(kind: &ValueMatchType, value: &str, what: &str) -> Result<ValueMa
 
 /// Anchored: the expression must match the whole value. The pattern is checked on its own
 /// first, so an unbalanced one (`a)|(b`) cannot escape the anchors.
-fn regex(pattern: &str, what: &str) -> Result<Regex, Invalid> {
+pub(super) fn regex(pattern: &str, what: &str) -> Result<Regex, Invalid> {
     let invalid = |e: regex::Error| {
         Invalid::unsupported(format!(
             "invalid {what} regular expression {pattern:?}: {e}"

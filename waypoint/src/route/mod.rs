@@ -77,6 +77,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use compile::virtual_service::resolve_host;
 pub use filters::{HeaderModifier, PathModifier, Redirect, Rewrite};
 
 /// A Service (or the waypoint's own Gateway), by namespace and name.
@@ -105,6 +106,8 @@ impl fmt::Display for ServiceKey {
 pub enum RouteKind {
     Http,
     Grpc,
+    /// An Istio VirtualService's `http` entry.
+    VirtualService,
 }
 
 impl RouteKind {
@@ -113,6 +116,7 @@ impl RouteKind {
         match self {
             Self::Http => "HTTPRoute",
             Self::Grpc => "GRPCRoute",
+            Self::VirtualService => "VirtualService",
         }
     }
 }
@@ -176,6 +180,8 @@ pub struct CompiledRule {
     pub backends: Vec<Backend>,
     pub timeouts: Timeouts,
     pub retry: Option<Retry>,
+    /// Istio fault injection (VirtualService rules only).
+    pub fault: Option<Fault>,
     total_weight: u64,
 }
 
@@ -216,6 +222,9 @@ pub struct Backend {
     /// False when the reference names no Service this waypoint knows (or a port it lacks, or a
     /// kind other than core `Service`): a request that picks it gets a 500.
     pub resolved: bool,
+    /// A DestinationRule subset of the Service (VirtualService destinations): only its
+    /// endpoints are picked.
+    pub subset: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -269,6 +278,67 @@ pub struct Retry {
     pub codes: Vec<u16>,
     /// Base interval between attempts.
     pub backoff: Option<Duration>,
+    /// Istio's `retryOn` conditions (VirtualService rules); `None`: Gateway API semantics (the
+    /// listed codes, and failures to connect or refused streams).
+    pub on: Option<RetryOn>,
+}
+
+/// Istio's (Envoy's) retry conditions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// `5xx`: any 5xx answer, or no answer (connect failure, reset).
+    pub five_xx: bool,
+    /// `gateway-error`: 502, 503, 504.
+    pub gateway_error: bool,
+    /// `connect-failure`, also `refused-stream`.
+    pub connect_failure: bool,
+    /// `reset`: the upstream reset or closed before answering.
+    pub reset: bool,
+    /// `retriable-4xx`: 409.
+    pub retriable_4xx: bool,
+    /// gRPC status codes (`cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`,
+    /// `unavailable`) read from `grpc-status`.
+    pub grpc: Vec<u32>,
+    /// Istio's implicit retry policy (no `retries` written): only requests without a body are
+    /// retried, so none is buffered or refused for its size on the user's behalf.
+    pub bodyless_only: bool,
+}
+
+impl RetryOn {
+    /// Whether an answer with `status` (and gRPC status, if any) is worth another try.
+    pub fn status(&self, status: u16, grpc: Option<u32>) -> bool {
+        (self.five_xx && status >= 500)
+            || (self.gateway_error && matches!(status, 502..=504))
+            || (self.retriable_4xx && status == 409)
+            || grpc.is_some_and(|g| self.grpc.contains(&g))
+    }
+
+    /// Whether a failure before any answer is worth another try (`reset`: the connection was
+    /// made but broke).
+    pub fn failure(&self, reset: bool) -> bool {
+        self.five_xx
+            || self.gateway_error
+            || if reset {
+                self.reset
+            } else {
+                self.connect_failure
+            }
+    }
+}
+
+/// Istio fault injection: delay and/or abort a share of requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    /// How long, and the share of requests (0 to 100).
+    pub delay: Option<(Duration, f64)>,
+    pub abort: Option<(FaultAbort, f64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAbort {
+    Http(u16),
+    /// A gRPC status code, answered as a trailers-only response.
+    Grpc(u32),
 }
 
 /// A route's status towards one of its parentRefs (the `Accepted` and `ResolvedRefs`
@@ -360,6 +430,24 @@ impl RouteTable {
         waypoint: &ServiceKey,
     ) -> (RouteTable, Vec<RouteStatus>) {
         compile::compile(http, grpc, services, waypoint)
+    }
+
+    /// [`Self::compile`], then the VirtualServices for Services no Gateway API route covers
+    /// (see `compile::virtual_service`).
+    pub fn compile_with_virtual_services(
+        http: &[meshcore::l7::gateway::HttpRoute],
+        grpc: &[meshcore::l7::gateway::GrpcRoute],
+        virtual_services: &[meshcore::l7::networking::VirtualService],
+        services: &[meshcore::l7::service::Service],
+        waypoint: &ServiceKey,
+    ) -> (RouteTable, Vec<RouteStatus>) {
+        let (mut table, mut statuses) = compile::compile(http, grpc, services, waypoint);
+        statuses.extend(compile::virtual_service::apply(
+            &mut table,
+            virtual_services,
+            services,
+        ));
+        (table, statuses)
     }
 
     /// The routing decision for a request addressed to `service` on service port `port`.

@@ -5,6 +5,7 @@ mod filters;
 mod matching;
 mod precedence;
 mod status;
+mod virtual_service;
 
 use super::*;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};

@@ -688,3 +688,101 @@ fn gateway_api_manifests_are_strict_except_for_unsupported_filters() {
         ["r.yaml document 1 (Gateway shop/wp): unknown field spec.listeners.0.protocl"]
     );
 }
+
+#[test]
+fn virtual_services_and_destination_rules_reach_the_waypoint_of_their_service() {
+    let mut cluster = mesh();
+    let mut errors = Vec::new();
+    manifests::load_text(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: cart, namespace: shop}
+spec:
+  hosts: [cart]
+  http:
+  - route: [{destination: {host: cart, subset: v2}}]
+    mirror: {host: inventory.other}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: cart-ingress, namespace: shop}
+spec: {hosts: [cart], gateways: [istio-system/ingress], http: [{route: [{destination: {host: cart}}]}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cart, namespace: shop}
+spec: {host: cart.shop.svc.cluster.local, subsets: [{name: v2, labels: {version: v2}}]}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: inventory, namespace: other}
+spec: {host: inventory, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: catalog, namespace: other}
+spec: {host: catalog}
+"#,
+        "traffic.yaml",
+        &mut cluster,
+        &mut errors,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let t = waypoints(&View::from_cluster(&cluster), &ClusterInfo::default());
+    let c = config(&t, "shop/shop-wp");
+    let vs: Vec<String> = c
+        .virtual_services
+        .iter()
+        .map(|v| v.metadata.key())
+        .collect();
+    assert_eq!(vs, ["shop/cart"], "the ingress one stays out");
+    let dr: Vec<String> = c
+        .destination_rules
+        .iter()
+        .map(|d| d.metadata.key())
+        .collect();
+    assert_eq!(
+        dr,
+        ["other/inventory", "shop/cart"],
+        "catalog is not among its services"
+    );
+    assert!(
+        service_names(c).contains(&"other/inventory".to_owned()),
+        "the mirror joins"
+    );
+    // Other waypoints get only their own.
+    let shared = config(&t, "infra/shared");
+    assert!(shared.virtual_services.is_empty());
+    assert_eq!(shared.destination_rules[0].metadata.key(), "other/catalog");
+    // A strict reader: an unknown field is refused by name.
+    let mut errors = Vec::new();
+    manifests::load_text(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec: {hosts: [a], htp: []}\n",
+        "bad.yaml",
+        &mut Cluster::default(),
+        &mut errors,
+    );
+    assert!(errors.iter().any(|e| e.contains("htp")), "{errors:?}");
+}
+
+#[test]
+fn istio_hosts_name_services() {
+    let d = "cluster.local";
+    let k = |ns: &str, n: &str| Some((ns.to_owned(), n.to_owned()));
+    assert_eq!(host_service("reviews", "shop", d), k("shop", "reviews"));
+    assert_eq!(
+        host_service("reviews.other", "shop", d),
+        k("other", "reviews")
+    );
+    assert_eq!(
+        host_service("reviews.other.svc", "shop", d),
+        k("other", "reviews")
+    );
+    assert_eq!(
+        host_service("reviews.other.svc.cluster.local", "shop", d),
+        k("other", "reviews")
+    );
+    assert_eq!(host_service("*.other.svc.cluster.local", "shop", d), None);
+    assert_eq!(host_service("example.com.foo.bar", "shop", d), None);
+}

@@ -48,6 +48,7 @@ pub(super) fn retry(spec: Option<&gateway::HttpRouteRetry>) -> Result<Option<Ret
         attempts,
         codes: spec.codes.clone(),
         backoff,
+        on: None,
     }))
 }
 

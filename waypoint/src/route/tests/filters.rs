@@ -522,7 +522,8 @@ fn timeouts_and_retries() {
         Some(Retry {
             attempts: 3,
             codes: vec![503, 504],
-            backoff: Some(Duration::from_millis(100))
+            backoff: Some(Duration::from_millis(100)),
+            on: None,
         })
     );
     let zero = rule("/zero");
@@ -541,7 +542,8 @@ fn timeouts_and_retries() {
         Some(Retry {
             attempts: 2,
             codes: Vec::new(),
-            backoff: None
+            backoff: None,
+            on: None,
         })
     );
 }
