@@ -6,6 +6,7 @@
 
 mod policy;
 mod routing;
+mod traffic;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -117,6 +118,7 @@ pub fn start(state_dir: PathBuf, bin_dir: PathBuf) -> Result<Suite, String> {
 
 pub fn cases() -> Vec<Case<Suite>> {
     let mut cases = routing::cases();
+    cases.extend(traffic::cases());
     cases.extend(policy::cases());
     cases
 }
