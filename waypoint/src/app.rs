@@ -129,6 +129,11 @@ pub async fn start(
         name: settings.name.clone(),
         trust_domain: settings.trust_domain.clone(),
         root_namespace: settings.root_namespace.clone(),
+        retry_budget: crate::traffic::budget::BudgetSettings {
+            ratio: settings.retry_budget_ratio,
+            min_per_second: settings.retry_budget_min_per_second,
+            ttl: settings.retry_budget_ttl,
+        },
     }));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (mut file_status, mut xds_status) = (None, None);

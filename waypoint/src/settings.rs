@@ -128,6 +128,20 @@ pub struct Settings {
     #[arg(long, env = "WAYPOINT_WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
 
+    /// Retry budget (Linkerd's): over RETRY_BUDGET_TTL, retries to a Service may add at most
+    /// this share of its requests (plus RETRY_BUDGET_MIN_PER_SECOND), whatever the routes'
+    /// attempt counts say.
+    #[arg(long, env = "RETRY_BUDGET_RATIO", default_value_t = 0.2)]
+    pub retry_budget_ratio: f64,
+
+    /// Retries per second a Service may get beyond the ratio (a quiet service can still retry).
+    #[arg(long, env = "RETRY_BUDGET_MIN_PER_SECOND", default_value_t = 10)]
+    pub retry_budget_min_per_second: u32,
+
+    /// The retry budget's window.
+    #[arg(long, env = "RETRY_BUDGET_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub retry_budget_ttl: Duration,
+
     /// How often the local config file is checked for changes.
     #[arg(long, env = "LOCAL_CONFIG_POLL", default_value = "250ms", value_parser = parse_duration)]
     pub config_poll_interval: Duration,
@@ -160,6 +174,12 @@ impl Settings {
     /// Checks what flags alone cannot express.
     pub fn validate(&self) -> Result<(), String> {
         identity::validate_trust_domain(&self.trust_domain).map_err(|e| e.to_string())?;
+        if !(0.0..=10.0).contains(&self.retry_budget_ratio) {
+            return Err(format!(
+                "RETRY_BUDGET_RATIO {}: between 0 and 10",
+                self.retry_budget_ratio
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| format!("RUST_LOG {:?}: {e}", self.log_level))?;
         self.identity()?;

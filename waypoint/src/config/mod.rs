@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::authz::{L7Policies, PolicyNote, WaypointRef};
 use crate::route::{RouteStatus, RouteTable, ServiceKey};
 use crate::traffic::balance::{self, Choice, EndpointState};
+use crate::traffic::budget::{BudgetSettings, RetryBudget};
 use crate::traffic::{ServiceTraffic, TrafficNote};
 
 /// Who this waypoint is, as configuration needs it.
@@ -30,6 +31,8 @@ pub struct WaypointIdentity {
     pub name: String,
     pub trust_domain: String,
     pub root_namespace: String,
+    /// Every Service's retry budget.
+    pub retry_budget: crate::traffic::budget::BudgetSettings,
 }
 
 /// A Service ready for the data path.
@@ -50,6 +53,8 @@ pub struct ServiceView {
     round_robin: Vec<AtomicUsize>,
     /// Requests in flight to the Service (connection pool limit).
     in_flight: AtomicU32,
+    /// Caps retries to the Service, whatever the routes ask.
+    pub retry_budget: RetryBudget,
 }
 
 /// Why no endpoint was picked.
@@ -296,7 +301,7 @@ impl Snapshot {
         let (mut traffic, traffic_notes) =
             crate::traffic::compile(&config.destination_rules, &config.services);
         for (i, svc) in config.services.iter().enumerate() {
-            let mut view = service_view(svc, &me.trust_domain)?;
+            let mut view = service_view(svc, &me.trust_domain, me.retry_budget)?;
             if let Some(t) = traffic.remove(&view.key) {
                 view.round_robin = (0..=t.subsets.len()).map(|_| AtomicUsize::new(0)).collect();
                 view.traffic = t;
@@ -396,7 +401,11 @@ impl Snapshot {
     }
 }
 
-fn service_view(svc: &Service, trust_domain: &str) -> Result<ServiceView, String> {
+fn service_view(
+    svc: &Service,
+    trust_domain: &str,
+    budget: BudgetSettings,
+) -> Result<ServiceView, String> {
     let name = format!("services: {}/{}", svc.namespace, svc.name);
     if svc.ports.is_empty() {
         return Err(format!("{name}: no ports"));
@@ -445,6 +454,7 @@ fn service_view(svc: &Service, trust_domain: &str) -> Result<ServiceView, String
         traffic: ServiceTraffic::default(),
         round_robin: vec![AtomicUsize::new(0)],
         in_flight: AtomicU32::new(0),
+        retry_budget: RetryBudget::new(budget),
     })
 }
 

@@ -32,11 +32,19 @@ pub(super) const fn local(status: StatusCode, flag: &'static str, body: &'static
     Local { status, flag, body }
 }
 
-/// Milliseconds since the process started: the clock of outlier ejections.
-pub(super) fn now_ms() -> u64 {
+/// Microseconds since the process started: the clock of ejections, round-trip estimates and
+/// retry budgets.
+fn now_us() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
+
+pub(super) fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+/// The header telling the upstream which try this is (Envoy's name).
+const ATTEMPT_COUNT: &str = "x-envoy-attempt-count";
 
 /// A pick that failed, as the client sees it.
 pub(super) fn pick_error(e: PickError) -> Local {
@@ -121,11 +129,15 @@ pub(super) struct Upstreamed<'a> {
 }
 
 impl Upstreamed<'_> {
-    fn request(&self, body: Body) -> Request<Body> {
+    fn request(&self, body: Body, attempt: u32) -> Request<Body> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
+        if attempt > 1 {
+            req.headers_mut()
+                .insert(ATTEMPT_COUNT, http::HeaderValue::from(attempt));
+        }
         if self.version == Version::Http2 {
             *req.version_mut() = HttpVersion::HTTP_2;
         }
@@ -138,6 +150,7 @@ impl Upstreamed<'_> {
         &self,
         body: Body,
         timeout: Option<Duration>,
+        attempt: u32,
     ) -> Result<Response<Incoming>, Local> {
         let _in_flight = match &self.picked {
             Some(p) => Some(
@@ -147,10 +160,11 @@ impl Upstreamed<'_> {
             ),
             None => None,
         };
+        let started = Instant::now();
         let send = self
             .proxy
             .upstream
-            .send(&self.dest, self.version, self.request(body));
+            .send(&self.dest, self.version, self.request(body, attempt));
         let result = match timeout {
             Some(t) => tokio::time::timeout(t, send).await.map_err(|_| {
                 local(
@@ -180,6 +194,10 @@ impl Upstreamed<'_> {
             let status = result.as_ref().ok().map(|r| r.status().as_u16());
             p.service
                 .report(p.index, p.subset, p.port, status, now_ms());
+            if status.is_some() {
+                p.service.state[p.index]
+                    .observe_rtt(started.elapsed().as_micros() as u64, now_us());
+            }
         }
         result
     }
@@ -224,6 +242,10 @@ impl Upstreamed<'_> {
         let total = rule.timeouts.request;
         let exchange = async {
             let has_body = !hyper::body::Body::is_end_stream(&body);
+            let budget = self.picked.as_ref().map(|p| &p.service.retry_budget);
+            if let Some(b) = budget {
+                b.request(now_us() / 1_000_000);
+            }
             let Some(retry) = rule
                 .retry
                 .as_ref()
@@ -231,7 +253,7 @@ impl Upstreamed<'_> {
                 .filter(|r| !(has_body && r.on.as_ref().is_some_and(|on| on.bodyless_only)))
             else {
                 *attempts = 1;
-                return self.once(body, rule.timeouts.backend_request).await;
+                return self.once(body, rule.timeouts.backend_request, 1).await;
             };
             let Some(replay) = replayable(body).await? else {
                 *attempts = 1;
@@ -249,7 +271,11 @@ impl Upstreamed<'_> {
                     self.repick();
                 }
                 let result = self
-                    .once(body::full(replay.clone()), rule.timeouts.backend_request)
+                    .once(
+                        body::full(replay.clone()),
+                        rule.timeouts.backend_request,
+                        n + 1,
+                    )
                     .await;
                 let retriable = match (&result, &retry.on) {
                     (Ok(r), on) => {
@@ -268,6 +294,13 @@ impl Upstreamed<'_> {
                     },
                 };
                 if !retriable || n + 1 == tries {
+                    return result;
+                }
+                // The retry budget has the last word, so retries cannot pile load onto a
+                // failing Service.
+                let budget = self.picked.as_ref().map(|p| &p.service.retry_budget);
+                if budget.is_some_and(|b| !b.try_retry(now_us() / 1_000_000)) {
+                    tracing::debug!(target = %self.dest.target, "retry budget exhausted");
                     return result;
                 }
                 last = Some(result);

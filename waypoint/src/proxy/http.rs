@@ -502,7 +502,7 @@ async fn route_and_forward(
             send.with_policy(rule, body, &mut outcome.entry.attempts)
                 .await?
         }
-        None => send.once(body, None).await?,
+        None => send.once(body, None, 1).await?,
     };
     // Answer in the client's HTTP version, whatever the backend spoke (an HTTP/1.0 server
     // behind an HTTP/1.1 client, HTTP/2 upstream for an HTTP/1.1 client...).

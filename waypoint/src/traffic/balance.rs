@@ -18,6 +18,9 @@ pub enum Balancer {
     RoundRobin,
     Random,
     LeastRequest,
+    /// Linkerd's peak-EWMA: power of two choices on round-trip estimate × (in flight + 1).
+    /// Selected with `simple: PEAK_EWMA` (an extension of Istio's enum).
+    PeakEwma,
     ConsistentHash(HashKey),
 }
 
@@ -80,6 +83,7 @@ pub fn from_settings(lb: &LoadBalancerSettings) -> Result<Balancer, String> {
         "UNSPECIFIED" | "ROUND_ROBIN" => Ok(Balancer::RoundRobin),
         "RANDOM" => Ok(Balancer::Random),
         "LEAST_REQUEST" | "LEAST_CONN" => Ok(Balancer::LeastRequest),
+        "PEAK_EWMA" => Ok(Balancer::PeakEwma),
         other => Err(format!("simple {other} is not supported")),
     }
 }
@@ -96,11 +100,43 @@ pub struct EndpointState {
     pub ejected_until_ms: AtomicU64,
     /// How many times it was ejected (the ejection time grows with it).
     pub ejections: AtomicU32,
+    /// Peak-EWMA round-trip estimate in microseconds (0: none yet), and when it was updated
+    /// (microseconds on the caller's clock).
+    pub rtt_us: AtomicU64,
+    pub rtt_stamp_us: AtomicU64,
 }
+
+/// What an endpoint without a measurement is assumed to take (Linkerd's default).
+const DEFAULT_RTT_US: u64 = 30_000;
+/// How fast an old round-trip estimate fades (Linkerd's decay).
+const RTT_DECAY_US: f64 = 10_000_000.0;
 
 impl EndpointState {
     pub fn ejected(&self, now_ms: u64) -> bool {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Folds a round trip into the peak-EWMA estimate: a slower one is taken at once (peak),
+    /// faster ones pull it down as the old value decays (time constant 10 s).
+    pub fn observe_rtt(&self, rtt_us: u64, now_us: u64) {
+        let old = self.rtt_us.load(Ordering::Relaxed);
+        let stamp = self.rtt_stamp_us.swap(now_us, Ordering::Relaxed);
+        let new = if old == 0 || rtt_us > old {
+            rtt_us
+        } else {
+            let w = (-(now_us.saturating_sub(stamp) as f64) / RTT_DECAY_US).exp();
+            (old as f64 * w + rtt_us as f64 * (1.0 - w)) as u64
+        };
+        self.rtt_us.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// Peak-EWMA cost: the estimate times the requests in flight plus one.
+    fn cost(&self) -> u64 {
+        let rtt = match self.rtt_us.load(Ordering::Relaxed) {
+            0 => DEFAULT_RTT_US,
+            r => r,
+        };
+        rtt.saturating_mul(u64::from(self.active.load(Ordering::Relaxed)) + 1)
     }
 }
 
@@ -145,18 +181,21 @@ pub fn choose(
             plain(candidates[i])
         }
         Balancer::Random => plain(candidates[(req.random % candidates.len() as u64) as usize]),
-        Balancer::LeastRequest => {
+        Balancer::LeastRequest | Balancer::PeakEwma => {
             if candidates.len() == 1 {
                 return plain(candidates[0]);
             }
-            // Power of two choices: two distinct candidates at random, the less loaded wins.
+            // Power of two choices: two distinct candidates at random, the cheaper wins.
             let n = candidates.len() as u64;
             let a = (req.random % n) as usize;
             let b = ((req.random >> 32) % (n - 1)) as usize;
             let b = if b >= a { b + 1 } else { b };
             let (ia, ib) = (candidates[a], candidates[b]);
-            let load = |i: usize| state[i].active.load(Ordering::Relaxed);
-            plain(if load(ib) < load(ia) { ib } else { ia })
+            let cost = |i: usize| match balancer {
+                Balancer::PeakEwma => state[i].cost(),
+                _ => u64::from(state[i].active.load(Ordering::Relaxed)),
+            };
+            plain(if cost(ib) < cost(ia) { ib } else { ia })
         }
         Balancer::ConsistentHash(key) => {
             let (hash, set_cookie) = match key_hash(key, req) {

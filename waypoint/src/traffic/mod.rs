@@ -28,6 +28,7 @@
 //!   are used only when nothing else is left. `interval` and `minHealthPercent` are accepted.
 
 pub mod balance;
+pub mod budget;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

@@ -242,3 +242,38 @@ fn a_cookie_hash_creates_the_cookie_and_then_follows_it() {
         );
     }
 }
+
+#[test]
+fn peak_ewma_prefers_the_faster_endpoint_and_forgets_a_slow_spell() {
+    let a = addrs(2);
+    let state: Vec<EndpointState> = a.iter().map(|_| EndpointState::default()).collect();
+    let next = AtomicUsize::new(0);
+    let h = HeaderMap::new();
+    // Endpoint 1 took 100 ms, endpoint 0 1 ms: every choice between them goes to 0.
+    state[0].observe_rtt(1_000, 1);
+    state[1].observe_rtt(100_000, 1);
+    for i in 0..50u64 {
+        let c = choose(
+            &Balancer::PeakEwma,
+            &[0, 1],
+            &a,
+            &state,
+            &next,
+            &req(&h, i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        )
+        .unwrap();
+        assert_eq!(c.index, 0);
+    }
+    // Peak: one slow answer is taken at once; fast ones bring it down as time passes.
+    state[0].observe_rtt(200_000, 2);
+    assert_eq!(state[0].rtt_us.load(Ordering::Relaxed), 200_000);
+    state[0].observe_rtt(1_000, 60_000_000);
+    assert!(
+        state[0].rtt_us.load(Ordering::Relaxed) < 2_000,
+        "decayed after a minute"
+    );
+    // Requests in flight count: a fast endpoint with a queue loses to a slower idle one.
+    state[0].active.store(200, Ordering::Relaxed);
+    let c = choose(&Balancer::PeakEwma, &[0, 1], &a, &state, &next, &req(&h, 7)).unwrap();
+    assert_eq!(c.index, 1);
+}

@@ -52,6 +52,9 @@ virtualServices:
       route: [{{destination: {{host: reviews, subset: sticky}}}}]
     - match: [{{uri: {{prefix: /pool}}}}]
       route: [{{destination: {{host: reviews, subset: narrow}}}}]
+    - match: [{{uri: {{prefix: /status}}}}]
+      retries: {{attempts: 3, retryOn: 5xx}}
+      route: [{{destination: {{host: reviews, subset: v1}}}}]
     - route:
       - {{destination: {{host: reviews, subset: v1}}, weight: 90}}
       - {{destination: {{host: reviews, subset: v3}}, weight: 10}}
@@ -210,4 +213,30 @@ async fn the_connection_pool_limit_answers_503_uo() {
         metrics.contains("response_flags=\"UO\""),
         "the flag is counted"
     );
+}
+
+/// Every answer is a 503 and each request may be retried three times: the budget (20% of the
+/// requests, no per-second minimum here) keeps the requests sent upstream under 1.2× those
+/// received. The retries' `x-envoy-attempt-count` tells how many tries each request got.
+#[tokio::test]
+async fn the_retry_budget_caps_retries_to_a_failing_service() {
+    let m = Mesh::new();
+    m.endpoint(11, "shop", "reviews", "reviews-v1").await;
+    let _w = m
+        .waypoint_with("shop", &config(&m), |s| {
+            s.retry_budget_min_per_second = 0;
+            s.retry_budget_ratio = 0.2;
+        })
+        .await;
+    let mut c = m.http1("shop", "productpage", vip(&m, 100, 9080)).await;
+    let (n, mut upstream) = (100u32, 0u32);
+    for _ in 0..n {
+        let a = c.get("/status/503").await;
+        assert_eq!(a.status, 503, "{a:?}");
+        upstream += a
+            .request_header("x-envoy-attempt-count")
+            .map_or(1, |v| v.parse::<u32>().unwrap());
+    }
+    let ratio = f64::from(upstream) / f64::from(n);
+    assert!(ratio > 1.1 && ratio <= 1.21, "upstream/received = {ratio}");
 }
