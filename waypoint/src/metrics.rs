@@ -19,6 +19,10 @@ pub const TCP_OPENED: &str = "istio_tcp_connections_opened_total";
 pub const TCP_CLOSED: &str = "istio_tcp_connections_closed_total";
 pub const TCP_RECEIVED: &str = "istio_tcp_received_bytes_total";
 pub const TCP_SENT: &str = "istio_tcp_sent_bytes_total";
+/// Per-route golden metrics (Linkerd's habit), next to Istio's: requests by route rule, backend
+/// and success or failure, and their latency.
+pub const ROUTE_REQUESTS: &str = "waypoint_route_requests_total";
+pub const ROUTE_DURATION: &str = "waypoint_route_request_duration_milliseconds";
 
 /// Envoy's default histogram buckets (milliseconds), which Istio's dashboards assume.
 const DURATION_BUCKETS: &[f64] = &[
@@ -75,6 +79,18 @@ pub struct Peer {
     pub version: String,
 }
 
+/// The route rule and backend a request took.
+#[derive(Debug, Clone, Hash)]
+pub struct RouteLabels {
+    /// `namespace/name` of the HTTPRoute, GRPCRoute or VirtualService.
+    pub route: Arc<str>,
+    pub kind: &'static str,
+    /// The rule's name, or its index.
+    pub rule: String,
+    /// `namespace/name` of the backend Service (and subset, `#subset`).
+    pub backend: String,
+}
+
 /// Everything a request's metrics are labelled with.
 #[derive(Debug, Clone, Default, Hash)]
 pub struct RequestLabels {
@@ -94,6 +110,9 @@ impl Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(DURATION.into()), DURATION_BUCKETS)
             .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(ROUTE_DURATION.into()), DURATION_BUCKETS)
+            })
+            .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(REQUEST_BYTES.into()), BYTE_BUCKETS)
             })
             .and_then(|b| {
@@ -109,6 +128,11 @@ impl Metrics {
             );
         };
         describe_counter(REQUESTS, Unit::Count, "Requests handled by the waypoint");
+        describe_counter(
+            ROUTE_REQUESTS,
+            Unit::Count,
+            "Requests by route rule, backend and classification (failure: 5xx, or a gRPC status other than OK)",
+        );
         describe_counter(TCP_OPENED, Unit::Count, "TCP connections opened");
         describe_counter(TCP_CLOSED, Unit::Count, "TCP connections closed");
         describe_counter(
@@ -125,6 +149,11 @@ impl Metrics {
             );
         };
         describe_histogram(DURATION, Unit::Milliseconds, "Request duration");
+        describe_histogram(
+            ROUTE_DURATION,
+            Unit::Milliseconds,
+            "Request duration by route rule and backend",
+        );
         describe_histogram(REQUEST_BYTES, Unit::Bytes, "Request body sizes");
         describe_histogram(RESPONSE_BYTES, Unit::Bytes, "Response body sizes");
         Self {
@@ -196,6 +225,47 @@ impl Metrics {
                 .recorder
                 .register_histogram(&key(RESPONSE_BYTES), &META),
         }
+    }
+
+    /// Records one request a route rule handled (per-route golden metrics).
+    pub fn route(&self, labels: &RouteLabels, success: bool, duration_ms: f64) {
+        let key = self.hasher.hash_one((labels, success, "route"));
+        let cached = self.series.lock().expect("series lock").get(&key).cloned();
+        let series = match cached {
+            Some(s) => s,
+            None => {
+                let l = vec![
+                    Label::new("route", labels.route.to_string()),
+                    Label::new("route_kind", labels.kind),
+                    Label::new("rule", labels.rule.clone()),
+                    Label::new("backend", labels.backend.clone()),
+                    Label::new(
+                        "classification",
+                        if success { "success" } else { "failure" },
+                    ),
+                ];
+                let duration_labels: Vec<Label> = l[..4].to_vec();
+                let s = Arc::new(RequestSeries {
+                    requests: self
+                        .recorder
+                        .register_counter(&Key::from_parts(ROUTE_REQUESTS, l), &META),
+                    duration: self.recorder.register_histogram(
+                        &Key::from_parts(ROUTE_DURATION, duration_labels),
+                        &META,
+                    ),
+                    request_bytes: Histogram::noop(),
+                    response_bytes: Histogram::noop(),
+                });
+                let mut map = self.series.lock().expect("series lock");
+                if map.len() >= MAX_CACHED_SERIES {
+                    map.clear();
+                }
+                map.insert(key, s.clone());
+                s
+            }
+        };
+        series.requests.increment(1);
+        series.duration.record(duration_ms);
     }
 
     /// Records an opaque TCP connection through the waypoint when it ends.

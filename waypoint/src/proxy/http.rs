@@ -26,7 +26,7 @@ use super::{headers, Client, Proxy};
 use crate::access_log::AccessEntry;
 use crate::authz::{HttpAttrs, RequestAttrs, Verdict};
 use crate::config::{Snapshot, Target};
-use crate::metrics::{Peer, RequestLabels};
+use crate::metrics::{Peer, RequestLabels, RouteLabels};
 use crate::route::{Backend, CompiledRule, Lookup, RequestHead};
 use crate::traffic::balance;
 
@@ -62,6 +62,8 @@ struct Outcome {
     proxy: Arc<Proxy>,
     entry: AccessEntry,
     labels: RequestLabels,
+    /// Set when a route rule chose the backend: per-route metrics.
+    route: Option<RouteLabels>,
     start: Instant,
     request_bytes: Arc<AtomicU64>,
 }
@@ -84,6 +86,14 @@ impl BodyDone for Outcome {
             self.entry.request_bytes,
             bytes,
         );
+        if let Some(route) = &self.route {
+            let failed = self.entry.status >= 500
+                || self.entry.status == 0
+                || self.entry.grpc_status.is_some_and(|g| g != 0);
+            self.proxy
+                .metrics
+                .route(route, !failed, self.entry.duration_ms);
+        }
         crate::access_log::write(self.proxy.settings.access_log, &self.entry);
     }
 }
@@ -114,6 +124,7 @@ async fn handle(
     let mut outcome = Outcome {
         entry: AccessEntry::start(client, destination, &parts, grpc),
         labels: labels(&proxy, client, grpc),
+        route: None,
         proxy: proxy.clone(),
         start,
         request_bytes,
@@ -336,6 +347,23 @@ async fn route_and_forward(
                 return Err(unresolved);
             }
             let svc = snapshot.service(&backend.service).ok_or(unresolved)?;
+            outcome.route = Some(RouteLabels {
+                route: rule.route.clone(),
+                kind: rule.kind.as_str(),
+                rule: rule.rule_name.clone().unwrap_or_else(|| {
+                    let index = snapshot
+                        .routes
+                        .rules()
+                        .iter()
+                        .position(|r| std::ptr::eq(r, rule))
+                        .unwrap_or_default();
+                    index.to_string()
+                }),
+                backend: match &backend.subset {
+                    Some(subset) => format!("{}#{subset}", backend.service),
+                    None => backend.service.to_string(),
+                },
+            });
             (svc, backend.port.unwrap_or(port), Some(backend))
         }
         None => (service, port, None),

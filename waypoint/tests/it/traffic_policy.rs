@@ -142,7 +142,7 @@ async fn virtual_service_routes_to_subsets_by_header_and_weight() {
 
 #[tokio::test]
 async fn faults_and_timeouts() {
-    let (m, _w) = setup().await;
+    let (m, w) = setup().await;
     let mut c = m.http1("shop", "productpage", vip(&m, 100, 9080)).await;
     let a = c.get("/abort").await;
     assert_eq!(
@@ -162,6 +162,27 @@ async fn faults_and_timeouts() {
     let a = c.get("/deadline?delay=2s").await;
     assert_eq!(a.status, 504, "{a:?}");
     assert!(start.elapsed() < Duration::from_secs(1));
+    // Per-route golden metrics: the rule, its backend, success or failure.
+    let text = crate::support::metrics(&w).await;
+    let count = |classification: &str| {
+        crate::support::sample(
+            &text,
+            "waypoint_route_requests_total",
+            &[
+                ("route", "shop/reviews"),
+                ("route_kind", "VirtualService"),
+                ("rule", "http[3]"),
+                ("backend", "shop/reviews#v1"),
+                ("classification", classification),
+            ],
+        )
+    };
+    assert_eq!(count("failure"), Some(1.0), "{text}");
+    assert_eq!(count("success"), None);
+    assert!(
+        text.contains("waypoint_route_request_duration_milliseconds_bucket"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
