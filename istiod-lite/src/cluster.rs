@@ -6,6 +6,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use crate::crd::gateway::{Gateway, GrpcRoute, HttpRoute};
+pub use crate::crd::linkerd::{ServiceProfile, TrafficSplit};
 pub use crate::crd::networking::{DestinationRule, VirtualService};
 pub use crate::crd::security::{AuthorizationPolicy, PeerAuthentication};
 
@@ -26,6 +27,9 @@ pub struct Cluster {
     /// Istio traffic management, applied by waypoints.
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
+    /// Linkerd and SMI, turned into VirtualServices for waypoints.
+    pub traffic_splits: Vec<TrafficSplit>,
+    pub service_profiles: Vec<ServiceProfile>,
 }
 
 /// `namespace/name` of an object.

@@ -1,7 +1,7 @@
 //! Reading Kubernetes manifests: multi-document YAML files in a directory, as `kubectl apply
 //! -f DIR` would take them. Namespaces, Pods, Services, EndpointSlices, AuthorizationPolicies,
-//! PeerAuthentications, Gateway API Gateways, HTTPRoutes and GRPCRoutes, and Istio VirtualServices
-//! and DestinationRules are kept (also inside
+//! PeerAuthentications, Gateway API Gateways, HTTPRoutes and GRPCRoutes, Istio VirtualServices
+//! and DestinationRules, SMI TrafficSplits and Linkerd ServiceProfiles are kept (also inside
 //! `kind: List`); other kinds are skipped. A document
 //! that does not parse refuses the whole load, naming file, document, object and field, so the
 //! caller keeps its last good view.
@@ -188,6 +188,14 @@ fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<St
         ),
         (_, "DestinationRule") if networking => cluster.destination_rules.extend(
             typed::<crate::cluster::DestinationRule>(value, &at, errors).map(default_namespace),
+        ),
+        (_, "TrafficSplit") if api.starts_with("split.smi-spec.io/") => {
+            cluster.traffic_splits.extend(
+                typed::<crate::cluster::TrafficSplit>(value, &at, errors).map(default_namespace),
+            )
+        }
+        ("linkerd.io/v1alpha2", "ServiceProfile") => cluster.service_profiles.extend(
+            typed::<crate::cluster::ServiceProfile>(value, &at, errors).map(default_namespace),
         ),
         ("", _) | (_, "") => errors.push(format!(
             "{at}: not a Kubernetes object (apiVersion and kind are required)"

@@ -27,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::cluster::{
     AuthorizationPolicy, Cluster, DestinationRule, Gateway, GrpcRoute, HttpRoute,
-    PeerAuthentication, VirtualService,
+    PeerAuthentication, ServiceProfile, TrafficSplit, VirtualService,
 };
 use crate::translate::peer_authn::STATIC_STRICT;
 use crate::translate::route_status::RouteStatus;
@@ -50,10 +50,12 @@ pub enum Kind {
     GrpcRoute,
     VirtualService,
     DestinationRule,
+    TrafficSplit,
+    ServiceProfile,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
@@ -65,6 +67,8 @@ impl Kind {
         Kind::GrpcRoute,
         Kind::VirtualService,
         Kind::DestinationRule,
+        Kind::TrafficSplit,
+        Kind::ServiceProfile,
     ];
 
     /// Kinds whose CRDs may not be installed: Gateway API's, Istio's networking ones.
@@ -76,6 +80,8 @@ impl Kind {
                 | Kind::GrpcRoute
                 | Kind::VirtualService
                 | Kind::DestinationRule
+                | Kind::TrafficSplit
+                | Kind::ServiceProfile
         )
     }
 
@@ -83,7 +89,12 @@ impl Kind {
     fn waypoint_only(self) -> bool {
         matches!(
             self,
-            Kind::HttpRoute | Kind::GrpcRoute | Kind::VirtualService | Kind::DestinationRule
+            Kind::HttpRoute
+                | Kind::GrpcRoute
+                | Kind::VirtualService
+                | Kind::DestinationRule
+                | Kind::TrafficSplit
+                | Kind::ServiceProfile
         )
     }
 }
@@ -104,6 +115,8 @@ pub enum Object {
     GrpcRoute(GrpcRoute),
     VirtualService(VirtualService),
     DestinationRule(DestinationRule),
+    TrafficSplit(TrafficSplit),
+    ServiceProfile(ServiceProfile),
 }
 
 impl Object {
@@ -120,6 +133,8 @@ impl Object {
             Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::VirtualService(_) => Kind::VirtualService,
             Object::DestinationRule(_) => Kind::DestinationRule,
+            Object::TrafficSplit(_) => Kind::TrafficSplit,
+            Object::ServiceProfile(_) => Kind::ServiceProfile,
         }
     }
 
@@ -136,6 +151,8 @@ impl Object {
             Object::GrpcRoute(o) => &o.metadata,
             Object::VirtualService(o) => &o.metadata,
             Object::DestinationRule(o) => &o.metadata,
+            Object::TrafficSplit(o) => &o.metadata,
+            Object::ServiceProfile(o) => &o.metadata,
         }
     }
 
@@ -152,6 +169,8 @@ impl Object {
             Object::GrpcRoute(o) => &mut o.metadata,
             Object::VirtualService(o) => &mut o.metadata,
             Object::DestinationRule(o) => &mut o.metadata,
+            Object::TrafficSplit(o) => &mut o.metadata,
+            Object::ServiceProfile(o) => &mut o.metadata,
         }
     }
 
@@ -180,6 +199,8 @@ struct Slice {
     grpc_routes: BTreeMap<String, GrpcRoute>,
     virtual_services: BTreeMap<String, VirtualService>,
     destination_rules: BTreeMap<String, DestinationRule>,
+    traffic_splits: BTreeMap<String, TrafficSplit>,
+    service_profiles: BTreeMap<String, ServiceProfile>,
     output: Encoded,
     notes: Vec<Note>,
     dirty: bool,
@@ -198,6 +219,8 @@ impl Slice {
             && self.grpc_routes.is_empty()
             && self.virtual_services.is_empty()
             && self.destination_rules.is_empty()
+            && self.traffic_splits.is_empty()
+            && self.service_profiles.is_empty()
     }
 
     fn names(&self, kind: Kind) -> Vec<String> {
@@ -217,6 +240,8 @@ impl Slice {
             Kind::GrpcRoute => self.grpc_routes.keys().cloned().collect(),
             Kind::VirtualService => self.virtual_services.keys().cloned().collect(),
             Kind::DestinationRule => self.destination_rules.keys().cloned().collect(),
+            Kind::TrafficSplit => self.traffic_splits.keys().cloned().collect(),
+            Kind::ServiceProfile => self.service_profiles.keys().cloned().collect(),
         }
     }
 }
@@ -336,6 +361,8 @@ impl Pipeline {
             Object::GrpcRoute(o) => put(&mut slice.grpc_routes, name, o),
             Object::VirtualService(o) => put(&mut slice.virtual_services, name, o),
             Object::DestinationRule(o) => put(&mut slice.destination_rules, name, o),
+            Object::TrafficSplit(o) => put(&mut slice.traffic_splits, name, o),
+            Object::ServiceProfile(o) => put(&mut slice.service_profiles, name, o),
         };
         if changed {
             self.mark(&namespace, kind);
@@ -363,6 +390,8 @@ impl Pipeline {
             Kind::GrpcRoute => slice.grpc_routes.remove(name).is_some(),
             Kind::VirtualService => slice.virtual_services.remove(name).is_some(),
             Kind::DestinationRule => slice.destination_rules.remove(name).is_some(),
+            Kind::TrafficSplit => slice.traffic_splits.remove(name).is_some(),
+            Kind::ServiceProfile => slice.service_profiles.remove(name).is_some(),
         };
         if !removed {
             return;
@@ -405,6 +434,8 @@ impl Pipeline {
             grpc_routes,
             virtual_services,
             destination_rules,
+            traffic_splits,
+            service_profiles,
         } = cluster;
         self.replace_kind(
             Kind::Namespace,
@@ -460,6 +491,20 @@ impl Pipeline {
             destination_rules
                 .into_iter()
                 .map(Object::DestinationRule)
+                .collect(),
+        );
+        self.replace_kind(
+            Kind::TrafficSplit,
+            traffic_splits
+                .into_iter()
+                .map(Object::TrafficSplit)
+                .collect(),
+        );
+        self.replace_kind(
+            Kind::ServiceProfile,
+            service_profiles
+                .into_iter()
+                .map(Object::ServiceProfile)
                 .collect(),
         );
     }
@@ -539,6 +584,8 @@ impl Pipeline {
                 view.grpc_routes.extend(s.grpc_routes.values());
                 view.virtual_services.extend(s.virtual_services.values());
                 view.destination_rules.extend(s.destination_rules.values());
+                view.traffic_splits.extend(s.traffic_splits.values());
+                view.service_profiles.extend(s.service_profiles.values());
                 view.policies.extend(s.policies.values());
             }
             waypoints::waypoints(&view, &self.info)
@@ -618,6 +665,9 @@ impl Pipeline {
                 .extend(s.virtual_services.values().cloned());
             c.destination_rules
                 .extend(s.destination_rules.values().cloned());
+            c.traffic_splits.extend(s.traffic_splits.values().cloned());
+            c.service_profiles
+                .extend(s.service_profiles.values().cloned());
         }
         c
     }
@@ -645,6 +695,8 @@ fn translate_slice(
         grpc_routes: Vec::new(),
         virtual_services: Vec::new(),
         destination_rules: Vec::new(),
+        traffic_splits: Vec::new(),
+        service_profiles: Vec::new(),
     };
     if let Some(root) = root {
         cluster

@@ -26,6 +26,10 @@ pub fn cases() -> Vec<Case<Suite>> {
             name: "an HTTPRoute on the same Service wins over a VirtualService",
             run: httproute_wins,
         },
+        Case {
+            name: "Linkerd: SMI TrafficSplit 50/50 and a ServiceProfile route timeout",
+            run: linkerd,
+        },
     ]
 }
 
@@ -177,5 +181,70 @@ fn httproute_wins(s: &mut Suite) -> Result<(), String> {
             }
         }
         Ok(())
+    })
+}
+
+/// Linkerd's documented shapes (the TrafficSplit of its traffic-shifting task, the
+/// ServiceProfile of its books example), named for this suite's Services.
+const LINKERD: &str = r#"
+apiVersion: split.smi-spec.io/v1alpha2
+kind: TrafficSplit
+metadata:
+  name: echo-split
+  namespace: gamma
+spec:
+  service: echo
+  backends:
+  - service: echo-v1
+    weight: 500
+  - service: echo-v2
+    weight: 500
+---
+apiVersion: linkerd.io/v1alpha2
+kind: ServiceProfile
+metadata:
+  name: echo.gamma.svc.cluster.local
+  namespace: gamma
+spec:
+  routes:
+  - condition:
+      method: GET
+      pathRegex: /books/[^/]*
+    name: GET /books/{id}
+    isRetryable: true
+    timeout: 300ms
+"#;
+
+fn linkerd(s: &mut Suite) -> Result<(), String> {
+    s.apply("linkerd", LINKERD)?;
+    eventually(CONVERGE, || {
+        let start = std::time::Instant::now();
+        let a = send(s, "/books/7?delay=2s", &[])?;
+        if a.status != 504 || start.elapsed() > std::time::Duration::from_millis(1500) {
+            return Err(format!(
+                "/books/7: HTTP {} after {:?}",
+                a.status,
+                start.elapsed()
+            ));
+        }
+        let n = 300;
+        let mut v1 = 0;
+        for _ in 0..n {
+            let a = send(s, "/", &[])?;
+            match version(&a) {
+                Some("echo-v1") => v1 += 1,
+                Some(_) => {}
+                None => return Err(format!("HTTP {}: {}", a.status, a.body)),
+            }
+        }
+        let share = f64::from(v1) / f64::from(n);
+        if (share - 0.5).abs() <= 0.1 {
+            Ok(())
+        } else {
+            Err(format!(
+                "echo-v1 took {:.1}% (want 50% ± 10)",
+                share * 100.0
+            ))
+        }
     })
 }

@@ -4,6 +4,7 @@
 //! come from the Gateway API project, not from `--print-crds`.
 
 pub mod gateway;
+pub mod linkerd;
 pub mod networking;
 pub mod security;
 

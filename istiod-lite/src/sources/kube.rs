@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{
     AuthorizationPolicy, DestinationRule, Gateway, GrpcRoute, HttpRoute, PeerAuthentication,
-    VirtualService,
+    ServiceProfile, TrafficSplit, VirtualService,
 };
 use crate::controller::run::{Controller, ControllerStatus, Inputs};
 use crate::controller::DeploySettings;
@@ -106,6 +106,8 @@ fn normalise(mut object: Object) -> Object {
         Object::GrpcRoute(o) => o.status = RouteStatusSeen::reduce(o.status.take()),
         Object::VirtualService(o) => o.status = None,
         Object::DestinationRule(o) => o.status = None,
+        Object::TrafficSplit(o) => o.status = None,
+        Object::ServiceProfile(o) => o.status = None,
         _ => {}
     }
     let meta = object.meta_mut();
@@ -233,6 +235,18 @@ impl KubeSource {
             Api::<DestinationRule>::all(client.clone()),
             Kind::DestinationRule,
             Object::DestinationRule,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<TrafficSplit>::all(client.clone()),
+            Kind::TrafficSplit,
+            Object::TrafficSplit,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<ServiceProfile>::all(client.clone()),
+            Kind::ServiceProfile,
+            Object::ServiceProfile,
             tx,
         );
         let status: Arc<Mutex<KubeStatus>> = Arc::default();

@@ -3,6 +3,7 @@
 //! object and field), which the sources surface as status conditions or log lines.
 
 pub mod authz;
+pub mod linkerd;
 pub mod peer_authn;
 pub mod route_status;
 pub mod use_waypoint;

@@ -31,7 +31,8 @@ use super::use_waypoint::{bind, ObjectKey, Waypoint, Waypoints};
 use super::workloads::selects;
 use super::{ClusterInfo, Note};
 use crate::cluster::{
-    AuthorizationPolicy, Cluster, DestinationRule, Gateway, GrpcRoute, HttpRoute, VirtualService,
+    AuthorizationPolicy, Cluster, DestinationRule, Gateway, GrpcRoute, HttpRoute, ServiceProfile,
+    TrafficSplit, VirtualService,
 };
 use crate::crd::gateway::{l7_meta, GROUP, WAYPOINT_CLASS};
 
@@ -52,6 +53,8 @@ pub struct View<'a> {
     pub policies: Vec<&'a AuthorizationPolicy>,
     pub virtual_services: Vec<&'a VirtualService>,
     pub destination_rules: Vec<&'a DestinationRule>,
+    pub traffic_splits: Vec<&'a TrafficSplit>,
+    pub service_profiles: Vec<&'a ServiceProfile>,
 }
 
 fn ns_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
@@ -102,6 +105,8 @@ impl<'a> View<'a> {
         v.policies = c.authorization_policies.iter().collect();
         v.virtual_services = c.virtual_services.iter().collect();
         v.destination_rules = c.destination_rules.iter().collect();
+        v.traffic_splits = c.traffic_splits.iter().collect();
+        v.service_profiles = c.service_profiles.iter().collect();
         v
     }
 }
@@ -139,6 +144,19 @@ pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
         return out;
     }
     let mut notes = BTreeSet::new();
+    // Linkerd's and SMI's objects, as VirtualServices, next to the users' own.
+    let (linkerd, linkerd_notes) = super::linkerd::virtual_services(
+        &view.traffic_splits,
+        &view.service_profiles,
+        &info.domain,
+    );
+    notes.extend(linkerd_notes);
+    let all_virtual_services: Vec<l7::networking::VirtualService> = view
+        .virtual_services
+        .iter()
+        .map(|vs| vs.to_l7())
+        .chain(linkerd)
+        .collect();
     for w in all.iter() {
         let key = (w.namespace.to_owned(), w.name.to_owned());
         let bound: BTreeSet<ObjectKey> = bindings.services_of(&key).into_iter().cloned().collect();
@@ -182,11 +200,10 @@ pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
         for r in &grpc_routes {
             wanted.extend(backends(&r.spec.rules, &r.metadata.namespace));
         }
-        let mut virtual_services: Vec<l7::networking::VirtualService> = view
-            .virtual_services
+        let mut virtual_services: Vec<l7::networking::VirtualService> = all_virtual_services
             .iter()
             .filter(|vs| {
-                let ns = ns_of(&vs.metadata);
+                let ns = &vs.metadata.namespace;
                 (vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh"))
                     && vs
                         .spec
@@ -195,7 +212,7 @@ pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
                         .filter_map(|h| host_service(h, ns, &info.domain))
                         .any(|k| bound.contains(&k))
             })
-            .map(|vs| vs.to_l7())
+            .cloned()
             .collect();
         virtual_services.sort_by_key(|v| v.metadata.key());
         for vs in &virtual_services {
