@@ -30,6 +30,9 @@ use crate::cluster::{key, ServiceProfile, TrafficSplit};
 use crate::crd::gateway::l7_meta;
 use crate::crd::linkerd::RequestMatch;
 
+/// What one Service has: a TrafficSplit for it as apex, a ServiceProfile.
+type SplitAndProfile<'a> = (Option<&'a TrafficSplit>, Option<&'a ServiceProfile>);
+
 /// The VirtualServices standing for `splits` and `profiles`, and notes on what does not map.
 pub fn virtual_services(
     splits: &[&TrafficSplit],
@@ -38,10 +41,7 @@ pub fn virtual_services(
 ) -> (Vec<VirtualService>, Vec<Note>) {
     let mut notes = Vec::new();
     // (namespace, service) → the split's weighted backends.
-    let mut by_service: BTreeMap<
-        (String, String),
-        (Option<&TrafficSplit>, Option<&ServiceProfile>),
-    > = BTreeMap::new();
+    let mut by_service: BTreeMap<(String, String), SplitAndProfile<'_>> = BTreeMap::new();
     for split in splits {
         let ns = split.metadata.namespace.clone().unwrap_or_default();
         let entry = by_service
@@ -224,7 +224,7 @@ fn weight(v: &serde_json::Value) -> Option<i32> {
         },
         _ => return None,
     };
-    (milli >= 0.0 && milli < 2e9).then_some(milli.round() as i32)
+    (0.0..2e9).contains(&milli).then_some(milli.round() as i32)
 }
 
 /// A Linkerd condition as VirtualService matches (any one fits); `None` when it cannot be said.
