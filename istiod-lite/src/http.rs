@@ -2,18 +2,27 @@
 //! endpoints `/debug/clients` (connected ztunnels and what each acknowledged),
 //! `/debug/resources` (what is being served) and `/debug/config` (the source's status: objects
 //! honoured only in part, and why the latest change was refused, if it was).
+//!
+//! The debug endpoints show every workload, policy and client of the mesh: they answer
+//! loopback clients (and those of `DEBUG_ALLOWED_NETWORKS`) only, 403 to others. Every
+//! connection must send its request headers within [`HEADER_READ_TIMEOUT`]; at most
+//! [`MAX_CONNECTIONS`] are open at once; a failed accept (out of descriptors) pauses the loop.
 
 use std::convert::Infallible;
 use std::fmt::Write;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use ipnet::IpNet;
+use meshcore::accept::Acceptor;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -29,6 +38,21 @@ pub struct HttpContext {
     pub source: SourceStatus,
     /// The certificate service's counters, when it runs.
     pub ca: Option<Arc<crate::ca::CaCounters>>,
+    /// Clients outside loopback that may read `/debug/*` (DEBUG_ALLOWED_NETWORKS).
+    pub debug_networks: Vec<IpNet>,
+}
+
+/// A client must have sent its request headers this long after connecting (or after its
+/// previous response): Istio's ztunnel uses 2 s on its admin ports.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections open at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// May a client at `peer` read `/debug/*`? Loopback (all of 127/8, ::1, and IPv4 loopback
+/// mapped into IPv6) always; others only inside one of `allowed`.
+pub fn debug_allowed(peer: IpAddr, allowed: &[IpNet]) -> bool {
+    let peer = peer.to_canonical();
+    peer.is_loopback() || allowed.iter().any(|net| net.contains(&peer))
 }
 
 /// The config source's own status, whichever it is.
@@ -55,19 +79,22 @@ impl SourceStatus {
 }
 
 pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
+    let mut acceptor = Acceptor::new(listener, MAX_CONNECTIONS, "istiod-lite HTTP");
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
+        let (tcp, peer, permit) = acceptor.accept().await;
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let debug = debug_allowed(peer.ip(), &ctx.debug_networks);
             let service = service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(route(&ctx, req)) }
+                async move { Ok::<_, Infallible>(route(&ctx, debug, req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
+            drop(permit);
         });
     }
 }
@@ -80,8 +107,17 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
         .expect("static response")
 }
 
-fn route(ctx: &HttpContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// `debug`: whether this client may read `/debug/*`.
+fn route(ctx: &HttpContext, debug: bool, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let set = ctx.resources.borrow().clone();
+    if req.uri().path().starts_with("/debug/") && !debug {
+        return reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "/debug/* answers loopback clients only; DEBUG_ALLOWED_NETWORKS (--debug-allowed-networks) admits others\n"
+                .into(),
+        );
+    }
     match req.uri().path() {
         "/ready" => {
             if set.generation > 0 {
@@ -120,6 +156,12 @@ fn route(ctx: &HttpContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 "xDS streams refused for a missing or invalid token",
                 "counter",
                 ctx.clients.refused_total.load(Ordering::Relaxed),
+            );
+            gauge(
+                "istiod_lite_xds_unknown_type_requests_total",
+                "xDS requests for a type URL not served (ignored)",
+                "counter",
+                ctx.clients.unknown_types_total.load(Ordering::Relaxed),
             );
             if let Some(ca) = &ctx.ca {
                 gauge(
@@ -183,4 +225,33 @@ fn json_reply(v: serde_json::Value) -> Response<Full<Bytes>> {
         "application/json",
         serde_json::to_string_pretty(&v).expect("serializable"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// "Loopback" is the peer's address: all of 127/8, ::1, and ::ffff:127.x (an IPv4 client
+    /// of a dual-stack listener).
+    #[test]
+    fn debug_endpoints_are_for_loopback_peers_and_the_allowed_networks() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for peer in ["127.0.0.1", "127.66.1.9", "::1", "::ffff:127.0.0.1"] {
+            assert!(debug_allowed(ip(peer), &[]), "{peer}");
+        }
+        for peer in [
+            "192.0.2.2",
+            "10.0.0.1",
+            "0.0.0.0",
+            "fd00::2",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!debug_allowed(ip(peer), &[]), "{peer}");
+        }
+        let allowed: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "fd00::/64".parse().unwrap()];
+        for peer in ["10.1.2.3", "::ffff:10.0.0.1", "fd00::2"] {
+            assert!(debug_allowed(ip(peer), &allowed), "{peer}");
+        }
+        assert!(!debug_allowed(ip("192.0.2.2"), &allowed));
+    }
 }

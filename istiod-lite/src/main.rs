@@ -102,6 +102,12 @@ struct Settings {
     #[arg(long, env = "HTTP_ADDRESS", default_value = "0.0.0.0:15014")]
     http_address: SocketAddr,
 
+    /// Networks (comma-separated CIDRs, e.g. `10.0.0.0/8`) whose clients may read /debug/*
+    /// besides loopback ones; every other client gets 403 there. The debug endpoints list
+    /// every workload, policy and connected client of the mesh.
+    #[arg(long, env = "DEBUG_ALLOWED_NETWORKS", value_delimiter = ',')]
+    debug_allowed_networks: Vec<ipnet::IpNet>,
+
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
 
@@ -207,6 +213,7 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stdout().is_terminal())
         .init();
     warnings.iter().for_each(|w| tracing::warn!("{w}"));
+    meshcore::rlimit::raise_nofile_and_log("istiod-lite");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -379,6 +386,7 @@ async fn run(s: Settings) -> Result<(), String> {
         resources,
         source: status,
         ca: ca_server.as_ref().map(|c| c.counters.clone()),
+        debug_networks: s.debug_allowed_networks.clone(),
     });
 
     let grpc_listener = TcpListener::bind(s.grpc_address)

@@ -6,6 +6,23 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
+/// Largest xDS message either end takes or sends: Istio's 200 MiB. tonic's default decode limit
+/// (4 MiB) is a first Address response of ~16,000 pods; above it a ztunnel never syncs.
+pub const MAX_XDS_MESSAGE_BYTES: usize = 200 * 1024 * 1024;
+
+/// A delta ADS client on `channel` taking and sending messages up to [`MAX_XDS_MESSAGE_BYTES`].
+pub fn ads_client(
+    channel: Channel,
+) -> crate::api::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient<
+    Channel,
+> {
+    crate::api::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient::new(
+        channel,
+    )
+    .max_decoding_message_size(MAX_XDS_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_XDS_MESSAGE_BYTES)
+}
+
 /// Where the control plane is and how to recognise it.
 #[derive(Clone)]
 pub struct ControlPlane {

@@ -2,6 +2,7 @@
 //! TLS for both ends of an HBONE connection, and the HBONE tunnel itself (HTTP/2 CONNECT over
 //! that TLS) with its bidirectional copy, and the L4 authorization engine. ztunnel, the waypoint and istiod-lite build on it.
 
+pub mod accept;
 pub mod api;
 pub mod certs;
 pub mod control;
@@ -11,6 +12,7 @@ pub mod identity;
 pub mod l7;
 pub mod pki;
 pub mod policy;
+pub mod rlimit;
 pub mod settings;
 pub mod tls;
 pub mod zds;

@@ -48,6 +48,7 @@ fn main() -> std::process::ExitCode {
         )
         .init();
     warnings.iter().for_each(|w| tracing::warn!("{w}"));
+    meshcore::rlimit::raise_nofile_and_log("waypoint");
     let log: Arc<dyn LogControl> = Arc::new(Filter {
         handle,
         current: Mutex::new(settings.log_level.clone()),

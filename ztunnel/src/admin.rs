@@ -1,6 +1,11 @@
 //! The HTTP side doors: admin on 15000 (localhost: `/config_dump`, `/logging`,
 //! `/quitquitquit`), Prometheus metrics on 15020 (`/metrics`, `/stats/prometheus`) and
 //! readiness on 15021 (`/healthz/ready`). Plain HTTP/1.1 with hyper.
+//!
+//! Each port takes at most [`MAX_CONNECTIONS`] connections at once (more wait in the backlog),
+//! drops a client that has not sent its request headers within [`HEADER_READ_TIMEOUT`]
+//! (Istio's ztunnel: 2 s), and pauses after a failed accept (out of descriptors) instead of
+//! retrying at once.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -12,7 +17,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use meshcore::accept::Acceptor;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -115,17 +121,26 @@ pub fn serve_all(
     }
 }
 
+/// A client must have sent its request headers this long after connecting (or after its
+/// previous response), as Istio's ztunnel.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Connections open at once per port.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// Serves one of the HTTP listeners until draining starts.
 pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, which: Endpoints, drain: Drain) {
+    let what = match which {
+        Endpoints::Admin => "admin",
+        Endpoints::Stats => "metrics",
+        Endpoints::Readiness => "readiness",
+    };
+    let mut acceptor = Acceptor::new(listener, MAX_CONNECTIONS, what);
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, _, permit) = tokio::select! {
             // Metrics stay scrapable while connections drain.
             _ = drain.started(), if !matches!(which, Endpoints::Stats) => return,
             _ = drain.closed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
+            accepted = acceptor.accept() => accepted,
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -134,8 +149,11 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, which: Endpoin
                 async move { Ok::<_, Infallible>(route(&ctx, which, req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
+            drop(permit);
         });
     }
 }

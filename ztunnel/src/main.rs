@@ -71,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Err(code) => return code,
     };
     warnings.iter().for_each(|w| tracing::warn!("{w}"));
+    meshcore::rlimit::raise_nofile_and_log("ztunnel");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.worker_threads.max(1))
@@ -133,6 +134,7 @@ fn node_agent() -> std::process::ExitCode {
         return code;
     }
     warnings.iter().for_each(|w| tracing::warn!("{w}"));
+    meshcore::rlimit::raise_nofile_and_log("ztunnel node-agent");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

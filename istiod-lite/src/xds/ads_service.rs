@@ -80,11 +80,13 @@ impl tower::Service<Request<Body>> for AdsService {
                 ))));
             }
             let (parts, body) = request.into_parts();
+            // A reconnecting client names every resource it holds (initial_resource_versions):
+            // in a large mesh far above tonic's default 4 MiB. Istio's limit, 200 MiB.
             let requests = Streaming::<DeltaDiscoveryRequest>::new_request(
                 tonic_prost::ProstDecoder::new(Default::default()),
                 body,
                 None,
-                None,
+                Some(meshcore::control::MAX_XDS_MESSAGE_BYTES),
             );
             let responses = match server.open(&parts.headers, requests).await {
                 Ok(rx) => rx,

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use meshcore::api::discovery::DeltaDiscoveryRequest;
+use meshcore::api::type_url;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
@@ -56,6 +57,8 @@ pub struct Clients {
     /// Streams refused for a missing or invalid token, or a subscription the caller may not
     /// have.
     pub refused_total: AtomicU64,
+    /// Requests for a type URL this server does not serve (ignored).
+    pub unknown_types_total: AtomicU64,
 }
 
 impl Clients {
@@ -107,6 +110,54 @@ const QUEUE: usize = 2;
 /// first response of a subscription is never split: a client (Istio's ztunnel included) takes
 /// it as the complete initial state.
 const CHUNK: usize = 500;
+/// Longest resource name or version a request may carry (a Kubernetes name is at most 253
+/// bytes, a namespace 63); node ids are cut to it.
+pub const MAX_NAME_BYTES: usize = 1024;
+/// Most names one client may subscribe to, per by-name type (a waypoint names one).
+pub const MAX_NAMES_PER_TYPE: usize = 128;
+/// What is kept of a NACK's message.
+const MAX_NACK_MESSAGE_BYTES: usize = 1024;
+/// What is kept of an acknowledged nonce (ours are `<client>-<n>`).
+const MAX_NONCE_BYTES: usize = 64;
+/// The type URLs served; requests for any other are ignored.
+const SERVED_TYPES: [&str; 3] = [
+    type_url::ADDRESS,
+    type_url::AUTHORIZATION,
+    type_url::WAYPOINT_CONFIG,
+];
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncated(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// Refuses a request naming a resource (subscribed, unsubscribed, or held with a version)
+/// longer than [`MAX_NAME_BYTES`].
+fn check_names(req: &DeltaDiscoveryRequest) -> Result<(), Status> {
+    let names = req
+        .resource_names_subscribe
+        .iter()
+        .chain(&req.resource_names_unsubscribe)
+        .chain(req.initial_resource_versions.keys())
+        .chain(req.initial_resource_versions.values());
+    for name in names {
+        if name.len() > MAX_NAME_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "{}: a resource name or version of {} bytes (at most {MAX_NAME_BYTES} bytes)",
+                req.type_url,
+                name.len()
+            )));
+        }
+    }
+    Ok(())
+}
 
 impl XdsServer {
     /// Opens a client's delta ADS session: checks its token (when required), then runs the
@@ -200,8 +251,24 @@ impl Session {
     }
 
     async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), ()> {
+        // Only the types served are looked at: anything else would be state kept per client
+        // (and shown by /debug/clients) for as many type URLs as a client cares to invent.
+        if !SERVED_TYPES.contains(&req.type_url.as_str()) {
+            self.clients
+                .unknown_types_total
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                client = self.id,
+                type_url = %truncated(&req.type_url, 256),
+                "xDS request for a type not served: ignored"
+            );
+            return Ok(());
+        }
+        if let Err(status) = check_names(&req) {
+            return self.refuse(status).await;
+        }
         if let Some(node) = &req.node {
-            let node_id = node.id.clone();
+            let node_id = truncated(&node.id, MAX_NAME_BYTES);
             self.clients.update(self.id, |c| c.node_id = node_id);
         }
         let type_url = req.type_url.clone();
@@ -209,15 +276,19 @@ impl Session {
             match &req.error_detail {
                 Some(err) => {
                     self.clients.nacks_total.fetch_add(1, Ordering::Relaxed);
-                    let msg = format!("{type_url}: {}", err.message);
-                    tracing::warn!(client = self.id, nonce = %req.response_nonce, "xDS NACK: {msg}");
+                    let msg = format!(
+                        "{type_url}: {}",
+                        truncated(&err.message, MAX_NACK_MESSAGE_BYTES)
+                    );
+                    let nonce = truncated(&req.response_nonce, MAX_NONCE_BYTES);
+                    tracing::warn!(client = self.id, %nonce, "xDS NACK: {msg}");
                     self.clients.update(self.id, |c| {
                         c.nacks += 1;
                         c.last_nack = Some(msg);
                     });
                 }
                 None => {
-                    let nonce = req.response_nonce.clone();
+                    let nonce = truncated(&req.response_nonce, MAX_NONCE_BYTES);
                     self.clients.update(self.id, |c| {
                         c.acked.insert(type_url.clone(), nonce);
                     });
@@ -283,6 +354,13 @@ impl Session {
             .collect();
         if first && added.is_empty() {
             return self.refuse(access::wildcard_refused(type_url)).await;
+        }
+        if held.len() + added.len() > MAX_NAMES_PER_TYPE {
+            let status = Status::invalid_argument(format!(
+                "{type_url}: at most {MAX_NAMES_PER_TYPE} names per subscription ({} asked)",
+                held.len() + added.len()
+            ));
+            return self.refuse(status).await;
         }
         // A first subscription takes the newest set; later ones the set the client holds.
         let set = match self.subscriptions.get(type_url) {
@@ -430,5 +508,230 @@ impl Session {
             self.tx.send(Ok(response)).await.map_err(|_| ())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::{BufMut, Bytes, BytesMut};
+    use http_body::Frame;
+    use meshcore::api::discovery::Node;
+    use prost::Message;
+    use std::time::Duration;
+
+    type Sink = mpsc::UnboundedSender<Result<Frame<Bytes>, std::convert::Infallible>>;
+
+    /// A session fed by hand: the requests sent on the returned sink, framed as gRPC.
+    struct Harness {
+        server: XdsServer,
+        tx: Sink,
+        rx: mpsc::Receiver<Outgoing>,
+        _publish: watch::Sender<Arc<ResourceSet>>,
+    }
+
+    async fn session() -> Harness {
+        let set = ResourceSet {
+            generation: 1,
+            ..Default::default()
+        };
+        let (publish, resources) = watch::channel(Arc::new(set));
+        let server = XdsServer::new(resources);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let frames =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
+        let body = http_body_util::StreamBody::new(frames);
+        let requests = Streaming::<DeltaDiscoveryRequest>::new_request(
+            tonic_prost::ProstDecoder::new(Default::default()),
+            body,
+            None,
+            None,
+        );
+        let rx = server
+            .open(&http::HeaderMap::new(), requests)
+            .await
+            .unwrap();
+        Harness {
+            server,
+            tx,
+            rx,
+            _publish: publish,
+        }
+    }
+
+    fn send(tx: &Sink, req: DeltaDiscoveryRequest) {
+        let bytes = req.encode_to_vec();
+        let mut frame = BytesMut::with_capacity(bytes.len() + 5);
+        frame.put_u8(0);
+        frame.put_u32(bytes.len() as u32);
+        frame.put_slice(&bytes);
+        tx.send(Ok(Frame::data(frame.freeze()))).unwrap();
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<Outgoing>) -> Outgoing {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an answer")
+            .expect("the session is open")
+    }
+
+    /// Type URLs other than those served are ignored: no response, nothing kept for the
+    /// client (neither a subscription nor an ACK), so a client cannot grow its state without
+    /// bound; the stream goes on.
+    #[tokio::test]
+    async fn unknown_type_urls_are_ignored_and_not_kept() {
+        let Harness {
+            server,
+            tx,
+            mut rx,
+            _publish,
+        } = session().await;
+        for i in 0..1000 {
+            send(
+                &tx,
+                DeltaDiscoveryRequest {
+                    node: (i == 0).then(|| Node {
+                        id: "n".repeat(100_000),
+                        ..Default::default()
+                    }),
+                    type_url: format!("type.googleapis.com/junk.T{i}"),
+                    ..Default::default()
+                },
+            );
+            // An ACK of a response that never was.
+            send(
+                &tx,
+                DeltaDiscoveryRequest {
+                    type_url: format!("type.googleapis.com/junk.A{i}"),
+                    response_nonce: "0-1".into(),
+                    ..Default::default()
+                },
+            );
+        }
+        send(
+            &tx,
+            DeltaDiscoveryRequest {
+                type_url: type_url::ADDRESS.into(),
+                ..Default::default()
+            },
+        );
+        let first = next(&mut rx).await.expect("a response");
+        assert_eq!(first.type_url, type_url::ADDRESS, "the first answer");
+        let clients = server.clients.snapshot();
+        assert_eq!(clients.len(), 1);
+        let c = &clients[0];
+        assert!(c.acked.is_empty(), "{:?}", c.acked.keys().take(3));
+        assert_eq!(
+            c.resources.keys().collect::<Vec<_>>(),
+            vec![type_url::ADDRESS]
+        );
+        assert!(c.node_id.len() <= MAX_NAME_BYTES, "{}", c.node_id.len());
+        assert!(server.clients.unknown_types_total.load(Ordering::Relaxed) >= 2000);
+    }
+
+    /// A name longer than any Kubernetes object can have ends the stream.
+    #[tokio::test]
+    async fn overlong_resource_names_are_refused() {
+        let long = format!("shop/{}", "w".repeat(MAX_NAME_BYTES));
+        for req in [
+            DeltaDiscoveryRequest {
+                type_url: type_url::WAYPOINT_CONFIG.into(),
+                resource_names_subscribe: vec![long.clone()],
+                ..Default::default()
+            },
+            DeltaDiscoveryRequest {
+                type_url: type_url::ADDRESS.into(),
+                initial_resource_versions: [(long.clone(), "1".to_owned())].into(),
+                ..Default::default()
+            },
+            DeltaDiscoveryRequest {
+                type_url: type_url::ADDRESS.into(),
+                resource_names_subscribe: vec![long.clone()],
+                ..Default::default()
+            },
+        ] {
+            let Harness {
+                server,
+                tx,
+                mut rx,
+                _publish,
+            } = session().await;
+            send(&tx, req);
+            let Err(status) = next(&mut rx).await else {
+                panic!("not refused")
+            };
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().contains("bytes"), "{}", status.message());
+            assert_eq!(server.clients.refused_total.load(Ordering::Relaxed), 1);
+        }
+    }
+
+    /// A by-name subscription holds at most MAX_NAMES_PER_TYPE names.
+    #[tokio::test]
+    async fn a_subscription_names_a_bounded_number_of_resources() {
+        let names = |from: usize, n: usize| -> Vec<String> {
+            (from..from + n).map(|i| format!("shop/w{i}")).collect()
+        };
+        // Within the bound, in two requests: accepted.
+        let Harness {
+            tx,
+            mut rx,
+            _publish,
+            ..
+        } = session().await;
+        send(
+            &tx,
+            DeltaDiscoveryRequest {
+                type_url: type_url::WAYPOINT_CONFIG.into(),
+                resource_names_subscribe: names(0, MAX_NAMES_PER_TYPE / 2),
+                ..Default::default()
+            },
+        );
+        next(&mut rx).await.expect("first response");
+        send(
+            &tx,
+            DeltaDiscoveryRequest {
+                type_url: type_url::WAYPOINT_CONFIG.into(),
+                resource_names_subscribe: names(MAX_NAMES_PER_TYPE / 2, MAX_NAMES_PER_TYPE / 2),
+                ..Default::default()
+            },
+        );
+        // One more than the bound: the stream ends.
+        send(
+            &tx,
+            DeltaDiscoveryRequest {
+                type_url: type_url::WAYPOINT_CONFIG.into(),
+                resource_names_subscribe: names(MAX_NAMES_PER_TYPE, 1),
+                ..Default::default()
+            },
+        );
+        let Err(status) = next(&mut rx).await else {
+            panic!("not refused")
+        };
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("at most"), "{}", status.message());
+
+        // All at once, far above the bound.
+        let Harness {
+            tx,
+            mut rx,
+            _publish,
+            ..
+        } = session().await;
+        send(
+            &tx,
+            DeltaDiscoveryRequest {
+                type_url: type_url::WAYPOINT_CONFIG.into(),
+                resource_names_subscribe: names(0, 100_000),
+                ..Default::default()
+            },
+        );
+        let Err(status) = next(&mut rx).await else {
+            panic!("not refused")
+        };
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
     }
 }

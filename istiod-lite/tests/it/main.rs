@@ -1,8 +1,10 @@
 //! istiod-lite's integration tests: one binary, modules by concern.
 
 mod chart;
+mod hardening;
 mod kube;
 mod kube_api;
+mod large_push;
 mod restart;
 mod settings;
 mod support;

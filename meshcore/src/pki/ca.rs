@@ -284,8 +284,10 @@ impl CertificateAuthority {
     }
 
     /// Loads Istio's plug-in CA layout from a directory: `ca-cert.pem`, `ca-key.pem`, and optional
-    /// `cert-chain.pem` and `root-cert.pem`.
+    /// `cert-chain.pem` and `root-cert.pem`. A `ca-key.pem` that group or others may access
+    /// (any of mode 077) is refused: whoever reads it can mint any identity of the mesh.
     pub fn from_istio_dir(dir: &Path) -> Result<Self, PkiError> {
+        check_key_is_private(&dir.join("ca-key.pem"))?;
         let read = |name: &str, required: bool| -> Result<Option<String>, PkiError> {
             let path = dir.join(name);
             match std::fs::read_to_string(&path) {
@@ -461,6 +463,23 @@ impl CertificateAuthority {
     pub fn key_pem(&self) -> &str {
         &self.key_pem
     }
+}
+
+/// Refuses a key file that anyone but its owner may read or write (mode & 077), as OpenSSH
+/// refuses an unprotected private key. A missing file is left to the read that follows.
+fn check_key_is_private(path: &Path) -> Result<(), PkiError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match std::fs::metadata(path) {
+        Ok(m) => m.permissions().mode() & 0o7777,
+        Err(_) => return Ok(()),
+    };
+    if mode & 0o077 != 0 {
+        return Err(PkiError::KeyPermissions {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 fn ca_params(org: &str, validity: Validity) -> Result<CertificateParams, PkiError> {

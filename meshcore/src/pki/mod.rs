@@ -37,6 +37,11 @@ pub enum PkiError {
     CsrRejected(String),
     #[error("cannot sign certificate: {0}")]
     Signing(#[from] rcgen::Error),
+    #[error(
+        "{path} has mode {mode:04o}: a CA key that group or others may access lets them mint any \
+         identity of the mesh; make it its owner's only (chmod 600 {path})"
+    )]
+    KeyPermissions { path: String, mode: u32 },
     #[error("I/O on {path}: {source}")]
     Io {
         path: String,

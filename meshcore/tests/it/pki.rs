@@ -9,10 +9,36 @@ use rcgen::{CertificateParams, KeyPair, SanType, PKCS_ECDSA_P256_SHA256};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+/// A private copy of a checked-in CA directory: git keeps no file modes beyond the executable
+/// bit, so the key is checked out 0644, and a CA key readable by others is refused. The copy
+/// (in its own temporary directory) has the key at 0600, as an operator would keep it.
 fn fixture(dir: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
-        .join(dir)
+        .join(dir);
+    let to = std::env::temp_dir().join(format!(
+        "meshcore-fixture-{}-{}-{dir}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&to);
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        std::fs::copy(entry.path(), &target).unwrap();
+        let mode = if entry.file_name() == "ca-key.pem" {
+            0o600
+        } else {
+            0o644
+        };
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    to
 }
 
 fn csr_with_sans(sans: Vec<SanType>) -> String {
@@ -336,4 +362,37 @@ fn a_generated_root_is_persisted_where_only_its_owner_can_read_the_key() {
     let (_, again) = CertificateAuthority::load_or_generate_dir(&dir, "cluster.local").unwrap();
     assert!(!again);
     std::fs::remove_dir_all(&base).unwrap();
+}
+
+/// Whoever reads the CA key can mint any identity of the mesh: a key that group or others may
+/// access is refused, naming the file, its mode and the fix.
+#[test]
+fn a_ca_key_that_group_or_others_may_read_is_refused_naming_file_mode_and_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = fixture("rsa-root-ec-intermediate");
+    let key = dir.join("ca-key.pem");
+    for mode in [0o644, 0o640, 0o604, 0o660] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = CertificateAuthority::from_istio_dir(&dir)
+            .err()
+            .unwrap_or_else(|| panic!("a CA key with mode {mode:o} was loaded"));
+        let msg = err.to_string();
+        assert!(msg.contains(&key.display().to_string()), "{msg}");
+        assert!(msg.contains(&format!("{mode:04o}")), "{msg}");
+        assert!(msg.contains("chmod 600"), "{msg}");
+    }
+    for mode in [0o600, 0o400] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        CertificateAuthority::from_istio_dir(&dir).unwrap();
+    }
+    // The checked-in fixture itself (0644 in a checkout) is refused as it is.
+    let checked_in = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rsa-root");
+    let mode = std::fs::metadata(checked_in.join("ca-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        assert!(CertificateAuthority::from_istio_dir(&checked_in).is_err());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

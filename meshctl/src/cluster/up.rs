@@ -49,6 +49,68 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Writes `text` to `path` readable by its owner only (0600, whatever the umask), atomically:
+/// a new file is written beside it and renamed over it, so a reader sees the old content or
+/// the new, never a part, and a file an earlier run left with another mode is replaced.
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("{}: {e}", path.display())
+    })
+}
+
+/// The state directory's parts. `ca/` (where istiod-lite persists the generated CA key) is
+/// its owner's only, also when an earlier run created it with the umask's mode.
+fn make_state_dirs(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    for sub in ["config", "logs", "nodes"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| err(dir, e))?;
+    }
+    let ca = dir.join("ca");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&ca)
+        .map_err(|e| err(&ca, e))?;
+    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| err(&ca, e))?;
+    Ok(())
+}
+
+/// The bootstrap tokens: one file per node (`nodes/<node>.token`, what its ztunnel, agent and
+/// waypoints present) and istiod-lite's `tokens` (`<node> <token>` per line), each 0600 and
+/// written atomically: a token lets its holder obtain the certificates of the node's pods.
+/// Returns the nodes' files in the order of `node_names`.
+fn write_tokens(dir: &Path, node_names: &[String]) -> Result<Vec<PathBuf>, String> {
+    let mut tokens = String::new();
+    let mut node_tokens = Vec::new();
+    for name in node_names {
+        let t = token()?;
+        tokens.push_str(&format!("{name} {t}\n"));
+        let file = dir.join("nodes").join(format!("{name}.token"));
+        write_private(&file, &t)?;
+        node_tokens.push(file);
+    }
+    write_private(&dir.join("tokens"), &tokens)?;
+    Ok(node_tokens)
+}
+
 /// Builds the cluster the manifests describe. A cluster already running is taken down first.
 pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
     super::check_prerequisites()?;
@@ -64,9 +126,7 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
     let plan = manifests::plan(docs, Ipv4Addr::new(10, 96, 0, 10))?;
     super::down(&opts.state_dir)?;
     let dir = opts.state_dir.clone();
-    for sub in ["config", "ca", "logs", "nodes"] {
-        std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
+    make_state_dirs(&dir)?;
 
     // Nodes: those the pods name, then node-N up to the count asked for.
     let mut node_names = plan.named_nodes.clone();
@@ -97,16 +157,7 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
     ])?;
     ip(&["-n", FABRIC, "link", "set", "br0", "up"])?;
 
-    let mut tokens = String::new();
-    let mut node_tokens = Vec::new();
-    for name in &node_names {
-        let t = token()?;
-        tokens.push_str(&format!("{name} {t}\n"));
-        let file = dir.join("nodes").join(format!("{name}.token"));
-        write(&file, &t)?;
-        node_tokens.push(file);
-    }
-    write(&dir.join("tokens"), &tokens)?;
+    let node_tokens = write_tokens(&dir, &node_names)?;
 
     // Pods: a node and an address each, so istiod-lite starts with the whole picture.
     let mut placed: Vec<(PodPlan, usize, Ipv4Addr)> = Vec::new();
@@ -561,4 +612,66 @@ fn cni_add(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The mode in octal, as `ls` and `chmod` show it.
+    fn mode(p: &Path) -> String {
+        format!(
+            "{:o}",
+            std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+        )
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("meshctl-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// A bootstrap token lets its holder obtain the certificates of a node's pods: the files
+    /// are the owner's only, whatever the umask, also when a previous run left them readable.
+    #[test]
+    fn bootstrap_tokens_are_written_for_their_owner_only() {
+        let dir = scratch("tokens");
+        make_state_dirs(&dir).unwrap();
+        // A file left by an earlier run with the umask's mode is replaced, not reused.
+        std::fs::write(dir.join("tokens"), "old").unwrap();
+        std::fs::set_permissions(dir.join("tokens"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let names = vec!["node-1".to_owned(), "node-2".to_owned()];
+        let files = write_tokens(&dir, &names).unwrap();
+        assert_eq!(files.len(), 2);
+        let all = std::fs::read_to_string(dir.join("tokens")).unwrap();
+        for (name, file) in names.iter().zip(&files) {
+            assert_eq!(mode(file), "600", "{}", file.display());
+            let token = std::fs::read_to_string(file).unwrap();
+            assert_eq!(token.len(), 32);
+            assert!(all.contains(&format!("{name} {token}\n")), "{all}");
+        }
+        assert_eq!(mode(&dir.join("tokens")), "600");
+        // Written by rename: no temporary file stays behind.
+        let left: Vec<_> = std::fs::read_dir(dir.join("nodes"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// istiod-lite persists the generated CA key in the state directory's `ca/`.
+    #[test]
+    fn the_state_directorys_ca_is_for_its_owner_only() {
+        let dir = scratch("ca-dir");
+        // Also when an earlier run created it with the umask's mode.
+        std::fs::create_dir_all(dir.join("ca")).unwrap();
+        std::fs::set_permissions(dir.join("ca"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        make_state_dirs(&dir).unwrap();
+        assert_eq!(mode(&dir.join("ca")), "700");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

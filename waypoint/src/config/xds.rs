@@ -179,7 +179,9 @@ impl XdsClient {
     }
 
     async fn session(&mut self, delivered: &mut bool) -> Result<(), String> {
-        let mut client = AggregatedDiscoveryServiceClient::new(self.config.control.channel()?);
+        let mut client = AggregatedDiscoveryServiceClient::new(self.config.control.channel()?)
+            .max_decoding_message_size(meshcore::control::MAX_XDS_MESSAGE_BYTES)
+            .max_encoding_message_size(meshcore::control::MAX_XDS_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(4);
         let subscribe = DeltaDiscoveryRequest {
             node: Some(Node {

@@ -124,7 +124,9 @@ impl XdsClient {
     fn connect(
         &self,
     ) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, String> {
-        Ok(AggregatedDiscoveryServiceClient::new(
+        // Messages up to Istio's 200 MiB: a large mesh's first response is far above tonic's
+        // default 4 MiB.
+        Ok(meshcore::control::ads_client(
             self.config.control.channel()?,
         ))
     }
