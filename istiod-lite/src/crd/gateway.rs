@@ -7,11 +7,9 @@
 //! [`kube::Resource`] by hand so the watchers can read them. Unknown fields are not refused here
 //! (a cluster may run a newer Gateway API); the manifest reader is strict on its own.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::NamespaceResourceScope;
 use meshcore::l7;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -25,40 +23,6 @@ pub const WAYPOINT_CLASS: &str = "istio-waypoint";
 /// (`status.parents[].controllerName`), Istio's.
 pub const CONTROLLER_NAME: &str = "istio.io/gateway-controller";
 
-/// Implements [`kube::Resource`] for a namespaced Gateway API type.
-macro_rules! gateway_api_resource {
-    ($ty:ty, $kind:literal, $plural:literal) => {
-        impl kube::Resource for $ty {
-            type DynamicType = ();
-            type Scope = NamespaceResourceScope;
-
-            fn kind(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed($kind)
-            }
-
-            fn group(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed(GROUP)
-            }
-
-            fn version(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed(VERSION)
-            }
-
-            fn plural(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed($plural)
-            }
-
-            fn meta(&self) -> &ObjectMeta {
-                &self.metadata
-            }
-
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.metadata
-            }
-        }
-    };
-}
-
 /// A `Gateway`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -71,7 +35,7 @@ pub struct Gateway {
     pub status: Option<IgnoredAny>,
 }
 
-gateway_api_resource!(Gateway, "Gateway", "gateways");
+namespaced_resource!(Gateway, GROUP, VERSION, "Gateway", "gateways");
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -201,7 +165,7 @@ pub struct HttpRoute {
     pub status: Option<RouteStatusSeen>,
 }
 
-gateway_api_resource!(HttpRoute, "HTTPRoute", "httproutes");
+namespaced_resource!(HttpRoute, GROUP, VERSION, "HTTPRoute", "httproutes");
 
 /// A `GRPCRoute`: Kubernetes metadata around meshcore's spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,7 +178,7 @@ pub struct GrpcRoute {
     pub status: Option<RouteStatusSeen>,
 }
 
-gateway_api_resource!(GrpcRoute, "GRPCRoute", "grpcroutes");
+namespaced_resource!(GrpcRoute, GROUP, VERSION, "GRPCRoute", "grpcroutes");
 
 /// What istiod-lite reads of a route's `status`: which controllers wrote entries in
 /// `parents`. After [`RouteStatusSeen::reduce`] it only says whether [`CONTROLLER_NAME`] has any,

@@ -6,46 +6,10 @@
 //! Not CRDs of ours (Linkerd and SMI ship theirs): [`kube::Resource`] by hand, as for the
 //! Gateway API types. Unknown fields are refused by the manifest reader.
 
-use std::borrow::Cow;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::NamespaceResourceScope;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-macro_rules! resource {
-    ($ty:ty, $group:literal, $version:literal, $kind:literal, $plural:literal) => {
-        impl kube::Resource for $ty {
-            type DynamicType = ();
-            type Scope = NamespaceResourceScope;
-
-            fn kind(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed($kind)
-            }
-
-            fn group(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed($group)
-            }
-
-            fn version(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed($version)
-            }
-
-            fn plural(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed($plural)
-            }
-
-            fn meta(&self) -> &ObjectMeta {
-                &self.metadata
-            }
-
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.metadata
-            }
-        }
-    };
-}
 
 /// An SMI `TrafficSplit`: requests to `service` (the apex) shared among `backends` by weight.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -58,7 +22,7 @@ pub struct TrafficSplit {
     pub status: Option<IgnoredAny>,
 }
 
-resource!(
+namespaced_resource!(
     TrafficSplit,
     "split.smi-spec.io",
     "v1alpha2",
@@ -96,7 +60,7 @@ pub struct ServiceProfile {
     pub status: Option<IgnoredAny>,
 }
 
-resource!(
+namespaced_resource!(
     ServiceProfile,
     "linkerd.io",
     "v1alpha2",

@@ -3,6 +3,44 @@
 //! instead of silently ignored. Gateway API's objects ([`gateway`]) are read too; their CRDs
 //! come from the Gateway API project, not from `--print-crds`.
 
+/// Implements [`kube::Resource`] for a namespaced type whose definition is not kube-derive's
+/// (Gateway API's, Istio's networking kinds, Linkerd's and SMI's): `(type, group, version,
+/// kind, plural)`.
+macro_rules! namespaced_resource {
+    ($ty:ty, $group:expr, $version:expr, $kind:literal, $plural:literal) => {
+        impl kube::Resource for $ty {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
+
+            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+                std::borrow::Cow::Borrowed($kind)
+            }
+
+            fn group(_: &()) -> std::borrow::Cow<'_, str> {
+                std::borrow::Cow::Borrowed($group)
+            }
+
+            fn version(_: &()) -> std::borrow::Cow<'_, str> {
+                std::borrow::Cow::Borrowed($version)
+            }
+
+            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+                std::borrow::Cow::Borrowed($plural)
+            }
+
+            fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &self.metadata
+            }
+
+            fn meta_mut(
+                &mut self,
+            ) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
 pub mod gateway;
 pub mod linkerd;
 pub mod networking;

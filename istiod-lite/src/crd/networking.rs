@@ -7,15 +7,12 @@
 //! unknown fields (`x-kubernetes-preserve-unknown-fields`), and istiod-lite's strict reading
 //! reports them by name instead.
 
-use std::borrow::Cow;
-
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, CustomResourceDefinitionNames, CustomResourceDefinitionSpec,
     CustomResourceDefinitionVersion, CustomResourceSubresources, CustomResourceValidation,
     JSONSchemaProps,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::NamespaceResourceScope;
 use meshcore::l7;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -24,39 +21,6 @@ use super::gateway::l7_meta;
 
 pub const GROUP: &str = "networking.istio.io";
 pub const VERSION: &str = "v1";
-
-macro_rules! networking_resource {
-    ($ty:ty, $kind:literal, $plural:literal) => {
-        impl kube::Resource for $ty {
-            type DynamicType = ();
-            type Scope = NamespaceResourceScope;
-
-            fn kind(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed($kind)
-            }
-
-            fn group(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed(GROUP)
-            }
-
-            fn version(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed(VERSION)
-            }
-
-            fn plural(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed($plural)
-            }
-
-            fn meta(&self) -> &ObjectMeta {
-                &self.metadata
-            }
-
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.metadata
-            }
-        }
-    };
-}
 
 /// A `VirtualService`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -69,7 +33,13 @@ pub struct VirtualService {
     pub status: Option<IgnoredAny>,
 }
 
-networking_resource!(VirtualService, "VirtualService", "virtualservices");
+namespaced_resource!(
+    VirtualService,
+    GROUP,
+    VERSION,
+    "VirtualService",
+    "virtualservices"
+);
 
 /// A `DestinationRule`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -82,7 +52,13 @@ pub struct DestinationRule {
     pub status: Option<IgnoredAny>,
 }
 
-networking_resource!(DestinationRule, "DestinationRule", "destinationrules");
+namespaced_resource!(
+    DestinationRule,
+    GROUP,
+    VERSION,
+    "DestinationRule",
+    "destinationrules"
+);
 
 impl VirtualService {
     /// As the waypoint takes it.
