@@ -1,5 +1,14 @@
 //! Cluster-mode caller authentication for the certificate service: a Kubernetes TokenReview of
 //! the caller's service-account token (audience `istio-ca`).
+//!
+//! The API server must confirm the audience (an answer without `status.audiences` is refused).
+//! Answers are cached by the token's SHA-256: an accepted caller for 60 s, a refused token for
+//! 5 s, so reconnecting clients, and unauthenticated callers retrying, do not each cost the API
+//! server a TokenReview (and a Pod read).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::Pod;
@@ -15,11 +24,22 @@ const NODE_NAME: &str = "authentication.kubernetes.io/node-name";
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 
+/// How long an accepted token's caller is remembered.
+const ACCEPTED_FOR: Duration = Duration::from_secs(60);
+/// How long a refused token is remembered.
+const REFUSED_FOR: Duration = Duration::from_secs(5);
+/// Cached answers kept; past this the cache starts over.
+const MAX_CACHED: usize = 10_000;
+
+type Answer = Result<Caller, (tonic::Code, String)>;
+
 pub struct TokenReviewer {
     client: Client,
     trust_domain: String,
     /// (namespace, service account) of ztunnel: it acts for its node.
     ztunnel: (String, String),
+    /// SHA-256 of a token → the answer and until when it holds.
+    cache: Mutex<HashMap<[u8; 32], (Answer, Instant)>>,
 }
 
 impl TokenReviewer {
@@ -32,10 +52,53 @@ impl TokenReviewer {
             client,
             trust_domain: trust_domain.to_owned(),
             ztunnel: (ns.to_owned(), sa.to_owned()),
+            cache: Mutex::new(HashMap::new()),
         })
     }
 
+    /// Who presents `token`: from the cache, else from a TokenReview (whose answer is cached;
+    /// an API server that cannot be reached is not).
     pub async fn review(&self, token: &str) -> Result<Caller, Status> {
+        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes");
+        let now = Instant::now();
+        if let Some((answer, until)) = self.cache.lock().expect("cache lock").get(&digest) {
+            if *until > now {
+                return answer
+                    .clone()
+                    .map_err(|(code, message)| Status::new(code, message));
+            }
+        }
+        let answer = self.review_uncached(token).await;
+        if answer
+            .as_ref()
+            .is_err_and(|s| s.code() == tonic::Code::Unavailable)
+        {
+            return answer;
+        }
+        let ttl = if answer.is_ok() {
+            ACCEPTED_FOR
+        } else {
+            REFUSED_FOR
+        };
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, (_, until)| *until > now);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        let kept: Answer = match &answer {
+            Ok(caller) => Ok(caller.clone()),
+            Err(s) => Err((s.code(), s.message().to_owned())),
+        };
+        cache.insert(digest, (kept, now + ttl));
+        answer
+    }
+
+    async fn review_uncached(&self, token: &str) -> Result<Caller, Status> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_owned(),
@@ -54,12 +117,13 @@ impl TokenReviewer {
                 status.error.unwrap_or_else(|| "not authenticated".into())
             )));
         }
-        if let Some(audiences) = &status.audiences {
-            if !audiences.iter().any(|a| a == AUDIENCE) {
-                return Err(Status::unauthenticated(format!(
-                    "token is not for audience {AUDIENCE}"
-                )));
-            }
+        // The API server states the audiences it checked; without them nothing says the token
+        // was meant for us (a token for another audience would pass).
+        let audiences = status.audiences.as_deref().unwrap_or_default();
+        if !audiences.iter().any(|a| a == AUDIENCE) {
+            return Err(Status::unauthenticated(format!(
+                "token is not for audience {AUDIENCE} (the API server confirmed {audiences:?})"
+            )));
         }
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();

@@ -34,6 +34,10 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
+            // A client gone without a word (a partitioned node) is found by TCP keepalive.
+            if let Err(e) = meshcore::control::Keepalive::default().apply_tcp(&tcp) {
+                tracing::debug!(%peer, "TCP keepalive: {e}");
+            }
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -49,7 +53,11 @@ pub async fn serve(
     });
     let incoming =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) });
+    let keepalive = meshcore::control::Keepalive::default();
     let result = tonic::transport::Server::builder()
+        // HTTP/2 pings find a silent peer sooner than TCP keepalive (Istio: 30 s, 10 s).
+        .http2_keepalive_interval(Some(keepalive.h2_interval))
+        .http2_keepalive_timeout(Some(keepalive.h2_timeout))
         .add_service(super::ads_service::AdsService::new(xds))
         .add_optional_service(ca.map(IstioCertificateServiceServer::new))
         .serve_with_incoming_shutdown(incoming, shutdown)

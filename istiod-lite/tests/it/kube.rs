@@ -355,7 +355,13 @@ async fn ca_lives_in_secrets_and_callers_pass_token_review() {
         e.message().contains("may only obtain its own identity"),
         "{e:?}"
     );
-    for token in ["unknown", "other-audience"] {
+    // An answer that does not confirm the audience is refused too.
+    api.add_token(
+        "no-audiences",
+        json!({"authenticated": true,
+               "user": {"username": "system:serviceaccount:shop:frontend", "uid": "u"}}),
+    );
+    for token in ["unknown", "other-audience", "no-audiences"] {
         let e = ask(&server, token, frontend).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated, "{token}: {e:?}");
     }
@@ -364,8 +370,16 @@ async fn ca_lives_in_secrets_and_callers_pass_token_review() {
             .counters
             .refused
             .load(std::sync::atomic::Ordering::Relaxed),
-        4
+        5
     );
+    // Reviews are cached: asking again with the same tokens, accepted or refused, costs the
+    // API server no new TokenReview.
+    let reviews = api.calls("POST", "tokenreviews");
+    ask(&server, "frontend", frontend).await.expect("cached");
+    for token in ["unknown", "no-audiences"] {
+        ask(&server, token, frontend).await.unwrap_err();
+    }
+    assert_eq!(api.calls("POST", "tokenreviews"), reviews);
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 mod chart;
 mod hardening;
+mod keepalive;
 mod kube;
 mod kube_api;
 mod large_push;

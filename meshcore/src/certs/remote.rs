@@ -15,6 +15,9 @@ use tonic::transport::Channel;
 
 use super::{CertificateProvider, IssueFuture};
 
+/// How long a certificate request may take.
+const CA_DEADLINE: Duration = Duration::from_secs(10);
+
 pub struct RemoteCa {
     channel: Channel,
     /// Re-read for every request, so a rotated token is picked up.
@@ -72,11 +75,16 @@ impl RemoteCa {
                 .parse()
                 .map_err(|_| "CLUSTER_ID is not a valid header value".to_owned())?,
         );
-        let response = IstioCertificateServiceClient::new(self.channel.clone())
-            .create_certificate(request)
-            .await
-            .map_err(|s| format!("CA refused {id}: {:?}: {}", s.code(), s.message()))?
-            .into_inner();
+        // A deadline, as Istio's CA client has: a CA that never answers must not hold the
+        // certificate (and the pod's start) forever.
+        let response = tokio::time::timeout(
+            CA_DEADLINE,
+            IstioCertificateServiceClient::new(self.channel.clone()).create_certificate(request),
+        )
+        .await
+        .map_err(|_| format!("CA did not answer for {id} within {CA_DEADLINE:?}"))?
+        .map_err(|s| format!("CA refused {id}: {:?}: {}", s.code(), s.message()))?
+        .into_inner();
         let cert = WorkloadCert::from_pem(&response.cert_chain.join(""), &csr.key_pem)
             .map_err(|e| format!("certificate from the CA for {id}: {e}"))?;
         if cert.identity() != id {

@@ -153,6 +153,7 @@ impl XdsClient {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_secs(1);
         loop {
+            let started = std::time::Instant::now();
             let mut delivered = false;
             let result = tokio::select! {
                 result = self.session(&mut delivered) => result,
@@ -170,11 +171,12 @@ impl XdsClient {
                     self.status.lock().expect("status lock").last_error = Some(e);
                 }
             }
+            let (wait, next) = meshcore::control::next_backoff(backoff, started.elapsed());
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = &mut shutdown => return,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            backoff = next;
         }
     }
 

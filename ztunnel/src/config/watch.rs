@@ -23,6 +23,12 @@ pub struct SourceStatus {
     pub rejected: u64,
     /// Why the most recent change was refused, if it was.
     pub last_error: Option<String>,
+    /// xDS: whether a stream is up and has answered (a silent partition ends it within the
+    /// channel's keepalive bound, 40 s).
+    pub connected: bool,
+    /// When the config in force last changed or was confirmed by the control plane (seconds
+    /// since the epoch): how stale the view may be.
+    pub last_update_unix: Option<u64>,
 }
 
 pub struct LocalFileSource {

@@ -2,7 +2,7 @@
 //! on istiod(-lite), keeps the resources it was sent, and hands the store a complete view after
 //! each response. A response that cannot be decoded or applied is NACKed with the reason and
 //! nothing of it is applied; the last good view stays. Lost connections are retried with capped
-//! backoff, resubscribing with the versions held, so the server sends only what changed.
+//! backoff (starting over after a session that stayed up 30 s), resubscribing with the versions held, so the server sends only what changed.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -98,26 +98,33 @@ impl XdsClient {
         }
     }
 
-    /// Runs until `shutdown` completes, reconnecting with backoff (1 s doubling to 30 s).
+    /// Runs until `shutdown` completes, reconnecting with backoff (1 s doubling to 30 s, back to
+    /// 1 s after a session that stayed up 30 s).
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_secs(1);
         loop {
+            let started = std::time::Instant::now();
             let session = self.session();
-            tokio::select! {
-                result = session => {
-                    match result {
-                        Ok(()) => tracing::info!(address = %self.config.control.address, "xDS stream closed by the server; reconnecting"),
-                        Err(e) => tracing::warn!(address = %self.config.control.address, retry_in = ?backoff, "xDS: {e}"),
-                    }
+            let result = tokio::select! {
+                result = session => result,
+                _ = &mut shutdown => return,
+            };
+            self.status.lock().expect("status lock").connected = false;
+            match result {
+                Ok(()) => {
+                    tracing::info!(address = %self.config.control.address, "xDS stream closed by the server; reconnecting")
                 }
-                _ = &mut shutdown => return,
+                Err(e) => {
+                    tracing::warn!(address = %self.config.control.address, retry_in = ?backoff, "xDS: {e}")
+                }
             }
+            let (wait, next) = meshcore::control::next_backoff(backoff, started.elapsed());
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = &mut shutdown => return,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            backoff = next;
         }
     }
 
@@ -247,6 +254,11 @@ impl XdsClient {
                 status.applied_version = version;
                 status.loads += 1;
                 status.last_error = None;
+                status.connected = true;
+                status.last_update_unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs());
                 self.held = next;
                 Ok(())
             }
