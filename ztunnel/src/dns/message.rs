@@ -85,6 +85,19 @@ pub fn parse_query(msg: &[u8]) -> Result<Question, ParseError> {
     })
 }
 
+/// Whether `reply` answers `query`: a response (QR set) with the query's id and the same
+/// question section, byte for byte (names compared without case).
+pub fn answers(query: &[u8], reply: &[u8]) -> bool {
+    let Ok(q) = parse_query(query) else {
+        return false;
+    };
+    reply.len() >= q.end
+        && reply[..2] == query[..2]
+        && reply[2] & 0x80 != 0
+        && u16_at(reply, 4) == Some(1)
+        && reply[HEADER..q.end].eq_ignore_ascii_case(&query[HEADER..q.end])
+}
+
 /// The answer to `query` (whose question is `q`): `ips` of the asked family as records, or
 /// no records (the name exists, not with that type).
 pub fn answer(query: &[u8], q: &Question, ips: &[IpAddr]) -> Vec<u8> {

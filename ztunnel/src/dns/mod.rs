@@ -25,8 +25,12 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_TCP_MESSAGE: usize = 16 * 1024;
 /// Queries in flight per pod (UDP); more are dropped, as a busy resolver would.
 const MAX_IN_FLIGHT: usize = 256;
-/// A TCP DNS connection idle this long is closed.
+/// A TCP DNS connection idle this long (or this slow to send a query) is closed.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// TCP DNS connections per pod; more are closed at once.
+const MAX_TCP_CONNECTIONS: usize = 64;
+/// The largest UDP reply an upstream may send (EDNS0 allows up to 64 KiB): nothing is cut.
+const MAX_UDP_REPLY: usize = 65_535;
 
 pub struct DnsProxy {
     pub state: Arc<StateStore>,
@@ -129,12 +133,20 @@ impl DnsProxy {
         };
         socket.connect(upstream).await?;
         socket.send(query).await?;
-        let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv(&mut buf))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        buf.truncate(n);
-        Ok(buf)
+        let mut buf = vec![0u8; MAX_UDP_REPLY];
+        let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
+        // Only the answer to this query counts: same id and same question (a stray or forged
+        // datagram is skipped, not relayed).
+        loop {
+            let n = tokio::time::timeout_at(deadline, socket.recv(&mut buf))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            if message::answers(query, &buf[..n]) {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            tracing::debug!(%upstream, "DNS: a reply to another query skipped");
+        }
     }
 }
 
@@ -170,6 +182,7 @@ pub async fn serve_udp(socket: UdpSocket, proxy: Arc<DnsProxy>, drain: Drain) {
 
 /// Answers length-prefixed queries on TCP connections until draining starts.
 pub async fn serve_tcp(listener: TcpListener, proxy: Arc<DnsProxy>, drain: Drain) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         let (mut tcp, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -182,8 +195,12 @@ pub async fn serve_tcp(listener: TcpListener, proxy: Arc<DnsProxy>, drain: Drain
             },
             _ = drain.started() => return,
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            continue; // at the cap: the connection is closed (dropped)
+        };
         let proxy = proxy.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             loop {
                 let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, tcp.read_u16()).await else {
                     return;
@@ -193,7 +210,10 @@ pub async fn serve_tcp(listener: TcpListener, proxy: Arc<DnsProxy>, drain: Drain
                     return;
                 }
                 let mut query = vec![0u8; len];
-                if tcp.read_exact(&mut query).await.is_err() {
+                if !matches!(
+                    tokio::time::timeout(TCP_IDLE, tcp.read_exact(&mut query)).await,
+                    Ok(Ok(_))
+                ) {
                     return;
                 }
                 let Some(reply) = proxy.resolve(&query).await else {
@@ -309,5 +329,39 @@ mod tests {
                 "[fd00::a]:53".parse().unwrap()
             ]
         );
+    }
+
+    /// A forwarded query takes only its own answer (id and question), whole even past 4 KiB.
+    #[tokio::test]
+    async fn forwarded_answers_must_match_and_are_never_cut() {
+        let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let at = upstream.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 512];
+            let (n, from) = upstream.recv_from(&mut buf).await.unwrap();
+            let q = buf[..n].to_vec();
+            // A reply to another query first (another id), then the real one, 5,000 bytes long.
+            let mut stray = q.clone();
+            stray[0] ^= 0xff;
+            stray[2] |= 0x80;
+            upstream.send_to(&stray, from).await.unwrap();
+            let mut big = q.clone();
+            big[2] |= 0x80;
+            big.resize(5000, 0);
+            upstream.send_to(&big, from).await.unwrap();
+        });
+        let proxy = DnsProxy {
+            namespace: None,
+            domain: "cluster.local".into(),
+            state: Arc::new(StateStore::new("cluster.local")),
+            upstreams: vec![at],
+            netns: None,
+            mark: None,
+        };
+        let q = query(77, "example.com", TYPE_A);
+        let reply = proxy.resolve(&q).await.unwrap();
+        assert_eq!(reply.len(), 5000, "not cut at 4096");
+        assert_eq!(&reply[..2], &q[..2], "the matching id");
+        assert!(message::answers(&q, &reply));
     }
 }
