@@ -190,58 +190,27 @@ impl XdsClient {
         Ok(())
     }
 
-    /// Decodes the whole response first; applies it only if everything decodes and the
-    /// resulting view is accepted by the store.
+    /// Decodes the response onto the view held; applies the resources that decode (when the
+    /// resulting view is accepted by the store) and refuses, by name, those that do not, as
+    /// Istio's ztunnel does: one bad resource does not hold back the others (a first
+    /// subscription still becomes ready).
     async fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), String> {
-        let mut addresses = self.held.addresses.clone();
-        let mut authorizations = self.held.authorizations.clone();
-        match response.type_url.as_str() {
-            type_url::ADDRESS => {
-                for r in &response.resources {
-                    let any = r
-                        .resource
-                        .as_ref()
-                        .ok_or_else(|| format!("resource {} has no body", r.name))?;
-                    addresses.insert(
-                        r.name.clone(),
-                        (
-                            r.version.clone(),
-                            xds_convert::address(&r.name, &any.value)?,
-                        ),
-                    );
-                }
-                for name in &response.removed_resources {
-                    addresses.remove(name);
-                }
-            }
-            type_url::AUTHORIZATION => {
-                for r in &response.resources {
-                    let any = r
-                        .resource
-                        .as_ref()
-                        .ok_or_else(|| format!("resource {} has no body", r.name))?;
-                    authorizations.insert(
-                        r.name.clone(),
-                        (
-                            r.version.clone(),
-                            xds_convert::authorization(&r.name, &any.value)?,
-                        ),
-                    );
-                }
-                for name in &response.removed_resources {
-                    authorizations.remove(name);
-                }
-            }
-            other => return Err(format!("unexpected type {other}")),
+        let (next, bad) = decode(&self.held, response)?;
+        let refused = (!bad.is_empty())
+            .then(|| format!("refused {} resource(s): {}", bad.len(), bad.join("; ")));
+        // Nothing usable in a later response: the view in force stays as it is (no new
+        // version). A first response is applied whatever it holds, so the view can start.
+        let unchanged = self.initial.contains(&response.type_url)
+            && !bad.is_empty()
+            && response.removed_resources.is_empty()
+            && bad.len() == response.resources.len();
+        if unchanged {
+            return Err(refused.unwrap_or_default());
         }
-        let next = Held {
-            addresses,
-            authorizations,
-        };
         self.initial.insert(response.type_url.clone());
         if self.initial.len() < 2 {
             self.held = next;
-            return Ok(());
+            return refused.map_or(Ok(()), Err);
         }
         let config = next.config();
         let store = self.store.clone();
@@ -260,7 +229,14 @@ impl XdsClient {
                     .ok()
                     .map(|d| d.as_secs());
                 self.held = next;
-                Ok(())
+                match refused {
+                    Some(e) => {
+                        status.rejected += 1;
+                        status.last_error = Some(e.clone());
+                        Err(e)
+                    }
+                    None => Ok(()),
+                }
             }
             Err(e) => {
                 status.rejected += 1;
@@ -268,5 +244,108 @@ impl XdsClient {
                 Err(e)
             }
         }
+    }
+}
+
+/// The view after `response`, and the resources it carried that could not be used
+/// (`name: reason`), which keep their previous version, if any.
+fn decode(held: &Held, response: &DeltaDiscoveryResponse) -> Result<(Held, Vec<String>), String> {
+    let mut next = Held {
+        addresses: held.addresses.clone(),
+        authorizations: held.authorizations.clone(),
+    };
+    let mut bad = Vec::new();
+    fn body(r: &meshcore::api::discovery::Resource) -> Result<&[u8], String> {
+        r.resource
+            .as_ref()
+            .map(|any| any.value.as_slice())
+            .ok_or_else(|| "no body".to_owned())
+    }
+    match response.type_url.as_str() {
+        type_url::ADDRESS => {
+            for r in &response.resources {
+                match body(r).and_then(|b| xds_convert::address(&r.name, b)) {
+                    Ok(a) => {
+                        next.addresses
+                            .insert(r.name.clone(), (r.version.clone(), a));
+                    }
+                    Err(e) => bad.push(format!("{}: {e}", r.name)),
+                }
+            }
+            for name in &response.removed_resources {
+                next.addresses.remove(name);
+            }
+        }
+        type_url::AUTHORIZATION => {
+            for r in &response.resources {
+                match body(r).and_then(|b| xds_convert::authorization(&r.name, b)) {
+                    Ok(a) => {
+                        next.authorizations
+                            .insert(r.name.clone(), (r.version.clone(), a));
+                    }
+                    Err(e) => bad.push(format!("{}: {e}", r.name)),
+                }
+            }
+            for name in &response.removed_resources {
+                next.authorizations.remove(name);
+            }
+        }
+        other => return Err(format!("unexpected type {other}")),
+    }
+    Ok((next, bad))
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+    use meshcore::api::discovery::Resource;
+
+    fn resource(name: &str, value: Vec<u8>) -> Resource {
+        Resource {
+            name: name.into(),
+            version: "1".into(),
+            resource: Some(prost_types::Any {
+                type_url: type_url::ADDRESS.into(),
+                value,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn good_resources_are_kept_and_bad_ones_named() {
+        let good = meshcore::api::workload::Address {
+            r#type: Some(meshcore::api::workload::address::Type::Workload(
+                meshcore::api::workload::Workload {
+                    uid: "Kubernetes//Pod/shop/a".into(),
+                    name: "a".into(),
+                    namespace: "shop".into(),
+                    addresses: vec![vec![10, 0, 0, 1].into()],
+                    ..Default::default()
+                },
+            )),
+        };
+        let response = DeltaDiscoveryResponse {
+            type_url: type_url::ADDRESS.into(),
+            resources: vec![
+                resource(
+                    "Kubernetes//Pod/shop/a",
+                    prost::Message::encode_to_vec(&good),
+                ),
+                resource("Kubernetes//Pod/shop/broken", vec![0x0a, 0x05, 0xff, 0xff]),
+            ],
+            ..Default::default()
+        };
+        let held = Held {
+            addresses: BTreeMap::new(),
+            authorizations: BTreeMap::new(),
+        };
+        let (next, bad) = decode(&held, &response).unwrap();
+        assert_eq!(next.addresses.len(), 1, "the good one is kept");
+        assert_eq!(bad.len(), 1);
+        assert!(
+            bad[0].starts_with("Kubernetes//Pod/shop/broken: "),
+            "{bad:?}"
+        );
     }
 }
