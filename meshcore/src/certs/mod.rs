@@ -218,6 +218,21 @@ impl CertManager {
         all
     }
 
+    /// Stops keeping `id`'s certificate: no more renewals (its renewal task ends at its next
+    /// wake-up), and the next [`Self::credentials`] issues afresh. Connections holding the
+    /// credentials keep them until they end. For an identity whose last pod has left: renewing
+    /// it would be refused by the CA forever.
+    pub fn forget(&self, id: &SpiffeId) {
+        if !self.entries.load().contains_key(id) {
+            return;
+        }
+        self.entries.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.remove(id);
+            map
+        });
+    }
+
     /// Whether a certificate for `id` has been issued.
     pub fn has(&self, id: &SpiffeId) -> bool {
         self.entries
@@ -325,6 +340,36 @@ mod tests {
             "renewed after about 1 s"
         );
         assert_eq!(manager.status()[0].renewals, 1);
+    }
+
+    /// Counts issuances.
+    struct Counting(LocalCa, std::sync::atomic::AtomicUsize);
+
+    impl CertificateProvider for Counting {
+        fn issue<'a>(&'a self, id: &'a SpiffeId) -> IssueFuture<'a> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.issue(id)
+        }
+
+        fn roots(&self) -> TrustRoots {
+            self.0.roots()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_identity_is_not_renewed() {
+        let ca = LocalCa::generate("cluster.local", Duration::from_secs(2)).unwrap();
+        let counting = Arc::new(Counting(ca, Default::default()));
+        let manager = CertManager::new(counting.clone());
+        let id = SpiffeId::new("cluster.local", "default", "gone").unwrap();
+        let held = manager.credentials(&id).await.unwrap();
+        manager.forget(&id);
+        assert!(!manager.has(&id) && manager.status().is_empty());
+        // Past the half-life: no renewal was asked for.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert_eq!(counting.1.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // A connection still holding the credentials keeps them (they are not torn down).
+        assert_eq!(held.snapshot().cert.identity(), &id);
     }
 
     #[test]

@@ -185,9 +185,17 @@ impl Pods {
     /// either side closes; when the pod itself is deleted, its processes' sockets close and
     /// take them down). Shutdown cuts whatever is left at its deadline.
     pub fn remove(&self, uid: &str) -> bool {
-        let Some(pod) = self.pods.lock().expect("pods lock").remove(uid) else {
+        let mut pods = self.pods.lock().expect("pods lock");
+        let Some(pod) = pods.remove(uid) else {
             return false;
         };
+        // The last pod with this identity gone: stop renewing its certificate (the CA would
+        // refuse it, forever).
+        let identity = &pod.proxy.identity;
+        if !pods.values().any(|p| p.proxy.identity == *identity) {
+            self.ctx.certs.forget(identity);
+        }
+        drop(pods);
         pod.proxy.drain.start();
         pod.hbone_server.drain();
         tracing::info!(%uid, "pod removed");
