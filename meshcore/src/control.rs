@@ -49,6 +49,17 @@ impl Default for Keepalive {
 }
 
 impl Keepalive {
+    /// TCP keepalive for data-path connections (Istio's ztunnel: probes after 180 s idle), so a
+    /// half-open connection (a peer that vanished) does not hold its descriptor and buffers
+    /// forever.
+    pub const DATA_PATH: Keepalive = Keepalive {
+        tcp_idle: Duration::from_secs(180),
+        tcp_interval: Duration::from_secs(60),
+        tcp_retries: 9,
+        h2_interval: Duration::from_secs(30),
+        h2_timeout: Duration::from_secs(10),
+    };
+
     /// Sets TCP keepalive on `socket`.
     pub fn apply_tcp<S: std::os::fd::AsFd>(&self, socket: &S) -> std::io::Result<()> {
         let ka = socket2::TcpKeepalive::new()

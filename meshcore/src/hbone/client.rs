@@ -487,5 +487,6 @@ pub async fn connect_tcp(
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     socket.set_nodelay(true)?;
+    crate::control::Keepalive::DATA_PATH.apply_tcp(&socket)?;
     socket.connect(addr).await
 }

@@ -191,6 +191,7 @@ impl HboneServer {
             source,
         })?;
         let _ = tcp.set_nodelay(true);
+        let _ = crate::control::Keepalive::DATA_PATH.apply_tcp(&tcp);
         self.counters
             .connections_accepted
             .fetch_add(1, Ordering::Relaxed);

@@ -209,6 +209,7 @@ impl Netns {
             socket.set_mark(mark)?;
         }
         socket.set_tcp_nodelay(true)?;
+        meshcore::control::Keepalive::DATA_PATH.apply_tcp(&socket)?;
         Ok(socket)
     }
 }

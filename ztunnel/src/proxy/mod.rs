@@ -236,6 +236,7 @@ where
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
+                    let _ = meshcore::control::Keepalive::DATA_PATH.apply_tcp(&tcp);
                     drain.spawn_connection(|guard| handle(tcp, peer, guard));
                 }
                 Err(e) => {

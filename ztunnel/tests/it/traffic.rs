@@ -484,3 +484,73 @@ async fn admin_readiness_and_graceful_drain() {
         .expect("drain ends once the last connection closed")
         .unwrap();
 }
+
+/// Every socket ztunnel holds for a tunnel has TCP keepalive on (a peer that vanishes without
+/// a word does not pin a descriptor and its buffers forever; issue 14, S10): the SOCKS5
+/// connection it accepted, the HBONE connection between the two ztunnels (both ends) and the
+/// connection to the application. Read from /proc/net/tcp, where timer 2 is keepalive.
+#[tokio::test]
+async fn every_tunnel_socket_has_tcp_keepalive() {
+    let mesh = Mesh::new();
+    mesh.write_config(TWO_WORKLOADS);
+    echo_server(at(&mesh, 3, 8080)).await;
+    let a = mesh.ztunnel(2, SLEEP).await;
+    let _b = mesh.ztunnel(3, ECHO).await;
+    let stream = socks5(a.addresses.socks5, at(&mesh, 3, 8080))
+        .await
+        .expect("tunnel opens");
+    let (mut r, mut w) = stream.into_split();
+    ping(&mut w, &mut r).await;
+    let (za, zb) = (mesh.ip(2), mesh.ip(3));
+    // (local, remote, timer) of established IPv4 sockets.
+    let sockets = || -> Vec<(SocketAddr, SocketAddr, u8)> {
+        let parse = |s: &str| -> SocketAddr {
+            let (ip, port) = s.split_once(':').unwrap();
+            let ip = u32::from_str_radix(ip, 16).unwrap();
+            let port = u16::from_str_radix(port, 16).unwrap();
+            SocketAddr::from((ip.to_le_bytes(), port))
+        };
+        std::fs::read_to_string("/proc/net/tcp")
+            .unwrap()
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[3] == "01").then(|| {
+                    let timer = u8::from_str_radix(f[5].split(':').next().unwrap(), 16).unwrap();
+                    (parse(f[1]), parse(f[2]), timer)
+                })
+            })
+            .collect()
+    };
+    // Right after traffic a socket may show its retransmission timer (1) until the last
+    // segment is acknowledged: look again until the path is idle.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let all = sockets();
+        let ztunnels: Vec<&(SocketAddr, SocketAddr, u8)> = all
+            .iter()
+            .filter(|(local, remote, _)| {
+                // Accepted on SOCKS5 or HBONE, or dialled to HBONE or to the application.
+                (local.ip() == za && local.port() == a.addresses.socks5.port())
+                    || (local.ip() == zb && local.port() == 15008)
+                    || (remote.ip() == zb && remote.port() == 15008)
+                    || (remote.ip() == zb && remote.port() == 8080 && local.port() != 15008)
+            })
+            .collect();
+        assert!(
+            ztunnels.len() >= 4,
+            "the tunnel's sockets: {ztunnels:?} of {all:?}"
+        );
+        let missing: Vec<_> = ztunnels.iter().filter(|(_, _, t)| *t != 2).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no keepalive timer on {missing:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop((r, w));
+}
