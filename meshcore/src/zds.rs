@@ -247,7 +247,7 @@ impl Listener {
     pub fn bind(path: &Path) -> io::Result<Self> {
         let _ = std::fs::remove_file(path);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            private_dir(dir)?;
         }
         let fd = seqpacket()?;
         let (addr, len) = sockaddr(path)?;
@@ -260,6 +260,7 @@ impl Listener {
             )
         })
         .map_err(|e| io::Error::new(e.kind(), format!("binding {}: {e}", path.display())))?;
+        owner_only(path)?;
         // SAFETY: listen(2) on a bound socket we own.
         cvt(unsafe { libc::listen(fd.as_raw_fd(), 8) })?;
         Ok(Self { fd: register(fd)? })
@@ -282,11 +283,69 @@ impl Listener {
                 Ok(unsafe { OwnedFd::from_raw_fd(fd) })
             });
             match accepted {
-                Ok(fd) => return Conn::new(fd?),
+                Ok(fd) => {
+                    let fd = fd?;
+                    // Only this process's user (or root) may hand pods over or take them.
+                    match peer_uid(fd.as_raw_fd()) {
+                        Ok(uid) if peer_allowed(uid) => return Conn::new(fd),
+                        Ok(uid) => {
+                            tracing::warn!(uid, "ZDS connection from another user refused");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!("ZDS connection refused: its peer is unknown: {e}");
+                            continue;
+                        }
+                    }
+                }
                 Err(_would_block) => continue,
             }
         }
     }
+}
+
+/// The uid of a Unix socket's peer (SO_PEERCRED).
+pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
+    // SAFETY: all-zero is a valid ucred; getsockopt fills it and its length.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED into a ucred of the size given.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred.uid)
+}
+
+/// Whether a local peer may use the node's control sockets: root, or this process's user.
+pub fn peer_allowed(uid: u32) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    uid == 0 || uid == unsafe { libc::geteuid() }
+}
+
+/// `dir` created for its owner only (0700) when it does not exist yet (an existing one, such
+/// as a host directory shared with ztunnel, keeps its mode).
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// A socket file readable and writable by its owner only (0600).
+pub fn owner_only(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 const CMSG_SPACE: usize = 64; // room for one fd's control message on any 64-bit libc
