@@ -86,9 +86,9 @@ pub struct RouteLabels {
     pub route: Arc<str>,
     pub kind: &'static str,
     /// The rule's name, or its index.
-    pub rule: String,
+    pub rule: Arc<str>,
     /// `namespace/name` of the backend Service (and subset, `#subset`).
-    pub backend: String,
+    pub backend: Arc<str>,
 }
 
 /// Everything a request's metrics are labelled with.
@@ -237,8 +237,8 @@ impl Metrics {
                 let l = vec![
                     Label::new("route", labels.route.to_string()),
                     Label::new("route_kind", labels.kind),
-                    Label::new("rule", labels.rule.clone()),
-                    Label::new("backend", labels.backend.clone()),
+                    Label::new("rule", labels.rule.to_string()),
+                    Label::new("backend", labels.backend.to_string()),
                     Label::new(
                         "classification",
                         if success { "success" } else { "failure" },

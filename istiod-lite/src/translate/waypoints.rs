@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use meshcore::l7::gateway::{BackendObjectReference, ParentReference, RouteFilter, RouteRule};
+pub use meshcore::l7::networking::host_service;
 use meshcore::l7::{self, WaypointConfig};
 
 use super::route_status::{route_statuses, RouteStatus};
@@ -278,23 +279,6 @@ pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
     }
     out.notes = notes.into_iter().collect();
     out
-}
-
-/// The Service an Istio `host` names, seen from `namespace`: `name`, `name.ns`, `name.ns.svc`
-/// or `name.ns.svc.<domain>`. Wildcards and other hosts name none.
-pub fn host_service(host: &str, namespace: &str, domain: &str) -> Option<ObjectKey> {
-    if host.contains('*') {
-        return None;
-    }
-    let labels: Vec<&str> = host.split('.').collect();
-    match labels.as_slice() {
-        [name] => Some((namespace.to_owned(), (*name).to_owned())),
-        [name, ns] | [name, ns, "svc"] => Some(((*ns).to_owned(), (*name).to_owned())),
-        [name, ns, "svc", rest @ ..] if rest.join(".") == domain => {
-            Some(((*ns).to_owned(), (*name).to_owned()))
-        }
-        _ => None,
-    }
 }
 
 /// The Services of `namespace` whose selector picks the pod.

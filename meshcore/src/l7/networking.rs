@@ -14,6 +14,23 @@ use serde_json::Value;
 
 use super::ObjectMeta;
 
+/// The Service an Istio `host` names, seen from `namespace`, as `(namespace, name)`: `name`,
+/// `name.ns`, `name.ns.svc` or `name.ns.svc.<domain>`. Wildcards and other hosts name none.
+pub fn host_service(host: &str, namespace: &str, domain: &str) -> Option<(String, String)> {
+    if host.contains('*') {
+        return None;
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    match labels.as_slice() {
+        [name] => Some((namespace.to_owned(), (*name).to_owned())),
+        [name, ns] | [name, ns, "svc"] => Some(((*ns).to_owned(), (*name).to_owned())),
+        [name, ns, "svc", rest @ ..] if !domain.is_empty() && rest.join(".") == domain => {
+            Some(((*ns).to_owned(), (*name).to_owned()))
+        }
+        _ => None,
+    }
+}
+
 fn default_api_version() -> String {
     "networking.istio.io/v1".to_owned()
 }

@@ -43,13 +43,15 @@ pub struct ServiceView {
     pub endpoints: Vec<EndpointView>,
     /// Extra identities its endpoints may prove (`subjectAltNames`).
     pub subject_alt_names: Vec<SpiffeId>,
-    next: AtomicUsize,
     /// Its DestinationRule, compiled (the default policy without one).
     pub traffic: ServiceTraffic,
     /// Per endpoint (same order as `endpoints`): requests in flight, outlier counters.
     pub state: Vec<EndpointState>,
     addresses: Vec<IpAddr>,
-    /// Round-robin positions: the whole Service, then each subset.
+    /// The healthy endpoints (indexes) of the whole Service, then of each subset, computed with
+    /// the configuration so a pick filters nothing per request.
+    members: Vec<Vec<usize>>,
+    /// Round-robin positions, one per entry of `members`.
     round_robin: Vec<AtomicUsize>,
     /// Requests in flight to the Service (connection pool limit).
     in_flight: AtomicU32,
@@ -104,11 +106,30 @@ fn as_string<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<
 impl ServiceView {
     /// The next healthy endpoint, round robin; `None` when none is healthy.
     pub fn pick_endpoint(&self) -> Option<&EndpointView> {
-        let n = self.endpoints.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| &self.endpoints[(start + i) % n])
-            .find(|e| e.healthy)
+        let members = &self.members[0];
+        if members.is_empty() {
+            return None;
+        }
+        let i = self.round_robin[0].fetch_add(1, Ordering::Relaxed) % members.len();
+        Some(&self.endpoints[members[i]])
+    }
+
+    /// Installs the Service's DestinationRule and the member lists of its subsets.
+    fn set_traffic(&mut self, traffic: ServiceTraffic) {
+        let healthy = |labels: Option<&std::collections::BTreeMap<String, String>>| {
+            (0..self.endpoints.len())
+                .filter(|&i| {
+                    let e = &self.endpoints[i];
+                    e.healthy
+                        && labels.is_none_or(|l| l.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                })
+                .collect::<Vec<usize>>()
+        };
+        self.members = std::iter::once(healthy(None))
+            .chain(traffic.subsets.iter().map(|s| healthy(Some(&s.labels))))
+            .collect();
+        self.round_robin = self.members.iter().map(|_| AtomicUsize::new(0)).collect();
+        self.traffic = traffic;
     }
 
     pub fn port(&self, port: u16) -> Option<&ServicePort> {
@@ -125,41 +146,43 @@ impl ServiceView {
         req: &balance::Request<'_>,
         now_ms: u64,
     ) -> Result<Choice, PickError> {
-        let (labels, rr) = match subset {
-            None => (None, &self.round_robin[0]),
+        let slot = match subset {
+            None => 0,
             Some(name) => {
-                let i = self
+                1 + self
                     .traffic
                     .subsets
                     .iter()
                     .position(|s| s.name == name)
-                    .ok_or(PickError::UnknownSubset)?;
-                (
-                    Some(&self.traffic.subsets[i].labels),
-                    &self.round_robin[i + 1],
-                )
+                    .ok_or(PickError::UnknownSubset)?
             }
         };
-        let eligible: Vec<usize> = (0..self.endpoints.len())
-            .filter(|&i| {
-                let e = &self.endpoints[i];
-                e.healthy
-                    && labels.is_none_or(|l| l.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
-            })
-            .collect();
-        let fresh: Vec<usize> = eligible
-            .iter()
-            .copied()
-            .filter(|&i| !self.state[i].ejected(now_ms))
-            .collect();
-        let candidates = if fresh.is_empty() { &eligible } else { &fresh };
+        let members = &self.members[slot];
         let policy = self.traffic.policy(subset, port);
+        // Ejected endpoints are left out, unless nothing else is left; the list is copied only
+        // while some endpoint is ejected.
+        let fresh: Vec<usize>;
+        let candidates: &[usize] =
+            if policy.outlier.is_some() && members.iter().any(|&i| self.state[i].ejected(now_ms)) {
+                fresh = members
+                    .iter()
+                    .copied()
+                    .filter(|&i| !self.state[i].ejected(now_ms))
+                    .collect();
+                if fresh.is_empty() {
+                    members
+                } else {
+                    &fresh
+                }
+            } else {
+                members
+            };
         balance::choose(
             &policy.balancer,
             candidates,
             &self.addresses,
             &self.state,
-            rr,
+            &self.round_robin[slot],
             req,
         )
         .ok_or(PickError::NoHealthy)
@@ -303,8 +326,7 @@ impl Snapshot {
         for (i, svc) in config.services.iter().enumerate() {
             let mut view = service_view(svc, &me.trust_domain, me.retry_budget)?;
             if let Some(t) = traffic.remove(&view.key) {
-                view.round_robin = (0..=t.subsets.len()).map(|_| AtomicUsize::new(0)).collect();
-                view.traffic = t;
+                view.set_traffic(t);
             }
             if by_name.insert(view.key.clone(), i).is_some() {
                 return Err(format!(
@@ -439,7 +461,7 @@ fn service_view(
         .map(|p| SpiffeId::from_principal(p.trim_start_matches("spiffe://")))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{name}: subjectAltNames: {e}"))?;
-    Ok(ServiceView {
+    let mut view = ServiceView {
         key: ServiceKey {
             namespace: svc.namespace.clone(),
             name: svc.name.clone(),
@@ -450,12 +472,14 @@ fn service_view(
         addresses: endpoints.iter().map(|e| e.address).collect(),
         endpoints,
         subject_alt_names,
-        next: AtomicUsize::new(0),
         traffic: ServiceTraffic::default(),
-        round_robin: vec![AtomicUsize::new(0)],
+        members: Vec::new(),
+        round_robin: Vec::new(),
         in_flight: AtomicU32::new(0),
         retry_budget: RetryBudget::new(budget),
-    })
+    };
+    view.set_traffic(ServiceTraffic::default());
+    Ok(view)
 }
 
 /// The snapshot in force, swapped whole on every accepted change.

@@ -350,19 +350,8 @@ async fn route_and_forward(
             outcome.route = Some(RouteLabels {
                 route: rule.route.clone(),
                 kind: rule.kind.as_str(),
-                rule: rule.rule_name.clone().unwrap_or_else(|| {
-                    let index = snapshot
-                        .routes
-                        .rules()
-                        .iter()
-                        .position(|r| std::ptr::eq(r, rule))
-                        .unwrap_or_default();
-                    index.to_string()
-                }),
-                backend: match &backend.subset {
-                    Some(subset) => format!("{}#{subset}", backend.service),
-                    None => backend.service.to_string(),
-                },
+                rule: rule.metric_rule.clone(),
+                backend: backend.metric_name.clone(),
             });
             (svc, backend.port.unwrap_or(port), Some(backend))
         }

@@ -412,6 +412,7 @@ impl<'s> Builder<'s> {
             timeouts: Timeouts::default(),
             retry: None,
             fault: None,
+            metric_rule: Arc::from(""),
         }
     }
 
@@ -454,6 +455,7 @@ impl<'s> Builder<'s> {
                 filters,
                 resolved,
                 subset: None,
+                metric_name: Arc::from(""),
             });
         }
         Ok(out)

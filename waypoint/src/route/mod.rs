@@ -182,6 +182,8 @@ pub struct CompiledRule {
     pub retry: Option<Retry>,
     /// Istio fault injection (VirtualService rules only).
     pub fault: Option<Fault>,
+    /// The `rule` label of per-route metrics: the rule's name, else its index in the table.
+    pub metric_rule: Arc<str>,
     total_weight: u64,
 }
 
@@ -225,6 +227,8 @@ pub struct Backend {
     /// A DestinationRule subset of the Service (VirtualService destinations): only its
     /// endpoints are picked.
     pub subset: Option<Arc<str>>,
+    /// The `backend` label of per-route metrics: `namespace/name`, `#subset` added.
+    pub metric_name: Arc<str>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -429,7 +433,7 @@ impl RouteTable {
         services: &[meshcore::l7::service::Service],
         waypoint: &ServiceKey,
     ) -> (RouteTable, Vec<RouteStatus>) {
-        compile::compile(http, grpc, services, waypoint)
+        Self::compile_with_virtual_services(http, grpc, &[], services, waypoint)
     }
 
     /// [`Self::compile`], then the VirtualServices for Services no Gateway API route covers
@@ -447,7 +451,25 @@ impl RouteTable {
             virtual_services,
             services,
         ));
+        table.label_for_metrics();
         (table, statuses)
+    }
+
+    /// Fills the per-route metric labels once, so a request clones two `Arc`s instead of
+    /// formatting strings.
+    fn label_for_metrics(&mut self) {
+        for (i, rule) in self.rules.iter_mut().enumerate() {
+            rule.metric_rule = match &rule.rule_name {
+                Some(name) => Arc::from(name.as_str()),
+                None => Arc::from(i.to_string()),
+            };
+            for b in &mut rule.backends {
+                b.metric_name = match &b.subset {
+                    Some(subset) => Arc::from(format!("{}#{subset}", b.service)),
+                    None => Arc::from(b.service.to_string()),
+                };
+            }
+        }
     }
 
     /// The routing decision for a request addressed to `service` on service port `port`.

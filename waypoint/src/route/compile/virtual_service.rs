@@ -49,12 +49,14 @@ pub fn resolve_host<'s>(
     namespace: &str,
     services: &'s [Service],
 ) -> Option<&'s Service> {
+    // The FQDN is matched against each Service's own hostname (the waypoint is not told the
+    // cluster's domain); the short forms as Istio reads them.
+    let short = meshcore::l7::networking::host_service(host, namespace, "");
     services.iter().find(|s| {
         s.hostname() == host
-            || (s.namespace == namespace && s.name == host)
-            || host.split_once('.').is_some_and(|(name, rest)| {
-                s.name == name && (s.namespace == rest || format!("{}.svc", s.namespace) == rest)
-            })
+            || short
+                .as_ref()
+                .is_some_and(|(ns, name)| *ns == s.namespace && *name == s.name)
     })
 }
 
@@ -312,6 +314,7 @@ fn compile_entry(
             filters: bfilters,
             resolved,
             subset: dest.destination.subset.as_deref().map(Arc::from),
+            metric_name: Arc::from(""),
         });
     }
     let mut timeouts = Timeouts {
@@ -404,6 +407,7 @@ fn compile_entry(
             timeouts,
             retry,
             fault,
+            metric_rule: Arc::from(""),
             total_weight,
         },
         matches,
