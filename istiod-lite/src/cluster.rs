@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub use crate::crd::gateway::{Gateway, GrpcRoute, HttpRoute};
 pub use crate::crd::linkerd::{ServiceProfile, TrafficSplit};
 pub use crate::crd::networking::{DestinationRule, VirtualService};
-pub use crate::crd::security::{AuthorizationPolicy, PeerAuthentication};
+pub use crate::crd::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// One consistent view of the cluster.
 #[derive(Debug, Clone, Default)]
@@ -20,6 +20,8 @@ pub struct Cluster {
     pub endpoint_slices: Vec<EndpointSlice>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub peer_authentications: Vec<PeerAuthentication>,
+    /// JWT validation; only those attached to a waypoint (`targetRefs`) are used.
+    pub request_authentications: Vec<RequestAuthentication>,
     /// Gateway API: waypoints are Gateways of class `istio-waypoint`.
     pub gateways: Vec<Gateway>,
     pub http_routes: Vec<HttpRoute>,

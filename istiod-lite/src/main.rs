@@ -22,10 +22,11 @@ use tracing_subscriber::EnvFilter;
 ///
 /// Watches the Kubernetes API (--kubernetes) or reads Kubernetes manifests from a directory
 /// (--config-dir: Namespaces, Pods with spec.nodeName and status.podIP, Services,
-/// AuthorizationPolicies, PeerAuthentications, Gateway API Gateways, HTTPRoutes, GRPCRoutes),
-/// translates them into the ambient xDS resources and each waypoint's configuration, and
-/// serves them to ztunnels and waypoints over delta ADS with TLS on the gRPC port, next to the
-/// certificate service. Every flag can also be set through the environment variable shown.
+/// AuthorizationPolicies, PeerAuthentications, RequestAuthentications, Gateway API Gateways,
+/// HTTPRoutes, GRPCRoutes, ...), translates them into the ambient xDS resources and each
+/// waypoint's configuration, and serves them to ztunnels and waypoints over delta ADS with TLS
+/// on the gRPC port, next to the certificate service. Every flag can also be set through the
+/// environment variable shown.
 #[derive(Debug, clap::Parser)]
 #[command(name = "istiod-lite", version, about, long_about)]
 struct Settings {

@@ -27,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::cluster::{
     AuthorizationPolicy, Cluster, DestinationRule, Gateway, GrpcRoute, HttpRoute,
-    PeerAuthentication, ServiceProfile, TrafficSplit, VirtualService,
+    PeerAuthentication, RequestAuthentication, ServiceProfile, TrafficSplit, VirtualService,
 };
 use crate::translate::peer_authn::STATIC_STRICT;
 use crate::translate::route_status::RouteStatus;
@@ -45,6 +45,7 @@ pub enum Kind {
     EndpointSlice,
     AuthorizationPolicy,
     PeerAuthentication,
+    RequestAuthentication,
     Gateway,
     HttpRoute,
     GrpcRoute,
@@ -55,13 +56,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
+        Kind::RequestAuthentication,
         Kind::Gateway,
         Kind::HttpRoute,
         Kind::GrpcRoute,
@@ -71,11 +73,14 @@ impl Kind {
         Kind::ServiceProfile,
     ];
 
-    /// Kinds whose CRDs may not be installed: Gateway API's, Istio's networking ones.
+    /// Kinds whose CRDs may not be installed: Gateway API's, Istio's networking ones, and
+    /// RequestAuthentication (waypoints' only; a `base` older than it must not keep ztunnels
+    /// unserved).
     pub fn is_optional(self) -> bool {
         matches!(
             self,
-            Kind::Gateway
+            Kind::RequestAuthentication
+                | Kind::Gateway
                 | Kind::HttpRoute
                 | Kind::GrpcRoute
                 | Kind::VirtualService
@@ -89,7 +94,8 @@ impl Kind {
     fn waypoint_only(self) -> bool {
         matches!(
             self,
-            Kind::HttpRoute
+            Kind::RequestAuthentication
+                | Kind::HttpRoute
                 | Kind::GrpcRoute
                 | Kind::VirtualService
                 | Kind::DestinationRule
@@ -110,6 +116,7 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
+    RequestAuthentication(RequestAuthentication),
     Gateway(Gateway),
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
@@ -128,6 +135,7 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Object::RequestAuthentication(_) => Kind::RequestAuthentication,
             Object::Gateway(_) => Kind::Gateway,
             Object::HttpRoute(_) => Kind::HttpRoute,
             Object::GrpcRoute(_) => Kind::GrpcRoute,
@@ -146,6 +154,7 @@ impl Object {
             Object::EndpointSlice(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+            Object::RequestAuthentication(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
             Object::GrpcRoute(o) => &o.metadata,
@@ -164,6 +173,7 @@ impl Object {
             Object::EndpointSlice(o) => &mut o.metadata,
             Object::AuthorizationPolicy(o) => &mut o.metadata,
             Object::PeerAuthentication(o) => &mut o.metadata,
+            Object::RequestAuthentication(o) => &mut o.metadata,
             Object::Gateway(o) => &mut o.metadata,
             Object::HttpRoute(o) => &mut o.metadata,
             Object::GrpcRoute(o) => &mut o.metadata,
@@ -194,6 +204,7 @@ struct Slice {
     endpoint_slices: BTreeMap<String, EndpointSlice>,
     policies: BTreeMap<String, AuthorizationPolicy>,
     peer_authns: BTreeMap<String, PeerAuthentication>,
+    request_authns: BTreeMap<String, RequestAuthentication>,
     gateways: BTreeMap<String, Gateway>,
     http_routes: BTreeMap<String, HttpRoute>,
     grpc_routes: BTreeMap<String, GrpcRoute>,
@@ -214,6 +225,7 @@ impl Slice {
             && self.endpoint_slices.is_empty()
             && self.policies.is_empty()
             && self.peer_authns.is_empty()
+            && self.request_authns.is_empty()
             && self.gateways.is_empty()
             && self.http_routes.is_empty()
             && self.grpc_routes.is_empty()
@@ -235,6 +247,7 @@ impl Slice {
             Kind::EndpointSlice => self.endpoint_slices.keys().cloned().collect(),
             Kind::AuthorizationPolicy => self.policies.keys().cloned().collect(),
             Kind::PeerAuthentication => self.peer_authns.keys().cloned().collect(),
+            Kind::RequestAuthentication => self.request_authns.keys().cloned().collect(),
             Kind::Gateway => self.gateways.keys().cloned().collect(),
             Kind::HttpRoute => self.http_routes.keys().cloned().collect(),
             Kind::GrpcRoute => self.grpc_routes.keys().cloned().collect(),
@@ -356,6 +369,7 @@ impl Pipeline {
             Object::EndpointSlice(o) => put(&mut slice.endpoint_slices, name, o),
             Object::AuthorizationPolicy(o) => put(&mut slice.policies, name, o),
             Object::PeerAuthentication(o) => put(&mut slice.peer_authns, name, o),
+            Object::RequestAuthentication(o) => put(&mut slice.request_authns, name, o),
             Object::Gateway(o) => put(&mut slice.gateways, name, o),
             Object::HttpRoute(o) => put(&mut slice.http_routes, name, o),
             Object::GrpcRoute(o) => put(&mut slice.grpc_routes, name, o),
@@ -385,6 +399,7 @@ impl Pipeline {
             Kind::EndpointSlice => slice.endpoint_slices.remove(name).is_some(),
             Kind::AuthorizationPolicy => slice.policies.remove(name).is_some(),
             Kind::PeerAuthentication => slice.peer_authns.remove(name).is_some(),
+            Kind::RequestAuthentication => slice.request_authns.remove(name).is_some(),
             Kind::Gateway => slice.gateways.remove(name).is_some(),
             Kind::HttpRoute => slice.http_routes.remove(name).is_some(),
             Kind::GrpcRoute => slice.grpc_routes.remove(name).is_some(),
@@ -429,6 +444,7 @@ impl Pipeline {
             endpoint_slices,
             authorization_policies,
             peer_authentications,
+            request_authentications,
             gateways,
             http_routes,
             grpc_routes,
@@ -465,6 +481,13 @@ impl Pipeline {
             peer_authentications
                 .into_iter()
                 .map(Object::PeerAuthentication)
+                .collect(),
+        );
+        self.replace_kind(
+            Kind::RequestAuthentication,
+            request_authentications
+                .into_iter()
+                .map(Object::RequestAuthentication)
                 .collect(),
         );
         self.replace_kind(
@@ -587,6 +610,8 @@ impl Pipeline {
                 view.traffic_splits.extend(s.traffic_splits.values());
                 view.service_profiles.extend(s.service_profiles.values());
                 view.policies.extend(s.policies.values());
+                view.request_authentications
+                    .extend(s.request_authns.values());
             }
             waypoints::waypoints(&view, &self.info)
         };
@@ -658,6 +683,8 @@ impl Pipeline {
                 .extend(s.policies.values().cloned());
             c.peer_authentications
                 .extend(s.peer_authns.values().cloned());
+            c.request_authentications
+                .extend(s.request_authns.values().cloned());
             c.gateways.extend(s.gateways.values().cloned());
             c.http_routes.extend(s.http_routes.values().cloned());
             c.grpc_routes.extend(s.grpc_routes.values().cloned());
@@ -690,6 +717,8 @@ fn translate_slice(
         endpoint_slices: slice.endpoint_slices.values().cloned().collect(),
         authorization_policies: slice.policies.values().cloned().collect(),
         peer_authentications: slice.peer_authns.values().cloned().collect(),
+        // Waypoints' only: ztunnels never see them.
+        request_authentications: Vec::new(),
         gateways: gateways.to_vec(),
         http_routes: Vec::new(),
         grpc_routes: Vec::new(),

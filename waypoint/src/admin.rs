@@ -193,6 +193,8 @@ fn config_dump(ctx: &AdminContext) -> String {
         "routeStatus": routes,
         "policies": snapshot.policies.dump(),
         "policyNotes": notes,
+        "requestAuthentication": snapshot.authn.dump(),
+        "requestAuthenticationNotes": snapshot.authn_notes.iter().map(|n| serde_json::json!({"policy": n.policy, "message": n.message})).collect::<Vec<_>>(),
         "recentDenials": ctx.proxy.recent_denials(),
         "upstreamConnectionsPooled": ctx.proxy.upstream.pooled(),
     });

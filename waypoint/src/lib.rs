@@ -12,6 +12,8 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod attach;
+pub mod authn;
 pub mod authz;
 pub mod config;
 pub mod metrics;

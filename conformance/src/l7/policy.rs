@@ -22,6 +22,10 @@ pub fn cases() -> Vec<Case<Suite>> {
             run: deny_over_allow,
         },
         Case {
+            name: "RequestAuthentication: valid JWT 200, none 403, expired or forged 401",
+            run: jwt,
+        },
+        Case {
             name: "waypoint bypass: the pod admits only its waypoint",
             run: bypass_refused,
         },
@@ -195,6 +199,83 @@ fn metrics(s: &mut Suite) -> Result<(), String> {
     }
     if !text.contains("istio_request_duration_milliseconds_bucket") {
         return Err("no istio_request_duration_milliseconds histogram".into());
+    }
+    Ok(())
+}
+
+const JWT_ISSUER: &str = "testing@secure.istio.io";
+
+/// A token of [`JWT_ISSUER`] signed with the waypoint's RS256 test key.
+fn jwt_token(claims: serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("test-rsa".into());
+    let key = jsonwebtoken::EncodingKey::from_rsa_der(include_bytes!(
+        "../../../waypoint/src/authn/testdata/rsa-test-key.der"
+    ));
+    jsonwebtoken::encode(&header, &claims, &key).expect("token")
+}
+
+/// Istio's "authorization with JWT" task against the waypoint: a RequestAuthentication and an
+/// AuthorizationPolicy requiring a principal of that issuer with a claim, through istiod-lite.
+fn jwt(s: &mut Suite) -> Result<(), String> {
+    let jwks: serde_json::Value = serde_json::from_str(include_str!(
+        "../../../waypoint/src/authn/testdata/rsa-test-jwks.json"
+    ))
+    .map_err(|e| e.to_string())?;
+    s.apply(
+        "l7-jwt-authn",
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt-example, namespace: {NS}}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: echo}}]\n  jwtRules:\n  - issuer: {JWT_ISSUER}\n    jwks: '{jwks}'\n"
+        ),
+    )?;
+    let rules = format!(
+        "  - from: [{{source: {{requestPrincipals: [\"{JWT_ISSUER}/*\"]}}}}]\n    when: [{{key: \"request.auth.claims[groups]\", values: [group1]}}]\n"
+    );
+    s.apply("l7-jwt-authz", &policy("require-jwt", "ALLOW", &rules))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let good = format!(
+        "Bearer {}",
+        jwt_token(
+            serde_json::json!({"iss": JWT_ISSUER, "sub": "alice", "exp": now + 600, "groups": ["group1", "group2"]})
+        )
+    );
+    let expired = format!(
+        "Bearer {}",
+        jwt_token(
+            serde_json::json!({"iss": JWT_ISSUER, "sub": "alice", "exp": now - 3600, "groups": ["group1"]})
+        )
+    );
+    let forged = format!("{}AAAA", &good[..good.len() - 4]);
+    let with = |token: &str| {
+        let headers = [("authorization", token)];
+        let req = Request {
+            headers: &headers,
+            ..Request::get("/")
+        };
+        s.ask("client", s.vip("echo", 80)?, &req)
+    };
+    eventually(CONVERGE, || {
+        let a = with(&good)?;
+        want(a.status, 200, "a valid token")?;
+        if a.body.to_ascii_lowercase().contains("authorization") {
+            return Err(format!("the token reached the app: {}", a.body));
+        }
+        want(status(s, "client", &Request::get("/"))?, 403, "no token")
+    })?;
+    for (token, reason) in [
+        (&expired, "Jwt is expired"),
+        (&forged, "Jwt verification fails"),
+    ] {
+        let a = with(token)?;
+        if a.status != 401 || a.body.trim() != reason {
+            return Err(format!(
+                "want 401 {reason:?}, got {} {:?}",
+                a.status, a.body
+            ));
+        }
     }
     Ok(())
 }

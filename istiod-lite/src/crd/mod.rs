@@ -56,6 +56,7 @@ pub fn crds_yaml() -> String {
     [
         security::AuthorizationPolicy::crd(),
         security::PeerAuthentication::crd(),
+        security::RequestAuthentication::crd(),
     ]
     .into_iter()
     .map(with_v1beta1)
@@ -87,6 +88,7 @@ mod tests {
         for want in [
             "name: authorizationpolicies.security.istio.io",
             "name: peerauthentications.security.istio.io",
+            "name: requestauthentications.security.istio.io",
             "group: security.istio.io",
             "status: {}",
             "kind: CustomResourceDefinition",
@@ -96,8 +98,8 @@ mod tests {
         let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect();
-        assert_eq!(docs.len(), 4);
-        for doc in &docs[..2] {
+        assert_eq!(docs.len(), 5);
+        for doc in &docs[..3] {
             let versions: Vec<(&str, bool, bool)> = doc["spec"]["versions"]
                 .as_sequence()
                 .unwrap()

@@ -203,3 +203,121 @@ fn waypoint_changes_match_a_whole_translation() {
         .iter()
         .any(|n| n.object == "Service shop/cart" && n.message.contains("does not exist")));
 }
+
+/// A waypoint in `foo`, and RequestAuthentications attached to it: Istio's documented example
+/// (`v1`) and a `v1beta1` one.
+const JWT: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: foo}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt-example, namespace: foo}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  jwtRules:
+  - issuer: "testing@secure.istio.io"
+    jwksUri: "https://raw.githubusercontent.com/istio/istio/release-1.24/security/tools/jwt/samples/jwks.json"
+---
+apiVersion: security.istio.io/v1beta1
+kind: RequestAuthentication
+metadata: {name: jwt-beta, namespace: foo}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  jwtRules:
+  - issuer: "issuer-foo"
+    audiences: [foo-api]
+    fromHeaders: [{name: x-jwt-assertion, prefix: "Bearer "}]
+    forwardOriginalToken: true
+"#;
+
+/// A waypoint's configuration as a set carries it.
+fn waypoint_config(set: &ResourceSet, key: &str) -> meshcore::l7::WaypointConfig {
+    let resource = &set.by_type[type_url::WAYPOINT_CONFIG][key];
+    let decoded: meshcore::api::discovery::Resource =
+        prost::Message::decode(resource.encoded.clone()).unwrap();
+    let body: meshcore::api::waypoint::WaypointConfig =
+        prost::Message::decode(decoded.resource.unwrap().value.as_slice()).unwrap();
+    serde_json::from_str(&body.config_json).unwrap()
+}
+
+fn request_authns(set: &ResourceSet, key: &str) -> Vec<(String, String)> {
+    waypoint_config(set, key)
+        .request_authentications
+        .iter()
+        .map(|r| (r.key(), r.spec.jwt_rules[0].issuer.clone()))
+        .collect()
+}
+
+#[test]
+fn request_authentications_reach_waypoints_and_only_waypoints() {
+    let mut cluster = example();
+    let mut errors = Vec::new();
+    manifests::load_text(JWT, "jwt.yaml", &mut cluster, &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(cluster.request_authentications.len(), 2);
+    let mut p = Pipeline::new(ClusterInfo::default());
+    p.replace_all(cluster);
+    let first = check(&mut p);
+    let both = [
+        ("foo/jwt-beta".to_owned(), "issuer-foo".to_owned()),
+        (
+            "foo/jwt-example".to_owned(),
+            "testing@secure.istio.io".to_owned(),
+        ),
+    ];
+    assert_eq!(request_authns(&first, "foo/waypoint"), both);
+    assert_eq!(p.cluster().request_authentications.len(), 2);
+
+    // A change touches the waypoint's configuration and nothing ztunnels hold.
+    p.delete(Kind::RequestAuthentication, "foo", "jwt-beta");
+    let one = check(&mut p);
+    assert_eq!(request_authns(&one, "foo/waypoint"), both[1..]);
+    for t in [type_url::ADDRESS, type_url::AUTHORIZATION] {
+        assert_eq!(versions(&one)[t], versions(&first)[t], "{t}");
+    }
+    p.apply(Object::RequestAuthentication(yaml(
+        "metadata: {name: jwt-beta, namespace: foo}\n\
+         spec: {targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}], \
+         jwtRules: [{issuer: issuer-foo}]}",
+    )));
+    let again = check(&mut p);
+    assert_eq!(request_authns(&again, "foo/waypoint"), both);
+    assert!(p.build().is_none(), "nothing changed, nothing built");
+
+    // A relist without them drops them.
+    p.replace_kind(Kind::RequestAuthentication, Vec::new());
+    let none = check(&mut p);
+    assert!(request_authns(&none, "foo/waypoint").is_empty());
+}
+
+#[test]
+fn request_authentications_are_read_from_the_manifest_directory() {
+    let dir = std::env::temp_dir().join(format!("istiod-lite-jwt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("jwt.yaml"), JWT).unwrap();
+    let mut source = crate::sources::dir::DirSource::new(&dir, ClusterInfo::default());
+    let set = source.poll();
+    let _ = std::fs::remove_dir_all(&dir);
+    let set = set.expect("the directory parses").expect("a first set");
+    let config = waypoint_config(&set, "foo/waypoint");
+    let keys: Vec<String> = config
+        .request_authentications
+        .iter()
+        .map(|r| r.key())
+        .collect();
+    assert_eq!(keys, ["foo/jwt-beta", "foo/jwt-example"]);
+    let beta = &config.request_authentications[0].spec.jwt_rules[0];
+    assert_eq!(beta.audiences, ["foo-api"]);
+    assert_eq!(beta.from_headers[0].prefix, "Bearer ");
+    assert!(beta.forward_original_token);
+    let example = &config.request_authentications[1].spec.jwt_rules[0];
+    assert_eq!(
+        example.jwks_uri.as_deref(),
+        Some("https://raw.githubusercontent.com/istio/istio/release-1.24/security/tools/jwt/samples/jwks.json")
+    );
+}

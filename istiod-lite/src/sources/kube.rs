@@ -1,15 +1,18 @@
 //! The Kubernetes source: kube-rs watchers on Namespaces, Pods, Services, EndpointSlices,
-//! Istio's AuthorizationPolicy and PeerAuthentication, and Gateway API's Gateway, HTTPRoute and
-//! GRPCRoute feed the [`Pipeline`].
+//! Istio's AuthorizationPolicy, PeerAuthentication and RequestAuthentication, and Gateway API's
+//! Gateway, HTTPRoute and GRPCRoute, Istio's VirtualService and DestinationRule, SMI's
+//! TrafficSplit and Linkerd's ServiceProfile feed the [`Pipeline`].
 //!
 //! - Each kind has its own watcher (list, then watch from the list's resourceVersion, resumed
 //!   after timeouts, relisted after `410 Gone`, with backoff on errors). A relist replaces that
 //!   kind's objects whole, so deletions missed while disconnected are caught.
 //! - Nothing is published until every kind has been listed once: a ztunnel takes the first
-//!   push as the complete state. A Gateway API kind whose CRD is not installed (the list
-//!   answers 404), or that istiod-lite's RBAC does not let it list (403), counts as listed and
-//!   empty, so a cluster without Gateway API still gets its ztunnels served; its watcher keeps
-//!   retrying with backoff and picks the kind up once it can.
+//!   push as the complete state. An optional kind ([`Kind::is_optional`]: Gateway API's, and
+//!   those only waypoints read) whose CRD is not installed (the list answers 404), or that
+//!   istiod-lite's RBAC does not let it list (403), counts as listed and empty, so a cluster
+//!   without Gateway API (or with a `base` older than RequestAuthentication) still gets its
+//!   ztunnels served; its watcher keeps retrying with backoff and picks the kind up once it
+//!   can.
 //! - Changes are debounced (a burst is collected for up to [`DEBOUNCE`], never longer than
 //!   [`MAX_DELAY`]) and translated incrementally.
 //! - Objects are normalised before they are compared (no managedFields, resourceVersion or
@@ -32,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{
     AuthorizationPolicy, DestinationRule, Gateway, GrpcRoute, HttpRoute, PeerAuthentication,
-    ServiceProfile, TrafficSplit, VirtualService,
+    RequestAuthentication, ServiceProfile, TrafficSplit, VirtualService,
 };
 use crate::controller::run::{Controller, ControllerStatus, Inputs};
 use crate::controller::DeploySettings;
@@ -100,6 +103,7 @@ fn normalise(mut object: Object) -> Object {
     match &mut object {
         Object::AuthorizationPolicy(o) => o.status = None,
         Object::PeerAuthentication(o) => o.status = None,
+        Object::RequestAuthentication(o) => o.status = None,
         Object::Gateway(o) => o.status = None,
         // Whether we have entries in a route's status is kept (stale ones must be removed).
         Object::HttpRoute(o) => o.status = RouteStatusSeen::reduce(o.status.take()),
@@ -208,6 +212,12 @@ impl KubeSource {
             tx.clone(),
         );
         spawn_watcher(
+            Api::<RequestAuthentication>::all(client.clone()),
+            Kind::RequestAuthentication,
+            Object::RequestAuthentication,
+            tx.clone(),
+        );
+        spawn_watcher(
             Api::<Gateway>::all(client.clone()),
             Kind::Gateway,
             Object::Gateway,
@@ -305,8 +315,16 @@ impl KubeSource {
                 // Nothing of a kind the cluster does not have: listed, and empty.
                 self.pipeline.replace_kind(kind, Vec::new());
                 let mut status = self.status.lock().expect("status lock");
-                let reason =
-                    format!("{e} (Gateway API CRDs not installed, or not readable by istiod-lite? no waypoints until they are)");
+                let reason = match kind {
+                    Kind::Gateway | Kind::HttpRoute | Kind::GrpcRoute => format!(
+                        "{e} (Gateway API CRDs not installed, or not readable by istiod-lite? \
+                         no waypoints until they are)"
+                    ),
+                    _ => format!(
+                        "{e} ({kind:?} CRD not installed, or not readable by istiod-lite? \
+                         none sent to waypoints until it is)"
+                    ),
+                };
                 if status.watch_errors.get(&format!("{kind:?}")) != Some(&reason) {
                     tracing::warn!(?kind, "{reason}");
                 }

@@ -11,6 +11,8 @@
 //! - **policies**: AuthorizationPolicies whose `targetRefs` name the Gateway (same namespace),
 //!   a bound Service (same namespace), or the GatewayClass `istio-waypoint` (from the root
 //!   namespace), kept as written;
+//! - **request authentications**: RequestAuthentications attached the same way, kept as
+//!   written (selector-only ones are workloads', not a waypoint's);
 //! - **traffic rules**: VirtualServices bound to the mesh (`gateways` empty or `mesh`) whose
 //!   `hosts` name a bound Service (their destinations and mirrors join the services), and the
 //!   DestinationRules whose `host` names any of the services sent, kept as written.
@@ -32,10 +34,11 @@ use super::use_waypoint::{bind, ObjectKey, Waypoint, Waypoints};
 use super::workloads::selects;
 use super::{ClusterInfo, Note};
 use crate::cluster::{
-    AuthorizationPolicy, Cluster, DestinationRule, Gateway, GrpcRoute, HttpRoute, ServiceProfile,
-    TrafficSplit, VirtualService,
+    AuthorizationPolicy, Cluster, DestinationRule, Gateway, GrpcRoute, HttpRoute,
+    RequestAuthentication, ServiceProfile, TrafficSplit, VirtualService,
 };
 use crate::crd::gateway::{l7_meta, GROUP, WAYPOINT_CLASS};
+use crate::crd::security::PolicyTargetReference;
 
 /// The objects waypoint translation reads, borrowed (the pipeline builds it from its slices
 /// without copying).
@@ -52,6 +55,7 @@ pub struct View<'a> {
     pub http_routes: Vec<&'a HttpRoute>,
     pub grpc_routes: Vec<&'a GrpcRoute>,
     pub policies: Vec<&'a AuthorizationPolicy>,
+    pub request_authentications: Vec<&'a RequestAuthentication>,
     pub virtual_services: Vec<&'a VirtualService>,
     pub destination_rules: Vec<&'a DestinationRule>,
     pub traffic_splits: Vec<&'a TrafficSplit>,
@@ -104,6 +108,7 @@ impl<'a> View<'a> {
         v.http_routes = c.http_routes.iter().collect();
         v.grpc_routes = c.grpc_routes.iter().collect();
         v.policies = c.authorization_policies.iter().collect();
+        v.request_authentications = c.request_authentications.iter().collect();
         v.virtual_services = c.virtual_services.iter().collect();
         v.destination_rules = c.destination_rules.iter().collect();
         v.traffic_splits = c.traffic_splits.iter().collect();
@@ -248,8 +253,18 @@ pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
             .collect();
         destination_rules.sort_by_key(|d| d.metadata.key());
         let mut authorization_policies = Vec::new();
+        let attaches = |meta, target_ref, target_refs| {
+            policy_attaches(
+                meta,
+                target_ref,
+                target_refs,
+                w,
+                &bound,
+                &info.root_namespace,
+            )
+        };
         for p in &view.policies {
-            if !policy_attaches(p, w, &bound, &info.root_namespace) {
+            if !attaches(&p.metadata, &p.spec.target_ref, &p.spec.target_refs) {
                 continue;
             }
             match l7_policy(p) {
@@ -263,6 +278,25 @@ pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
             }
         }
         authorization_policies.sort_by_key(|p| p.key());
+        let mut request_authentications = Vec::new();
+        for ra in &view.request_authentications {
+            if !attaches(&ra.metadata, &ra.spec.target_ref, &ra.spec.target_refs) {
+                continue;
+            }
+            match l7_request_authentication(ra) {
+                Ok(ra) => request_authentications.push(ra),
+                Err(message) => {
+                    notes.insert(Note {
+                        object: format!(
+                            "RequestAuthentication {}",
+                            crate::cluster::key(&ra.metadata)
+                        ),
+                        message: format!("not sent to waypoint {}: {message}", w.key()),
+                    });
+                }
+            }
+        }
+        request_authentications.sort_by_key(|ra| ra.key());
         out.identities.insert(w.key(), w.identity(info));
         out.configs.push((
             key.0,
@@ -272,6 +306,7 @@ pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
                 http_routes,
                 grpc_routes,
                 authorization_policies,
+                request_authentications,
                 virtual_services,
                 destination_rules,
             },
@@ -372,19 +407,21 @@ fn backends<R: RouteRule>(rules: &[R], ns: &str) -> Vec<ObjectKey> {
     out
 }
 
-/// Whether a policy's `targetRef(s)` attach it to this waypoint. Cross-namespace references
-/// are not honoured (Istio's validation refuses them).
+/// Whether a policy's (AuthorizationPolicy's, RequestAuthentication's) `targetRef(s)` attach it
+/// to this waypoint. Cross-namespace references are not honoured (Istio's validation refuses
+/// them).
 fn policy_attaches(
-    p: &AuthorizationPolicy,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    target_ref: &Option<PolicyTargetReference>,
+    target_refs: &[PolicyTargetReference],
     w: &Waypoint<'_>,
     bound: &BTreeSet<ObjectKey>,
     root_namespace: &str,
 ) -> bool {
-    let ns = ns_of(&p.metadata);
-    p.spec
-        .target_ref
+    let ns = ns_of(meta);
+    target_ref
         .iter()
-        .chain(&p.spec.target_refs)
+        .chain(target_refs)
         .filter(|t| t.namespace.as_deref().is_none_or(|n| n == ns))
         .any(|t| match (t.group.as_str(), t.kind.as_str()) {
             (GROUP, "Gateway") => ns == w.namespace && t.name == w.name,
@@ -403,6 +440,22 @@ pub fn l7_policy(p: &AuthorizationPolicy) -> Result<l7::authz::AuthorizationPoli
         api_version: Default::default(),
         kind: Default::default(),
         metadata: l7_meta(&p.metadata),
+        spec,
+        status: None,
+    })
+}
+
+/// The RequestAuthentication in meshcore's shape (the same fields, camelCase), as written.
+pub fn l7_request_authentication(
+    ra: &RequestAuthentication,
+) -> Result<l7::authn::RequestAuthentication, String> {
+    let spec = serde_json::to_value(&ra.spec)
+        .and_then(serde_json::from_value)
+        .map_err(|e| format!("spec: {e}"))?;
+    Ok(l7::authn::RequestAuthentication {
+        api_version: Default::default(),
+        kind: Default::default(),
+        metadata: l7_meta(&ra.metadata),
         spec,
         status: None,
     })

@@ -231,6 +231,10 @@ async fn exercise(api: &FakeApi) {
         "metadata": {"name": "cart", "namespace": "shop", "labels": {"istio.io/use-waypoint": "wp"}},
         "spec": {"selector": {"app": "cart"}, "ports": [{"port": 80}], "clusterIP": "10.96.0.10"}}));
     api.apply(waypoint("wp", None));
+    api.apply(json!({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+        "metadata": {"name": "jwt-example", "namespace": "shop"},
+        "spec": {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "wp"}],
+                 "jwtRules": [{"issuer": "testing@secure.istio.io"}]}}));
     for kind in ["HTTPRoute", "GRPCRoute"] {
         api.apply(json!({"apiVersion": GATEWAYS, "kind": kind,
             "metadata": {"name": "cart", "namespace": "shop"},

@@ -447,6 +447,7 @@ pub(crate) async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<
 }
 
 pub(crate) const GATEWAYS: &str = "gateway.networking.k8s.io/v1";
+const GATEWAYS_GROUP: &str = "gateway.networking.k8s.io";
 pub(crate) const ROOT: &str =
     "-----BEGIN CERTIFICATE-----\nthe mesh root\n-----END CERTIFICATE-----\n";
 
@@ -719,4 +720,97 @@ async fn waypoints_are_deployed_and_gateways_and_routes_get_status() {
         );
     }
     assert!(get("v1", "ConfigMap", "istio-ca-root-cert").is_some());
+}
+
+/// The configuration of waypoint `key` in a set, if the set has one.
+fn waypoint_config(set: &ResourceSet, key: &str) -> Option<meshcore::l7::WaypointConfig> {
+    let resource = set.by_type[type_url::WAYPOINT_CONFIG].get(key)?;
+    let decoded: meshcore::api::discovery::Resource =
+        prost::Message::decode(resource.encoded.clone()).unwrap();
+    let body: meshcore::api::waypoint::WaypointConfig =
+        prost::Message::decode(decoded.resource.unwrap().value.as_slice()).unwrap();
+    Some(serde_json::from_str(&body.config_json).unwrap())
+}
+
+#[tokio::test]
+async fn request_authentications_are_watched_and_reach_their_waypoint() {
+    let api = FakeApi::start().await;
+    for o in example_objects() {
+        api.apply(o);
+    }
+    api.apply(waypoint("wp", None));
+    const JWKS: &str = "https://raw.githubusercontent.com/istio/istio/release-1.24/security/tools/jwt/samples/jwks.json";
+    let ra = |issuer: &str| {
+        json!({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+               "metadata": {"name": "jwt-example", "namespace": "shop"},
+               "spec": {"targetRefs": [{"kind": "Gateway", "group": GATEWAYS_GROUP, "name": "wp"}],
+                        "jwtRules": [{"issuer": issuer, "jwksUri": JWKS}]},
+               "status": {"conditions": [{"type": "Reconciled", "status": "True"}]}})
+    };
+    api.apply(ra("testing@secure.istio.io"));
+    // A selector one is a sidecar's business: watched, but no waypoint gets it.
+    api.apply(
+        json!({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+        "metadata": {"name": "for-sidecars", "namespace": "shop"},
+        "spec": {"selector": {"matchLabels": {"app": "cart"}}, "jwtRules": [{"issuer": "x"}]}}),
+    );
+    let mut source = KubeSource::start(api.client(), ClusterInfo::default(), false);
+    let issuers = |set: &ResourceSet| {
+        waypoint_config(set, "shop/wp").map(|c| {
+            c.request_authentications
+                .iter()
+                .map(|r| (r.key(), r.spec.jwt_rules[0].issuer.clone()))
+                .collect::<Vec<_>>()
+        })
+    };
+    let first = next(&mut source).await;
+    assert_eq!(
+        issuers(&first).unwrap(),
+        [(
+            "shop/jwt-example".to_owned(),
+            "testing@secure.istio.io".to_owned()
+        )]
+    );
+    assert!(source
+        .status
+        .lock()
+        .unwrap()
+        .synced
+        .contains(&"RequestAuthentication".to_owned()));
+
+    // An update through the watch; ztunnels' resources do not move.
+    api.apply(ra("issuer-2"));
+    let updated = next(&mut source).await;
+    assert_eq!(issuers(&updated).unwrap()[0].1, "issuer-2");
+    let ztunnels = |set: &ResourceSet| {
+        let mut v = versions(set);
+        v.remove("shop/wp");
+        v
+    };
+    assert_eq!(ztunnels(&updated), ztunnels(&first));
+    api.delete(
+        "security.istio.io/v1",
+        "RequestAuthentication",
+        "shop",
+        "jwt-example",
+    );
+    let deleted = next(&mut source).await;
+    assert_eq!(issuers(&deleted).unwrap(), []);
+}
+
+#[tokio::test]
+async fn without_the_request_authentication_crd_ztunnels_are_still_served() {
+    let api = FakeApi::start().await;
+    for o in example_objects() {
+        api.apply(o);
+    }
+    // A `base` from before RequestAuthentication: its collection answers 404.
+    api.serve_path("/apis/security.istio.io/v1/requestauthentications", false);
+    let mut source = KubeSource::start(api.client(), ClusterInfo::default(), false);
+    let first = next(&mut source).await;
+    assert!(first.count(type_url::ADDRESS) > 0);
+    assert!(
+        source.status.lock().unwrap().watch_errors["RequestAuthentication"]
+            .contains("RequestAuthentication CRD not installed")
+    );
 }

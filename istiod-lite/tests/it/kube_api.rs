@@ -75,7 +75,8 @@ struct State {
     /// Watch requests seen: (collection, resourceVersion asked).
     pub watches: Vec<(String, String)>,
     lists: Vec<String>,
-    /// API groups (`apis/<group>/`) answered 404, as when their CRDs are not installed.
+    /// Path prefixes (an API group's `apis/<group>/`, or one collection) answered 404, as when
+    /// their CRDs are not installed.
     unserved: Vec<String>,
     /// Server-side apply: the last configuration each manager applied, per object
     /// (collection, namespace, name, manager).
@@ -121,7 +122,7 @@ fn type_of(collection: &str) -> (String, String) {
     (api_version.to_owned(), kind.to_owned())
 }
 
-const KINDS: [(&str, &str); 20] = [
+const KINDS: [(&str, &str); 21] = [
     ("Namespace", "namespaces"),
     ("Pod", "pods"),
     ("Service", "services"),
@@ -130,6 +131,7 @@ const KINDS: [(&str, &str); 20] = [
     ("EndpointSlice", "endpointslices"),
     ("AuthorizationPolicy", "authorizationpolicies"),
     ("PeerAuthentication", "peerauthentications"),
+    ("RequestAuthentication", "requestauthentications"),
     ("Gateway", "gateways"),
     ("HTTPRoute", "httproutes"),
     ("GRPCRoute", "grpcroutes"),
@@ -424,7 +426,13 @@ impl FakeApi {
 
     /// Answers 404 for the API group `group` (its CRDs "not installed"), or serves it again.
     pub fn serve_group(&self, group: &str, served: bool) {
-        let prefix = format!("/apis/{group}/");
+        self.serve_path(&format!("/apis/{group}/"), served);
+    }
+
+    /// Answers 404 for every path starting with `prefix` (one kind's collection: its CRD "not
+    /// installed"), or serves it again.
+    pub fn serve_path(&self, prefix: &str, served: bool) {
+        let prefix = prefix.to_owned();
         let mut s = self.state.lock().unwrap();
         s.unserved.retain(|g| *g != prefix);
         if !served {

@@ -8,6 +8,7 @@
 //! pasted in unchanged; Services carry what the data path needs (addresses, ports with their
 //! protocol, endpoints with their identity). Unknown fields are refused, naming the field.
 
+pub mod authn;
 pub mod authz;
 pub mod duration;
 pub mod gateway;
@@ -34,6 +35,9 @@ pub struct WaypointConfig {
     /// GatewayClass, or a Service it serves.
     #[serde(default)]
     pub authorization_policies: Vec<authz::AuthorizationPolicy>,
+    /// Istio RequestAuthentications (JWT) attached with `targetRefs` likewise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_authentications: Vec<authn::RequestAuthentication>,
     /// Istio VirtualServices whose `hosts` name a Service this waypoint serves (mesh-bound:
     /// no `gateways`, or `mesh` among them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -7,32 +7,19 @@ use std::sync::Arc;
 
 use http::HeaderName;
 use ipnet::IpNet;
-use meshcore::l7::authz::{
-    Action, AuthorizationPolicy, Condition, Operation, PolicyTargetReference, Rule, Source,
-};
+use meshcore::l7::authz::{Action, AuthorizationPolicy, Condition, Operation, Rule, Source};
 
 use super::matchers::{
-    string_match, string_match_lowercase, Cond, Field, HeaderKey, IpAttr, OperationMatch,
+    string_match, string_match_lowercase, AuthAttr, Cond, Field, HeaderKey, IpAttr, OperationMatch,
     PathMatch, RuleMatch, SourceMatch, StrAttr,
 };
 use super::{PolicyNote, WaypointRef};
+use crate::attach::{attachment, Target, TargetRefs};
 
-pub(super) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
-/// The GatewayClass of Istio's waypoints; policies in the root namespace may target it.
-pub(super) const WAYPOINT_CLASS: &str = "istio-waypoint";
 /// The annotation that makes a policy dry-run (evaluated, not enforced).
 pub(super) const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 /// The trust domain Istio treats as an alias of the mesh's own in principals.
 const LOCAL_TRUST_DOMAIN: &str = "cluster.local";
-
-/// What a policy attaches to, seen from one waypoint.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) enum Target {
-    /// Everything through the waypoint: its Gateway, or the waypoint GatewayClass.
-    Waypoint,
-    /// Requests addressed to this Service (namespace, name).
-    Service(String, String),
-}
 
 /// One policy that attaches to the waypoint, ready to match.
 #[derive(Debug)]
@@ -92,8 +79,15 @@ pub(super) fn compile_all(
             );
             continue;
         }
-        let Some((targets, errors)) = attachment(policy, waypoint, root_namespace, &mut notes)
-        else {
+        let refs = TargetRefs {
+            namespace: &policy.metadata.namespace,
+            target_ref: policy.spec.target_ref.as_ref(),
+            target_refs: &policy.spec.target_refs,
+            selector: policy.spec.selector.as_ref(),
+        };
+        let Some((targets, errors)) = attachment(&refs, waypoint, root_namespace, &mut |m, r| {
+            notes.push(m, r)
+        }) else {
             continue;
         };
         compiled.extend(compile_policy(
@@ -108,102 +102,9 @@ pub(super) fn compile_all(
     (compiled, out)
 }
 
-/// The targets through which the policy attaches to this waypoint, with the problems of its
-/// other references; `None` when it does not attach (or may not, being cross-namespace).
-fn attachment(
-    policy: &AuthorizationPolicy,
-    waypoint: &WaypointRef<'_>,
-    root_namespace: &str,
-    notes: &mut Notes<'_>,
-) -> Option<(Vec<Target>, Vec<String>)> {
-    let ns = policy.metadata.namespace.as_str();
-    let spec = &policy.spec;
-    let refs: Vec<(String, &PolicyTargetReference)> = spec
-        .target_ref
-        .iter()
-        .map(|r| ("targetRef".to_owned(), r))
-        .chain(
-            spec.target_refs
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (format!("targetRefs[{i}]"), r)),
-        )
-        .collect();
-    if refs.is_empty() {
-        if spec
-            .selector
-            .as_ref()
-            .is_some_and(|s| !s.match_labels.is_empty())
-        {
-            notes.push(
-                "selector: a workload-selector policy is enforced by ztunnel (or sidecars), never by a waypoint; use targetRefs to attach it to the waypoint or a Service".into(),
-                false,
-            );
-        }
-        return None;
-    }
-    let (mut targets, mut errors, mut cross) = (Vec::new(), Vec::new(), Vec::new());
-    for (field, r) in refs {
-        if r.namespace.as_deref().is_some_and(|n| n != ns) {
-            cross.push(format!(
-                "{field}: {} {}/{} is outside the policy's namespace {ns}",
-                r.kind,
-                r.namespace.as_deref().unwrap_or_default(),
-                r.name
-            ));
-            continue;
-        }
-        match (r.group.as_str(), r.kind.as_str()) {
-            (GATEWAY_GROUP, "Gateway") => {
-                if ns == waypoint.namespace && r.name == waypoint.name {
-                    targets.push(Target::Waypoint);
-                }
-            }
-            // Another GatewayClass: not a waypoint's.
-            (GATEWAY_GROUP, "GatewayClass") if r.name != WAYPOINT_CLASS => {}
-            (GATEWAY_GROUP, "GatewayClass") => {
-                if ns == root_namespace {
-                    targets.push(Target::Waypoint);
-                } else {
-                    notes.push(
-                        format!("{field}: GatewayClass {WAYPOINT_CLASS} is only honoured from the root namespace {root_namespace}; ignored"),
-                        false,
-                    );
-                }
-            }
-            ("" | "core", "Service") => targets.push(Target::Service(ns.to_owned(), r.name.clone())),
-            ("networking.istio.io", "ServiceEntry") => notes.push(
-                format!("{field}: ServiceEntry {} is not supported by this waypoint; ignored", r.name),
-                false,
-            ),
-            (group, kind) => errors.push(format!(
-                "{field}: {kind} (group {group:?}) cannot be targeted; use Gateway or GatewayClass (group {GATEWAY_GROUP}) or Service (group \"\")"
-            )),
-        }
-    }
-    if !cross.is_empty() {
-        // Never enforced, not even fail-closed: a policy may not reach into another namespace.
-        notes.push(
-            format!(
-                "{}; policy refused and not enforced (cross-namespace targetRefs are invalid)",
-                cross.join("; ")
-            ),
-            true,
-        );
-        return None;
-    }
-    if targets.is_empty() {
-        return None;
-    }
-    let mut unique = HashSet::new();
-    targets.retain(|t| unique.insert(t.clone()));
-    Some((targets, errors))
-}
-
 /// What a policy uses that this waypoint cannot evaluate (noted, not refused).
 #[derive(Default)]
 struct Unverifiable {
-    jwt: Vec<String>,
     envoy_metadata: Vec<String>,
 }
 
@@ -286,15 +187,6 @@ fn compile_policy(
         notes.push(message.clone(), true);
         refused = Some(message);
     }
-    if !unverifiable.jwt.is_empty() {
-        notes.push(
-            format!(
-                "{}: request authentication (JWT) is not implemented, so no request has a request principal or claims: requestPrincipals and request.auth.* values never match, notRequestPrincipals and notValues always do (as Istio for a request without a validated token)",
-                unverifiable.jwt.join(", ")
-            ),
-            false,
-        );
-    }
     if !unverifiable.envoy_metadata.is_empty() {
         notes.push(
             format!(
@@ -361,25 +253,12 @@ impl RuleCompiler<'_> {
                 "{at}: serviceAccounts cannot be set with principals or namespaces"
             ));
         }
-        if !s.request_principals.is_empty() {
-            self.unverifiable
-                .jwt
-                .push(format!("{at}.requestPrincipals"));
-        }
-        if !s.not_request_principals.is_empty() {
-            self.unverifiable
-                .jwt
-                .push(format!("{at}.notRequestPrincipals"));
-        }
         SourceMatch {
             principals: Field {
                 any: self.principals(&s.principals),
                 none: self.principals(&s.not_principals),
             },
-            request_principals: Field {
-                any: vec![(); s.request_principals.len()],
-                none: vec![(); s.not_request_principals.len()],
-            },
+            request_principals: strings(&s.request_principals, &s.not_request_principals),
             namespaces: strings(&s.namespaces, &s.not_namespaces),
             service_accounts: Field {
                 any: self.service_accounts(&s.service_accounts, &format!("{at}.serviceAccounts")),
@@ -460,17 +339,19 @@ impl RuleCompiler<'_> {
                     none: self.principals(nv),
                 },
             ),
-            "request.auth.principal" | "request.auth.audiences" | "request.auth.presenter" => {
-                self.unverifiable.jwt.push(format!("{at} ({key})"));
-                Cond::Absent {
-                    has_values: !v.is_empty(),
-                }
-            }
+            "request.auth.principal" => Cond::Auth(AuthAttr::Principal, strings(v, nv)),
+            "request.auth.audiences" => Cond::Auth(AuthAttr::Audiences, strings(v, nv)),
+            "request.auth.presenter" => Cond::Auth(AuthAttr::Presenter, strings(v, nv)),
             _ if bracketed(key, "request.auth.claims").is_some() => {
-                self.unverifiable.jwt.push(format!("{at} ({key})"));
-                Cond::Absent {
-                    has_values: !v.is_empty(),
+                let inner = bracketed(key, "request.auth.claims").unwrap_or_default();
+                let path: Box<[Box<str>]> = inner.split("][").map(Box::from).collect();
+                if path.iter().any(|k| k.is_empty() || k.contains(['[', ']'])) {
+                    self.errors.push(format!(
+                        "{at}: {key:?} is not a claim path (request.auth.claims[name] or [a][b])"
+                    ));
+                    return None;
                 }
+                Cond::Auth(AuthAttr::Claim(path), strings(v, nv))
             }
             _ if key
                 .strip_prefix("experimental.envoy.filters.")

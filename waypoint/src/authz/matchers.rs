@@ -266,17 +266,34 @@ pub(super) enum Cond {
     Ip(IpAttr, Field<IpNet>),
     Str(StrAttr, Field<StringMatch>),
     Port(Field<u16>),
-    /// `request.auth.*` and `experimental.*`: attributes no request carries yet (no JWT, no
-    /// Envoy filter metadata), so `values` never hold and `notValues` always do.
+    /// `request.auth.*`: what a validated token said (nothing when there was none).
+    Auth(AuthAttr, Field<StringMatch>),
+    /// `experimental.*`: attributes no request carries (no Envoy filter metadata), so `values`
+    /// never hold and `notValues` always do.
     Absent {
         has_values: bool,
     },
 }
 
+/// An attribute of the request's validated token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum AuthAttr {
+    /// `<iss>/<sub>`.
+    Principal,
+    Audiences,
+    /// `azp`.
+    Presenter,
+    /// `request.auth.claims[a][b]`: the path of keys.
+    Claim(Box<[Box<str>]>),
+}
+
 impl Cond {
     /// Conditions only an HTTP request can satisfy.
     pub fn http_only(&self) -> bool {
-        matches!(self, Cond::Header(..) | Cond::Absent { .. })
+        matches!(
+            self,
+            Cond::Header(..) | Cond::Auth(..) | Cond::Absent { .. }
+        )
     }
 
     fn holds(&self, ctx: &Ctx<'_, '_>) -> bool {
@@ -286,6 +303,10 @@ impl Cond {
                 None => true,
             },
             Cond::Absent { has_values } => ctx.req.http.is_none() || !has_values,
+            Cond::Auth(attr, field) => match ctx.req.http.as_ref() {
+                None => true,
+                Some(http) => auth_holds(attr, field, http.auth),
+            },
             Cond::Ip(attr, field) => ip_holds(ctx, *attr, field),
             Cond::Str(attr, field) => {
                 let value = match attr {
@@ -299,6 +320,28 @@ impl Cond {
                 field.holds(|m| m.matches(value))
             }
             Cond::Port(field) => field.holds(|p| *p == ctx.req.destination_port),
+        }
+    }
+}
+
+fn auth_holds(
+    attr: &AuthAttr,
+    field: &Field<StringMatch>,
+    auth: Option<&crate::authn::Authenticated>,
+) -> bool {
+    let Some(auth) = auth else {
+        // No validated token: no value holds, so only negative lists do.
+        return field.any.is_empty();
+    };
+    match attr {
+        AuthAttr::Principal => field.holds(|m| m.matches(&auth.principal)),
+        AuthAttr::Presenter => {
+            field.holds(|m| auth.presenter.as_deref().is_some_and(|p| m.matches(p)))
+        }
+        AuthAttr::Audiences => field.holds(|m| auth.audiences.iter().any(|a| m.matches(a))),
+        AuthAttr::Claim(path) => {
+            let values = auth.claim_values(path);
+            field.holds(|m| values.iter().any(|v| m.matches(v)))
         }
     }
 }
@@ -346,8 +389,8 @@ fn header_holds(key: &HeaderKey, field: &Field<StringMatch>, http: &super::HttpA
 #[derive(Debug, Clone, Default)]
 pub(super) struct SourceMatch {
     pub principals: Field<StringMatch>,
-    /// Only whether any are listed: no request carries a request principal yet.
-    pub request_principals: Field<()>,
+    /// Against the validated token's `<iss>/<sub>`.
+    pub request_principals: Field<StringMatch>,
     pub namespaces: Field<StringMatch>,
     /// (namespace, service account).
     pub service_accounts: Field<(Box<str>, Box<str>)>,
@@ -365,7 +408,16 @@ impl SourceMatch {
         let ns = ctx.namespace();
         // Without a validated JWT no request principal is present: `requestPrincipals` never
         // holds, `notRequestPrincipals` always does. On TCP they are not checked (DENY only).
-        (ctx.req.http.is_none() || self.request_principals.any.is_empty())
+        let principal = ctx
+            .req
+            .http
+            .as_ref()
+            .and_then(|h| h.auth)
+            .map(|a| a.principal.as_str());
+        (ctx.req.http.is_none()
+            || self
+                .request_principals
+                .holds(|m| principal.is_some_and(|p| m.matches(p))))
             && self
                 .principals
                 .holds(|m| id.is_some_and(|id| principal_match(m, id)))

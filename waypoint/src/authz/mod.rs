@@ -51,9 +51,10 @@
 //! - `request.headers[name]`: a header's repeated values are joined with `,`; `:authority` /
 //!   `host`, `:method` and `:path` name the request's parts.
 //!
-//! JWT is not implemented: no request has a request principal or claims, so `requestPrincipals`
-//! and `request.auth.*` values never match and `notRequestPrincipals` / `notValues` always do —
-//! Istio's behaviour for a request without a validated token (noted per policy).
+//! `requestPrincipals` and `request.auth.*` (`principal`, `audiences`, `presenter`,
+//! `claims[name]`, nested `claims[a][b]`, a list claim matching when any element does) compare
+//! what the request's token said once validated by a RequestAuthentication (`crate::authn`);
+//! without one they hold no value, so `notRequestPrincipals` / `notValues` hold (Istio's rule).
 //!
 //! Opaque TCP (no HTTP attributes): an ALLOW rule naming an HTTP-only attribute (hosts, methods,
 //! paths, request headers, request principals, `request.auth.*`) cannot match; in DENY (and
@@ -74,15 +75,11 @@ use meshcore::identity::SpiffeId;
 use meshcore::l7::authz::{Action, AuthorizationPolicy};
 use serde_json::json;
 
-use compile::{CompiledPolicy, Target};
+use crate::attach::Target;
+use compile::CompiledPolicy;
 use matchers::Ctx;
 
-/// The waypoint whose policies are compiled: its Gateway.
-#[derive(Debug, Clone, Copy)]
-pub struct WaypointRef<'a> {
-    pub namespace: &'a str,
-    pub name: &'a str,
-}
+pub use crate::attach::WaypointRef;
 
 /// What the engine sees of one request.
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +105,8 @@ pub struct HttpAttrs<'a> {
     /// The Host / `:authority` as sent (port included if sent).
     pub host: &'a str,
     pub headers: &'a http::HeaderMap,
+    /// What the request's validated token said (RequestAuthentication), if it had one.
+    pub auth: Option<&'a crate::authn::Authenticated>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -56,6 +56,7 @@ struct Req {
     path: &'static str,
     host: &'static str,
     headers: HeaderMap,
+    auth: Option<crate::authn::Authenticated>,
 }
 
 fn req() -> Req {
@@ -77,7 +78,23 @@ fn req() -> Req {
         path: "/api?x=1",
         host: "svc.ns.svc.cluster.local",
         headers,
+        auth: None,
     }
+}
+
+/// What a validated token of `https://issuer.example` for `alice` gives the request.
+fn with_token(r: &mut Req) {
+    let claims = serde_json::json!({
+        "iss": "https://issuer.example", "sub": "alice", "aud": ["bookinfo", "other"],
+        "azp": "web", "groups": ["admin", "dev"], "nested": {"role": "ops"},
+        "email_verified": true,
+    });
+    r.auth = Some(crate::authn::Authenticated {
+        principal: "https://issuer.example/alice".into(),
+        audiences: vec!["bookinfo".into(), "other".into()],
+        presenter: Some("web".into()),
+        claims: claims.as_object().unwrap().clone(),
+    });
 }
 
 impl Req {
@@ -87,6 +104,7 @@ impl Req {
             path: self.path,
             host: self.host,
             headers: &self.headers,
+            auth: self.auth.as_ref(),
         });
         p.decide(&RequestAttrs {
             service: self.service,
@@ -133,33 +151,52 @@ fn check_rows(rows: &[(&str, Edit, bool)]) {
 #[test]
 fn unverifiable_attributes_are_noted_not_refused() {
     let (p, notes) = compile(&[
-        gw("jwt", "ALLOW", "[{from: [{source: {requestPrincipals: ['*']}}]}]"),
         gw(
             "meta",
             "ALLOW",
             "[{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.table]', values: [x]}]}]",
         ),
     ]);
-    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(notes.iter().all(|n| !n.refused));
     assert!(
-        notes[0].message.contains("requestPrincipals"),
+        notes[0].message.contains("Envoy filter metadata"),
         "{}",
         notes[0]
-    );
-    assert!(notes[0].message.contains("JWT"), "{}", notes[0]);
-    assert!(
-        notes[1].message.contains("Envoy filter metadata"),
-        "{}",
-        notes[1]
     );
     let d = req().decide(&p);
     assert!(matches!(d.reason, Reason::NoAllowMatched { .. }));
 }
 
 #[test]
+fn request_principals_match_the_validated_token() {
+    let p = compile_clean(&[gw(
+        "jwt",
+        "ALLOW",
+        "[{from: [{source: {requestPrincipals: ['https://issuer.example/*']}}]}]",
+    )]);
+    let mut r = req();
+    with_token(&mut r);
+    assert_eq!(r.decide(&p).verdict, Verdict::Allow);
+    assert_eq!(req().decide(&p).verdict, Verdict::Deny);
+    let p = compile_clean(&[gw(
+        "not-bob",
+        "DENY",
+        "[{from: [{source: {requestPrincipals: ['https://issuer.example/bob']}}]}]",
+    )]);
+    assert_eq!(r.decide(&p).verdict, Verdict::Allow);
+    let p = compile_clean(&[gw(
+        "require-jwt",
+        "DENY",
+        "[{from: [{source: {notRequestPrincipals: ['*']}}]}]",
+    )]);
+    assert_eq!(r.decide(&p).verdict, Verdict::Allow);
+    assert_eq!(req().decide(&p).verdict, Verdict::Deny);
+}
+
+#[test]
 fn request_principals_fail_closed() {
-    // ALLOW on a request principal: nothing carries one, so nothing is allowed.
+    // ALLOW on a request principal: a request without a token carries none: not allowed.
     let p = compile(&[gw(
         "jwt",
         "ALLOW",

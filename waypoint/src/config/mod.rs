@@ -18,6 +18,7 @@ use meshcore::l7::service::{Protocol, Service, ServicePort, TunnelProtocol};
 use meshcore::l7::WaypointConfig;
 use serde::Serialize;
 
+use crate::authn::{AuthnNote, JwksCache, JwtAuthn};
 use crate::authz::{L7Policies, PolicyNote, WaypointRef};
 use crate::route::{RouteStatus, RouteTable, ServiceKey};
 use crate::traffic::balance::{self, Choice, EndpointState};
@@ -290,6 +291,9 @@ pub struct Snapshot {
     pub route_status: Vec<RouteStatus>,
     pub policies: L7Policies,
     pub policy_notes: Vec<PolicyNote>,
+    /// RequestAuthentications (JWT), compiled.
+    pub authn: JwtAuthn,
+    pub authn_notes: Vec<AuthnNote>,
     /// DestinationRules applied in part or not at all.
     pub traffic_notes: Vec<TrafficNote>,
     /// The configuration as given, for `/config_dump`.
@@ -308,6 +312,8 @@ impl Snapshot {
             route_status: Vec::new(),
             policies: L7Policies::empty(),
             policy_notes: Vec::new(),
+            authn: JwtAuthn::default(),
+            authn_notes: Vec::new(),
             traffic_notes: Vec::new(),
             source: WaypointConfig::default(),
             loaded_at: SystemTime::now(),
@@ -317,6 +323,15 @@ impl Snapshot {
     /// Compiles a configuration; a mistake that would make it ambiguous (an invalid identity,
     /// two Services on one address) refuses it whole, naming the entry.
     pub fn compile(config: WaypointConfig, me: &WaypointIdentity) -> Result<Self, String> {
+        Self::compile_with(config, me, &JwksCache::default())
+    }
+
+    /// As [`Snapshot::compile`], with the remote key sets shared across configurations.
+    pub fn compile_with(
+        config: WaypointConfig,
+        me: &WaypointIdentity,
+        jwks: &JwksCache,
+    ) -> Result<Self, String> {
         let mut services = Vec::with_capacity(config.services.len());
         let mut by_vip = HashMap::new();
         let mut by_name = HashMap::new();
@@ -371,6 +386,15 @@ impl Snapshot {
             &me.root_namespace,
             &me.trust_domain,
         );
+        let (authn, authn_notes) = JwtAuthn::compile(
+            &config.request_authentications,
+            &WaypointRef {
+                namespace: &me.namespace,
+                name: &me.name,
+            },
+            &me.root_namespace,
+            jwks,
+        );
         Ok(Self {
             services,
             by_vip,
@@ -380,6 +404,8 @@ impl Snapshot {
             route_status,
             policies,
             policy_notes,
+            authn,
+            authn_notes,
             traffic_notes,
             source: config,
             loaded_at: SystemTime::now(),
@@ -486,6 +512,8 @@ fn service_view(
 pub struct ConfigStore {
     current: ArcSwap<Snapshot>,
     pub me: WaypointIdentity,
+    /// Remote JWT key sets, kept across configurations.
+    jwks: JwksCache,
 }
 
 impl ConfigStore {
@@ -493,6 +521,7 @@ impl ConfigStore {
         Self {
             current: ArcSwap::from_pointee(Snapshot::empty()),
             me,
+            jwks: JwksCache::default(),
         }
     }
 
@@ -502,7 +531,7 @@ impl ConfigStore {
 
     /// Compiles and installs `config`; on error the current snapshot stays.
     pub fn apply(&self, config: WaypointConfig) -> Result<(), String> {
-        let snapshot = Snapshot::compile(config, &self.me)?;
+        let snapshot = Snapshot::compile_with(config, &self.me, &self.jwks)?;
         for status in snapshot
             .route_status
             .iter()
@@ -512,6 +541,9 @@ impl ConfigStore {
         }
         for note in &snapshot.policy_notes {
             tracing::warn!(policy = %note.policy, "{}", note.message);
+        }
+        for note in &snapshot.authn_notes {
+            tracing::warn!(request_authentication = %note.policy, "{}", note.message);
         }
         for note in &snapshot.traffic_notes {
             tracing::warn!(destination_rule = %note.rule, "{}", note.message);

@@ -159,11 +159,17 @@ async fn handle(
 /// `grpc-status` mapped from the HTTP status as Envoy maps it, the text in `grpc-message`).
 fn local_reply(l: &Local, grpc: bool) -> Response<Body> {
     if !grpc {
-        return Response::builder()
+        let mut response = Response::builder()
             .status(l.status)
-            .header(http::header::CONTENT_TYPE, "text/plain")
-            .body(body::full(l.body))
-            .expect("static response");
+            .header(http::header::CONTENT_TYPE, "text/plain");
+        if l.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: the client's bearer token was refused.
+            response = response.header(
+                http::header::WWW_AUTHENTICATE,
+                "Bearer error=\"invalid_token\"",
+            );
+        }
+        return response.body(body::full(l.body)).expect("static response");
     }
     let code = match l.status.as_u16() {
         400 => 13,                   // INTERNAL
@@ -196,6 +202,12 @@ fn labels(proxy: &Proxy, client: &Client, grpc: bool) -> RequestLabels {
         request_protocol: if grpc { "grpc" } else { "http" },
         ..Default::default()
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The request's host as the client addressed it (HTTP/2 `:authority`, else `Host`).
@@ -245,7 +257,24 @@ async fn route_and_forward(
     outcome.labels.destination_service_namespace = service.key.namespace.clone();
     let host = request_host(parts);
 
-    // Authorization first, as Envoy's RBAC filter runs before the router.
+    // Request authentication (JWT), then authorization, as Envoy's jwt_authn and RBAC filters
+    // run before the router.
+    let auth = snapshot
+        .authn
+        .authenticate(
+            Some((&service.key.namespace, &service.key.name)),
+            parts,
+            unix_now(),
+        )
+        .map_err(|refused| {
+            proxy.record_denial(
+                &client.identity,
+                destination,
+                format!("{} {}", parts.method, parts.uri.path()),
+                format!("request authentication: {}", refused.0),
+            );
+            local(StatusCode::UNAUTHORIZED, "-", refused.0)
+        })?;
     let decision = snapshot.policies.decide(&RequestAttrs {
         service: Some((&service.key.namespace, &service.key.name)),
         source: Some(&client.identity),
@@ -258,6 +287,7 @@ async fn route_and_forward(
             path: parts.uri.path(),
             host: &host,
             headers: &parts.headers,
+            auth: auth.as_ref(),
         }),
     });
     outcome.entry.policy = decision.describe();

@@ -3,6 +3,7 @@
 //! ztunnel (an HBONE server relaying to the echo server on the pod's address, as ztunnel's
 //! inbound does). Everything runs over real sockets, real mutual TLS and real HTTP.
 
+mod jwt;
 mod settings;
 mod support;
 mod traffic;

@@ -329,6 +329,19 @@ fn when_keys() {
         ("{when: [{key: request.auth.principal, values: ['*']}]}", same, false),
         ("{when: [{key: request.auth.audiences, notValues: [x]}]}", same, true),
         ("{when: [{key: request.auth.presenter, values: [x]}]}", same, false),
+        // With a validated token (see `with_token`).
+        ("{when: [{key: request.auth.principal, values: ['https://issuer.example/alice']}]}", with_token, true),
+        ("{when: [{key: request.auth.principal, values: ['*/bob']}]}", with_token, false),
+        ("{when: [{key: request.auth.audiences, values: [bookinfo]}]}", with_token, true),
+        ("{when: [{key: request.auth.audiences, notValues: [other]}]}", with_token, false),
+        ("{when: [{key: request.auth.presenter, values: [web]}]}", with_token, true),
+        ("{when: [{key: 'request.auth.claims[groups]', values: [admin]}]}", with_token, true),
+        ("{when: [{key: 'request.auth.claims[groups]', notValues: [dev]}]}", with_token, false),
+        ("{when: [{key: 'request.auth.claims[groups]', values: [ops]}]}", with_token, false),
+        ("{when: [{key: 'request.auth.claims[nested][role]', values: [ops]}]}", with_token, true),
+        ("{when: [{key: 'request.auth.claims[email_verified]', values: ['true']}]}", with_token, true),
+        ("{when: [{key: 'request.auth.claims[iss]', values: ['https://*']}]}", with_token, true),
+        ("{when: [{key: 'request.auth.claims[iss]', values: ['https://issuer.example']}]}", with_token, true),
         // Every condition must hold.
         (
             "{when: [{key: source.ip, values: [10.0.0.0/8]}, {key: destination.port, values: [1]}]}",
