@@ -1,8 +1,8 @@
 //! Reading Kubernetes manifests: multi-document YAML files in a directory, as `kubectl apply
 //! -f DIR` would take them. Namespaces, Pods, Services, EndpointSlices, AuthorizationPolicies,
-//! PeerAuthentications, Gateway API Gateways, HTTPRoutes and GRPCRoutes, Istio VirtualServices
-//! and DestinationRules, SMI TrafficSplits and Linkerd ServiceProfiles are kept (also inside
-//! `kind: List`); other kinds are skipped. A document
+//! PeerAuthentications, RequestAuthentications, Gateway API Gateways, HTTPRoutes and
+//! GRPCRoutes, Istio VirtualServices and DestinationRules, SMI TrafficSplits and Linkerd
+//! ServiceProfiles are kept (also inside `kind: List`); other kinds are skipped. A document
 //! that does not parse refuses the whole load, naming file, document, object and field, so the
 //! caller keeps its last good view.
 
@@ -72,7 +72,12 @@ pub fn load_text(text: &str, file: &str, cluster: &mut Cluster, errors: &mut Vec
         match Value::deserialize(doc) {
             Ok(Value::Null) => {}
             Ok(value) => add_object(value, &at, cluster, errors),
-            Err(e) => errors.push(format!("{at}: {e}")),
+            Err(e) => {
+                // A syntax error leaves the rest of the stream unreadable, and the document
+                // iterator then yields the same error forever (found by fuzzing): stop here.
+                errors.push(format!("{at}: {e}; the rest of the file is not read"));
+                return;
+            }
         }
     }
 }
@@ -174,6 +179,10 @@ fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<St
             typed::<crate::cluster::PeerAuthentication>(with_spec(value), &at, errors)
                 .map(default_namespace),
         ),
+        (_, "RequestAuthentication") if security => cluster.request_authentications.extend(
+            typed::<crate::cluster::RequestAuthentication>(with_spec(value), &at, errors)
+                .map(default_namespace),
+        ),
         (_, "Gateway") if gateway_api => cluster
             .gateways
             .extend(typed::<crate::cluster::Gateway>(value, &at, errors).map(default_namespace)),
@@ -230,4 +239,25 @@ fn default_namespace<T: kube::Resource>(mut obj: T) -> T {
         meta.namespace = Some("default".into());
     }
     obj
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_syntax_error_ends_the_file_with_one_error() {
+        // Found by fuzzing: the document iterator repeated the error forever (hang, unbounded
+        // memory) after a line like this one.
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion:ho` x\napiVersion: v1\nkind: Pod\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n";
+        let mut cluster = Cluster::default();
+        let mut errors = Vec::new();
+        load_text(text, "bad.yaml", &mut cluster, &mut errors);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("bad.yaml document 2"), "{errors:?}");
+        assert!(
+            errors[0].contains("the rest of the file is not read"),
+            "{errors:?}"
+        );
+    }
 }

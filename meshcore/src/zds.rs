@@ -44,6 +44,25 @@ pub enum Request {
     SnapshotSent,
 }
 
+/// One `WorkloadRequest` message as ztunnel reads it, with the descriptor that came with it
+/// (only `add` carries one: the pod's network namespace). Pure, so it can be fuzzed.
+pub fn decode_request(bytes: &[u8], fd: Option<OwnedFd>) -> io::Result<Request> {
+    let req = WorkloadRequest::decode(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("WorkloadRequest: {e}")))?;
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    Ok(match req.payload {
+        Some(Payload::Add(add)) => Request::Add {
+            uid: add.uid,
+            info: add.workload_info,
+            netns: fd.ok_or_else(|| invalid("add without a network namespace fd"))?,
+        },
+        Some(Payload::Keep(k)) => Request::Keep { uid: k.uid },
+        Some(Payload::Del(d)) => Request::Del { uid: d.uid },
+        Some(Payload::SnapshotSent(_)) => Request::SnapshotSent,
+        None => return Err(invalid("WorkloadRequest without a payload")),
+    })
+}
+
 /// A connected SEQPACKET socket, either end.
 pub struct Conn {
     fd: AsyncFd<OwnedFd>,
@@ -150,21 +169,7 @@ impl Conn {
         let Some((bytes, fd)) = self.recv().await? else {
             return Ok(None);
         };
-        let req = WorkloadRequest::decode(bytes.as_slice()).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("WorkloadRequest: {e}"))
-        })?;
-        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-        Ok(Some(match req.payload {
-            Some(Payload::Add(add)) => Request::Add {
-                uid: add.uid,
-                info: add.workload_info,
-                netns: fd.ok_or_else(|| invalid("add without a network namespace fd"))?,
-            },
-            Some(Payload::Keep(k)) => Request::Keep { uid: k.uid },
-            Some(Payload::Del(d)) => Request::Del { uid: d.uid },
-            Some(Payload::SnapshotSent(_)) => Request::SnapshotSent,
-            None => return Err(invalid("WorkloadRequest without a payload")),
-        }))
+        decode_request(&bytes, fd).map(Some)
     }
 
     /// ztunnel: answers the last request.

@@ -43,62 +43,84 @@ pub enum SocksError {
     Resolve(String),
 }
 
-/// Reads the greeting and the CONNECT request; answers method selection, and answers failures
-/// itself. Returns the destination.
-pub async fn handshake(tcp: &mut TcpStream, proxy: &Proxy) -> Result<SocketAddr, SocksError> {
+/// Where a CONNECT request asks to go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requested {
+    Addr(SocketAddr),
+    /// A domain name (lossily UTF-8) and port, to resolve.
+    Name(String, u16),
+}
+
+/// Reads the greeting and the CONNECT request from any stream; answers method selection, and
+/// answers protocol failures itself. Pure protocol: no resolution, no sockets of its own.
+pub async fn negotiate<S>(io: &mut S) -> Result<Requested, SocksError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut head = [0u8; 2];
-    tcp.read_exact(&mut head).await?;
+    io.read_exact(&mut head).await?;
     if head[0] != VERSION {
         return Err(SocksError::Version(head[0]));
     }
-    let mut methods = vec![0u8; head[1] as usize];
-    tcp.read_exact(&mut methods).await?;
+    let mut methods = [0u8; 255];
+    let methods = &mut methods[..head[1] as usize];
+    io.read_exact(methods).await?;
     if !methods.contains(&NO_AUTH) {
-        tcp.write_all(&[VERSION, NO_ACCEPTABLE_METHOD]).await?;
+        io.write_all(&[VERSION, NO_ACCEPTABLE_METHOD]).await?;
         return Err(SocksError::NoMethod);
     }
-    tcp.write_all(&[VERSION, NO_AUTH]).await?;
+    io.write_all(&[VERSION, NO_AUTH]).await?;
 
     let mut req = [0u8; 4];
-    tcp.read_exact(&mut req).await?;
+    io.read_exact(&mut req).await?;
     if req[0] != VERSION {
         return Err(SocksError::Version(req[0]));
     }
     if req[1] != CMD_CONNECT {
-        reply(tcp, COMMAND_NOT_SUPPORTED).await?;
+        reply(io, COMMAND_NOT_SUPPORTED).await?;
         return Err(SocksError::Command(req[1]));
     }
     let ip: IpAddr = match req[3] {
         1 => {
             let mut b = [0u8; 4];
-            tcp.read_exact(&mut b).await?;
+            io.read_exact(&mut b).await?;
             Ipv4Addr::from(b).into()
         }
         4 => {
             let mut b = [0u8; 16];
-            tcp.read_exact(&mut b).await?;
+            io.read_exact(&mut b).await?;
             Ipv6Addr::from(b).into()
         }
         3 => {
-            let len = tcp.read_u8().await? as usize;
-            let mut name = vec![0u8; len];
-            tcp.read_exact(&mut name).await?;
-            let name = String::from_utf8_lossy(&name).into_owned();
-            match resolve(proxy, &name).await {
-                Some(ip) => ip,
-                None => {
-                    reply(tcp, HOST_UNREACHABLE).await?;
-                    return Err(SocksError::Resolve(name));
-                }
-            }
+            let len = io.read_u8().await? as usize;
+            let mut name = [0u8; 255];
+            io.read_exact(&mut name[..len]).await?;
+            let name = String::from_utf8_lossy(&name[..len]).into_owned();
+            let port = io.read_u16().await?;
+            return Ok(Requested::Name(name, port));
         }
         other => {
-            reply(tcp, ADDRESS_TYPE_NOT_SUPPORTED).await?;
+            reply(io, ADDRESS_TYPE_NOT_SUPPORTED).await?;
             return Err(SocksError::AddressType(other));
         }
     };
-    let port = tcp.read_u16().await?;
-    Ok(SocketAddr::new(ip, port))
+    let port = io.read_u16().await?;
+    Ok(Requested::Addr(SocketAddr::new(ip, port)))
+}
+
+/// [`negotiate`], then a name resolved (mesh hostnames first); answers an unresolvable name.
+/// Returns the destination.
+pub async fn handshake(tcp: &mut TcpStream, proxy: &Proxy) -> Result<SocketAddr, SocksError> {
+    match negotiate(tcp).await? {
+        Requested::Addr(addr) => Ok(addr),
+        Requested::Name(name, port) => match resolve(proxy, &name).await {
+            Some(ip) => Ok(SocketAddr::new(ip, port)),
+            None => {
+                reply(tcp, HOST_UNREACHABLE).await?;
+                Err(SocksError::Resolve(name))
+            }
+        },
+    }
 }
 
 /// A mesh service hostname (preferring the served workload's namespace), else DNS.
@@ -121,7 +143,7 @@ async fn resolve(proxy: &Proxy, name: &str) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-async fn reply(tcp: &mut TcpStream, code: u8) -> std::io::Result<()> {
+async fn reply<S: tokio::io::AsyncWrite + Unpin>(tcp: &mut S, code: u8) -> std::io::Result<()> {
     // Bound address: unspecified; clients do not need it.
     tcp.write_all(&[VERSION, code, 0, 1, 0, 0, 0, 0, 0, 0])
         .await
