@@ -22,8 +22,16 @@ pub struct ServerSettings {
     pub handshake_timeout: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
-    /// Streams one client connection may hold open at once.
+    /// Streams one client connection may hold open at once (advertised in SETTINGS; h2 refuses
+    /// more). With the per-stream send buffer this bounds what a peer that stops reading can
+    /// make the server hold: 100 × 1 MiB.
     pub max_concurrent_streams: u32,
+    /// Connections served at once; more are closed on accept and counted, established ones
+    /// are not disturbed.
+    pub max_connections: usize,
+    /// A connection with no open stream for this long is sent GOAWAY (its peer reconnects when
+    /// it needs to): a peer cannot park connections forever.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -32,7 +40,10 @@ impl Default for ServerSettings {
             handshake_timeout: Duration::from_secs(10),
             keepalive_interval: super::KEEPALIVE_INTERVAL,
             keepalive_timeout: super::KEEPALIVE_TIMEOUT,
-            max_concurrent_streams: 1000,
+            // Istio's waypoint's and ztunnel's order of magnitude.
+            max_concurrent_streams: 100,
+            max_connections: 16_384,
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -44,6 +55,19 @@ pub struct ServerCounters {
     pub handshake_failures: AtomicU64,
     pub streams: AtomicU64,
     pub bad_requests: AtomicU64,
+    /// Connections closed on accept because `max_connections` were being served.
+    pub connections_refused: AtomicU64,
+    /// Connections sent GOAWAY after `idle_timeout` without a stream.
+    pub idle_closed: AtomicU64,
+}
+
+/// Counts a stream as open until its handler ends.
+struct OpenStream(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One CONNECT stream awaiting the application's decision. Dropping it unanswered answers 503.
@@ -156,14 +180,27 @@ impl HboneServer {
     {
         tokio::pin!(shutdown);
         let mut draining = self.draining.subscribe();
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.settings.max_connections));
+        let mut refused_logged: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = drained(&mut draining) => return,
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, _)) => {
+                    Ok((tcp, peer)) => {
+                        let Ok(slot) = slots.clone().try_acquire_owned() else {
+                            // At the cap: close it now (the peer sees EOF in its handshake).
+                            drop(tcp);
+                            self.counters.connections_refused.fetch_add(1, Ordering::Relaxed);
+                            if refused_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                                refused_logged = Some(tokio::time::Instant::now());
+                                tracing::warn!(%peer, limit = self.settings.max_connections, "hbone: connection limit reached, refusing new connections (counted in connections_refused)");
+                            }
+                            continue;
+                        };
                         let server = self.clone();
                         let handler = handler.clone();
                         tokio::spawn(async move {
+                            let _slot = slot;
                             if let Err(e) = server.serve_connection(tcp, handler).await {
                                 tracing::debug!("hbone connection ended: {e}");
                             }
@@ -261,6 +298,9 @@ impl HboneServer {
         tokio::pin!(alive);
         let mut draining = self.draining.subscribe();
         let mut goaway_sent = false;
+        let open_streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let idle = tokio::time::sleep(self.settings.idle_timeout);
+        tokio::pin!(idle);
 
         loop {
             let next = tokio::select! {
@@ -268,6 +308,18 @@ impl HboneServer {
                 _ = drained(&mut draining), if !goaway_sent => {
                     conn.graceful_shutdown();
                     goaway_sent = true;
+                    continue;
+                }
+                _ = &mut idle, if !goaway_sent => {
+                    if open_streams.load(Ordering::Relaxed) == 0 {
+                        // Streams still open would finish anyway: GOAWAY only stops new ones.
+                        conn.graceful_shutdown();
+                        goaway_sent = true;
+                        self.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer_addr, "hbone: idle connection closed");
+                    } else {
+                        idle.as_mut().reset(tokio::time::Instant::now() + self.settings.idle_timeout);
+                    }
                     continue;
                 }
                 _ = &mut alive => {
@@ -310,6 +362,10 @@ impl HboneServer {
                 continue;
             }
             self.counters.streams.fetch_add(1, Ordering::Relaxed);
+            open_streams.fetch_add(1, Ordering::Relaxed);
+            let open = OpenStream(open_streams.clone());
+            idle.as_mut()
+                .reset(tokio::time::Instant::now() + self.settings.idle_timeout);
             let inbound = InboundConnect {
                 peer: peer.clone(),
                 peer_addr,
@@ -318,7 +374,11 @@ impl HboneServer {
                 respond: Some(respond),
                 recv: Some(body),
             };
-            tokio::spawn(handler(inbound));
+            let handled = handler(inbound);
+            tokio::spawn(async move {
+                let _open = open;
+                handled.await
+            });
         }
     }
 }

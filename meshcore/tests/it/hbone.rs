@@ -513,3 +513,95 @@ async fn callers_queued_behind_a_failed_dial_fail_fast() {
         started.elapsed()
     );
 }
+
+/// An h2 connection to `addr` with `creds` (no HBONE client pool), and its driver's handle.
+async fn raw_h2(
+    addr: SocketAddr,
+    creds: &Arc<meshcore::tls::Credentials>,
+    server: &Arc<meshcore::tls::Credentials>,
+) -> Result<
+    (
+        h2::client::SendRequest<bytes::Bytes>,
+        tokio::task::JoinHandle<Result<(), h2::Error>>,
+    ),
+    String,
+> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tls =
+        tokio_rustls::TlsConnector::from(client_config(creds.clone(), vec![server.identity()]))
+            .connect(
+                rustls_pki_types::ServerName::IpAddress(addr.ip().into()),
+                tcp,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+    let (sender, conn) = h2::client::handshake(tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((sender, tokio::spawn(conn)))
+}
+
+/// S6: a peer cannot make the server hold unbounded state: streams per connection are capped
+/// (and advertised), connections beyond the cap are closed on accept without disturbing the
+/// others, and a connection left without streams is sent GOAWAY.
+#[tokio::test]
+async fn streams_connections_and_idle_connections_are_bounded() {
+    let mesh = Mesh::new();
+    let server_creds = mesh.creds("spiffe://cluster.local/ns/app/sa/server");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hbone = HboneServer::new(
+        server_config(server_creds.clone()),
+        ServerSettings {
+            max_concurrent_streams: 3,
+            max_connections: 2,
+            idle_timeout: Duration::from_millis(300),
+            ..ServerSettings::default()
+        },
+    );
+    // Each tunnel is held open for 2 s.
+    tokio::spawn(hbone.clone().serve(
+        listener,
+        |inbound| async move {
+            if let Ok(_tunnel) = inbound.accept() {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        },
+        std::future::pending(),
+    ));
+    let client = mesh.creds("spiffe://cluster.local/ns/app/sa/client");
+
+    // The limit is advertised; a well-behaved client queues beyond it.
+    let (busy, busy_conn) = raw_h2(addr, &client, &server_creds).await.unwrap();
+    let mut busy = busy.ready().await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let connect = http::Request::connect("127.0.0.1:1").body(()).unwrap();
+        let (response, stream) = busy.send_request(connect, false).unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+        held.push(stream);
+        // The server's SETTINGS have arrived by its first answer.
+        assert_eq!(busy.current_max_send_streams(), 3);
+        busy = busy.ready().await.unwrap();
+    }
+
+    // A second connection, left without streams: GOAWAY after the idle timeout.
+    let (_idle, idle_conn) = raw_h2(addr, &client, &server_creds).await.unwrap();
+    // A third, while two are served: closed on accept.
+    assert!(raw_h2(addr, &client, &server_creds).await.is_err());
+    assert_eq!(
+        hbone.counters().connections_refused.load(Ordering::Relaxed),
+        1
+    );
+
+    tokio::time::timeout(Duration::from_secs(3), idle_conn)
+        .await
+        .expect("the idle connection was closed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(hbone.counters().idle_closed.load(Ordering::Relaxed), 1);
+    // The busy one is still served (its streams are open), and a slot is free again.
+    assert!(!busy_conn.is_finished());
+    let (_again, _c) = raw_h2(addr, &client, &server_creds).await.unwrap();
+    drop(held);
+}
