@@ -185,6 +185,7 @@ impl ServiceView {
             &self.state,
             &self.round_robin[slot],
             req,
+            now_ms.saturating_mul(1000),
         )
         .ok_or(PickError::NoHealthy)
     }

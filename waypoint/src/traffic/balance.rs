@@ -14,9 +14,11 @@ use meshcore::l7::networking::LoadBalancerSettings;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum Balancer {
-    #[default]
     RoundRobin,
     Random,
+    /// The default, by measurement (docs/performance.md: the balancers under a skewed
+    /// backend), as in Istio.
+    #[default]
     LeastRequest,
     /// Linkerd's peak-EWMA: power of two choices on round-trip estimate × (in flight + 1).
     /// Selected with `simple: PEAK_EWMA` (an extension of Istio's enum).
@@ -80,9 +82,9 @@ pub fn from_settings(lb: &LoadBalancerSettings) -> Result<Balancer, String> {
         return Ok(Balancer::ConsistentHash(key));
     }
     match lb.simple.as_deref().unwrap_or("UNSPECIFIED") {
-        "UNSPECIFIED" | "ROUND_ROBIN" => Ok(Balancer::RoundRobin),
+        "ROUND_ROBIN" => Ok(Balancer::RoundRobin),
         "RANDOM" => Ok(Balancer::Random),
-        "LEAST_REQUEST" | "LEAST_CONN" => Ok(Balancer::LeastRequest),
+        "UNSPECIFIED" | "LEAST_REQUEST" | "LEAST_CONN" => Ok(Balancer::LeastRequest),
         "PEAK_EWMA" => Ok(Balancer::PeakEwma),
         other => Err(format!("simple {other} is not supported")),
     }
@@ -130,11 +132,16 @@ impl EndpointState {
         self.rtt_us.store(new.max(1), Ordering::Relaxed);
     }
 
-    /// Peak-EWMA cost: the estimate times the requests in flight plus one.
-    fn cost(&self) -> u64 {
+    /// Peak-EWMA cost: the estimate, decayed for the time since it was last updated (as
+    /// Linkerd's does when read, so an endpoint left alone after a slow spell is tried again
+    /// and its estimate refreshed), times the requests in flight plus one.
+    fn cost(&self, now_us: u64) -> u64 {
         let rtt = match self.rtt_us.load(Ordering::Relaxed) {
             0 => DEFAULT_RTT_US,
-            r => r,
+            r => {
+                let idle = now_us.saturating_sub(self.rtt_stamp_us.load(Ordering::Relaxed));
+                ((r as f64) * (-(idle as f64) / RTT_DECAY_US).exp()) as u64
+            }
         };
         rtt.saturating_mul(u64::from(self.active.load(Ordering::Relaxed)) + 1)
     }
@@ -165,6 +172,7 @@ pub fn choose(
     state: &[EndpointState],
     next: &AtomicUsize,
     req: &Request<'_>,
+    now_us: u64,
 ) -> Option<Choice> {
     if candidates.is_empty() {
         return None;
@@ -192,7 +200,7 @@ pub fn choose(
             let b = if b >= a { b + 1 } else { b };
             let (ia, ib) = (candidates[a], candidates[b]);
             let cost = |i: usize| match balancer {
-                Balancer::PeakEwma => state[i].cost(),
+                Balancer::PeakEwma => state[i].cost(now_us),
                 _ => u64::from(state[i].active.load(Ordering::Relaxed)),
             };
             plain(if cost(ib) < cost(ia) { ib } else { ia })

@@ -11,8 +11,9 @@
 //! - `subsets[].trafficPolicy` replaces the Service-level policy for that subset, field by field
 //!   (load balancer, pool, outlier detection), as in Istio; `portLevelSettings` likewise for a
 //!   port.
-//! - `loadBalancer.simple`: `ROUND_ROBIN`, `RANDOM`, `LEAST_REQUEST` (power of two choices on
-//!   requests in flight; `LEAST_CONN` is the same), `PASSTHROUGH` is refused (a waypoint always
+//! - `loadBalancer.simple`: `LEAST_REQUEST` (the default, as in Istio and by measurement: power
+//!   of two choices on requests in flight; `LEAST_CONN` is the same), `ROUND_ROBIN`, `RANDOM`,
+//!   `PEAK_EWMA`; `PASSTHROUGH` is refused (a waypoint always
 //!   picks an endpoint). `consistentHash` on a header, a cookie (created with `ttl` when
 //!   missing), the source IP or a query parameter, by highest-random-weight hashing: the same
 //!   key reaches the same endpoint while it stays, across waypoint restarts and replicas (no
@@ -240,7 +241,7 @@ fn policy(
     if let Some(lb) = lb {
         match balance::from_settings(lb) {
             Ok(b) => p.balancer = b,
-            Err(e) => note(format!("loadBalancer: {e}; round robin used")),
+            Err(e) => note(format!("loadBalancer: {e}; least request used")),
         }
         if lb.locality_lb_setting.is_some()
             || lb.warmup_duration_secs.is_some()

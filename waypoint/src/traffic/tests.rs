@@ -94,16 +94,45 @@ spec: {host: nowhere}
 }
 
 #[test]
-fn unsupported_balancers_fall_back_to_round_robin_with_a_note() {
+fn unsupported_balancers_fall_back_to_the_default_least_request_with_a_note() {
     let (out, notes) = compile(
         &rules("metadata: {name: r, namespace: shop}\nspec: {host: ratings, trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}}\n"),
         &services(),
     );
     assert_eq!(
         out[&ServiceKey::new("shop", "ratings")].policy.balancer,
-        Balancer::RoundRobin
+        Balancer::LeastRequest
     );
     assert!(notes[0].message.contains("PASSTHROUGH"), "{notes:?}");
+    assert_eq!(Balancer::default(), Balancer::LeastRequest);
+}
+
+#[test]
+fn peak_ewma_tries_again_an_endpoint_left_alone_after_a_slow_spell() {
+    let a = addrs(2);
+    let state: Vec<EndpointState> = a.iter().map(|_| EndpointState::default()).collect();
+    let next = AtomicUsize::new(0);
+    let h = HeaderMap::new();
+    // Endpoint 1 was slow (100 ms) and has not answered since; endpoint 0 answers in 1 ms.
+    state[1].observe_rtt(100_000, 0);
+    let pick_at = |now_us: u64| {
+        choose(
+            &Balancer::PeakEwma,
+            &[0, 1],
+            &a,
+            &state,
+            &next,
+            &req(&h, 7),
+            now_us,
+        )
+        .unwrap()
+        .index
+    };
+    state[0].observe_rtt(1_000, 1_000_000);
+    assert_eq!(pick_at(1_000_000), 0);
+    // A minute later endpoint 0 is fresh and endpoint 1's estimate has decayed below it.
+    state[0].observe_rtt(1_000, 60_000_000);
+    assert_eq!(pick_at(60_000_000), 1);
 }
 
 fn addrs(n: u8) -> Vec<IpAddr> {
@@ -135,13 +164,23 @@ fn round_robin_random_and_least_request() {
                 &state,
                 &next,
                 &req(&h, i),
+                0,
             )
             .unwrap()
             .index
         })
         .collect();
     assert_eq!(rr, [0, 2, 3, 0, 2, 3]);
-    assert!(choose(&Balancer::RoundRobin, &[], &a, &state, &next, &req(&h, 0)).is_none());
+    assert!(choose(
+        &Balancer::RoundRobin,
+        &[],
+        &a,
+        &state,
+        &next,
+        &req(&h, 0),
+        0
+    )
+    .is_none());
     let mut seen = Map::new();
     for i in 0..300u64 {
         let c = choose(
@@ -151,6 +190,7 @@ fn round_robin_random_and_least_request() {
             &state,
             &next,
             &req(&h, i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            0,
         )
         .unwrap();
         *seen.entry(c.index).or_insert(0) += 1;
@@ -167,6 +207,7 @@ fn round_robin_random_and_least_request() {
             &state,
             &next,
             &req(&h, r),
+            0,
         )
         .unwrap();
         assert_ne!(c.index, 2);
@@ -182,7 +223,7 @@ fn consistent_hash_keeps_keys_and_moves_only_those_of_a_leaving_endpoint() {
     let pick = |user: &str, cands: &[usize], random: u64| {
         let mut h = HeaderMap::new();
         h.insert("x-user", user.parse().unwrap());
-        choose(&b, cands, &a, &state, &next, &req(&h, random))
+        choose(&b, cands, &a, &state, &next, &req(&h, random), 0)
             .unwrap()
             .index
     };
@@ -217,7 +258,7 @@ fn a_cookie_hash_creates_the_cookie_and_then_follows_it() {
         ttl: Some(std::time::Duration::from_secs(60)),
     });
     let h = HeaderMap::new();
-    let first = choose(&b, &[0, 1, 2], &a, &state, &next, &req(&h, 42)).unwrap();
+    let first = choose(&b, &[0, 1, 2], &a, &state, &next, &req(&h, 42), 0).unwrap();
     let cookie = first.set_cookie.expect("a cookie is created");
     assert!(
         cookie.starts_with("session=")
@@ -232,7 +273,7 @@ fn a_cookie_hash_creates_the_cookie_and_then_follows_it() {
         format!("other=1; {value}").parse().unwrap(),
     );
     for r in 0..20 {
-        let again = choose(&b, &[0, 1, 2], &a, &state, &next, &req(&h, r)).unwrap();
+        let again = choose(&b, &[0, 1, 2], &a, &state, &next, &req(&h, r), 0).unwrap();
         assert_eq!(
             again,
             super::balance::Choice {
@@ -260,6 +301,7 @@ fn peak_ewma_prefers_the_faster_endpoint_and_forgets_a_slow_spell() {
             &state,
             &next,
             &req(&h, i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            0,
         )
         .unwrap();
         assert_eq!(c.index, 0);
@@ -274,6 +316,15 @@ fn peak_ewma_prefers_the_faster_endpoint_and_forgets_a_slow_spell() {
     );
     // Requests in flight count: a fast endpoint with a queue loses to a slower idle one.
     state[0].active.store(200, Ordering::Relaxed);
-    let c = choose(&Balancer::PeakEwma, &[0, 1], &a, &state, &next, &req(&h, 7)).unwrap();
+    let c = choose(
+        &Balancer::PeakEwma,
+        &[0, 1],
+        &a,
+        &state,
+        &next,
+        &req(&h, 7),
+        0,
+    )
+    .unwrap();
     assert_eq!(c.index, 1);
 }
