@@ -46,6 +46,33 @@ pub struct Agent {
     ready: Mutex<BTreeSet<String>>,
     ready_changed: watch::Sender<u64>,
     rules: rules::RuleOptions,
+    timeouts: ZdsTimeouts,
+}
+
+/// How long the agent waits on a ztunnel connection. It serves one ztunnel at a time, so a
+/// peer that connects and goes quiet must not hold the socket from the real one.
+#[derive(Debug, Clone, Copy)]
+pub struct ZdsTimeouts {
+    /// For the hello after connecting.
+    pub hello: std::time::Duration,
+    /// For the answer to each request (ztunnel sets a pod up in milliseconds).
+    pub ack: std::time::Duration,
+}
+
+impl Default for ZdsTimeouts {
+    fn default() -> Self {
+        Self {
+            hello: std::time::Duration::from_secs(5),
+            ack: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+fn timed_out(what: &str, after: std::time::Duration) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("ztunnel sent no {what} within {after:?}; connection dropped"),
+    )
 }
 
 impl Agent {
@@ -58,6 +85,21 @@ impl Agent {
             rules,
             ..Self::default()
         })
+    }
+
+    /// With other ZDS timeouts (tests).
+    pub fn with_timeouts(timeouts: ZdsTimeouts) -> Arc<Self> {
+        Arc::new(Self {
+            timeouts,
+            ..Self::default()
+        })
+    }
+
+    /// Sends `request` and waits for ztunnel's answer, within the ack timeout.
+    async fn ask(&self, conn: &Conn, request: Request) -> std::io::Result<Result<(), String>> {
+        tokio::time::timeout(self.timeouts.ack, conn.request(request))
+            .await
+            .map_err(|_| timed_out("answer", self.timeouts.ack))?
     }
 
     pub fn is_enrolled(&self, uid: &str) -> bool {
@@ -188,13 +230,15 @@ impl Agent {
     }
 
     async fn serve_ztunnel(self: Arc<Self>, conn: &Conn) -> std::io::Result<()> {
-        conn.expect_hello().await?;
+        tokio::time::timeout(self.timeouts.hello, conn.expect_hello())
+            .await
+            .map_err(|_| timed_out("hello", self.timeouts.hello))??;
         tracing::info!("ztunnel connected; sending the snapshot");
         let mut changed = self.changed.subscribe();
         // What ztunnel holds: uid → the pod as sent.
         let mut held: BTreeMap<String, EnrolledPod> = BTreeMap::new();
         self.sync(conn, &mut held).await?;
-        if let Err(e) = conn.request(Request::SnapshotSent).await? {
+        if let Err(e) = self.ask(conn, Request::SnapshotSent).await? {
             tracing::warn!("ztunnel refused the snapshot end: {e}");
         }
         // Pods ztunnel refused, or whose namespace could not be opened, are tried again.
@@ -225,7 +269,7 @@ impl Agent {
         let current: BTreeMap<String, EnrolledPod> = self.pods.lock().expect("pods lock").clone();
         for uid in held.keys().cloned().collect::<Vec<_>>() {
             if !current.contains_key(&uid) {
-                if let Err(e) = conn.request(Request::Del { uid: uid.clone() }).await? {
+                if let Err(e) = self.ask(conn, Request::Del { uid: uid.clone() }).await? {
                     tracing::warn!(%uid, "ztunnel refused del: {e}");
                 }
                 held.remove(&uid);
@@ -247,7 +291,7 @@ impl Agent {
                 info: Some(pod.info.clone()),
                 netns,
             };
-            match conn.request(add).await? {
+            match self.ask(conn, add).await? {
                 Ok(()) => {
                     tokio::task::block_in_place(|| self.capture(&pod));
                     held.insert(uid, pod);
@@ -256,5 +300,44 @@ impl Agent {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use meshcore::zds::{Conn, Listener, Request};
+
+    use super::{Agent, ZdsTimeouts};
+
+    /// S5: the agent serves one ztunnel at a time; one that connects and then never answers
+    /// must not keep the next (the real one, after a restart) waiting forever.
+    #[tokio::test]
+    async fn a_silent_ztunnel_does_not_keep_the_socket_from_the_next() {
+        let dir = std::env::temp_dir().join(format!("zds-timeouts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("zds.sock");
+        let agent = Agent::with_timeouts(ZdsTimeouts {
+            hello: Duration::from_millis(300),
+            ack: Duration::from_millis(300),
+        });
+        tokio::spawn(agent.serve(Listener::bind(&socket).unwrap()));
+        // Says hello, then never answers the end of the snapshot.
+        let silent = Conn::connect(&socket).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let next = Conn::connect(&socket).await.unwrap();
+        let request = tokio::time::timeout(Duration::from_secs(3), next.next_request())
+            .await
+            .expect("the next ztunnel is served once the silent one timed out")
+            .unwrap();
+        assert!(
+            matches!(request, Some(Request::SnapshotSent)),
+            "{request:?}"
+        );
+        next.ack(None).await.unwrap();
+        drop(silent);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
