@@ -83,6 +83,33 @@ pub enum Served {
     },
 }
 
+/// How fresh the configuration in force is, for alerting on a ztunnel left on stale policy:
+/// whether the xDS stream is up, seconds since the config was last changed or confirmed by the
+/// control plane (absent before the first), and changes refused.
+pub fn source_metrics(status: &SourceStatus, now_unix: u64) -> String {
+    let mut out = String::new();
+    if status.xds_address.is_some() {
+        out.push_str("# HELP ztunnel_xds_connected Whether the xDS stream to the control plane is up and answering.\n# TYPE ztunnel_xds_connected gauge\n");
+        out.push_str(&format!(
+            "ztunnel_xds_connected {}\n",
+            u8::from(status.connected)
+        ));
+    }
+    if let Some(at) = status.last_update_unix {
+        out.push_str("# HELP ztunnel_config_age_seconds Seconds since the configuration in force was last changed or confirmed by its source.\n# TYPE ztunnel_config_age_seconds gauge\n");
+        out.push_str(&format!(
+            "ztunnel_config_age_seconds {}\n",
+            now_unix.saturating_sub(at)
+        ));
+    }
+    out.push_str("# HELP ztunnel_config_rejected_total Configuration changes refused (invalid, or NACKed resources).\n# TYPE ztunnel_config_rejected_total counter\n");
+    out.push_str(&format!(
+        "ztunnel_config_rejected_total {}\n",
+        status.rejected
+    ));
+    out
+}
+
 /// What the HTTP endpoints read and control.
 pub struct AdminContext {
     pub served: Served,
@@ -181,10 +208,20 @@ fn route(ctx: &AdminContext, which: Endpoints, req: Request<Incoming>) -> Respon
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
-        (Endpoints::Stats, _, "/metrics" | "/stats/prometheus") => Response::builder()
-            .header("content-type", "text/plain; version=0.0.4")
-            .body(Full::new(ctx.metrics.render().into()))
-            .expect("static response"),
+        (Endpoints::Stats, _, "/metrics" | "/stats/prometheus") => {
+            let mut body = ctx.metrics.render();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            body.push_str(&source_metrics(
+                &ctx.source.lock().expect("status lock"),
+                now,
+            ));
+            Response::builder()
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(Full::new(body.into()))
+                .expect("static response")
+        }
         (Endpoints::Admin, _, "/config_dump") => {
             let body = serde_json::to_vec_pretty(&config_dump(ctx)).expect("serializable dump");
             Response::builder()
@@ -356,5 +393,31 @@ fn config_dump(ctx: &AdminContext) -> ConfigDump {
         certificates: ctx.certs.status(),
         recent_denials: proxies.iter().flat_map(|p| p.denials.recent()).collect(),
         active_connections: proxies.iter().map(|p| p.drain.active()).sum(),
+    }
+}
+
+#[cfg(test)]
+mod source_metrics_tests {
+    use super::*;
+
+    #[test]
+    fn staleness_is_exported() {
+        let mut status = SourceStatus {
+            xds_address: Some("istiod:15012".into()),
+            ..SourceStatus::default()
+        };
+        let text = source_metrics(&status, 1_000);
+        assert!(text.contains("ztunnel_xds_connected 0\n"), "{text}");
+        assert!(
+            !text.contains("ztunnel_config_age_seconds"),
+            "no config yet: {text}"
+        );
+        status.connected = true;
+        status.last_update_unix = Some(880);
+        status.rejected = 2;
+        let text = source_metrics(&status, 1_000);
+        assert!(text.contains("ztunnel_xds_connected 1\n"), "{text}");
+        assert!(text.contains("ztunnel_config_age_seconds 120\n"), "{text}");
+        assert!(text.contains("ztunnel_config_rejected_total 2\n"), "{text}");
     }
 }
