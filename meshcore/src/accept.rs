@@ -1,7 +1,11 @@
-//! An accept loop for the small HTTP side doors (admin, metrics, readiness, debug): a cap on
-//! the connections open at once, and a pause after a failed accept. Without the pause, running
-//! out of descriptors (EMFILE) spins: the connection stays in the backlog, the listener stays
-//! readable, and every retry fails at once.
+//! Accepting when things go wrong. [`Acceptor`] is the loop for the small HTTP side doors
+//! (admin, metrics, readiness, debug): a cap on the connections open at once, and a pause after
+//! a failed accept. [`AcceptErrors`] is that pause for the data-path loops, which keep their own
+//! accept: without it, running out of descriptors (EMFILE) spins: the connection stays in the
+//! backlog, the listener stays readable, and every retry fails at once. Out of descriptors, it
+//! also sheds: a descriptor kept in reserve is freed to accept the waiting connection and close
+//! it at once, so the client learns now instead of hanging in the backlog, while established
+//! connections go on.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +20,81 @@ const FIRST_PAUSE: Duration = Duration::from_millis(20);
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// Failed accepts are logged at most this often (with how many there were).
 const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Connections accepted and closed at once because the process was out of descriptors.
+static SHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many connections were shed for want of descriptors, process-wide.
+pub fn shed_total() -> u64 {
+    SHED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A data-path accept loop's failures: backoff, one log line per interval, shedding.
+pub struct AcceptErrors {
+    what: &'static str,
+    pause: Duration,
+    failures: u64,
+    last_log: Option<Instant>,
+    /// A descriptor held back to accept-and-close with when the process is out of them.
+    reserve: Option<std::fs::File>,
+}
+
+impl AcceptErrors {
+    pub fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            pause: FIRST_PAUSE,
+            failures: 0,
+            last_log: None,
+            reserve: std::fs::File::open("/dev/null").ok(),
+        }
+    }
+
+    /// After a successful accept.
+    pub fn accepted(&mut self) {
+        self.pause = FIRST_PAUSE;
+        if self.reserve.is_none() {
+            self.reserve = std::fs::File::open("/dev/null").ok();
+        }
+    }
+
+    /// After a failed accept on `listener`: sheds one waiting connection if out of
+    /// descriptors, logs (at most once per interval, with the count), then pauses.
+    pub async fn failed(&mut self, listener: &TcpListener, e: std::io::Error) {
+        let out_of_descriptors = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+        let mut shed = false;
+        if out_of_descriptors && self.reserve.take().is_some() {
+            // The freed descriptor takes the waiting connection, which is closed at once.
+            if let Ok(Ok((tcp, _))) =
+                tokio::time::timeout(Duration::from_millis(1), listener.accept()).await
+            {
+                // A reset, not a graceful close: the client must not think it was served.
+                let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+                drop(tcp);
+                SHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                shed = true;
+            }
+            self.reserve = std::fs::File::open("/dev/null").ok();
+        }
+        self.failures += 1;
+        if self.last_log.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+            tracing::warn!(
+                listener = self.what,
+                failures = self.failures,
+                shed_total = shed_total(),
+                retry_in = ?self.pause,
+                "accept failed: {e}{}",
+                if out_of_descriptors { "; new connections are refused until descriptors free up, established ones go on" } else { "" }
+            );
+            self.last_log = Some(Instant::now());
+            self.failures = 0;
+        }
+        if !shed {
+            tokio::time::sleep(self.pause).await;
+            self.pause = (self.pause * 2).min(MAX_PAUSE);
+        }
+    }
+}
 
 /// Accepts connections from a listener, at most `max_connections` open at once.
 pub struct Acceptor {

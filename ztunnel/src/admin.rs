@@ -102,6 +102,11 @@ pub fn source_metrics(status: &SourceStatus, now_unix: u64) -> String {
             now_unix.saturating_sub(at)
         ));
     }
+    out.push_str("# HELP ztunnel_connections_shed_total Connections refused on accept because the process was out of file descriptors.\n# TYPE ztunnel_connections_shed_total counter\n");
+    out.push_str(&format!(
+        "ztunnel_connections_shed_total {}\n",
+        meshcore::accept::shed_total()
+    ));
     out.push_str("# HELP ztunnel_config_rejected_total Configuration changes refused (invalid, or NACKed resources).\n# TYPE ztunnel_config_rejected_total counter\n");
     out.push_str(&format!(
         "ztunnel_config_rejected_total {}\n",

@@ -182,11 +182,13 @@ impl HboneServer {
         let mut draining = self.draining.subscribe();
         let slots = Arc::new(tokio::sync::Semaphore::new(self.settings.max_connections));
         let mut refused_logged: Option<tokio::time::Instant> = None;
+        let mut errors = crate::accept::AcceptErrors::new("hbone");
         loop {
             tokio::select! {
                 _ = drained(&mut draining) => return,
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        errors.accepted();
                         let Ok(slot) = slots.clone().try_acquire_owned() else {
                             // At the cap: close it now (the peer sees EOF in its handshake).
                             drop(tcp);
@@ -206,11 +208,8 @@ impl HboneServer {
                             }
                         });
                     }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!("hbone accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    // Out of file descriptors and the like: shed, back off, log once a while.
+                    Err(e) => errors.failed(&listener, e).await,
                 },
                 _ = &mut shutdown => return,
             }

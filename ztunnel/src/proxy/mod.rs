@@ -230,19 +230,18 @@ where
     F: Fn(tokio::net::TcpStream, SocketAddr, ConnectionGuard) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let mut errors = meshcore::accept::AcceptErrors::new(name);
     loop {
         tokio::select! {
             _ = drain.started() => return,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    errors.accepted();
                     let _ = tcp.set_nodelay(true);
                     let _ = meshcore::control::Keepalive::DATA_PATH.apply_tcp(&tcp);
                     drain.spawn_connection(|guard| handle(tcp, peer, guard));
                 }
-                Err(e) => {
-                    tracing::warn!(listener = name, "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Err(e) => errors.failed(&listener, e).await,
             }
         }
     }

@@ -271,3 +271,77 @@ async fn out_of_descriptors_the_http_accept_loops_back_off() {
     drop(held);
     drop(p);
 }
+
+/// S17: out of descriptors, the data-path listeners neither spin nor flood the log, and they
+/// refuse new connections at once (accepted with a descriptor kept in reserve and reset) rather
+/// than leave them hanging in the backlog; an established tunnel goes on.
+#[tokio::test]
+async fn out_of_descriptors_the_data_path_sheds_new_connections_and_keeps_established_ones() {
+    let mesh = Mesh::new();
+    mesh.write_config(CONFIG);
+    let mut cmd = ztunnel(&mesh, 2);
+    cmd.env("PROXY_WORKLOAD_INFO", "default/sleep/sleep");
+    with_nofile(&mut cmd, 64, 64);
+    let p = start(cmd, mesh.dir.join("ztunnel.log"));
+    let socks: std::net::SocketAddr = (mesh.ip(2), 15080).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut established = loop {
+        if let Ok(s) = TcpStream::connect(socks).await {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "ztunnel never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // A SOCKS5 greeting answered: this connection is being served.
+    established.write_all(&[5, 1, 0]).await.unwrap();
+    let mut reply = [0u8; 2];
+    established.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply, [5, 0]);
+
+    // More connections than the process has descriptors.
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        held.push(TcpStream::connect(socks).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_time(p.child.id());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let used = cpu_time(p.child.id()) - before;
+    assert!(
+        used < Duration::from_millis(400),
+        "the process used {used:?} of CPU in 1.5 s while out of descriptors"
+    );
+    // Those beyond the limit were refused (reset or closed), not left waiting.
+    let mut refused = 0;
+    for s in &mut held {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(20), s.read(&mut b)).await
+        {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 50,
+        "only {refused} of 150 connections were refused"
+    );
+    let log = std::fs::read_to_string(&p.log).unwrap();
+    let failures = log.matches("accept failed").count();
+    assert!(
+        (1..=3).contains(&failures),
+        "{failures} accept failures logged: {log}"
+    );
+    // The established connection is still served: a CONNECT to a closed port is answered.
+    established
+        .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, 0, 1])
+        .await
+        .unwrap();
+    let mut answer = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(5), established.read_exact(&mut answer))
+        .await
+        .expect("the established connection was answered")
+        .unwrap();
+    assert_eq!(answer[0], 5, "{answer:?}");
+    drop(held);
+    drop(p);
+}
