@@ -6,11 +6,23 @@
 //! other direction keeps flowing. Backpressure is natural: a direction reads only after its
 //! buffer has been written out.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A relay that moved no byte either way for this long is ended (Envoy's default idle
+/// timeout): a peer that vanished without a FIN or keepalive answer holds nothing for ever.
+pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The error ending an idle relay.
+pub fn idle_error(idle: std::time::Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no bytes either way for {idle:?}: relay closed as idle"),
+    )
+}
 
 /// First buffer size of each direction.
 pub const INITIAL_BUFFER: usize = 1024;
@@ -118,9 +130,35 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    copy_bidirectional_idle(a, b, DEFAULT_IDLE_TIMEOUT).await
+}
+
+/// [`copy_bidirectional`], ended with a `TimedOut` error once no byte moved either way for
+/// between `idle` and twice `idle` (one timer per relay, checked when it fires: no per-chunk
+/// timer work).
+pub async fn copy_bidirectional_idle<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: std::time::Duration,
+) -> (Transferred, io::Result<()>)
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let mut a_to_b = Direction::new();
     let mut b_to_a = Direction::new();
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    let mut seen = 0u64;
     let result = poll_fn(|cx| {
+        while timer.as_mut().poll(cx).is_ready() {
+            let moved = a_to_b.total + b_to_a.total;
+            if moved == seen {
+                return Poll::Ready(Err(idle_error(idle)));
+            }
+            seen = moved;
+            timer.as_mut().reset(tokio::time::Instant::now() + idle);
+        }
         if !a_to_b.done {
             if let Poll::Ready(result) = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))
             {
@@ -150,7 +188,34 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// S10: a relay on which nothing moves is ended after its idle time; one that keeps
+    /// moving bytes, however slowly, is not.
+    #[tokio::test]
+    async fn an_idle_relay_ends_and_a_slow_one_does_not() {
+        let idle = Duration::from_millis(100);
+        let (mut client, mut a) = tokio::io::duplex(1024);
+        let (mut b, mut server) = tokio::io::duplex(1024);
+        let relay =
+            tokio::spawn(async move { copy_bidirectional_idle(&mut a, &mut b, idle).await });
+        // Every 40 ms a byte (and its echo): never idle for 100 ms.
+        for _ in 0..10 {
+            client.write_all(b"x").await.unwrap();
+            let mut byte = [0u8; 1];
+            server.read_exact(&mut byte).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        assert!(!relay.is_finished(), "a slow relay was ended as idle");
+        // Then silence: ended within twice the idle time (plus slack).
+        let (moved, result) = tokio::time::timeout(Duration::from_millis(500), relay)
+            .await
+            .expect("the idle relay ended")
+            .unwrap();
+        assert_eq!(moved.a_to_b, 10);
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    }
 
     #[tokio::test]
     async fn copies_both_ways_with_half_close() {

@@ -132,6 +132,7 @@ pub async fn start(
         denials: Default::default(),
         inbound: Default::default(),
         netns: None,
+        relay_idle: settings.relay_idle_timeout,
     });
 
     let quit = Arc::new(Notify::new());

@@ -93,6 +93,11 @@ pub struct Settings {
     #[arg(long, env = "DNS_PROXY", default_value_t = true, action = clap::ArgAction::Set)]
     pub dns_proxy: bool,
 
+    /// A relayed connection that moves no byte either way for this long is closed (Envoy's
+    /// default idle timeout); TCP keepalive catches vanished peers, this the silent live ones.
+    #[arg(long, env = "RELAY_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub relay_idle_timeout: Duration,
+
     /// How long open connections may run on after SIGTERM or `/quitquitquit`.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

@@ -29,6 +29,17 @@ impl H2Stream {
     /// stops both) ended the relay; the tunnel is reset when the stream is dropped without
     /// END_STREAM.
     pub async fn relay(self, tcp: &mut TcpStream) -> (Transferred, io::Result<()>) {
+        self.relay_idle(tcp, crate::copy::DEFAULT_IDLE_TIMEOUT)
+            .await
+    }
+
+    /// [`H2Stream::relay`], ended with a `TimedOut` error once no byte moved either way for
+    /// between `idle` and twice `idle`.
+    pub async fn relay_idle(
+        self,
+        tcp: &mut TcpStream,
+        idle: std::time::Duration,
+    ) -> (Transferred, io::Result<()>) {
         let (mut send, mut recv, pending, read_eof, write_closed, _slot) = self.into_parts();
         let (mut rd, mut wr) = tcp.split();
         // Counted per chunk (not per byte); uncontended, as both directions run in this task.
@@ -40,7 +51,21 @@ impl H2Stream {
             upload(&mut rd, &mut send, &up_bytes).await
         };
         let down = download(&mut recv, &mut wr, pending, read_eof, &down_bytes);
-        let result = tokio::try_join!(up, down).map(|_| ());
+        let watch = async {
+            let mut seen = 0;
+            loop {
+                tokio::time::sleep(idle).await;
+                let moved = up_bytes.load(Relaxed) + down_bytes.load(Relaxed);
+                if moved == seen {
+                    return crate::copy::idle_error(idle);
+                }
+                seen = moved;
+            }
+        };
+        let result = tokio::select! {
+            r = async { tokio::try_join!(up, down) } => r.map(|_| ()),
+            e = watch => Err(e),
+        };
         let moved = Transferred {
             a_to_b: up_bytes.into_inner(),
             b_to_a: down_bytes.into_inner(),

@@ -605,3 +605,30 @@ async fn streams_connections_and_idle_connections_are_bounded() {
     let (_again, _c) = raw_h2(addr, &client, &server_creds).await.unwrap();
     drop(held);
 }
+
+/// S10: the zero-copy tunnel relay ends a tunnel that moved nothing for its idle time.
+#[tokio::test]
+async fn an_idle_tunnel_relay_is_ended() {
+    let mesh = Mesh::new();
+    let server = forwarding_server(mesh.creds("spiffe://cluster.local/ns/app/sa/server")).await;
+    let echo = echo_server().await;
+    let creds = mesh.creds("spiffe://cluster.local/ns/app/sa/client");
+    let tunnel = client()
+        .connect(&request(&creds, &server, echo))
+        .await
+        .unwrap();
+    // The application side of the relay: a local socket pair.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut side, _) = listener.accept().await.unwrap();
+    let idle = Duration::from_millis(100);
+    let relay = tokio::spawn(async move { tunnel.relay_idle(&mut side, idle).await });
+    let (_, result) = tokio::time::timeout(Duration::from_millis(600), relay)
+        .await
+        .expect("the idle relay ended")
+        .unwrap();
+    assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+    drop(app);
+}

@@ -38,6 +38,8 @@ pub struct NodeContext {
     pub socket_mark: Option<u32>,
     /// The DNS proxy's upstreams; `None`: no DNS proxy in the pods.
     pub dns_upstreams: Option<Vec<SocketAddr>>,
+    /// `RELAY_IDLE_TIMEOUT`.
+    pub relay_idle: std::time::Duration,
 }
 
 struct Pod {
@@ -150,6 +152,7 @@ impl Pods {
             denials: Default::default(),
             inbound: Default::default(),
             netns: Some(Arc::new(netns)),
+            relay_idle: self.ctx.relay_idle,
         });
         self.ctx
             .state

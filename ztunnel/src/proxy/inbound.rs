@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::StatusCode;
-use meshcore::copy::{copy_bidirectional, Transferred};
+use meshcore::copy::{copy_bidirectional_idle, Transferred};
 use meshcore::hbone::InboundConnect;
 use meshcore::identity::SpiffeId;
 use meshcore::policy::{Connection, Reason};
@@ -142,7 +142,11 @@ pub async fn handle_hbone(proxy: Arc<Proxy>, req: InboundConnect, _guard: Connec
                 return;
             };
             // a = the application socket: a_to_b is what the destination sent back.
-            let (t, result) = until_cut(tunnel.relay(&mut app), registration.as_ref()).await;
+            let (t, result) = until_cut(
+                tunnel.relay_idle(&mut app, proxy.relay_idle),
+                registration.as_ref(),
+            )
+            .await;
             drop(registration);
             if let Err(e) = result {
                 tracing::debug!(%dst, "inbound tunnel ended with error: {e}");
@@ -177,7 +181,7 @@ pub async fn handle_plaintext(
     match authorize_and_connect(&proxy, client.ip(), Some(client), None, dst).await {
         Ok((mut app, record, registration)) => {
             let (t, _) = until_cut(
-                copy_bidirectional(&mut tcp, &mut app),
+                copy_bidirectional_idle(&mut tcp, &mut app, proxy.relay_idle),
                 registration.as_ref(),
             )
             .await;

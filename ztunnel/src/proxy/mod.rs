@@ -49,6 +49,8 @@ pub struct Proxy {
     /// In node mode, the pod's network namespace: connections to its application and plain
     /// TCP from it are made from inside the pod.
     pub netns: Option<Arc<crate::inpod::netns::Netns>>,
+    /// Relays moving no byte for this long are closed (`RELAY_IDLE_TIMEOUT`).
+    pub relay_idle: std::time::Duration,
 }
 
 impl Proxy {

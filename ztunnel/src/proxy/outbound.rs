@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use meshcore::copy::copy_bidirectional;
+use meshcore::copy::copy_bidirectional_idle;
 use meshcore::hbone::{Baggage, ConnectRequest, H2Stream, HboneError, HBONE_PORT};
 use meshcore::identity::SpiffeId;
 use tokio::net::TcpStream;
@@ -64,6 +64,8 @@ pub struct Opened {
     pub record: ConnectionRecord,
     /// Where it went, for the access log.
     pub route: String,
+    /// The relay's idle timeout (`RELAY_IDLE_TIMEOUT`).
+    pub relay_idle: std::time::Duration,
 }
 
 /// Resolves `dst` and opens the upstream side for a connection from `client`.
@@ -178,6 +180,7 @@ pub async fn open(
                 upstream,
                 record: proxy.metrics.opened(labels(mtls)),
                 route,
+                relay_idle: proxy.relay_idle,
             })
         }
         Err(e) => {
@@ -213,6 +216,7 @@ async fn via_waypoint(
             upstream: Upstream::Hbone(stream),
             record: proxy.metrics.opened(labels(true)),
             route: format!("{dst} via waypoint {} at {}", hop.name, hop.hbone),
+            relay_idle: proxy.relay_idle,
         }),
         Err(e) => {
             proxy.metrics.failed(labels(false), e.response_flag());
@@ -332,8 +336,10 @@ async fn plain(proxy: &Proxy, addr: SocketAddr) -> Result<TcpStream, OutboundErr
 /// the bytes.
 pub async fn relay(mut downstream: TcpStream, opened: Opened) {
     let (t, result) = match opened.upstream {
-        Upstream::Hbone(s) => s.relay(&mut downstream).await,
-        Upstream::Tcp(mut t) => copy_bidirectional(&mut downstream, &mut t).await,
+        Upstream::Hbone(s) => s.relay_idle(&mut downstream, opened.relay_idle).await,
+        Upstream::Tcp(mut t) => {
+            copy_bidirectional_idle(&mut downstream, &mut t, opened.relay_idle).await
+        }
     };
     match result {
         Ok(()) => {
