@@ -42,6 +42,9 @@ pub struct Identity {
     pub namespace: String,
     /// The pod's `version` label (`Version=`), when it has one.
     pub version: String,
+    /// Answer every HTTP request with this status (a broken pod, for resilience tests); a
+    /// `/status/NNN` path still wins.
+    pub fail_status: Option<u16>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -159,7 +162,15 @@ async fn answer(
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("application/grpc"));
-    let (status, delay) = test_controls(req.uri());
+    let (mut status, delay) = test_controls(req.uri());
+    if let Some(code) = id
+        .fail_status
+        .and_then(|c| http::StatusCode::from_u16(c).ok())
+    {
+        if !req.uri().path().starts_with("/status/") {
+            status = code;
+        }
+    }
     // Read (and drop) the request body, so clients that send one are not left waiting.
     let _ = req.into_body().collect().await;
     if let Some(delay) = delay {

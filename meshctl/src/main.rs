@@ -100,6 +100,9 @@ enum Command {
         /// The pod's `version` label, reported as `Version=` when given.
         #[arg(long = "app-version", default_value = "")]
         version: String,
+        /// Answer every HTTP request with this status (a broken pod, for resilience tests).
+        #[arg(long = "fail-status")]
+        fail_status: Option<u16>,
     },
 }
 
@@ -259,6 +262,7 @@ fn main() -> std::process::ExitCode {
                 pod,
                 namespace,
                 version,
+                fail_status,
             } => {
                 if http.is_empty() && tcp.is_empty() {
                     http.push(SocketAddr::from(([0, 0, 0, 0], 8080)));
@@ -268,6 +272,7 @@ fn main() -> std::process::ExitCode {
                     pod,
                     namespace,
                     version,
+                    fail_status,
                 });
                 for addr in http {
                     match TcpListener::bind(addr).await {

@@ -15,6 +15,7 @@ async fn start() -> (SocketAddr, SocketAddr) {
         pod: "cart-1".into(),
         namespace: "shop".into(),
         version: String::new(),
+        fail_status: None,
     });
     tokio::spawn(serve_http(http, id));
     tokio::spawn(serve_tcp(tcp));

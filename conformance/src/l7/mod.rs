@@ -5,6 +5,7 @@
 //! waypoint, the waypoint's routing and policy, HBONE to the chosen pod's ztunnel.
 
 mod policy;
+mod resilience;
 mod routing;
 mod traffic;
 
@@ -119,6 +120,7 @@ pub fn start(state_dir: PathBuf, bin_dir: PathBuf) -> Result<Suite, String> {
 pub fn cases() -> Vec<Case<Suite>> {
     let mut cases = routing::cases();
     cases.extend(traffic::cases());
+    cases.extend(resilience::cases());
     cases.extend(policy::cases());
     cases
 }

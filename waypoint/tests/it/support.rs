@@ -53,6 +53,7 @@ impl Mesh {
             pod: pod.to_owned(),
             namespace: ns.to_owned(),
             version: String::new(),
+            fail_status: None,
         });
         let http = tokio::net::TcpListener::bind((ip, 8080)).await.unwrap();
         tokio::spawn(meshctl::echo::serve_http(http, echo_id));
@@ -87,6 +88,7 @@ impl Mesh {
             pod: pod.to_owned(),
             namespace: "legacy".to_owned(),
             version: String::new(),
+            fail_status: None,
         });
         let http = tokio::net::TcpListener::bind((self.ip(host), 8080))
             .await
