@@ -10,8 +10,11 @@
 //!   routes and requests matching no route are not retried, as in Linkerd;
 //! - both on one Service: the profile's routes send to the split's backends.
 //!
+//! `responseClasses` travel as the VirtualService annotation `waypoint/response-classes` (rule
+//! name → classes), which the waypoint's per-route metrics classify answers by.
+//!
 //! What does not map is reported by name: `not` conditions (the route is dropped),
-//! `responseClasses` (the waypoint classifies 5xx as failures), `retryBudget` (the waypoint's
+//! `retryBudget` (the waypoint's
 //! `RETRY_BUDGET_*` settings apply), `dstOverrides`, TrafficSplit `matches`.
 //!
 //! The VirtualServices carry their source's name, prefixed (`trafficsplit-`,
@@ -22,7 +25,7 @@ use std::collections::BTreeMap;
 
 use meshcore::l7::networking::{
     Destination, HttpMatchRequest, HttpRetry, HttpRoute, HttpRouteDestination, StringMatch,
-    VirtualService, VirtualServiceSpec,
+    VirtualService, VirtualServiceSpec, RESPONSE_CLASSES_ANNOTATION,
 };
 
 use super::Note;
@@ -92,6 +95,7 @@ pub fn virtual_services(
             })
         };
         let mut http = Vec::new();
+        let mut classes = serde_json::Map::new();
         if let Some(p) = profile {
             for (field, set) in [
                 (
@@ -106,15 +110,8 @@ pub fn virtual_services(
                 }
             }
             for route in &p.spec.routes {
-                if route.response_classes.is_some() {
-                    notes.push(note(
-                        "ServiceProfile",
-                        p,
-                        format!(
-                            "route {:?}: responseClasses are not mapped (5xx counts as failure)",
-                            route.name
-                        ),
-                    ));
+                if let Some(rc) = &route.response_classes {
+                    classes.insert(route.name.clone(), rc.clone());
                 }
                 let Some(matches) = conditions(&route.condition) else {
                     notes.push(note("ServiceProfile", p, format!("route {:?}: its condition uses `not` or conflicting `all` parts; route dropped", route.name)));
@@ -161,6 +158,13 @@ pub fn virtual_services(
         let mut metadata = l7_meta(meta);
         metadata.name = format!("{source}-{}", metadata.name);
         metadata.namespace = ns.clone();
+        if !classes.is_empty() {
+            // The waypoint's per-route metrics classify answers by them.
+            metadata.annotations.insert(
+                RESPONSE_CLASSES_ANNOTATION.to_owned(),
+                serde_json::Value::Object(classes).to_string(),
+            );
+        }
         out.push(VirtualService {
             api_version: "networking.istio.io/v1".into(),
             kind: "VirtualService".into(),
@@ -370,9 +374,11 @@ spec:
             messages.iter().any(|m| m.contains("not-get")),
             "{messages:?}"
         );
-        assert!(
-            messages.iter().any(|m| m.contains("responseClasses")),
-            "{messages:?}"
+        let classes: serde_json::Value =
+            serde_json::from_str(&vs[0].metadata.annotations[RESPONSE_CLASSES_ANNOTATION]).unwrap();
+        assert_eq!(
+            classes["write"][0]["isFailure"], true,
+            "{classes}"
         );
         assert!(
             messages.iter().any(|m| m.contains("retryBudget")),

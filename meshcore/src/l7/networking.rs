@@ -36,6 +36,11 @@ fn default_api_version() -> String {
 }
 
 /// A `VirtualService`.
+/// Annotation of a VirtualService carrying Linkerd-style `responseClasses` per rule (a JSON
+/// object: rule name → list), which the waypoint's per-route metrics classify answers by.
+/// istiod-lite writes it when a ServiceProfile becomes a VirtualService.
+pub const RESPONSE_CLASSES_ANNOTATION: &str = "waypoint/response-classes";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VirtualService {

@@ -64,6 +64,8 @@ struct Outcome {
     labels: RequestLabels,
     /// Set when a route rule chose the backend: per-route metrics.
     route: Option<RouteLabels>,
+    /// The rule's response classes (which answers count as failures).
+    classes: Option<Arc<crate::route::classes::ResponseClasses>>,
     start: Instant,
     request_bytes: Arc<AtomicU64>,
 }
@@ -87,9 +89,12 @@ impl BodyDone for Outcome {
             bytes,
         );
         if let Some(route) = &self.route {
-            let failed = self.entry.status >= 500
-                || self.entry.status == 0
-                || self.entry.grpc_status.is_some_and(|g| g != 0);
+            let failed = self.entry.status == 0
+                || self.entry.grpc_status.is_some_and(|g| g != 0)
+                || match &self.classes {
+                    Some(c) => c.is_failure(self.entry.status),
+                    None => self.entry.status >= 500,
+                };
             self.proxy
                 .metrics
                 .route(route, !failed, self.entry.duration_ms);
@@ -125,6 +130,7 @@ async fn handle(
         entry: AccessEntry::start(client, destination, &parts, grpc),
         labels: labels(&proxy, client, grpc),
         route: None,
+        classes: None,
         proxy: proxy.clone(),
         start,
         request_bytes,
@@ -383,6 +389,7 @@ async fn route_and_forward(
                 rule: rule.metric_rule.clone(),
                 backend: backend.metric_name.clone(),
             });
+            outcome.classes = rule.classes.clone();
             (svc, backend.port.unwrap_or(port), Some(backend))
         }
         None => (service, port, None),

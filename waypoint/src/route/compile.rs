@@ -407,6 +407,7 @@ impl<'s> Builder<'s> {
             kind,
             rule_name,
             filters,
+            classes: None,
             total_weight: backends.iter().map(|b| u64::from(b.weight)).sum(),
             backends,
             timeouts: Timeouts::default(),

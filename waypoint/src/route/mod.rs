@@ -63,6 +63,7 @@
 //!   (GEP-1294). A mirror to an unresolvable backend is dropped.
 //! - **Timeouts** are GEP-2257 durations; `0s` means no timeout and reads as `None`.
 
+pub mod classes;
 mod compile;
 mod dump;
 mod filters;
@@ -184,6 +185,8 @@ pub struct CompiledRule {
     pub fault: Option<Fault>,
     /// The `rule` label of per-route metrics: the rule's name, else its index in the table.
     pub metric_rule: Arc<str>,
+    /// Which answers its metrics count as failures (default: 5xx).
+    pub classes: Option<Arc<classes::ResponseClasses>>,
     total_weight: u64,
 }
 

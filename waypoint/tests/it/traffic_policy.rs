@@ -33,7 +33,11 @@ services:
 virtualServices:
 - apiVersion: networking.istio.io/v1
   kind: VirtualService
-  metadata: {{name: reviews, namespace: shop}}
+  metadata:
+    name: reviews
+    namespace: shop
+    annotations:
+      waypoint/response-classes: '{{"classified": [{{"condition": {{"status": {{"min": 404, "max": 404}}}}, "isFailure": true}}, {{"condition": {{"status": {{"min": 503, "max": 503}}}}, "isFailure": false}}]}}'
   spec:
     hosts: [reviews]
     http:
@@ -54,6 +58,10 @@ virtualServices:
       route: [{{destination: {{host: reviews, subset: narrow}}}}]
     - match: [{{uri: {{prefix: /status}}}}]
       retries: {{attempts: 3, retryOn: 5xx}}
+      route: [{{destination: {{host: reviews, subset: v1}}}}]
+    - name: classified
+      match: [{{uri: {{prefix: /classified}}}}]
+      rewrite: {{uri: /status}}
       route: [{{destination: {{host: reviews, subset: v1}}}}]
     - route:
       - {{destination: {{host: reviews, subset: v1}}, weight: 90}}
@@ -260,4 +268,29 @@ async fn the_retry_budget_caps_retries_to_a_failing_service() {
     }
     let ratio = f64::from(upstream) / f64::from(n);
     assert!(ratio > 1.1 && ratio <= 1.21, "upstream/received = {ratio}");
+}
+
+/// Response classes (Linkerd's ServiceProfile shape, through the VirtualService annotation):
+/// a 404 counted as a failure, a 503 as a success, in the per-route metrics.
+#[tokio::test]
+async fn response_classes_decide_the_route_metrics_classification() {
+    let (m, w) = setup().await;
+    let mut c = m.http1("shop", "productpage", vip(&m, 100, 9080)).await;
+    assert_eq!(c.get("/classified/404").await.status, 404);
+    assert_eq!(c.get("/classified/503").await.status, 503);
+    assert_eq!(c.get("/classified/200").await.status, 200);
+    let text = crate::support::metrics(&w).await;
+    let count = |classification: &str| {
+        crate::support::sample(
+            &text,
+            "waypoint_route_requests_total",
+            &[
+                ("route", "shop/reviews"),
+                ("rule", "classified"),
+                ("classification", classification),
+            ],
+        )
+    };
+    assert_eq!(count("failure"), Some(1.0), "{text}");
+    assert_eq!(count("success"), Some(2.0), "{text}");
 }

@@ -39,8 +39,8 @@ use crate::route::matching::{
     self, HeaderMatch, HttpMatch, Order, PathMatch, QueryMatch, ValueMatch,
 };
 use crate::route::{
-    reason, Backend, CompiledRule, Fault, FaultAbort, Filters, Mirror, PortRoutes, Retry, RetryOn,
-    RouteKind, RouteStatus, RouteTable, RuleSet, ServiceKey, Timeouts,
+    classes, reason, Backend, CompiledRule, Fault, FaultAbort, Filters, Mirror, PortRoutes, Retry,
+    RetryOn, RouteKind, RouteStatus, RouteTable, RuleSet, ServiceKey, Timeouts,
 };
 
 /// The Service a `host` names, seen from `namespace`.
@@ -155,13 +155,51 @@ fn compile_routes(
     notes: &mut Vec<String>,
 ) -> Vec<CompiledEntry> {
     let ns = &vs.metadata.namespace;
+    let classes = response_classes(vs, notes);
     let mut out = Vec::new();
     for (i, route) in vs.spec.http.iter().enumerate() {
         let name = route.name.clone().unwrap_or_else(|| format!("http[{i}]"));
         match compile_entry(route, ns, services, i as u32, notes, &name) {
-            Ok(entry) => out.push(entry),
+            Ok(mut entry) => {
+                entry.rule.classes = classes.get(&name).cloned();
+                out.push(entry)
+            }
             Err(e) => notes.push(format!("Dropped {name}: {}", e.message)),
         }
+    }
+    out
+}
+
+/// The [`classes::ANNOTATION`] of a VirtualService: rule name → its response classes. A value
+/// that does not parse is noted and ignored (5xx stays the failure class).
+fn response_classes(
+    vs: &VirtualService,
+    notes: &mut Vec<String>,
+) -> HashMap<String, Arc<classes::ResponseClasses>> {
+    let mut out = HashMap::new();
+    let Some(text) = vs.metadata.annotations.get(classes::ANNOTATION) else {
+        return out;
+    };
+    let parsed: Result<serde_json::Map<String, serde_json::Value>, String> =
+        serde_json::from_str(text).map_err(|e| e.to_string());
+    match parsed {
+        Ok(map) => {
+            for (rule, v) in map {
+                match classes::ResponseClasses::parse(&v) {
+                    Ok(c) => {
+                        out.insert(rule, Arc::new(c));
+                    }
+                    Err(e) => notes.push(format!(
+                        "annotation {} rule {rule:?}: {e}; 5xx counts as failure",
+                        classes::ANNOTATION
+                    )),
+                }
+            }
+        }
+        Err(e) => notes.push(format!(
+            "annotation {}: not a JSON object of rule name to responseClasses ({e}); ignored",
+            classes::ANNOTATION
+        )),
     }
     out
 }
@@ -408,6 +446,7 @@ fn compile_entry(
             retry,
             fault,
             metric_rule: Arc::from(""),
+            classes: None,
             total_weight,
         },
         matches,

@@ -237,3 +237,41 @@ spec:
         .unwrap();
     assert!(broken.message.contains("authority"), "{broken:?}");
 }
+
+#[test]
+fn response_classes_reach_their_rules_from_the_annotation() {
+    let vs = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: echo
+  namespace: mesh
+  annotations:
+    waypoint/response-classes: '{"books": [{"condition": {"status": {"min": 404, "max": 404}}, "isFailure": true}], "other": "not a list"}'
+spec:
+  hosts: [echo]
+  http:
+  - name: books
+    match: [{uri: {prefix: /books}}]
+    route: [{destination: {host: echo}}]
+  - name: rest
+    route: [{destination: {host: echo}}]
+"#;
+    let (table, statuses) = vs_table(vs, "");
+    let by_name = |n: &str| {
+        table
+            .rules()
+            .iter()
+            .find(|r| r.rule_name.as_deref() == Some(n))
+            .unwrap()
+    };
+    let books = by_name("books").classes.as_ref().expect("classes");
+    assert!(books.is_failure(404) && !books.is_failure(200));
+    assert!(by_name("rest").classes.is_none());
+    // The value that does not parse is reported, the rest applies.
+    assert!(statuses[0].accepted, "{statuses:?}");
+    assert!(
+        statuses[0].message.contains("rule \"other\""),
+        "{statuses:?}"
+    );
+}
