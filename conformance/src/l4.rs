@@ -99,6 +99,10 @@ pub fn cases() -> Vec<Case<Suite>> {
             run: deny_ip_block,
         },
         Case {
+            name: "Linkerd Server + MeshTLSAuthentication + AuthorizationPolicy",
+            run: linkerd_policy,
+        },
+        Case {
             name: "policy applied while connections run: denied closed, allowed kept",
             run: policy_churn,
         },
@@ -378,6 +382,66 @@ fn deny_ip_block(s: &mut Suite) -> Result<(), String> {
             refused(c, "other", pod_addr(c, "server-1", 8080))
         })?;
         get(c, "client", pod_addr(c, "server-1", 8080)).map(|_| ())
+    })
+}
+
+/// Linkerd's documented policy shapes (its "restricting access" task: a Server, a
+/// MeshTLSAuthentication naming one identity, an AuthorizationPolicy targeting the Server and
+/// requiring it), applied unchanged to the suite's pods: only `client` may reach the servers'
+/// port 8080; their port 9090 is no Server's and stays open.
+const LINKERD_POLICY: &str = r#"apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {namespace: apps, name: server-http}
+spec:
+  podSelector:
+    matchLabels: {app: server}
+  port: 8080
+  proxyProtocol: HTTP/1
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {namespace: apps, name: client-only}
+spec:
+  identities:
+    - "client.apps.serviceaccount.identity.linkerd.cluster.local"
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {namespace: apps, name: server-http-from-client}
+spec:
+  targetRef:
+    group: policy.linkerd.io
+    kind: Server
+    name: server-http
+  requiredAuthenticationRefs:
+    - name: client-only
+      kind: MeshTLSAuthentication
+      group: policy.linkerd.io
+"#;
+
+fn linkerd_policy(s: &mut Suite) -> Result<(), String> {
+    with_config(s, LINKERD_POLICY, |c| {
+        // Another identity, and no identity (the pod outside the mesh): refused on 8080.
+        eventually(CONVERGE, || {
+            refused(c, "other", pod_addr(c, "server-1", 8080))
+        })?;
+        eventually(CONVERGE, || {
+            refused(c, "legacy", pod_addr(c, "server-2", 8080))
+        })?;
+        // The identity the MeshTLSAuthentication names: admitted, on both servers.
+        get(c, "client", pod_addr(c, "server-1", 8080))?;
+        get(c, "client", pod_addr(c, "server-2", 8080))?;
+        // The pods' other port is no Server's: open to the other pod and to the one outside.
+        for (from, server) in [("other", "server-1"), ("legacy", "server-2")] {
+            let payload = format!("{from} to {server}:9090 stays open");
+            let back = c
+                .tcp_exchange(from, pod_addr(c, server, 9090), payload.as_bytes())
+                .map_err(|e| format!("{from} -> {server}:9090: {e}"))?;
+            if back != payload.as_bytes() {
+                return Err(format!("{server}:9090 echoed {back:?} to {from}"));
+            }
+        }
+        Ok(())
     })
 }
 

@@ -7,6 +7,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use crate::crd::gateway::{Gateway, GrpcRoute, HttpRoute};
 pub use crate::crd::linkerd::{ServiceProfile, TrafficSplit};
+pub use crate::crd::linkerd_policy::{
+    LinkerdAuthorizationPolicy, MeshTlsAuthentication, NetworkAuthentication, Server,
+    ServerAuthorization,
+};
 pub use crate::crd::networking::{DestinationRule, VirtualService};
 pub use crate::crd::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
@@ -32,6 +36,12 @@ pub struct Cluster {
     /// Linkerd and SMI, turned into VirtualServices for waypoints.
     pub traffic_splits: Vec<TrafficSplit>,
     pub service_profiles: Vec<ServiceProfile>,
+    /// Linkerd's policy (`policy.linkerd.io`), turned into AuthorizationPolicies for ztunnel.
+    pub servers: Vec<Server>,
+    pub server_authorizations: Vec<ServerAuthorization>,
+    pub linkerd_authorization_policies: Vec<LinkerdAuthorizationPolicy>,
+    pub mesh_tls_authentications: Vec<MeshTlsAuthentication>,
+    pub network_authentications: Vec<NetworkAuthentication>,
 }
 
 /// `namespace/name` of an object.

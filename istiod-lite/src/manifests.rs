@@ -1,10 +1,11 @@
 //! Reading Kubernetes manifests: multi-document YAML files in a directory, as `kubectl apply
 //! -f DIR` would take them. Namespaces, Pods, Services, EndpointSlices, AuthorizationPolicies,
 //! PeerAuthentications, RequestAuthentications, Gateway API Gateways, HTTPRoutes and
-//! GRPCRoutes, Istio VirtualServices and DestinationRules, SMI TrafficSplits and Linkerd
-//! ServiceProfiles are kept (also inside `kind: List`); other kinds are skipped. A document
-//! that does not parse refuses the whole load, naming file, document, object and field, so the
-//! caller keeps its last good view.
+//! GRPCRoutes, Istio VirtualServices and DestinationRules, SMI TrafficSplits, Linkerd
+//! ServiceProfiles and Linkerd's policy (Servers, ServerAuthorizations, AuthorizationPolicies,
+//! MeshTLSAuthentications, NetworkAuthentications) are kept (also inside `kind: List`); other
+//! kinds are skipped. A document that does not parse refuses the whole load, naming file,
+//! document, object and field, so the caller keeps its last good view.
 
 use std::path::{Path, PathBuf};
 
@@ -206,6 +207,40 @@ fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<St
         ("linkerd.io/v1alpha2", "ServiceProfile") => cluster.service_profiles.extend(
             typed::<crate::cluster::ServiceProfile>(value, &at, errors).map(default_namespace),
         ),
+        (
+            "policy.linkerd.io/v1alpha1"
+            | "policy.linkerd.io/v1beta1"
+            | "policy.linkerd.io/v1beta2"
+            | "policy.linkerd.io/v1beta3",
+            "Server",
+        ) => cluster
+            .servers
+            .extend(typed::<crate::cluster::Server>(value, &at, errors).map(default_namespace)),
+        ("policy.linkerd.io/v1alpha1" | "policy.linkerd.io/v1beta1", "ServerAuthorization") => {
+            cluster.server_authorizations.extend(
+                typed::<crate::cluster::ServerAuthorization>(value, &at, errors)
+                    .map(default_namespace),
+            )
+        }
+        // Linkerd's, not Istio's (security.istio.io, above).
+        ("policy.linkerd.io/v1alpha1", "AuthorizationPolicy") => {
+            cluster.linkerd_authorization_policies.extend(
+                typed::<crate::cluster::LinkerdAuthorizationPolicy>(value, &at, errors)
+                    .map(default_namespace),
+            )
+        }
+        ("policy.linkerd.io/v1alpha1", "MeshTLSAuthentication") => {
+            cluster.mesh_tls_authentications.extend(
+                typed::<crate::cluster::MeshTlsAuthentication>(value, &at, errors)
+                    .map(default_namespace),
+            )
+        }
+        ("policy.linkerd.io/v1alpha1", "NetworkAuthentication") => {
+            cluster.network_authentications.extend(
+                typed::<crate::cluster::NetworkAuthentication>(value, &at, errors)
+                    .map(default_namespace),
+            )
+        }
         ("", _) | (_, "") => errors.push(format!(
             "{at}: not a Kubernetes object (apiVersion and kind are required)"
         )),

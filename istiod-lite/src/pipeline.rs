@@ -2,11 +2,14 @@
 //! namespace, translated incrementally.
 //!
 //! Nothing a pod's Workload depends on crosses namespaces except the root namespace's
-//! AuthorizationPolicies and PeerAuthentications, so the cluster is cut into one slice per
-//! namespace and each slice is translated by [`translate`] on its own (with the root namespace's
-//! policies added). A change re-translates and re-encodes only the slices it touched (every
-//! slice when it is a root-namespace policy), then the encoded parts are merged into the next
-//! [`ResourceSet`]. A one-pod change costs one namespace, not the cluster.
+//! AuthorizationPolicies and PeerAuthentications, and Linkerd's MeshTLSAuthentications and
+//! NetworkAuthentications (a Linkerd AuthorizationPolicy may require one of another
+//! namespace), so the cluster is cut into one slice per namespace and each slice is translated
+//! by [`translate`] on its own (with the root namespace's policies and every Linkerd
+//! authentication added). A change re-translates and re-encodes only the slices it touched
+//! (every slice when it is a root-namespace policy; for a Linkerd authentication, its own and
+//! those whose Linkerd AuthorizationPolicies require it), then the encoded parts are merged
+//! into the next [`ResourceSet`]. A one-pod change costs one namespace, not the cluster.
 //!
 //! Waypoints are the exception: a waypoint's configuration gathers Services, routes and
 //! policies from any namespace, so it is computed from the whole view (borrowed, not copied)
@@ -27,8 +30,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::cluster::{
     AuthorizationPolicy, Cluster, DestinationRule, Gateway, GrpcRoute, HttpRoute,
-    PeerAuthentication, RequestAuthentication, ServiceProfile, TrafficSplit, VirtualService,
+    LinkerdAuthorizationPolicy, MeshTlsAuthentication, NetworkAuthentication, PeerAuthentication,
+    RequestAuthentication, Server, ServerAuthorization, ServiceProfile, TrafficSplit,
+    VirtualService,
 };
+use crate::crd::linkerd_policy::{names_kind, GROUP as LINKERD_POLICY};
 use crate::translate::peer_authn::STATIC_STRICT;
 use crate::translate::route_status::RouteStatus;
 use crate::translate::waypoints::{self, View};
@@ -53,10 +59,16 @@ pub enum Kind {
     DestinationRule,
     TrafficSplit,
     ServiceProfile,
+    Server,
+    ServerAuthorization,
+    /// Linkerd's (`policy.linkerd.io`), not Istio's.
+    LinkerdAuthorizationPolicy,
+    MeshTlsAuthentication,
+    NetworkAuthentication,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
@@ -71,11 +83,16 @@ impl Kind {
         Kind::DestinationRule,
         Kind::TrafficSplit,
         Kind::ServiceProfile,
+        Kind::Server,
+        Kind::ServerAuthorization,
+        Kind::LinkerdAuthorizationPolicy,
+        Kind::MeshTlsAuthentication,
+        Kind::NetworkAuthentication,
     ];
 
-    /// Kinds whose CRDs may not be installed: Gateway API's, Istio's networking ones, and
+    /// Kinds whose CRDs may not be installed: Gateway API's, Istio's networking ones,
     /// RequestAuthentication (waypoints' only; a `base` older than it must not keep ztunnels
-    /// unserved).
+    /// unserved), and Linkerd's and SMI's.
     pub fn is_optional(self) -> bool {
         matches!(
             self,
@@ -87,6 +104,11 @@ impl Kind {
                 | Kind::DestinationRule
                 | Kind::TrafficSplit
                 | Kind::ServiceProfile
+                | Kind::Server
+                | Kind::ServerAuthorization
+                | Kind::LinkerdAuthorizationPolicy
+                | Kind::MeshTlsAuthentication
+                | Kind::NetworkAuthentication
         )
     }
 
@@ -124,6 +146,11 @@ pub enum Object {
     DestinationRule(DestinationRule),
     TrafficSplit(TrafficSplit),
     ServiceProfile(ServiceProfile),
+    Server(Server),
+    ServerAuthorization(ServerAuthorization),
+    LinkerdAuthorizationPolicy(LinkerdAuthorizationPolicy),
+    MeshTlsAuthentication(MeshTlsAuthentication),
+    NetworkAuthentication(NetworkAuthentication),
 }
 
 impl Object {
@@ -143,6 +170,11 @@ impl Object {
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::TrafficSplit(_) => Kind::TrafficSplit,
             Object::ServiceProfile(_) => Kind::ServiceProfile,
+            Object::Server(_) => Kind::Server,
+            Object::ServerAuthorization(_) => Kind::ServerAuthorization,
+            Object::LinkerdAuthorizationPolicy(_) => Kind::LinkerdAuthorizationPolicy,
+            Object::MeshTlsAuthentication(_) => Kind::MeshTlsAuthentication,
+            Object::NetworkAuthentication(_) => Kind::NetworkAuthentication,
         }
     }
 
@@ -162,6 +194,11 @@ impl Object {
             Object::DestinationRule(o) => &o.metadata,
             Object::TrafficSplit(o) => &o.metadata,
             Object::ServiceProfile(o) => &o.metadata,
+            Object::Server(o) => &o.metadata,
+            Object::ServerAuthorization(o) => &o.metadata,
+            Object::LinkerdAuthorizationPolicy(o) => &o.metadata,
+            Object::MeshTlsAuthentication(o) => &o.metadata,
+            Object::NetworkAuthentication(o) => &o.metadata,
         }
     }
 
@@ -181,6 +218,11 @@ impl Object {
             Object::DestinationRule(o) => &mut o.metadata,
             Object::TrafficSplit(o) => &mut o.metadata,
             Object::ServiceProfile(o) => &mut o.metadata,
+            Object::Server(o) => &mut o.metadata,
+            Object::ServerAuthorization(o) => &mut o.metadata,
+            Object::LinkerdAuthorizationPolicy(o) => &mut o.metadata,
+            Object::MeshTlsAuthentication(o) => &mut o.metadata,
+            Object::NetworkAuthentication(o) => &mut o.metadata,
         }
     }
 
@@ -212,6 +254,11 @@ struct Slice {
     destination_rules: BTreeMap<String, DestinationRule>,
     traffic_splits: BTreeMap<String, TrafficSplit>,
     service_profiles: BTreeMap<String, ServiceProfile>,
+    servers: BTreeMap<String, Server>,
+    server_authorizations: BTreeMap<String, ServerAuthorization>,
+    linkerd_policies: BTreeMap<String, LinkerdAuthorizationPolicy>,
+    mesh_tls_authns: BTreeMap<String, MeshTlsAuthentication>,
+    network_authns: BTreeMap<String, NetworkAuthentication>,
     output: Encoded,
     notes: Vec<Note>,
     dirty: bool,
@@ -233,6 +280,11 @@ impl Slice {
             && self.destination_rules.is_empty()
             && self.traffic_splits.is_empty()
             && self.service_profiles.is_empty()
+            && self.servers.is_empty()
+            && self.server_authorizations.is_empty()
+            && self.linkerd_policies.is_empty()
+            && self.mesh_tls_authns.is_empty()
+            && self.network_authns.is_empty()
     }
 
     fn names(&self, kind: Kind) -> Vec<String> {
@@ -255,6 +307,11 @@ impl Slice {
             Kind::DestinationRule => self.destination_rules.keys().cloned().collect(),
             Kind::TrafficSplit => self.traffic_splits.keys().cloned().collect(),
             Kind::ServiceProfile => self.service_profiles.keys().cloned().collect(),
+            Kind::Server => self.servers.keys().cloned().collect(),
+            Kind::ServerAuthorization => self.server_authorizations.keys().cloned().collect(),
+            Kind::LinkerdAuthorizationPolicy => self.linkerd_policies.keys().cloned().collect(),
+            Kind::MeshTlsAuthentication => self.mesh_tls_authns.keys().cloned().collect(),
+            Kind::NetworkAuthentication => self.network_authns.keys().cloned().collect(),
         }
     }
 }
@@ -327,6 +384,28 @@ impl Pipeline {
         }
     }
 
+    /// A Linkerd authentication changed: the namespaces whose Linkerd AuthorizationPolicies
+    /// require it are translated again (as its own, by [`Self::mark`]).
+    fn mark_referrers(&mut self, kind: Kind, namespace: &str, name: &str) {
+        let wanted = match kind {
+            Kind::MeshTlsAuthentication => "MeshTLSAuthentication",
+            Kind::NetworkAuthentication => "NetworkAuthentication",
+            _ => return,
+        };
+        for (ns, slice) in &mut self.slices {
+            let requires = slice.linkerd_policies.values().any(|p| {
+                p.spec.required_authentication_refs.iter().any(|r| {
+                    names_kind(r.group.as_deref(), &r.kind, LINKERD_POLICY, wanted)
+                        && r.name.as_deref() == Some(name)
+                        && r.namespace.as_deref().unwrap_or(ns) == namespace
+                })
+            });
+            if requires {
+                slice.dirty = true;
+            }
+        }
+    }
+
     /// Adds or updates an object.
     pub fn apply(&mut self, object: Object) {
         let kind = object.kind();
@@ -358,6 +437,7 @@ impl Pipeline {
             self.rejected.remove(&key);
         }
         let slice = self.slices.entry(namespace.clone()).or_default();
+        let key = name.clone();
         let changed = match object {
             Object::Namespace(o) => {
                 let changed = slice.namespace.as_ref() != Some(&o);
@@ -377,9 +457,15 @@ impl Pipeline {
             Object::DestinationRule(o) => put(&mut slice.destination_rules, name, o),
             Object::TrafficSplit(o) => put(&mut slice.traffic_splits, name, o),
             Object::ServiceProfile(o) => put(&mut slice.service_profiles, name, o),
+            Object::Server(o) => put(&mut slice.servers, name, o),
+            Object::ServerAuthorization(o) => put(&mut slice.server_authorizations, name, o),
+            Object::LinkerdAuthorizationPolicy(o) => put(&mut slice.linkerd_policies, name, o),
+            Object::MeshTlsAuthentication(o) => put(&mut slice.mesh_tls_authns, name, o),
+            Object::NetworkAuthentication(o) => put(&mut slice.network_authns, name, o),
         };
         if changed {
             self.mark(&namespace, kind);
+            self.mark_referrers(kind, &namespace, &key);
         }
     }
 
@@ -407,6 +493,11 @@ impl Pipeline {
             Kind::DestinationRule => slice.destination_rules.remove(name).is_some(),
             Kind::TrafficSplit => slice.traffic_splits.remove(name).is_some(),
             Kind::ServiceProfile => slice.service_profiles.remove(name).is_some(),
+            Kind::Server => slice.servers.remove(name).is_some(),
+            Kind::ServerAuthorization => slice.server_authorizations.remove(name).is_some(),
+            Kind::LinkerdAuthorizationPolicy => slice.linkerd_policies.remove(name).is_some(),
+            Kind::MeshTlsAuthentication => slice.mesh_tls_authns.remove(name).is_some(),
+            Kind::NetworkAuthentication => slice.network_authns.remove(name).is_some(),
         };
         if !removed {
             return;
@@ -416,6 +507,7 @@ impl Pipeline {
             self.removed = true;
         }
         self.mark(namespace, kind);
+        self.mark_referrers(kind, namespace, name);
     }
 
     /// Replaces every object of `kind` (a relist): those not in `objects` are deleted.
@@ -452,6 +544,11 @@ impl Pipeline {
             destination_rules,
             traffic_splits,
             service_profiles,
+            servers,
+            server_authorizations,
+            linkerd_authorization_policies,
+            mesh_tls_authentications,
+            network_authentications,
         } = cluster;
         self.replace_kind(
             Kind::Namespace,
@@ -530,6 +627,38 @@ impl Pipeline {
                 .map(Object::ServiceProfile)
                 .collect(),
         );
+        self.replace_kind(
+            Kind::Server,
+            servers.into_iter().map(Object::Server).collect(),
+        );
+        self.replace_kind(
+            Kind::ServerAuthorization,
+            server_authorizations
+                .into_iter()
+                .map(Object::ServerAuthorization)
+                .collect(),
+        );
+        self.replace_kind(
+            Kind::LinkerdAuthorizationPolicy,
+            linkerd_authorization_policies
+                .into_iter()
+                .map(Object::LinkerdAuthorizationPolicy)
+                .collect(),
+        );
+        self.replace_kind(
+            Kind::MeshTlsAuthentication,
+            mesh_tls_authentications
+                .into_iter()
+                .map(Object::MeshTlsAuthentication)
+                .collect(),
+        );
+        self.replace_kind(
+            Kind::NetworkAuthentication,
+            network_authentications
+                .into_iter()
+                .map(Object::NetworkAuthentication)
+                .collect(),
+        );
     }
 
     /// Translates what changed since the last build. `None` when nothing did (after the first).
@@ -550,12 +679,26 @@ impl Pipeline {
             .values()
             .flat_map(|s| s.gateways.values().cloned())
             .collect();
+        // Linkerd's authentications: AuthorizationPolicies of any namespace may require them.
+        let authns = Authentications {
+            mesh_tls: self
+                .slices
+                .values()
+                .flat_map(|s| s.mesh_tls_authns.values().cloned())
+                .collect(),
+            network: self
+                .slices
+                .values()
+                .flat_map(|s| s.network_authns.values().cloned())
+                .collect(),
+        };
         let results: Vec<(String, Encoded, Vec<Note>)> = dirty
             .into_iter()
             .map(|ns| {
                 let slice = &self.slices[&ns];
                 let root = root.filter(|_| ns != self.info.root_namespace);
-                let (encoded, notes) = translate_slice(&ns, slice, root, &gateways, &self.info);
+                let (encoded, notes) =
+                    translate_slice(&ns, slice, root, &gateways, &authns, &self.info);
                 (ns, encoded, notes)
             })
             .collect();
@@ -695,19 +838,36 @@ impl Pipeline {
             c.traffic_splits.extend(s.traffic_splits.values().cloned());
             c.service_profiles
                 .extend(s.service_profiles.values().cloned());
+            c.servers.extend(s.servers.values().cloned());
+            c.server_authorizations
+                .extend(s.server_authorizations.values().cloned());
+            c.linkerd_authorization_policies
+                .extend(s.linkerd_policies.values().cloned());
+            c.mesh_tls_authentications
+                .extend(s.mesh_tls_authns.values().cloned());
+            c.network_authentications
+                .extend(s.network_authns.values().cloned());
         }
         c
     }
 }
 
+/// Every namespace's Linkerd authentications.
+struct Authentications {
+    mesh_tls: Vec<MeshTlsAuthentication>,
+    network: Vec<NetworkAuthentication>,
+}
+
 /// Translates one namespace's slice; `root` is the root namespace's slice (its policies apply
 /// here too) unless this is the root namespace; `gateways` are every namespace's (the slice's
-/// Services and pods may use a waypoint elsewhere).
+/// Services and pods may use a waypoint elsewhere), and so are `authns` (the slice's Linkerd
+/// AuthorizationPolicies may require those of other namespaces).
 fn translate_slice(
     namespace: &str,
     slice: &Slice,
     root: Option<&Slice>,
     gateways: &[Gateway],
+    authns: &Authentications,
     info: &ClusterInfo,
 ) -> (Encoded, Vec<Note>) {
     let mut cluster = Cluster {
@@ -726,6 +886,11 @@ fn translate_slice(
         destination_rules: Vec::new(),
         traffic_splits: Vec::new(),
         service_profiles: Vec::new(),
+        servers: slice.servers.values().cloned().collect(),
+        server_authorizations: slice.server_authorizations.values().cloned().collect(),
+        linkerd_authorization_policies: slice.linkerd_policies.values().cloned().collect(),
+        mesh_tls_authentications: authns.mesh_tls.clone(),
+        network_authentications: authns.network.clone(),
     };
     if let Some(root) = root {
         cluster

@@ -43,6 +43,7 @@ macro_rules! namespaced_resource {
 
 pub mod gateway;
 pub mod linkerd;
+pub mod linkerd_policy;
 pub mod networking;
 pub mod security;
 

@@ -321,3 +321,72 @@ fn request_authentications_are_read_from_the_manifest_directory() {
         Some("https://raw.githubusercontent.com/istio/istio/release-1.24/security/tools/jwt/samples/jwks.json")
     );
 }
+
+#[test]
+fn linkerd_policy_changes_match_a_whole_translation() {
+    let mut p = Pipeline::new(ClusterInfo::default());
+    p.replace_all(example());
+    check(&mut p);
+    let server = "shop/linkerd-server-cart-http";
+    let version = |set: &ResourceSet| {
+        set.by_type[type_url::AUTHORIZATION]
+            .get(server)
+            .map(|r| r.version.clone())
+    };
+
+    // A Server on cart's named port: the port is closed to everyone, the others stay open.
+    p.apply(Object::Server(yaml(
+        "metadata: {name: cart-http, namespace: shop}\n\
+         spec: {podSelector: {matchLabels: {app: cart}}, port: http}",
+    )));
+    let closed = check(&mut p);
+    assert!(version(&closed).is_some());
+
+    // frontend admitted by an authentication of another namespace.
+    let authn = |identity: &str| {
+        Object::MeshTlsAuthentication(yaml(&format!(
+            "metadata: {{name: frontend-id, namespace: legacy}}\nspec: {{identities: [{identity}]}}"
+        )))
+    };
+    p.apply(authn(
+        "frontend.shop.serviceaccount.identity.linkerd.cluster.local",
+    ));
+    p.apply(Object::LinkerdAuthorizationPolicy(yaml(
+        "metadata: {name: cart-from-frontend, namespace: shop}\n\
+         spec:\n  targetRef: {group: policy.linkerd.io, kind: Server, name: cart-http}\n  \
+         requiredAuthenticationRefs: [{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: frontend-id, namespace: legacy}]",
+    )));
+    let admitted = check(&mut p);
+    assert_ne!(version(&admitted), version(&closed));
+
+    // Changing (then deleting) the authentication re-translates the namespace requiring it.
+    p.apply(authn(
+        "batch.legacy.serviceaccount.identity.linkerd.cluster.local",
+    ));
+    let changed = check(&mut p);
+    assert_ne!(version(&changed), version(&admitted));
+    p.delete(Kind::MeshTlsAuthentication, "legacy", "frontend-id");
+    let missing = check(&mut p);
+    assert_eq!(version(&missing), version(&closed));
+    assert!(p.notes().iter().any(|n| n.object
+        == "AuthorizationPolicy.policy.linkerd.io shop/cart-from-frontend"
+        && n.message.contains("does not exist")));
+
+    // A pod change re-resolves the named port; deleting the Server opens it again.
+    p.apply(pod("shop", "cart-3", "10.10.1.99", "app: cart"));
+    check(&mut p);
+    // The policy that is not applied goes: nothing to push, its note goes.
+    p.replace_kind(Kind::LinkerdAuthorizationPolicy, Vec::new());
+    assert!(p.build().is_none());
+    assert!(
+        !p.notes()
+            .iter()
+            .any(|n| n.object.starts_with("AuthorizationPolicy.policy")),
+        "{:?}",
+        p.notes()
+    );
+    p.delete(Kind::Server, "shop", "cart-http");
+    let gone = check(&mut p);
+    assert_eq!(version(&gone), None);
+    assert!(p.build().is_none());
+}

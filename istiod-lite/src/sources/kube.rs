@@ -1,14 +1,15 @@
 //! The Kubernetes source: kube-rs watchers on Namespaces, Pods, Services, EndpointSlices,
 //! Istio's AuthorizationPolicy, PeerAuthentication and RequestAuthentication, and Gateway API's
 //! Gateway, HTTPRoute and GRPCRoute, Istio's VirtualService and DestinationRule, SMI's
-//! TrafficSplit and Linkerd's ServiceProfile feed the [`Pipeline`].
+//! TrafficSplit, Linkerd's ServiceProfile and Linkerd's policy (Server, ServerAuthorization,
+//! AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication) feed the [`Pipeline`].
 //!
 //! - Each kind has its own watcher (list, then watch from the list's resourceVersion, resumed
 //!   after timeouts, relisted after `410 Gone`, with backoff on errors). A relist replaces that
 //!   kind's objects whole, so deletions missed while disconnected are caught.
 //! - Nothing is published until every kind has been listed once: a ztunnel takes the first
-//!   push as the complete state. An optional kind ([`Kind::is_optional`]: Gateway API's, and
-//!   those only waypoints read) whose CRD is not installed (the list answers 404), or that
+//!   push as the complete state. An optional kind ([`Kind::is_optional`]: Gateway API's,
+//!   Linkerd's and SMI's, and those only waypoints read) whose CRD is not installed (the list answers 404), or that
 //!   istiod-lite's RBAC does not let it list (403), counts as listed and empty, so a cluster
 //!   without Gateway API (or with a `base` older than RequestAuthentication) still gets its
 //!   ztunnels served; its watcher keeps retrying with backoff and picks the kind up once it
@@ -34,8 +35,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{
-    AuthorizationPolicy, DestinationRule, Gateway, GrpcRoute, HttpRoute, PeerAuthentication,
-    RequestAuthentication, ServiceProfile, TrafficSplit, VirtualService,
+    AuthorizationPolicy, DestinationRule, Gateway, GrpcRoute, HttpRoute,
+    LinkerdAuthorizationPolicy, MeshTlsAuthentication, NetworkAuthentication, PeerAuthentication,
+    RequestAuthentication, Server, ServerAuthorization, ServiceProfile, TrafficSplit,
+    VirtualService,
 };
 use crate::controller::run::{Controller, ControllerStatus, Inputs};
 use crate::controller::DeploySettings;
@@ -112,6 +115,11 @@ fn normalise(mut object: Object) -> Object {
         Object::DestinationRule(o) => o.status = None,
         Object::TrafficSplit(o) => o.status = None,
         Object::ServiceProfile(o) => o.status = None,
+        Object::Server(o) => o.status = None,
+        Object::ServerAuthorization(o) => o.status = None,
+        Object::LinkerdAuthorizationPolicy(o) => o.status = None,
+        Object::MeshTlsAuthentication(o) => o.status = None,
+        Object::NetworkAuthentication(o) => o.status = None,
         _ => {}
     }
     let meta = object.meta_mut();
@@ -257,6 +265,36 @@ impl KubeSource {
             Api::<ServiceProfile>::all(client.clone()),
             Kind::ServiceProfile,
             Object::ServiceProfile,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<Server>::all(client.clone()),
+            Kind::Server,
+            Object::Server,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<ServerAuthorization>::all(client.clone()),
+            Kind::ServerAuthorization,
+            Object::ServerAuthorization,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<LinkerdAuthorizationPolicy>::all(client.clone()),
+            Kind::LinkerdAuthorizationPolicy,
+            Object::LinkerdAuthorizationPolicy,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<MeshTlsAuthentication>::all(client.clone()),
+            Kind::MeshTlsAuthentication,
+            Object::MeshTlsAuthentication,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<NetworkAuthentication>::all(client.clone()),
+            Kind::NetworkAuthentication,
+            Object::NetworkAuthentication,
             tx,
         );
         let status: Arc<Mutex<KubeStatus>> = Arc::default();
@@ -319,6 +357,14 @@ impl KubeSource {
                     Kind::Gateway | Kind::HttpRoute | Kind::GrpcRoute => format!(
                         "{e} (Gateway API CRDs not installed, or not readable by istiod-lite? \
                          no waypoints until they are)"
+                    ),
+                    Kind::Server
+                    | Kind::ServerAuthorization
+                    | Kind::LinkerdAuthorizationPolicy
+                    | Kind::MeshTlsAuthentication
+                    | Kind::NetworkAuthentication => format!(
+                        "{e} ({kind:?} CRD not installed, or not readable by istiod-lite? \
+                         none translated until it is)"
                     ),
                     _ => format!(
                         "{e} ({kind:?} CRD not installed, or not readable by istiod-lite? \

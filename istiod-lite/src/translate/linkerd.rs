@@ -376,10 +376,7 @@ spec:
         );
         let classes: serde_json::Value =
             serde_json::from_str(&vs[0].metadata.annotations[RESPONSE_CLASSES_ANNOTATION]).unwrap();
-        assert_eq!(
-            classes["write"][0]["isFailure"], true,
-            "{classes}"
-        );
+        assert_eq!(classes["write"][0]["isFailure"], true, "{classes}");
         assert!(
             messages.iter().any(|m| m.contains("retryBudget")),
             "{messages:?}"

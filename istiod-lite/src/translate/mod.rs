@@ -4,6 +4,7 @@
 
 pub mod authz;
 pub mod linkerd;
+pub mod linkerd_policy;
 pub mod peer_authn;
 pub mod route_status;
 pub mod use_waypoint;
@@ -59,7 +60,14 @@ pub struct Translation {
 pub fn translate(cluster: &Cluster, info: &ClusterInfo) -> Translation {
     let mut out = Translation::default();
     let mut selector_policies = Vec::new();
-    for ap in &cluster.authorization_policies {
+    // Linkerd's policy objects, as the AuthorizationPolicies they stand for.
+    let linkerd = linkerd_policy::policies(cluster, info);
+    out.notes.extend(linkerd.notes);
+    for ap in cluster
+        .authorization_policies
+        .iter()
+        .chain(&linkerd.policies)
+    {
         let object = format!("AuthorizationPolicy {}", key(&ap.metadata));
         let namespace = ap.metadata.namespace.as_deref().unwrap_or_default();
         let name = ap.metadata.name.as_deref().unwrap_or_default();
@@ -139,6 +147,22 @@ pub fn translate(cluster: &Cluster, info: &ClusterInfo) -> Translation {
             ))
         })
         .collect();
+    // Linkerd: the ports no Server takes, opened pod by pod where a group's policy cannot.
+    let mut openings: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (opening, pods) in linkerd.openings {
+        for pod in pods {
+            openings.insert(pod, opening.key());
+        }
+        out.authorizations.push(opening);
+    }
+    if !openings.is_empty() {
+        for w in &mut out.workloads {
+            if let Some(k) = openings.remove(&(w.namespace.clone(), w.name.clone())) {
+                w.authorization_policies.push(k);
+                w.authorization_policies.sort();
+            }
+        }
+    }
     for w in &mut out.workloads {
         let labels = pod_labels
             .get(&(w.namespace.clone(), w.name.clone()))

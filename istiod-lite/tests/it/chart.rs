@@ -235,6 +235,37 @@ async fn exercise(api: &FakeApi) {
         "metadata": {"name": "jwt-example", "namespace": "shop"},
         "spec": {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "wp"}],
                  "jwtRules": [{"issuer": "testing@secure.istio.io"}]}}));
+    // Linkerd's policy, read from policy.linkerd.io.
+    api.apply(
+        json!({"apiVersion": "policy.linkerd.io/v1beta3", "kind": "Server",
+        "metadata": {"name": "cart-http", "namespace": "shop"},
+        "spec": {"podSelector": {"matchLabels": {"app": "cart"}}, "port": "http"}}),
+    );
+    api.apply(
+        json!({"apiVersion": "policy.linkerd.io/v1beta1", "kind": "ServerAuthorization",
+        "metadata": {"name": "cart-office", "namespace": "shop"},
+        "spec": {"server": {"name": "cart-http"}, "client": {"unauthenticated": true}}}),
+    );
+    for (kind, spec) in [
+        ("MeshTLSAuthentication", json!({"identities": ["*"]})),
+        (
+            "NetworkAuthentication",
+            json!({"networks": [{"cidr": "10.0.0.0/8"}]}),
+        ),
+        (
+            "AuthorizationPolicy",
+            json!({
+            "targetRef": {"group": "policy.linkerd.io", "kind": "Server", "name": "cart-http"},
+            "requiredAuthenticationRefs": [
+                {"group": "policy.linkerd.io", "kind": "MeshTLSAuthentication", "name": "cart-linkerd"},
+                {"group": "policy.linkerd.io", "kind": "NetworkAuthentication", "name": "cart-linkerd"}]}),
+        ),
+    ] {
+        api.apply(
+            json!({"apiVersion": "policy.linkerd.io/v1alpha1", "kind": kind,
+            "metadata": {"name": "cart-linkerd", "namespace": "shop"}, "spec": spec}),
+        );
+    }
     for kind in ["HTTPRoute", "GRPCRoute"] {
         api.apply(json!({"apiVersion": GATEWAYS, "kind": kind,
             "metadata": {"name": "cart", "namespace": "shop"},

@@ -46,7 +46,7 @@ pub(crate) fn example_objects() -> Vec<Value> {
     out
 }
 
-fn versions(set: &ResourceSet) -> BTreeMap<String, String> {
+pub(crate) fn versions(set: &ResourceSet) -> BTreeMap<String, String> {
     set.by_type
         .values()
         .flat_map(|m| m.values())
@@ -54,7 +54,7 @@ fn versions(set: &ResourceSet) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn next(source: &mut KubeSource) -> ResourceSet {
+pub(crate) async fn next(source: &mut KubeSource) -> ResourceSet {
     tokio::time::timeout(Duration::from_secs(15), source.next_set())
         .await
         .expect("a new set within 15 s")

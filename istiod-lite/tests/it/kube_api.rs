@@ -122,7 +122,7 @@ fn type_of(collection: &str) -> (String, String) {
     (api_version.to_owned(), kind.to_owned())
 }
 
-const KINDS: [(&str, &str); 21] = [
+const KINDS: [(&str, &str); 25] = [
     ("Namespace", "namespaces"),
     ("Pod", "pods"),
     ("Service", "services"),
@@ -135,6 +135,11 @@ const KINDS: [(&str, &str); 21] = [
     ("Gateway", "gateways"),
     ("HTTPRoute", "httproutes"),
     ("GRPCRoute", "grpcroutes"),
+    // policy.linkerd.io (its AuthorizationPolicy shares the plural above, in its own group).
+    ("Server", "servers"),
+    ("ServerAuthorization", "serverauthorizations"),
+    ("MeshTLSAuthentication", "meshtlsauthentications"),
+    ("NetworkAuthentication", "networkauthentications"),
     ("Deployment", "deployments"),
     ("ConfigMap", "configmaps"),
     // Stored and served as written (what a Helm chart installs); no semantics.

@@ -6,6 +6,7 @@ mod keepalive;
 mod kube;
 mod kube_api;
 mod large_push;
+mod linkerd_policy;
 mod restart;
 mod settings;
 mod support;
