@@ -314,6 +314,7 @@ async fn route_and_forward(
         query: parts.uri.query(),
         headers: &parts.headers,
         source_namespace: Some(client.identity.namespace()),
+        authority: &host,
         grpc: outcome.labels.request_protocol == "grpc",
     };
     let lookup = if service_addressed {

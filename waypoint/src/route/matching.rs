@@ -67,6 +67,10 @@ pub(super) struct HttpMatch {
     pub query: Vec<QueryMatch>,
     /// Only requests from clients in this namespace (Istio's `sourceNamespace`).
     pub source_namespace: Option<Box<str>>,
+    /// Istio's `authority`: the Host / `:authority` as sent.
+    pub authority: Option<ValueMatch>,
+    /// Istio's `scheme`: `x-forwarded-proto` when the client's proxy set it, else `http`.
+    pub scheme: Option<ValueMatch>,
     pub order: Order,
 }
 
@@ -221,6 +225,23 @@ impl HttpMatch {
                 return None;
             }
         }
+        if self
+            .authority
+            .as_ref()
+            .is_some_and(|a| !a.is_match(req.authority))
+        {
+            return None;
+        }
+        if let Some(scheme) = &self.scheme {
+            let sent = req
+                .headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("http");
+            if !scheme.is_match(sent) {
+                return None;
+            }
+        }
         Some(prefix)
     }
 }
@@ -327,6 +348,8 @@ pub(super) fn http_match(
         headers,
         query,
         source_namespace: None,
+        authority: None,
+        scheme: None,
         order: Order {
             specificity,
             route: 0,

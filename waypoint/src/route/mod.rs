@@ -145,6 +145,8 @@ pub struct RequestHead<'a> {
     pub headers: &'a http::HeaderMap,
     /// The client's namespace (from its identity), for consumer routes.
     pub source_namespace: Option<&'a str>,
+    /// The Host / `:authority` as sent (VirtualService `authority` matches).
+    pub authority: &'a str,
     /// `content-type: application/grpc*`: GRPCRoutes apply.
     pub grpc: bool,
 }

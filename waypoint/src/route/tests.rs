@@ -139,6 +139,11 @@ impl Req {
             query: self.query.as_deref(),
             headers: &self.headers,
             source_namespace: self.from.as_deref(),
+            authority: self
+                .headers
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
             grpc: self.grpc,
         }
     }

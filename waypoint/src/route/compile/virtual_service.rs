@@ -14,8 +14,10 @@
 //! - `uri.prefix` is a plain string prefix; `ignoreUriCase` compares the path without case;
 //!   `headers` and `queryParams` take `exact`, `prefix`, `regex` (whole value), or `{}` for
 //!   "present"; `withoutHeaders` inverts; `method` takes `exact`; `sourceNamespace` compares
-//!   the client identity's namespace; `port` narrows the entry to one Service port.
-//!   `authority`, `scheme`, `sourceLabels` and `gateways` in a match are not supported here:
+//!   the client identity's namespace; `port` narrows the entry to one Service port;
+//!   `authority` compares the Host / `:authority` as sent, `scheme` the `x-forwarded-proto` the
+//!   client's proxy set (else `http`). `sourceLabels` and `gateways` in a match are not
+//!   supported here:
 //!   the match is dropped and reported (an entry left with no match is dropped).
 //! - `rewrite.uri` replaces the matched `uri.prefix` (the whole path for other matches);
 //!   `redirect` answers `redirectCode` (301) with `uri`, `authority`, `port`, `scheme`.
@@ -219,8 +221,6 @@ fn compile_entry(
     }
     for (k, m) in route.matches.iter().enumerate() {
         let unsupported: Vec<&str> = [
-            ("authority", m.authority.is_some()),
-            ("scheme", m.scheme.is_some()),
             ("sourceLabels", !m.source_labels.is_empty()),
             ("gateways", !m.gateways.is_empty()),
         ]
@@ -611,6 +611,12 @@ fn http_match(m: &HttpMatchRequest, rule: u32) -> Result<HttpMatch, Invalid> {
         headers,
         query,
         source_namespace: m.source_namespace.as_deref().map(Into::into),
+        authority: m
+            .authority
+            .as_ref()
+            .map(|a| value(a, "authority"))
+            .transpose()?,
+        scheme: m.scheme.as_ref().map(|s| value(s, "scheme")).transpose()?,
         order: Order {
             specificity: Default::default(),
             route: 0,

@@ -191,7 +191,7 @@ metadata: {name: broken, namespace: mesh}
 spec:
   hosts: [echo-v2, nowhere]
   http:
-  - {name: by-authority, match: [{authority: {exact: x}}], route: [{destination: {host: echo}}]}
+  - {name: by-labels, match: [{sourceLabels: {app: x}}], route: [{destination: {host: echo}}]}
   - {name: fine, route: [{destination: {host: echo}}]}
 "#;
     let (t, statuses) = vs_table(two, "");
@@ -235,7 +235,7 @@ spec:
         .iter()
         .find(|s| s.route == "mesh/broken" && s.accepted)
         .unwrap();
-    assert!(broken.message.contains("authority"), "{broken:?}");
+    assert!(broken.message.contains("sourceLabels"), "{broken:?}");
 }
 
 #[test]
@@ -274,4 +274,39 @@ spec:
         statuses[0].message.contains("rule \"other\""),
         "{statuses:?}"
     );
+}
+
+#[test]
+fn authority_and_scheme_matches() {
+    let vs = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: mesh}
+spec:
+  hosts: [echo]
+  http:
+  - name: by-host
+    match: [{authority: {prefix: "beta."}}]
+    route: [{destination: {host: echo, subset: v2}}]
+  - name: https-only
+    match: [{scheme: {exact: https}}]
+    route: [{destination: {host: echo-v1}}]
+  - name: rest
+    route: [{destination: {host: echo}}]
+"#;
+    let (table, statuses) = vs_table(vs, "");
+    assert!(
+        statuses.iter().all(|s| s.accepted && !s.partially_invalid),
+        "{statuses:?}"
+    );
+    let rule_of = |r: Req| hit(&table, "echo", 80, &r);
+    assert_eq!(
+        rule_of(req("/").header("host", "beta.example.com")),
+        "by-host"
+    );
+    assert_eq!(
+        rule_of(req("/").header("x-forwarded-proto", "https")),
+        "https-only"
+    );
+    assert_eq!(rule_of(req("/").header("host", "echo.mesh")), "rest");
 }
