@@ -589,7 +589,9 @@ async fn route_and_forward(
 }
 
 /// Sends a copy of the request to each mirror backend (per its percentage) and forgets the
-/// answer. Bodies are not copied: only requests without one are mirrored.
+/// answer. Bodies are not copied: only requests without one are mirrored. As Envoy, the copy's
+/// Host / `:authority` gets `-shadow` after the host name (`reviews:9080` → `reviews-shadow:9080`),
+/// so the mirror can tell copies from real traffic.
 #[allow(clippy::too_many_arguments)]
 fn mirror(
     proxy: &Arc<Proxy>,
@@ -626,8 +628,28 @@ fn mirror(
         };
         let mut req = Request::new(body::full(Bytes::new()));
         *req.method_mut() = method.clone();
-        *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers.clone();
+        let shadow = |authority: &str| {
+            let (host, port) = split_host_port(authority);
+            match port {
+                Some(p) => format!("{host}-shadow:{p}"),
+                None => format!("{host}-shadow"),
+            }
+        };
+        let mut shadow_uri = uri.clone();
+        if let Some(authority) = uri.authority() {
+            let mut parts = uri.clone().into_parts();
+            parts.authority = shadow(authority.as_str()).parse().ok();
+            if let Ok(u) = Uri::from_parts(parts) {
+                shadow_uri = u;
+            }
+        }
+        *req.uri_mut() = shadow_uri;
+        if let Some(host) = headers.get(HOST).and_then(|h| h.to_str().ok()) {
+            if let Ok(v) = http::HeaderValue::from_str(&shadow(host)) {
+                req.headers_mut().insert(HOST, v);
+            }
+        }
         if version == Version::Http2 {
             *req.version_mut() = HttpVersion::HTTP_2;
         }

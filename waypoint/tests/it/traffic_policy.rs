@@ -59,6 +59,10 @@ virtualServices:
     - match: [{{uri: {{prefix: /status}}}}]
       retries: {{attempts: 3, retryOn: 5xx}}
       route: [{{destination: {{host: reviews, subset: v1}}}}]
+    - name: half-aborted
+      match: [{{uri: {{prefix: /half}}}}]
+      fault: {{abort: {{httpStatus: 418, percentage: {{value: 50}}}}, delay: {{fixedDelay: 1ms, percentage: {{value: 50}}}}}}
+      route: [{{destination: {{host: reviews, subset: v1}}}}]
     - name: classified
       match: [{{uri: {{prefix: /classified}}}}]
       rewrite: {{uri: /status}}
@@ -293,4 +297,104 @@ async fn response_classes_decide_the_route_metrics_classification() {
     };
     assert_eq!(count("failure"), Some(1.0), "{text}");
     assert_eq!(count("success"), Some(2.0), "{text}");
+}
+
+/// `mirror` sends a copy to another Service (its Host marked `-shadow`, as Envoy marks it)
+/// while the caller sees only the primary's answer.
+#[tokio::test]
+async fn mirror_sends_a_copy_and_the_caller_sees_the_primary() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = Mesh::new();
+    m.endpoint(11, "shop", "reviews", "reviews-v1").await;
+    // The mirror: a pod outside the mesh that records each request head it gets.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let listener = tokio::net::TcpListener::bind((m.ip(16), 8080))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = buf.drain(..end + 4).collect();
+                        let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nshadow")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    let config = format!(
+        r#"
+services:
+- name: reviews
+  namespace: shop
+  vips: [{vip}]
+  ports: [{{port: 9080, targetPort: 8080, name: http}}]
+  endpoints: [{{address: {v1}, name: reviews-v1, serviceAccount: reviews}}]
+- name: shadow
+  namespace: shop
+  vips: [{vip2}]
+  ports: [{{port: 80, targetPort: 8080, name: http}}]
+  endpoints: [{{address: {mirror}, name: shadow-1, protocol: TCP}}]
+virtualServices:
+- apiVersion: networking.istio.io/v1
+  kind: VirtualService
+  metadata: {{name: reviews, namespace: shop}}
+  spec:
+    hosts: [reviews]
+    http:
+    - route: [{{destination: {{host: reviews}}}}]
+      mirror: {{host: shadow}}
+      mirrorPercentage: {{value: 100}}
+"#,
+        vip = m.ip(100),
+        vip2 = m.ip(102),
+        v1 = m.ip(11),
+        mirror = m.ip(16),
+    );
+    let _w = m.waypoint("shop", &config).await;
+    let mut c = m.http1("shop", "productpage", vip(&m, 100, 9080)).await;
+    let a = c.get("/ratings/1").await;
+    assert_eq!(
+        (a.status, a.echo("Hostname")),
+        (200, Some("reviews-v1")),
+        "{a:?}"
+    );
+    let head = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+        .await
+        .expect("the mirror got a copy")
+        .unwrap();
+    assert!(head.starts_with("GET /ratings/1 "), "{head}");
+    let host = format!("host: {}-shadow:9080", m.ip(100));
+    assert!(head.to_ascii_lowercase().contains(&host), "{head}");
+}
+
+/// Faults at their configured percentage: abort 50 % of requests (binomial bound over 200).
+#[tokio::test]
+async fn faults_apply_at_their_percentage() {
+    let (m, _w) = setup().await;
+    let mut c = m.http1("shop", "productpage", vip(&m, 100, 9080)).await;
+    let mut aborted = 0;
+    for _ in 0..200 {
+        match c.get("/half").await.status {
+            418 => aborted += 1,
+            200 => {}
+            other => panic!("HTTP {other}"),
+        }
+    }
+    // Mean 100, sd 7.1: ±30 is over 4 sd.
+    assert!((70..=130).contains(&aborted), "{aborted} of 200 aborted");
 }
