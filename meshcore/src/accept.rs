@@ -35,26 +35,40 @@ pub struct AcceptErrors {
     pause: Duration,
     failures: u64,
     last_log: Option<Instant>,
-    /// A descriptor held back to accept-and-close with when the process is out of them.
-    reserve: Option<std::fs::File>,
+}
+
+/// One descriptor held back, process-wide, to accept-and-close with when the process is out
+/// of them (one for all listeners: a node ztunnel has listeners per pod).
+static RESERVE: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+
+/// Whether the reserve is spent, so a successful accept (the hot path) takes no lock unless it
+/// must refill it.
+static RESERVE_SPENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+fn refill_reserve() {
+    let mut reserve = RESERVE.lock().unwrap_or_else(|e| e.into_inner());
+    if reserve.is_none() {
+        *reserve = std::fs::File::open("/dev/null").ok();
+    }
+    RESERVE_SPENT.store(reserve.is_none(), std::sync::atomic::Ordering::Relaxed);
 }
 
 impl AcceptErrors {
     pub fn new(what: &'static str) -> Self {
+        refill_reserve();
         Self {
             what,
             pause: FIRST_PAUSE,
             failures: 0,
             last_log: None,
-            reserve: std::fs::File::open("/dev/null").ok(),
         }
     }
 
     /// After a successful accept.
     pub fn accepted(&mut self) {
         self.pause = FIRST_PAUSE;
-        if self.reserve.is_none() {
-            self.reserve = std::fs::File::open("/dev/null").ok();
+        if RESERVE_SPENT.load(std::sync::atomic::Ordering::Relaxed) {
+            refill_reserve();
         }
     }
 
@@ -63,7 +77,16 @@ impl AcceptErrors {
     pub async fn failed(&mut self, listener: &TcpListener, e: std::io::Error) {
         let out_of_descriptors = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
         let mut shed = false;
-        if out_of_descriptors && self.reserve.take().is_some() {
+        let freed = out_of_descriptors
+            && RESERVE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .is_some();
+        if freed {
+            RESERVE_SPENT.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if freed {
             // The freed descriptor takes the waiting connection, which is closed at once.
             if let Ok(Ok((tcp, _))) =
                 tokio::time::timeout(Duration::from_millis(1), listener.accept()).await
@@ -74,7 +97,7 @@ impl AcceptErrors {
                 SHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 shed = true;
             }
-            self.reserve = std::fs::File::open("/dev/null").ok();
+            refill_reserve();
         }
         self.failures += 1;
         if self.last_log.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
