@@ -77,7 +77,7 @@ pub fn addresses_in(path: &Path) -> io::Result<Vec<IpAddr>> {
 }
 
 /// getifaddrs(3) in the calling thread's namespace.
-fn interface_addresses() -> io::Result<Vec<IpAddr>> {
+pub(crate) fn interface_addresses() -> io::Result<Vec<IpAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {

@@ -6,6 +6,7 @@
 
 pub mod cni;
 pub mod discover;
+pub mod host;
 pub mod install;
 pub mod program;
 pub mod rules;

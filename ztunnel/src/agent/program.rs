@@ -22,10 +22,11 @@ use tokio::sync::mpsc;
 use super::cni::{self, CniRequest};
 use super::discover;
 use super::rules::RuleOptions;
-use super::server::{Agent, EnrolledPod};
+use super::server::{check_addresses, Agent, EnrollError, EnrolledPod};
 use crate::config::watch::LocalFileSource;
 use crate::config::xds::{XdsClient, XdsConfig};
 use crate::control::ControlPlane;
+use crate::inpod::netns::Netns;
 use crate::state::{NetworkMode, Protocol, Snapshot, StateStore};
 
 /// How long a CNI `ADD` waits for the pod to be decided: its Workload known and, if it is for
@@ -183,18 +184,26 @@ pub struct NodeAgent {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// The CNI installer, which cleans up after shutdown.
     installer: Option<tokio::task::JoinHandle<()>>,
+    /// Ends the tasks and deletes the probe SNAT after shutdown.
+    stopped: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl NodeAgent {
     /// Stops serving. Enrolled pods stay enrolled (their rules stay; a restarted agent finds
-    /// them again), as Istio's agent leaves pods alone when it is upgraded.
+    /// them again), as Istio's agent leaves pods alone when it is upgraded. The node's probe
+    /// SNAT is deleted: until an agent runs again, probes to enrolled pods are captured like
+    /// any other connection from outside the mesh.
     pub fn shutdown(&self) {
         self.shutdown.send_replace(true);
     }
 
-    /// [`Self::shutdown`], then waits for the CNI installer's clean-up.
+    /// [`Self::shutdown`], then waits for the tasks to end, the probe SNAT to go and the CNI
+    /// installer's clean-up.
     pub async fn shutdown_and_wait(mut self) {
         self.shutdown();
+        if let Some(task) = self.stopped.take() {
+            let _ = task.await;
+        }
         if let Some(task) = self.installer.take() {
             let _ = task.await;
         }
@@ -244,9 +253,15 @@ pub async fn start_agent(settings: AgentSettings) -> Result<NodeAgent, String> {
     let installer = settings
         .installer()?
         .map(|installer| tokio::spawn(installer.run(settings.cni_cleanup_on_exit, stopped())));
-    let agent = Agent::with_rules(RuleOptions {
-        dns_capture: settings.dns_capture,
-    });
+    // The node's namespace is the agent's own (a privileged DaemonSet with host networking).
+    let node = Netns::open(std::path::Path::new("/proc/self/ns/net"))
+        .map_err(|e| format!("the node's network namespace: {e}"))?;
+    let agent = Agent::for_node(
+        RuleOptions {
+            dns_capture: settings.dns_capture,
+        },
+        node,
+    )?;
     let zds = meshcore::zds::Listener::bind(&settings.zds_socket)
         .map_err(|e| format!("ZDS socket: {e}"))?;
     let cni_listener = cni::bind(&settings.cni_socket).map_err(|e| format!("CNI socket: {e}"))?;
@@ -268,10 +283,17 @@ pub async fn start_agent(settings: AgentSettings) -> Result<NodeAgent, String> {
         ),
     ];
     let mut stop = shutdown.subscribe();
-    tokio::spawn(async move {
+    let stopping = agent.clone();
+    let stopped = tokio::spawn(async move {
         let _ = stop.wait_for(|s| *s).await;
-        for t in tasks {
+        for t in &tasks {
             t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        if let Err(e) = tokio::task::block_in_place(|| stopping.remove_host_rules()) {
+            tracing::warn!("{e}");
         }
     });
     tracing::info!(
@@ -285,6 +307,7 @@ pub async fn start_agent(settings: AgentSettings) -> Result<NodeAgent, String> {
         state,
         shutdown,
         installer,
+        stopped: Some(stopped),
     })
 }
 
@@ -300,8 +323,9 @@ struct Reconciler {
     settings: AgentSettings,
     agent: Arc<Agent>,
     state: Arc<StateStore>,
-    /// (namespace, pod) → namespace path, from the CNI plugin.
-    known: HashMap<(String, String), PathBuf>,
+    /// (namespace, pod) → namespace path and the addresses the CNI result gave, from the CNI
+    /// plugin.
+    known: HashMap<(String, String), (PathBuf, Vec<IpAddr>)>,
     /// Pod IP → namespace path and inode, from the last scan.
     discovered: HashMap<IpAddr, (PathBuf, u64)>,
     last_scan: Option<Instant>,
@@ -334,7 +358,42 @@ impl Reconciler {
         tracing::info!(command = %event.command, pod = %format!("{}/{}", pod.0, pod.1), netns = %event.netns, "CNI event");
         match event.command.as_str() {
             "ADD" if !event.netns.is_empty() => {
-                self.known.insert(pod.clone(), PathBuf::from(&event.netns));
+                let path = PathBuf::from(&event.netns);
+                let reported: Vec<IpAddr> = event
+                    .ips
+                    .iter()
+                    .filter_map(|cidr| cidr.split('/').next()?.parse().ok())
+                    .collect();
+                // The namespace must hold the pod's addresses (its Workload's if the control
+                // plane has them, else the CNI result's) before it replaces anything.
+                let snap = self.state.load();
+                let expected = snap
+                    .workload_by_name(&pod.0, &pod.1)
+                    .map(|e| e.workload.workload_ips.clone())
+                    .filter(|ips| !ips.is_empty())
+                    .unwrap_or_else(|| reported.clone());
+                let name = format!("{}/{}", pod.0, pod.1);
+                // Nothing to check yet (no Workload address, no CNI result): enrolment checks
+                // once the control plane has the pod's address.
+                let checked = tokio::task::block_in_place(|| {
+                    if expected.is_empty() {
+                        return Ok(());
+                    }
+                    let netns = Netns::open(&path)
+                        .map_err(|e| format!("pod {name}: {}: {e}", path.display()))?;
+                    check_addresses(&name, &path, &netns, &expected)
+                });
+                if let Err(error) = checked {
+                    self.agent.count_address_mismatch();
+                    tracing::warn!(pod = %name, netns = %path.display(), "CNI ADD refused: {error}");
+                    let _ = reply.send(AgentReply {
+                        ok: false,
+                        error,
+                        enrolled: false,
+                    });
+                    return;
+                }
+                self.known.insert(pod.clone(), (path, reported));
                 self.waiting.push(WaitingAdd {
                     pod,
                     until: Instant::now() + ADD_WAIT,
@@ -401,6 +460,13 @@ impl Reconciler {
         self.waiting = still;
     }
 
+    /// A namespace the CNI named for a pod does not hold its addresses: forget it, so a scan
+    /// can find the pod's real one.
+    fn forget_refused(&mut self, info: &WorkloadInfo) {
+        self.known
+            .remove(&(info.namespace.clone(), info.name.clone()));
+    }
+
     /// Whether a Workload belongs in this node's mesh.
     fn wanted(&self, w: &crate::state::Workload) -> bool {
         w.node == self.settings.node_name
@@ -411,21 +477,31 @@ impl Reconciler {
     /// One pass: un-enrols what should no longer be in, enrols what should.
     fn reconcile(&mut self, snap: &Snapshot) {
         // A namespace the CNI named and that is gone now: the pod went without a DEL.
-        self.known.retain(|_, path| path.exists());
+        self.known.retain(|_, (path, _)| path.exists());
         let mine: Vec<_> = snap
             .config
             .workloads
             .iter()
             .filter(|w| self.wanted(w))
             .collect();
+        // Where the pod's namespace is, and the addresses it must hold there: its Workload's,
+        // or before the control plane has them, the CNI result's.
         let netns_of = |this: &Self, w: &crate::state::Workload| {
             this.known
                 .get(&(w.namespace.clone(), w.name.clone()))
-                .cloned()
+                .map(|(path, reported)| {
+                    let ips = if w.workload_ips.is_empty() {
+                        reported.clone()
+                    } else {
+                        w.workload_ips.clone()
+                    };
+                    (path.clone(), ips)
+                })
                 .or_else(|| {
                     w.workload_ips.iter().find_map(|ip| {
                         let (path, inode) = this.discovered.get(ip)?;
-                        discover::still_names(path, *inode).then(|| path.clone())
+                        discover::still_names(path, *inode)
+                            .then(|| (path.clone(), w.workload_ips.clone()))
                     })
                 })
         };
@@ -439,7 +515,8 @@ impl Reconciler {
         }
         let mut desired: HashMap<String, EnrolledPod> = HashMap::new();
         for w in mine {
-            if let Some(netns) = netns_of(self, w) {
+            // A pod with no address to check its namespace against waits for one.
+            if let Some((netns, ips)) = netns_of(self, w).filter(|(_, ips)| !ips.is_empty()) {
                 let pod = EnrolledPod {
                     uid: w.uid.clone(),
                     info: WorkloadInfo {
@@ -448,15 +525,26 @@ impl Reconciler {
                         service_account: w.service_account.clone(),
                     },
                     netns,
+                    ips,
                 };
                 desired.insert(pod.uid.clone(), pod);
             }
         }
         for current in self.agent.enrolled() {
-            if desired.get(&current.uid) != Some(&current) {
-                tracing::info!(uid = %current.uid, "un-enrolling");
-                if let Err(e) = self.agent.unenroll(&current.uid) {
-                    tracing::warn!("{e}");
+            match desired.get(&current.uid) {
+                Some(want) if *want == current => {}
+                // Same pod, same namespace, new addresses: checked in place, no churn.
+                Some(want) if want.same_place(&current) => {
+                    if let Err(e) = self.agent.readdress(&current.uid, want.ips.clone()) {
+                        tracing::warn!("{e}");
+                        self.forget_refused(&want.info);
+                    }
+                }
+                _ => {
+                    tracing::info!(uid = %current.uid, "un-enrolling");
+                    if let Err(e) = self.agent.unenroll(&current.uid) {
+                        tracing::warn!("{e}");
+                    }
                 }
             }
         }
@@ -465,8 +553,11 @@ impl Reconciler {
                 continue;
             }
             tracing::info!(%uid, netns = %pod.netns.display(), "enrolling");
-            if let Err(e) = self.agent.enroll(pod) {
-                tracing::warn!("{e}");
+            let info = pod.info.clone();
+            match self.agent.enroll(pod) {
+                Ok(()) => {}
+                Err(EnrollError::Addresses(_)) => self.forget_refused(&info),
+                Err(e) => tracing::warn!("{e}"),
             }
         }
     }

@@ -1,9 +1,14 @@
 //! The redirect rules the node agent installs inside an enrolled pod's network namespace
 //! (nftables), so the pod's TCP goes through its ztunnel listeners:
 //!
-//! - outbound TCP that ztunnel did not send (no mark 0x539), not to loopback → 15001;
-//! - inbound TCP arriving on the pod's interfaces, to any port but 15008 (HBONE) → 15006,
-//!   except kubelet probes (source 169.254.7.127, Istio's probe SNAT address);
+//! - outbound IPv4 TCP that ztunnel did not send (no mark 0x539), not to loopback → 15001;
+//! - inbound IPv4 TCP arriving on the pod's interfaces, to any port but 15008 (HBONE) → 15006,
+//!   except kubelet probes: source 169.254.7.127, Istio's probe address, which the node's own
+//!   connections to enrolled pods are SNATed to and which the node drops on anything it
+//!   forwards ([`super::host`]);
+//! - IPv6 is not redirected: ztunnel's in-pod listeners are IPv4 only, and redirecting IPv6 to
+//!   them would blackhole it. A dual-stack pod's IPv6 TCP is therefore not captured (as with
+//!   Istio's in-pod rules when IPv6 is not enabled);
 //! - the pod's DNS (UDP and TCP 53) to any address → 15053, ztunnel's DNS proxy, when DNS
 //!   capture is asked for ([`RuleOptions::dns_capture`]);
 //! - connections ztunnel opens inside the pod (mark 0x539) get conntrack mark 0x111; the other
@@ -74,8 +79,8 @@ fn script(options: RuleOptions, redirects: bool) -> String {
     };
     let (inbound, outbound) = if redirects {
         (
-            "tcp flags & (fin | syn | rst | ack) == syn redirect to :15006",
-            "tcp flags & (fin | syn | rst | ack) == syn redirect to :15001",
+            "meta nfproto ipv4 tcp flags & (fin | syn | rst | ack) == syn redirect to :15006",
+            "meta nfproto ipv4 tcp flags & (fin | syn | rst | ack) == syn redirect to :15001",
         )
     } else {
         ("", "")
@@ -108,8 +113,20 @@ table inet {TABLE} {{
     )
 }
 
-/// Runs `program args` inside the pod's namespace (forked from a thread that entered it).
-fn run_in(
+/// Runs `program args` inside a namespace (forked from a thread that entered it).
+/// Where `program` is: on PATH, else in the system directories `nft` and `ip` live in, so an
+/// agent started with a bare environment (no PATH, as some init systems and tests start it)
+/// still finds them.
+fn locate(program: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(std::path::PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| program.into())
+}
+
+pub(crate) fn run_in(
     netns: &Netns,
     program: &'static str,
     args: &[&str],
@@ -119,7 +136,7 @@ fn run_in(
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     netns
         .run(move || {
-            let mut child = Command::new(program)
+            let mut child = Command::new(locate(program))
                 .args(&args)
                 .stdin(if stdin.is_some() {
                     Stdio::piped()
@@ -233,9 +250,9 @@ mod tests {
         for want in [
             "flush table inet ztunnel-inpod",
             "tcp dport 15008 return",
-            "tcp flags & (fin | syn | rst | ack) == syn redirect to :15006",
+            "meta nfproto ipv4 tcp flags & (fin | syn | rst | ack) == syn redirect to :15006",
             "meta mark & 0xfff == 0x539 return",
-            "tcp flags & (fin | syn | rst | ack) == syn redirect to :15001",
+            "meta nfproto ipv4 tcp flags & (fin | syn | rst | ack) == syn redirect to :15001",
             "meta nfproto ipv4 udp dport 53 redirect to :15053",
             "ip saddr 169.254.7.127 return",
             "ct mark set ct mark & 0xfffff000 | 0x111",

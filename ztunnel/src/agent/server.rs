@@ -13,15 +13,17 @@
 //! so a burst of changes, or a change during a reconnect, is never lost.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use meshcore::api::zds::WorkloadInfo;
 use meshcore::zds::{Conn, Listener, Request};
 use tokio::sync::watch;
 
-use super::rules;
+use super::{discover, host, rules};
 use crate::inpod::netns::Netns;
 
 /// A pod in the mesh on this node.
@@ -32,6 +34,69 @@ pub struct EnrolledPod {
     /// Where its network namespace can be opened (`/run/netns/...`, `/proc/PID/ns/net`, the
     /// CNI's `CNI_NETNS`).
     pub netns: PathBuf,
+    /// The pod's addresses (its Workload's, or before the control plane knows them, the CNI
+    /// result's): the namespace must hold every one of them to be enrolled.
+    pub ips: Vec<IpAddr>,
+}
+
+impl EnrolledPod {
+    /// The same pod in the same namespace (the addresses aside).
+    pub fn same_place(&self, other: &EnrolledPod) -> bool {
+        self.uid == other.uid && self.info == other.info && self.netns == other.netns
+    }
+}
+
+/// Why a pod was not enrolled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrollError {
+    /// The namespace does not hold the pod's addresses (or the pod has none to check).
+    Addresses(String),
+    Other(String),
+}
+
+impl std::fmt::Display for EnrollError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnrollError::Addresses(e) | EnrollError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Checks that the namespace at `path` (opened as `netns`) holds every one of `ips`: a pod is
+/// only ever enrolled with the namespace that has its addresses, so a namespace named for it
+/// by mistake (or on purpose: another process's, on the CNI socket) is refused.
+pub fn check_addresses(
+    pod: &str,
+    path: &std::path::Path,
+    netns: &Netns,
+    ips: &[IpAddr],
+) -> Result<(), String> {
+    if ips.is_empty() {
+        return Err(format!(
+            "pod {pod}: no address known to check network namespace {} against; not enrolled",
+            path.display()
+        ));
+    }
+    let held = netns.run(discover::interface_addresses).map_err(|e| {
+        format!(
+            "pod {pod}: reading the addresses of {}: {e}",
+            path.display()
+        )
+    })?;
+    let missing: Vec<String> = ips
+        .iter()
+        .filter(|ip| !held.contains(ip))
+        .map(|ip| ip.to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "pod {pod}: network namespace {} does not hold the pod's address {}; not enrolled",
+            path.display(),
+            missing.join(", ")
+        ))
+    }
 }
 
 #[derive(Default)]
@@ -47,6 +112,13 @@ pub struct Agent {
     ready_changed: watch::Sender<u64>,
     rules: rules::RuleOptions,
     timeouts: ZdsTimeouts,
+    /// The node's own namespace, where the probe SNAT for enrolled pods goes ([`host`]);
+    /// `None`: no host rules (tests that play the node in their own namespace).
+    host: Option<Netns>,
+    /// Serialises rewrites of the host rules.
+    host_sync: Mutex<()>,
+    /// Enrolments refused because the namespace did not hold the pod's addresses.
+    address_mismatches: AtomicU64,
 }
 
 /// How long the agent waits on a ztunnel connection. It serves one ztunnel at a time, so a
@@ -85,6 +157,58 @@ impl Agent {
             rules,
             ..Self::default()
         })
+    }
+
+    /// With the node's probe SNAT ([`host`]) in `node`, the agent's own namespace in a
+    /// cluster. Writes the host rules at once (an empty set: clears a previous run's).
+    pub fn for_node(rules: rules::RuleOptions, node: Netns) -> Result<Arc<Self>, String> {
+        let agent = Arc::new(Self {
+            rules,
+            host: Some(node),
+            ..Self::default()
+        });
+        agent.sync_host()?;
+        Ok(agent)
+    }
+
+    /// Enrolments (and CNI `ADD`s) refused so far because the namespace lacked the pod's
+    /// addresses.
+    pub fn address_mismatches(&self) -> u64 {
+        self.address_mismatches.load(Ordering::Relaxed)
+    }
+
+    /// Counts a refusal made before enrolment (a CNI `ADD`).
+    pub fn count_address_mismatch(&self) {
+        self.address_mismatches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Rewrites the node's probe SNAT with the enrolled pods' IPv4 addresses.
+    fn sync_host(&self) -> Result<(), String> {
+        let Some(node) = &self.host else {
+            return Ok(());
+        };
+        let _one = self.host_sync.lock().expect("host lock");
+        let ips: BTreeSet<Ipv4Addr> = self
+            .pods
+            .lock()
+            .expect("pods lock")
+            .values()
+            .flat_map(|p| p.ips.iter())
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        host::sync(node, &ips).map_err(|e| format!("node probe SNAT: {e}"))
+    }
+
+    /// Deletes the node's probe SNAT (the agent stops).
+    pub fn remove_host_rules(&self) -> Result<(), String> {
+        let Some(node) = &self.host else {
+            return Ok(());
+        };
+        let _one = self.host_sync.lock().expect("host lock");
+        host::remove(node).map_err(|e| format!("node probe SNAT: {e}"))
     }
 
     /// With other ZDS timeouts (tests).
@@ -138,12 +262,21 @@ impl Agent {
             .collect()
     }
 
-    /// Puts a pod in the mesh: reply routing first, then ztunnel is told; the redirects follow
-    /// ztunnel's ack.
-    pub fn enroll(&self, pod: EnrolledPod) -> Result<(), String> {
+    /// Puts a pod in the mesh: its namespace must hold the pod's addresses; then reply routing,
+    /// then ztunnel is told; the redirects follow ztunnel's ack.
+    pub fn enroll(&self, pod: EnrolledPod) -> Result<(), EnrollError> {
+        let name = format!("{}/{} ({})", pod.info.namespace, pod.info.name, pod.uid);
         let netns = Netns::open(&pod.netns)
-            .map_err(|e| format!("pod {}: {}: {e}", pod.uid, pod.netns.display()))?;
-        rules::prepare(&netns).map_err(|e| format!("pod {}: {e}", pod.uid))?;
+            .map_err(|e| EnrollError::Other(format!("pod {name}: {}: {e}", pod.netns.display())))?;
+        if let Err(e) = check_addresses(&name, &pod.netns, &netns, &pod.ips) {
+            self.address_mismatches.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(pod = %name, netns = %pod.netns.display(), "{e}");
+            return Err(EnrollError::Addresses(e));
+        }
+        if pod.ips.iter().any(|ip| ip.is_ipv6()) {
+            tracing::warn!(pod = %name, "the pod has an IPv6 address: its IPv6 TCP is not captured (IPv4 only)");
+        }
+        rules::prepare(&netns).map_err(|e| EnrollError::Other(format!("pod {name}: {e}")))?;
         let uid = pod.uid.clone();
         self.inodes
             .lock()
@@ -151,7 +284,29 @@ impl Agent {
             .insert(uid.clone(), netns.inode);
         self.pods.lock().expect("pods lock").insert(uid, pod);
         self.changed.send_modify(|g| *g += 1);
-        Ok(())
+        self.sync_host().map_err(EnrollError::Other)
+    }
+
+    /// The pod's addresses changed (its Workload got or changed them): its namespace must hold
+    /// the new ones, or the pod is un-enrolled.
+    pub fn readdress(&self, uid: &str, ips: Vec<IpAddr>) -> Result<(), EnrollError> {
+        let Some(pod) = self.pods.lock().expect("pods lock").get(uid).cloned() else {
+            return Ok(());
+        };
+        let name = format!("{}/{} ({uid})", pod.info.namespace, pod.info.name);
+        let checked = self
+            .open_pinned(&pod)
+            .and_then(|netns| check_addresses(&name, &pod.netns, &netns, &ips));
+        if let Err(e) = checked {
+            self.address_mismatches.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(pod = %name, netns = %pod.netns.display(), "{e}; un-enrolling");
+            self.unenroll(uid).map_err(EnrollError::Other)?;
+            return Err(EnrollError::Addresses(e));
+        }
+        if let Some(p) = self.pods.lock().expect("pods lock").get_mut(uid) {
+            p.ips = ips;
+        }
+        self.sync_host().map_err(EnrollError::Other)
     }
 
     /// The pod's namespace, if its path still names the one it was enrolled with.
@@ -186,7 +341,8 @@ impl Agent {
         };
         self.inodes.lock().expect("inodes lock").remove(uid);
         self.changed.send_modify(|g| *g += 1);
-        removed
+        let host = self.sync_host();
+        removed.and(host)
     }
 
     /// ztunnel holds the pod: install its redirects (idempotent; again after a reconnect).
@@ -276,7 +432,7 @@ impl Agent {
             }
         }
         for (uid, pod) in current {
-            if held.get(&uid) == Some(&pod) {
+            if held.get(&uid).is_some_and(|h| h.same_place(&pod)) {
                 continue;
             }
             let netns: OwnedFd = match self.open_pinned(&pod) {
@@ -309,7 +465,31 @@ mod tests {
 
     use meshcore::zds::{Conn, Listener, Request};
 
-    use super::{Agent, ZdsTimeouts};
+    use super::{check_addresses, Agent, ZdsTimeouts};
+
+    /// S5: a namespace is taken for a pod only if it holds every one of the pod's addresses.
+    #[test]
+    fn a_namespace_without_the_pods_address_is_refused_naming_it() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED a_namespace_without: entering a namespace needs root");
+            return;
+        }
+        let path = std::path::Path::new("/proc/self/ns/net");
+        let netns = crate::inpod::netns::Netns::open(path).unwrap();
+        let missing = "192.0.2.77".parse().unwrap();
+        let e = check_addresses("shop/v", path, &netns, &[missing]).unwrap_err();
+        assert!(
+            e.contains("shop/v") && e.contains("/proc/self/ns/net") && e.contains("192.0.2.77"),
+            "{e}"
+        );
+        let e = check_addresses("shop/v", path, &netns, &[]).unwrap_err();
+        assert!(e.contains("no address known"), "{e}");
+        let held = crate::agent::discover::addresses_in(path).unwrap();
+        if !held.is_empty() {
+            check_addresses("shop/v", path, &netns, &held).expect("its own addresses");
+        }
+    }
 
     /// S5: the agent serves one ztunnel at a time; one that connects and then never answers
     /// must not keep the next (the real one, after a restart) waiting forever.

@@ -155,5 +155,105 @@ async fn agent_enrols_its_nodes_hbone_pods_from_scan_and_cni() {
     mesh.write_config(&config(&a_ip, &c_ip, &d_ip, "TCP"));
     eventually("a un-enrolled", || !rules_in(&a)).await;
     assert!(rules_in(&c));
-    agent.shutdown();
+    agent.shutdown_and_wait().await;
+}
+
+/// S5: a CNI `ADD` naming a namespace that does not hold the pod's address is refused: the pod
+/// is not enrolled there, and its real namespace keeps its capture. The matching one is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cni_add_naming_a_namespace_without_the_pods_address_is_refused() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || Command::new("nft").arg("-v").output().is_err() {
+        eprintln!(
+            "SKIPPED a_cni_add_naming: needs root, `ip` and `nft`; scripts/test installs them"
+        );
+        return;
+    }
+    let mesh = Mesh::new();
+    let id = std::process::id();
+    let o = (id % 250) as u8;
+    let (v_ip, w_ip, x_ip) = (
+        format!("10.209.{o}.2"),
+        format!("10.209.{o}.3"),
+        format!("10.209.{o}.4"),
+    );
+    let mut all = Namespaces(Vec::new());
+    let v = pod(&mut all, &format!("ag-v-{id}"), &v_ip);
+    let w = pod(&mut all, &format!("ag-w-{id}"), &w_ip);
+    mesh.write_config(&format!(
+        r#"
+workloads:
+- {{uid: v, name: v, namespace: shop, workloadIps: ["{v_ip}"], protocol: HBONE, node: n1}}
+- {{uid: w, name: w, namespace: shop, workloadIps: ["{w_ip}"], protocol: HBONE, node: n1}}
+- {{uid: x, name: x, namespace: shop, workloadIps: ["{x_ip}"], protocol: HBONE, node: n1}}
+"#
+    ));
+    let cni_socket = mesh.dir.join("cni.sock");
+    let zds = mesh.dir.join("ztunnel.sock");
+    let agent = start_agent(AgentSettings::parse_from([
+        "node-agent",
+        "--node-name=n1",
+        &format!("--local-xds-path={}", mesh.config.display()),
+        &format!("--zds-socket={}", zds.display()),
+        &format!("--cni-socket={}", cni_socket.display()),
+        "--netns-dirs=/run/netns",
+        "--scan-proc=false",
+    ]))
+    .await
+    .expect("agent starts");
+    tokio::spawn(async move {
+        let conn = meshcore::zds::Conn::connect(&zds)
+            .await
+            .expect("ZDS connect");
+        while let Ok(Some(_)) = conn.next_request().await {
+            conn.ack(None).await.expect("ack");
+        }
+    });
+    eventually("v and w enrolled by scan", || rules_in(&v) && rules_in(&w)).await;
+    let add = |name: &str, netns: &Path, ip: &str| {
+        let event = PodEvent {
+            command: "ADD".into(),
+            container_id: format!("{name}-sandbox"),
+            netns: netns.display().to_string(),
+            pod_namespace: "shop".into(),
+            pod_name: name.into(),
+            pod_uid: String::new(),
+            ips: vec![format!("{ip}/32")],
+        };
+        let socket = cni_socket.display().to_string();
+        tokio::task::spawn_blocking(move || mesh_cni::notify_agent(&socket, &event))
+    };
+    let netns_of = |uid: &str| {
+        agent
+            .agent
+            .enrolled()
+            .into_iter()
+            .find(|p| p.uid == uid)
+            .map(|p| p.netns)
+    };
+
+    // v's ADD naming w's namespace (w's address there, not v's): refused, v stays as it was.
+    let reply = add("v", &w, &w_ip).await.unwrap().expect("agent answers");
+    assert!(!reply.ok && !reply.enrolled, "{reply:?}");
+    assert!(
+        reply.error.contains(&v_ip),
+        "names the missing address: {reply:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rules_in(&v), "v's own namespace keeps its capture");
+    assert_eq!(netns_of("v").as_deref(), Some(v.as_path()));
+    // x, not running yet, named with w's namespace: not enrolled.
+    let reply = add("x", &w, &x_ip).await.unwrap().expect("agent answers");
+    assert!(!reply.ok && !reply.enrolled, "{reply:?}");
+    assert_eq!(netns_of("x"), None, "x is not enrolled in w's namespace");
+
+    // The matching namespaces are taken.
+    let reply = add("v", &v, &v_ip).await.unwrap().expect("agent answers");
+    assert!(reply.ok && reply.enrolled, "{reply:?}");
+    let x = pod(&mut all, &format!("ag-x-{id}"), &x_ip);
+    let reply = add("x", &x, &x_ip).await.unwrap().expect("agent answers");
+    assert!(reply.ok && reply.enrolled, "{reply:?}");
+    assert!(rules_in(&x) && rules_in(&v) && rules_in(&w));
+    assert_eq!(netns_of("x").as_deref(), Some(x.as_path()));
+    agent.shutdown_and_wait().await;
 }
