@@ -33,6 +33,8 @@ impl Ztunnel {
             .env("CA_DIR", dir.join("ca"))
             .env("BIND_ADDRESS", IpAddr::from(ip).to_string())
             .env("SOCKET_MARK", "0")
+            // The clients reach ztunnel A through SOCKS5 (off by default).
+            .env("UNSTABLE_ENABLE_SOCKS5", "true")
             .env("RUST_LOG", "warn")
             .env(
                 "ZTUNNEL_WORKER_THREADS",

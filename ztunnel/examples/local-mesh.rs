@@ -40,6 +40,8 @@ async fn ztunnel(dir: &std::path::Path, ip: &str, workload: &str) -> Ztunnel {
     s.ca_dir = Some(dir.join("ca"));
     s.bind_address = ip.parse().unwrap();
     s.socket_mark = 0;
+    // The clients below speak SOCKS5 to their ztunnel (UNSTABLE_ENABLE_SOCKS5, off by default).
+    s.enable_socks5 = true;
     ztunnel::start(s, None).await.expect("ztunnel starts")
 }
 
@@ -110,7 +112,7 @@ async fn main() {
         ("other/curl", &curl, "httpbin.default.svc.cluster.local", 80),
     ] {
         let result = call(
-            zt.addresses.socks5,
+            zt.addresses.socks5.expect("SOCKS5 enabled"),
             host,
             port,
             &format!("hello from {who}"),

@@ -37,7 +37,8 @@ pub struct Addresses {
     pub hbone: SocketAddr,
     pub inbound_plaintext: SocketAddr,
     pub outbound: SocketAddr,
-    pub socks5: SocketAddr,
+    /// SOCKS5, only with `UNSTABLE_ENABLE_SOCKS5=true`.
+    pub socks5: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub stats: SocketAddr,
     pub readiness: SocketAddr,
@@ -78,7 +79,10 @@ pub async fn start(
     let hbone_l = bind((ip, ports::HBONE).into(), "HBONE").await?;
     let plaintext_l = bind((ip, ports::INBOUND_PLAINTEXT).into(), "inbound plaintext").await?;
     let outbound_l = bind((ip, ports::OUTBOUND).into(), "outbound").await?;
-    let socks5_l = bind((local, ports::SOCKS5).into(), "SOCKS5").await?;
+    let socks5_l = match settings.enable_socks5 {
+        true => Some(bind((local, ports::SOCKS5).into(), "SOCKS5").await?),
+        false => None,
+    };
     let admin_l = bind((local, ports::ADMIN).into(), "admin").await?;
     let stats_l = bind((ip, ports::STATS).into(), "metrics").await?;
     let readiness_l = bind((ip, ports::READINESS).into(), "readiness").await?;
@@ -87,7 +91,7 @@ pub async fn start(
         hbone: addr(&hbone_l),
         inbound_plaintext: addr(&plaintext_l),
         outbound: addr(&outbound_l),
-        socks5: addr(&socks5_l),
+        socks5: socks5_l.as_ref().map(addr),
         admin: addr(&admin_l),
         stats: addr(&stats_l),
         readiness: addr(&readiness_l),
@@ -133,6 +137,8 @@ pub async fn start(
         inbound: Default::default(),
         netns: None,
         relay_idle: settings.relay_idle_timeout,
+        socks5: settings.enable_socks5,
+        own_dials: Default::default(),
     });
 
     let quit = Arc::new(Notify::new());
@@ -164,7 +170,7 @@ pub async fn start(
         workload = %format!("{}/{}", proxy.workload.namespace, proxy.workload.name),
         identity = %proxy.identity,
         hbone = %addresses.hbone,
-        socks5 = %addresses.socks5,
+        socks5 = %addresses.socks5.map_or("off".into(), |a| a.to_string()),
         admin = %addresses.admin,
         "ztunnel ready"
     );

@@ -67,7 +67,7 @@ pub struct Settings {
     pub log_level: String,
 
     /// Address every listener binds to. Listeners meant for localhost only (admin 15000,
-    /// SOCKS5 15080) use it only when it is a loopback address, else 127.0.0.1. Give each
+    /// SOCKS5 15080 when enabled) use it only when it is a loopback address, else 127.0.0.1. Give each
     /// local instance its own 127.0.0.x to run several on one host.
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
@@ -97,6 +97,11 @@ pub struct Settings {
     /// default idle timeout); TCP keepalive catches vanished peers, this the silent live ones.
     #[arg(long, env = "RELAY_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     pub relay_idle_timeout: Duration,
+
+    /// Serve SOCKS5 on 15080 (localhost only), as Istio's `UNSTABLE_ENABLE_SOCKS5`. Off by
+    /// default: every local process that can reach it gets the served workload's identity.
+    #[arg(long, env = "UNSTABLE_ENABLE_SOCKS5", default_value_t = false, action = clap::ArgAction::Set)]
+    pub enable_socks5: bool,
 
     /// How long open connections may run on after SIGTERM or `/quitquitquit`.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -260,6 +265,33 @@ mod tests {
         assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
         assert_eq!(parse_mark("0x539"), Ok(1337));
         assert_eq!(parse_mark("0"), Ok(0));
+    }
+
+    #[test]
+    fn socks5_is_opt_in_under_istios_variable() {
+        use clap::CommandFactory;
+        assert!(!Settings::defaults().enable_socks5);
+        let on = Settings::try_parse_from(["ztunnel", "--enable-socks5", "true"]).unwrap();
+        assert!(on.enable_socks5);
+        let off = Settings::try_parse_from(["ztunnel", "--enable-socks5", "false"]).unwrap();
+        assert!(!off.enable_socks5);
+        // A bool, as Istio parses it: not "yes", not "1".
+        assert!(Settings::try_parse_from(["ztunnel", "--enable-socks5", "yes"]).is_err());
+        // The environment variable is a known setting: empty counts as unset, and a near
+        // miss is reported.
+        let known = meshcore::settings::env_names(&Settings::command());
+        assert!(
+            known.iter().any(|n| n == "UNSTABLE_ENABLE_SOCKS5"),
+            "{known:?}"
+        );
+        assert_eq!(
+            meshcore::settings::empty_settings(&known, [("UNSTABLE_ENABLE_SOCKS5", "")]),
+            ["UNSTABLE_ENABLE_SOCKS5"]
+        );
+        assert_eq!(
+            meshcore::settings::misspellings(&known, ["UNSTABLE_ENABLE_SOCK5"]),
+            ["environment variable UNSTABLE_ENABLE_SOCK5 is not a setting; did you mean UNSTABLE_ENABLE_SOCKS5?"]
+        );
     }
 
     #[test]

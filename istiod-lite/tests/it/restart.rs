@@ -86,6 +86,7 @@ async fn control_plane_restart_keeps_traffic_and_resyncs() {
         s.xds_root_ca = Some(ca.join("root-cert.pem"));
         s.bind_address = ip(last);
         s.socket_mark = 0;
+        s.enable_socks5 = true;
         ztunnel::start(s, None)
     };
     let client = start(2, "shop/client/client").await.unwrap();
@@ -99,13 +100,15 @@ async fn control_plane_restart_keeps_traffic_and_resyncs() {
         assert!(Instant::now() < deadline, "initial sync");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut established = open(client.addresses.socks5, dst).await.expect("tunnel");
+    let mut established = open(client.addresses.socks5.expect("SOCKS5 enabled"), dst)
+        .await
+        .expect("tunnel");
     ping(&mut established).await;
 
     // The control plane dies.
     drop(control);
     ping(&mut established).await;
-    let mut fresh = open(client.addresses.socks5, dst)
+    let mut fresh = open(client.addresses.socks5.expect("SOCKS5 enabled"), dst)
         .await
         .expect("new connection on cached state");
     ping(&mut fresh).await;
@@ -122,7 +125,11 @@ async fn control_plane_restart_keeps_traffic_and_resyncs() {
     wait_ready().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if open(client.addresses.socks5, dst).await.err() == Some(2) {
+        if open(client.addresses.socks5.expect("SOCKS5 enabled"), dst)
+            .await
+            .err()
+            == Some(2)
+        {
             break;
         }
         assert!(

@@ -102,6 +102,7 @@ async fn ztunnels_follow_the_manifest_directory_over_xds() {
         s.ca_dir = Some(ca_dir.clone());
         s.bind_address = ip(last);
         s.socket_mark = 0;
+        s.enable_socks5 = true;
         ztunnel::start(s, None)
     };
     let frontend = start(2, "shop/frontend/frontend").await.unwrap();
@@ -138,7 +139,7 @@ async fn ztunnels_follow_the_manifest_directory_over_xds() {
     );
     echo_app(SocketAddr::new(ip(3), 8080)).await;
     let cart_app = SocketAddr::new(ip(3), 8080);
-    call(frontend.addresses.socks5, cart_app)
+    call(frontend.addresses.socks5.expect("SOCKS5 enabled"), cart_app)
         .await
         .expect("allowed over HBONE");
     // Both ztunnels' certificates came from istiod-lite's certificate service.
@@ -213,7 +214,7 @@ async fn ztunnels_follow_the_manifest_directory_over_xds() {
     )
     .unwrap();
     let took = eventually("policy denies", Duration::from_secs(1), async || {
-        call(frontend.addresses.socks5, cart_app).await == Err(2)
+        call(frontend.addresses.socks5.expect("SOCKS5 enabled"), cart_app).await == Err(2)
     })
     .await;
     eprintln!("new DENY policy enforced after {took:?}");
@@ -233,13 +234,18 @@ async fn ztunnels_follow_the_manifest_directory_over_xds() {
             .any(|e| e.contains("broken.yaml document 1 (Service x)") && e.contains("portz"))
     })
     .await;
-    assert_eq!(call(frontend.addresses.socks5, cart_app).await, Err(2));
+    assert_eq!(
+        call(frontend.addresses.socks5.expect("SOCKS5 enabled"), cart_app).await,
+        Err(2)
+    );
     std::fs::remove_file(dir.join("broken.yaml")).unwrap();
 
     // Removing the policy allows again.
     std::fs::remove_file(dir.join("deny.yaml")).unwrap();
     eventually("allowed again", Duration::from_secs(2), async || {
-        call(frontend.addresses.socks5, cart_app).await.is_ok()
+        call(frontend.addresses.socks5.expect("SOCKS5 enabled"), cart_app)
+            .await
+            .is_ok()
     })
     .await;
 
@@ -275,7 +281,7 @@ async fn ztunnels_follow_the_manifest_directory_over_xds() {
         .snapshot()
         .iter()
         .all(|c| c.node_id.starts_with("ztunnel~127.61.")));
-    call(frontend.addresses.socks5, cart_app)
+    call(frontend.addresses.socks5.expect("SOCKS5 enabled"), cart_app)
         .await
         .expect("traffic unaffected");
     let _ = std::fs::remove_dir_all(&root);

@@ -190,6 +190,8 @@ pub(crate) fn ztunnel(
         .env("BIND_ADDRESS", ip.to_string())
         .env("SOCKET_MARK", "0")
         .env("DRAIN_TIMEOUT", "1s")
+        // The bench's clients reach ztunnel A through SOCKS5 (off by default).
+        .env("UNSTABLE_ENABLE_SOCKS5", "true")
         .env("RUST_LOG", "warn")
         .env(
             "ZTUNNEL_WORKER_THREADS",

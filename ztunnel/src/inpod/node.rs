@@ -76,6 +76,7 @@ pub async fn start_node(
         metrics: metrics.clone(),
         socket_mark: mark,
         relay_idle: settings.relay_idle_timeout,
+        socks5: settings.enable_socks5,
         dns_upstreams: settings.dns_proxy.then(|| {
             crate::dns::upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
         }),

@@ -2,8 +2,9 @@
 //!
 //! Each pod gets its own [`Proxy`] (its identity, its certificate, its drain) and its own
 //! listeners opened inside its network namespace: 15008 (HBONE), 15006 (plaintext inbound),
-//! 15001 (captured outbound) on all addresses, 15080 (SOCKS5) on the pod's loopback. Config,
-//! certificates, metrics and the HBONE client pool are shared by all pods of the node.
+//! 15001 (captured outbound) on all addresses, 15080 (SOCKS5, when enabled) on the pod's
+//! loopback. Config, certificates, metrics and the HBONE client pool are shared by all pods
+//! of the node.
 //! Removing a pod stops its listeners and drains its connections in the background.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,6 +41,8 @@ pub struct NodeContext {
     pub dns_upstreams: Option<Vec<SocketAddr>>,
     /// `RELAY_IDLE_TIMEOUT`.
     pub relay_idle: std::time::Duration,
+    /// `UNSTABLE_ENABLE_SOCKS5`: SOCKS5 on each pod's 127.0.0.1:15080.
+    pub socks5: bool,
 }
 
 struct Pod {
@@ -124,7 +127,10 @@ impl Pods {
             hbone: listen(any, ports::HBONE, "HBONE")?,
             plaintext: listen(any, ports::INBOUND_PLAINTEXT, "inbound plaintext")?,
             outbound: listen(any, ports::OUTBOUND, "outbound")?,
-            socks5: listen(Ipv4Addr::LOCALHOST.into(), ports::SOCKS5, "SOCKS5")?,
+            socks5: match self.ctx.socks5 {
+                true => Some(listen(Ipv4Addr::LOCALHOST.into(), ports::SOCKS5, "SOCKS5")?),
+                false => None,
+            },
         };
         // DNS on the pod's loopback (where the capture rules' redirect delivers).
         let dns_sockets = match &self.ctx.dns_upstreams {
@@ -153,6 +159,8 @@ impl Pods {
             inbound: Default::default(),
             netns: Some(Arc::new(netns)),
             relay_idle: self.ctx.relay_idle,
+            socks5: self.ctx.socks5,
+            own_dials: Default::default(),
         });
         self.ctx
             .state

@@ -1,12 +1,13 @@
 //! The data path. Several front doors end in two functions:
-//! - outbound (15001 capture, 15080 SOCKS5): [`outbound::open`] resolves the destination and
-//!   opens an HBONE tunnel or a plain TCP connection for the served workload;
+//! - outbound (15001 capture, 15080 SOCKS5 when enabled): [`outbound::open`] resolves the
+//!   destination and opens an HBONE tunnel or a plain TCP connection for the served workload;
 //! - inbound (15008 HBONE, 15006 plaintext): [`inbound::authorize_and_connect`] decides with
 //!   the L4 policy engine, then connects to the local application.
 
 pub mod inbound;
 pub mod original_dst;
 pub mod outbound;
+pub mod own;
 pub mod revalidate;
 pub mod socks5;
 
@@ -51,6 +52,11 @@ pub struct Proxy {
     pub netns: Option<Arc<crate::inpod::netns::Netns>>,
     /// Relays moving no byte for this long are closed (`RELAY_IDLE_TIMEOUT`).
     pub relay_idle: std::time::Duration,
+    /// Whether this proxy serves SOCKS5 on 15080 (`UNSTABLE_ENABLE_SOCKS5`), which makes
+    /// 15080 one of its own ports.
+    pub socks5: bool,
+    /// The plain connections ztunnel dialled, so one that NAT brings back is recognised.
+    pub own_dials: Arc<own::OwnDials>,
 }
 
 impl Proxy {
@@ -87,28 +93,30 @@ impl Proxy {
             .cloned()
     }
 
-    /// Whether `dst` is one of ztunnel's own listeners: one of its ports on an address that
-    /// reaches it (its bind address, loopback, or the served workload's addresses). Relaying
-    /// there would loop back into ztunnel, so such destinations are refused.
+    /// Whether `dst` is one of ztunnel's own listeners, so that relaying there would come back
+    /// into ztunnel: a data-plane port ([`own::is_data_port`], Istio's `illegal_ports`) on any
+    /// address local to ztunnel's network namespace (in node mode the pod's: loopback and the
+    /// pod's addresses), or an admin port on an address ztunnel listens on.
     pub fn is_own_listener(&self, dst: SocketAddr, served: Option<&WorkloadEntry>) -> bool {
         use crate::app::ports;
-        const OWN: [u16; 7] = [
-            ports::OUTBOUND,
-            ports::INBOUND_PLAINTEXT,
-            ports::HBONE,
-            ports::SOCKS5,
-            ports::ADMIN,
-            ports::STATS,
-            ports::READINESS,
-        ];
-        if !OWN.contains(&dst.port()) {
-            return false;
-        }
         let ip = dst.ip().to_canonical();
+        if own::is_data_port(dst.port(), self.socks5) {
+            return self.listens_on(ip, served)
+                || ip.is_loopback()
+                || (self.netns.is_none() && own::is_local_address(ip));
+        }
+        [ports::ADMIN, ports::STATS, ports::READINESS].contains(&dst.port())
+            && self.listens_on(ip, served)
+    }
+
+    /// Whether ztunnel's listeners for this workload are reachable at `ip`: its bind address,
+    /// loopback when bound to every address, 127.0.0.1 (admin and SOCKS5), the workload's own.
+    fn listens_on(&self, ip: IpAddr, served: Option<&WorkloadEntry>) -> bool {
         let listen = self.listen_ip.to_canonical();
         ip == listen
+            || ip.is_unspecified()
             // Bound to every address: any local one reaches it.
-            || (listen.is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
+            || (listen.is_unspecified() && ip.is_loopback())
             // Admin and SOCKS5 sit on 127.0.0.1 unless the bind address is loopback itself.
             || (!listen.is_loopback() && ip == IpAddr::from([127, 0, 0, 1]))
             || served.is_some_and(|w| w.workload.workload_ips.contains(&ip))
@@ -254,7 +262,8 @@ pub struct Listeners {
     pub hbone: TcpListener,
     pub plaintext: TcpListener,
     pub outbound: TcpListener,
-    pub socks5: TcpListener,
+    /// Only with `UNSTABLE_ENABLE_SOCKS5`.
+    pub socks5: Option<TcpListener>,
 }
 
 /// Serves `proxy`'s listeners until its drain starts (HBONE through `hbone_server`, which
@@ -293,11 +302,13 @@ pub fn serve(
         "inbound plaintext",
         move |tcp, peer, guard| inbound::handle_plaintext(p.clone(), tcp, peer, guard),
     ));
-    let p = proxy.clone();
-    tokio::spawn(accept_loop(
-        listeners.socks5,
-        proxy.drain.clone(),
-        "socks5",
-        move |tcp, peer, guard| socks5::handle(p.clone(), tcp, peer, guard),
-    ));
+    if let Some(socks5_l) = listeners.socks5 {
+        let p = proxy.clone();
+        tokio::spawn(accept_loop(
+            socks5_l,
+            proxy.drain.clone(),
+            "socks5",
+            move |tcp, peer, guard| socks5::handle(p.clone(), tcp, peer, guard),
+        ));
+    }
 }

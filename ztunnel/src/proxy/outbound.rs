@@ -11,14 +11,19 @@ use meshcore::hbone::{Baggage, ConnectRequest, H2Stream, HboneError, HBONE_PORT}
 use meshcore::identity::SpiffeId;
 use tokio::net::TcpStream;
 
+use super::own::DialGuard;
 use super::{ConnectionGuard, Proxy, CONNECT_TIMEOUT};
 use crate::metrics::{ConnectionLabels, ConnectionRecord, Reporter};
 use crate::state::{Destination, Protocol, WaypointHop, WaypointLookup, WorkloadEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
-    #[error("destination {0} is one of ztunnel's own listeners")]
+    #[error("destination {0} is ztunnel's own listener (one of its ports on a local address); refused, not relayed into itself")]
     Loop(SocketAddr),
+    /// A connection ztunnel dialled itself came back to its capture port: a NAT rule maps
+    /// the destination onto ztunnel.
+    #[error("destination {0} leads back to ztunnel's own capture port (a NAT rule maps it onto ztunnel, for ztunnel's own connections too); refused, not relayed into itself")]
+    Looped(SocketAddr),
     #[error("service {0} has no healthy endpoint")]
     NoHealthyEndpoint(String),
     #[error("service {service} has no port {port}")]
@@ -66,6 +71,8 @@ pub struct Opened {
     pub route: String,
     /// The relay's idle timeout (`RELAY_IDLE_TIMEOUT`).
     pub relay_idle: std::time::Duration,
+    /// A plain connection's local address, known to `Proxy::own_dials` while it lives.
+    pub dial: Option<DialGuard>,
 }
 
 /// Resolves `dst` and opens the upstream side for a connection from `client`.
@@ -78,7 +85,12 @@ pub async fn open(
     let snap = proxy.state.load();
     let source = proxy.served(&snap);
     if proxy.is_own_listener(dst, source.as_deref()) {
-        return Err(OutboundError::Loop(dst));
+        return Err(fail(
+            proxy,
+            source.as_deref(),
+            None,
+            OutboundError::Loop(dst),
+        ));
     }
     match snap.waypoint_for(dst, source.as_deref()) {
         WaypointLookup::Direct => {}
@@ -148,7 +160,12 @@ pub async fn open(
             let expected = expected_identities(w, service.map(|s| &s.service.subject_alt_names));
             let target = SocketAddr::new(workload_ip(w, dst)?, port);
             if proxy.is_own_listener(target, source.as_deref()) {
-                return Err(OutboundError::Loop(target));
+                return Err(fail(
+                    proxy,
+                    source.as_deref(),
+                    Some(w),
+                    OutboundError::Loop(target),
+                ));
             }
             let hbone = SocketAddr::new(target.ip(), HBONE_PORT);
             tunnel(proxy, source.as_deref(), client, target, hbone, expected)
@@ -156,6 +173,7 @@ pub async fn open(
                 .map(|s| {
                     (
                         Upstream::Hbone(s),
+                        None,
                         format!("{target} via HBONE as {}", w.identity),
                     )
                 })
@@ -163,24 +181,30 @@ pub async fn open(
         Some(w) => {
             let target = SocketAddr::new(workload_ip(w, dst)?, port);
             if proxy.is_own_listener(target, source.as_deref()) {
-                return Err(OutboundError::Loop(target));
+                return Err(fail(
+                    proxy,
+                    source.as_deref(),
+                    Some(w),
+                    OutboundError::Loop(target),
+                ));
             }
             plain(proxy, target)
                 .await
-                .map(|t| (Upstream::Tcp(t), format!("{target} plain TCP")))
+                .map(|(t, d)| (Upstream::Tcp(t), d, format!("{target} plain TCP")))
         }
         None => plain(proxy, dst)
             .await
-            .map(|t| (Upstream::Tcp(t), format!("{dst} passthrough"))),
+            .map(|(t, d)| (Upstream::Tcp(t), d, format!("{dst} passthrough"))),
     };
     match result {
-        Ok((upstream, route)) => {
+        Ok((upstream, dial, route)) => {
             let mtls = matches!(upstream, Upstream::Hbone(_));
             Ok(Opened {
                 upstream,
                 record: proxy.metrics.opened(labels(mtls)),
                 route,
                 relay_idle: proxy.relay_idle,
+                dial,
             })
         }
         Err(e) => {
@@ -217,6 +241,7 @@ async fn via_waypoint(
             record: proxy.metrics.opened(labels(true)),
             route: format!("{dst} via waypoint {} at {}", hop.name, hop.hbone),
             relay_idle: proxy.relay_idle,
+            dial: None,
         }),
         Err(e) => {
             proxy.metrics.failed(labels(false), e.response_flag());
@@ -320,10 +345,25 @@ async fn tunnel(
     })
 }
 
-async fn plain(proxy: &Proxy, addr: SocketAddr) -> Result<TcpStream, OutboundError> {
+/// A plain TCP connection; in ztunnel's own namespace (dedicated mode) one that
+/// `Proxy::own_dials` knows, so that NAT bringing it back to 15001 is noticed.
+async fn plain(
+    proxy: &Proxy,
+    addr: SocketAddr,
+) -> Result<(TcpStream, Option<DialGuard>), OutboundError> {
     let bind = proxy.bind_ip.filter(|ip| ip.is_ipv4() == addr.is_ipv4());
-    match tokio::time::timeout(CONNECT_TIMEOUT, proxy.connect_tcp(addr, bind)).await {
-        Ok(Ok(tcp)) => Ok(tcp),
+    let connect = async {
+        match proxy.netns {
+            Some(_) => proxy.connect_tcp(addr, bind).await.map(|t| (t, None)),
+            None => proxy
+                .own_dials
+                .connect(addr, bind, proxy.socket_mark)
+                .await
+                .map(|(t, d)| (t, Some(d))),
+        }
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(opened)) => Ok(opened),
         Ok(Err(source)) => Err(OutboundError::Connect { addr, source }),
         Err(_) => Err(OutboundError::Connect {
             addr,
@@ -366,6 +406,17 @@ pub async fn handle_captured(
             return;
         }
     };
+    if proxy.own_dials.is_own(client) {
+        let snap = proxy.state.load();
+        let e = fail(
+            &proxy,
+            proxy.served(&snap).as_deref(),
+            None,
+            OutboundError::Looped(dst),
+        );
+        tracing::warn!(%client, %dst, flag = e.response_flag(), "outbound connection refused: {e}");
+        return;
+    }
     match open(&proxy, client, dst).await {
         Ok(opened) => relay(tcp, opened).await,
         Err(e) => {

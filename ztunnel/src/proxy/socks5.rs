@@ -1,6 +1,9 @@
 //! SOCKS5 (RFC 1928) on 15080, for sending traffic through ztunnel without capture: no
 //! authentication, CONNECT only, IPv4, IPv6 and domain names (a mesh service's hostname
-//! resolves to its VIP; other names through the system resolver).
+//! resolves to its VIP; other names through the system resolver, on tokio's blocking pool and
+//! within [`RESOLVE_TIMEOUT`], so a slow DNS server never holds a runtime thread). Off unless
+//! `UNSTABLE_ENABLE_SOCKS5=true`, as in Istio: whoever reaches the port speaks with the served
+//! workload's identity.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -14,6 +17,8 @@ use super::{ConnectionGuard, Proxy};
 const VERSION: u8 = 5;
 /// A client gets this long to send its greeting and request.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A name the system resolver has not resolved by then is answered "host unreachable".
+pub const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const NO_AUTH: u8 = 0;
 const NO_ACCEPTABLE_METHOD: u8 = 0xff;
 const CMD_CONNECT: u8 = 1;
@@ -136,11 +141,15 @@ async fn resolve(proxy: &Proxy, name: &str) -> Option<IpAddr> {
     if let Some(vip) = vip {
         return Some(vip.ip);
     }
-    tokio::net::lookup_host((name, 0))
-        .await
-        .ok()?
-        .next()
-        .map(|a| a.ip())
+    // getaddrinfo blocks: tokio runs it on the blocking pool. A timed-out lookup still
+    // finishes there, bounded by the resolver's own timeouts (resolv.conf).
+    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, 0))).await {
+        Ok(found) => found.ok()?.next().map(|a| a.ip()),
+        Err(_) => {
+            tracing::info!(name, "SOCKS5: resolving took over {RESOLVE_TIMEOUT:?}");
+            None
+        }
+    }
 }
 
 async fn reply<S: tokio::io::AsyncWrite + Unpin>(tcp: &mut S, code: u8) -> std::io::Result<()> {
@@ -151,7 +160,7 @@ async fn reply<S: tokio::io::AsyncWrite + Unpin>(tcp: &mut S, code: u8) -> std::
 
 fn reply_code(e: &OutboundError) -> u8 {
     match e {
-        OutboundError::Denied | OutboundError::Loop(_) => NOT_ALLOWED,
+        OutboundError::Denied | OutboundError::Loop(_) | OutboundError::Looped(_) => NOT_ALLOWED,
         OutboundError::NoHealthyEndpoint(_) | OutboundError::NoAddress(_) => HOST_UNREACHABLE,
         OutboundError::Connect { source, .. }
             if source.kind() == std::io::ErrorKind::ConnectionRefused =>

@@ -18,15 +18,14 @@ use crate::support::{run, Mesh};
 const CLIENT_IP: &str = "10.201.0.1";
 const SERVER_IP: &str = "10.201.0.2";
 
-fn have(tool: &str) -> bool {
+pub(crate) fn have(tool: &str) -> bool {
     Command::new(tool).arg("-V").output().is_ok() || Command::new(tool).arg("help").output().is_ok()
 }
 
-/// Network namespaces and processes made by the test; removed on drop, also after a panic.
-struct Lab {
-    client_ns: String,
-    server_ns: String,
-    children: Vec<Child>,
+/// Network namespaces and processes made by a test; removed on drop, also after a panic.
+pub(crate) struct Lab {
+    pub namespaces: Vec<String>,
+    pub children: Vec<Child>,
 }
 
 impl Drop for Lab {
@@ -35,14 +34,14 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in [&self.client_ns, &self.server_ns] {
+        for ns in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
 }
 
 /// Runs `f` on a thread inside the named network namespace (sockets it creates live there).
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
         let file = File::open(&path).expect("netns file");
@@ -57,15 +56,16 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
 
 /// A TCP connection that bypasses the pod's capture (ztunnel's mark), as kubelet probes and
 /// scrapers outside the pod do.
-fn connect_uncaptured(addr: SocketAddr) -> std::io::Result<TcpStream> {
+pub(crate) fn connect_uncaptured(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     sock.set_mark(0x539)?;
     sock.connect_timeout(&addr.into(), Duration::from_secs(1))?;
     Ok(sock.into())
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut tcp = connect_uncaptured(addr).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     tcp.write_all(
         format!("GET {path} HTTP/1.1\r\nhost: z\r\nconnection: close\r\n\r\n").as_bytes(),
     )
@@ -75,7 +75,7 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     Some(out)
 }
 
-fn wait_ready(ns: &str, ip: &str) {
+pub(crate) fn wait_ready(ns: &str, ip: &str) {
     let addr: SocketAddr = format!("{ip}:15021").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -88,7 +88,7 @@ fn wait_ready(ns: &str, ip: &str) {
     panic!("ztunnel in {ns} never became ready");
 }
 
-fn metric_line_count(body: &str, name: &str, labels: &[&str]) -> u64 {
+pub(crate) fn metric_line_count(body: &str, name: &str, labels: &[&str]) -> u64 {
     body.lines()
         .filter(|l| l.starts_with(name) && labels.iter().all(|kv| l.contains(kv)))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
@@ -103,12 +103,11 @@ fn captured_connect_is_tunnelled_and_plaintext_inbound_is_held_to_policy() {
     }
     let mesh = Mesh::new();
     let id = std::process::id();
+    let (c, s) = (format!("zt-cli-{id}"), format!("zt-srv-{id}"));
     let mut lab = Lab {
-        client_ns: format!("zt-cli-{id}"),
-        server_ns: format!("zt-srv-{id}"),
+        namespaces: vec![c.clone(), s.clone()],
         children: Vec::new(),
     };
-    let (c, s) = (lab.client_ns.clone(), lab.server_ns.clone());
     let (vc, vs) = (format!("ztc{id}"), format!("zts{id}"));
     run(&["ip", "netns", "add", &c]);
     run(&["ip", "netns", "add", &s]);

@@ -304,7 +304,8 @@ async fn out_of_descriptors_the_data_path_sheds_new_connections_and_keeps_establ
     let mesh = Mesh::new();
     mesh.write_config(CONFIG);
     let mut cmd = ztunnel(&mesh, 2);
-    cmd.env("PROXY_WORKLOAD_INFO", "default/sleep/sleep");
+    cmd.env("PROXY_WORKLOAD_INFO", "default/sleep/sleep")
+        .env("UNSTABLE_ENABLE_SOCKS5", "true");
     with_nofile(&mut cmd, 64, 64);
     let p = start(cmd, mesh.dir.join("ztunnel.log"));
     let socks: std::net::SocketAddr = (mesh.ip(2), 15080).into();

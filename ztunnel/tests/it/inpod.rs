@@ -14,7 +14,7 @@ use std::time::Duration;
 use meshcore::api::zds::WorkloadInfo;
 use meshcore::zds::{Listener, Request};
 
-use crate::support::{echo_roundtrip, run, socks5, Mesh};
+use crate::support::{echo_roundtrip, run, socks, socks5, Mesh};
 
 struct PodNetns(String, String);
 
@@ -134,8 +134,9 @@ workloads:
     s.bind_address = mesh.ip(2);
     s.bind_outbound = false;
     s.socket_mark = 0;
+    s.enable_socks5 = true;
     let client = ztunnel::start(s, None).await.unwrap();
-    let stream = socks5(client.addresses.socks5, pod_app)
+    let stream = socks5(socks(&client), pod_app)
         .await
         .expect("tunnel to the pod opens");
     echo_roundtrip(stream, 1 << 20, 11).await;

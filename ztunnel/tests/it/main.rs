@@ -6,5 +6,7 @@ mod hardening;
 mod inpod;
 mod node;
 mod process;
+mod self_calls;
+mod socks5_opt_in;
 mod support;
 mod traffic;

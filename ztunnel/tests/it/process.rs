@@ -15,6 +15,7 @@ fn spawn(mesh: &Mesh, last: u8, workload: &str) -> Child {
         .env("BIND_ADDRESS", mesh.ip(last).to_string())
         .env("SOCKET_MARK", "0")
         .env("DRAIN_TIMEOUT", "3s")
+        .env("UNSTABLE_ENABLE_SOCKS5", "true")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         // A file, not a pipe nobody reads: at debug level a full pipe would stall the child.

@@ -67,6 +67,8 @@ impl Mesh {
         s.config_poll_interval = Duration::from_millis(50);
         s.drain_timeout = Duration::from_secs(2);
         s.socket_mark = 0;
+        // The tests' clients speak SOCKS5 to their ztunnel.
+        s.enable_socks5 = true;
         ztunnel::start(s, None).await.expect("ztunnel starts")
     }
 }
@@ -143,6 +145,11 @@ pub async fn echo_roundtrip(stream: TcpStream, len: usize, seed: u64) {
         "clean close after the echo"
     );
     writer.await.unwrap();
+}
+
+/// Where `zt` serves SOCKS5 (every ztunnel of [`Mesh::ztunnel`] does).
+pub fn socks(zt: &Ztunnel) -> SocketAddr {
+    zt.addresses.socks5.expect("SOCKS5 is enabled")
 }
 
 /// SOCKS5 CONNECT through `proxy` to `dst`. `Err(reply code)` when the proxy refuses.

@@ -40,7 +40,7 @@ async fn socks5_to_hbone_to_echo_checksummed_with_metrics() {
     let b = mesh.ztunnel(3, ECHO).await;
 
     const LEN: usize = 8 << 20;
-    let stream = socks5(a.addresses.socks5, at(&mesh, 3, 8080))
+    let stream = socks5(socks(&a), at(&mesh, 3, 8080))
         .await
         .expect("tunnel opens");
     echo_roundtrip(stream, LEN, 7).await;
@@ -92,9 +92,7 @@ async fn socks5_to_hbone_to_echo_checksummed_with_metrics() {
         );
     }
     // A second connection reuses the pooled HBONE connection and adds exactly one more.
-    let stream = socks5(a.addresses.socks5, at(&mesh, 3, 8080))
-        .await
-        .unwrap();
+    let stream = socks5(socks(&a), at(&mesh, 3, 8080)).await.unwrap();
     echo_roundtrip(stream, 1000, 8).await;
     eventually("second close counted", || async {
         metric(&a, "istio_tcp_connections_closed_total", &src).await == 2
@@ -129,12 +127,10 @@ policies:
 
     // 2 = "connection not allowed by ruleset".
     assert_eq!(
-        socks5(sleep.addresses.socks5, at(&mesh, 3, 8080))
-            .await
-            .err(),
+        socks5(socks(&sleep), at(&mesh, 3, 8080)).await.err(),
         Some(2)
     );
-    let ok = socks5(curl.addresses.socks5, at(&mesh, 3, 8080))
+    let ok = socks5(socks(&curl), at(&mesh, 3, 8080))
         .await
         .expect("curl is allowed");
     echo_roundtrip(ok, 100_000, 3).await;
@@ -187,9 +183,9 @@ async fn a_new_deny_closes_established_connections_it_denies_and_spares_others()
     let echo = mesh.ztunnel(3, ECHO).await;
     let curl_zt = mesh.ztunnel(4, "tools/curl/curl").await;
     let open = |zt: &ztunnel::Ztunnel| {
-        let socks = zt.addresses.socks5;
+        let proxy = socks(zt);
         let dst = at(&mesh, 3, 8080);
-        async move { socks5(socks, dst).await.unwrap().into_split() }
+        async move { socks5(proxy, dst).await.unwrap().into_split() }
     };
     let (mut sr, mut sw) = open(&sleep).await;
     let (mut cr, mut cw) = open(&curl_zt).await;
@@ -247,14 +243,11 @@ async fn allow_policy_on_a_port() {
     echo_server(at(&mesh, 3, 9090)).await;
     let a = mesh.ztunnel(2, SLEEP).await;
     let _b = mesh.ztunnel(3, ECHO).await;
-    let ok = socks5(a.addresses.socks5, at(&mesh, 3, 8080))
+    let ok = socks5(socks(&a), at(&mesh, 3, 8080))
         .await
         .expect("8080 allowed");
     echo_roundtrip(ok, 10_000, 1).await;
-    assert_eq!(
-        socks5(a.addresses.socks5, at(&mesh, 3, 9090)).await.err(),
-        Some(2)
-    );
+    assert_eq!(socks5(socks(&a), at(&mesh, 3, 9090)).await.err(), Some(2));
 }
 
 #[tokio::test]
@@ -270,11 +263,11 @@ workloads:
     echo_server(at(&mesh, 3, 8080)).await;
     echo_server(at(&mesh, 9, 8080)).await; // not in the config at all
     let a = mesh.ztunnel(2, SLEEP).await;
-    let s = socks5(a.addresses.socks5, at(&mesh, 3, 8080))
+    let s = socks5(socks(&a), at(&mesh, 3, 8080))
         .await
         .expect("plain TCP");
     echo_roundtrip(s, 50_000, 2).await;
-    let s = socks5(a.addresses.socks5, at(&mesh, 9, 8080))
+    let s = socks5(socks(&a), at(&mesh, 9, 8080))
         .await
         .expect("passthrough");
     echo_roundtrip(s, 50_000, 3).await;
@@ -300,28 +293,26 @@ workloads:
         0,
         "no HBONE for plain workloads"
     );
-    // ztunnel's own listeners are never a destination (that would loop back into it).
+    // ztunnel's own listeners are never a destination (that would loop back into it); each
+    // refusal is counted.
     for own in [15001, 15006, 15008, 15080, 15000] {
         assert_eq!(
-            socks5(a.addresses.socks5, at(&mesh, 2, own)).await.err(),
+            socks5(socks(&a), at(&mesh, 2, own)).await.err(),
             Some(2),
             "port {own}"
         );
     }
-    // Nothing listens on .3:1: the failure is counted and answered "connection refused" (5).
-    assert_eq!(
-        socks5(a.addresses.socks5, at(&mesh, 3, 1)).await.err(),
-        Some(5)
-    );
-    assert_eq!(
+    let failed = || {
         metric(
             &a,
             "istio_tcp_connections_failed_total",
-            &[("response_flags", "CONNECT")]
+            &[("response_flags", "CONNECT")],
         )
-        .await,
-        1
-    );
+    };
+    assert_eq!(failed().await, 5);
+    // Nothing listens on .3:1: the failure is counted and answered "connection refused" (5).
+    assert_eq!(socks5(socks(&a), at(&mesh, 3, 1)).await.err(), Some(5));
+    assert_eq!(failed().await, 6);
 }
 
 #[tokio::test]
@@ -340,11 +331,11 @@ services:
     echo_server(at(&mesh, 3, 8080)).await;
     let a = mesh.ztunnel(2, SLEEP).await;
     let b = mesh.ztunnel(3, ECHO).await;
-    let s = socks5(a.addresses.socks5, at(&mesh, 100, 80))
+    let s = socks5(socks(&a), at(&mesh, 100, 80))
         .await
         .expect("VIP:80 → endpoint:8080");
     echo_roundtrip(s, 20_000, 4).await;
-    let s = socks5_domain(a.addresses.socks5, "echo.default.svc.cluster.local", 80)
+    let s = socks5_domain(socks(&a), "echo.default.svc.cluster.local", 80)
         .await
         .expect("hostname resolves to the VIP");
     echo_roundtrip(s, 20_000, 5).await;
@@ -367,10 +358,7 @@ services:
         2
     );
     // An unmapped service port is refused at the source.
-    assert_eq!(
-        socks5(a.addresses.socks5, at(&mesh, 100, 81)).await.err(),
-        Some(1)
-    );
+    assert_eq!(socks5(socks(&a), at(&mesh, 100, 81)).await.err(), Some(1));
 }
 
 #[tokio::test]
@@ -383,16 +371,12 @@ async fn config_reload_adds_a_workload_while_traffic_flows_and_bad_files_change_
     let _b = mesh.ztunnel(3, ECHO).await;
 
     // A long-lived tunnel, open across the reloads below.
-    let long = socks5(a.addresses.socks5, at(&mesh, 3, 8080))
-        .await
-        .unwrap();
+    let long = socks5(socks(&a), at(&mesh, 3, 8080)).await.unwrap();
     let (mut r, mut w) = long.into_split();
     ping(&mut w, &mut r).await;
 
     // .4 is not in the mesh yet: passthrough, plain TCP.
-    let s = socks5(a.addresses.socks5, at(&mesh, 4, 8080))
-        .await
-        .unwrap();
+    let s = socks5(socks(&a), at(&mesh, 4, 8080)).await.unwrap();
     echo_roundtrip(s, 1000, 1).await;
     assert_eq!(a.proxy.hbone.pooled_connections(), 1);
 
@@ -405,9 +389,7 @@ async fn config_reload_adds_a_workload_while_traffic_flows_and_bad_files_change_
     })
     .await;
     let _c = mesh.ztunnel(4, "default/new/new").await;
-    let s = socks5(a.addresses.socks5, at(&mesh, 4, 8080))
-        .await
-        .unwrap();
+    let s = socks5(socks(&a), at(&mesh, 4, 8080)).await.unwrap();
     echo_roundtrip(s, 1000, 2).await;
     assert_eq!(
         a.proxy.hbone.pooled_connections(),
@@ -425,9 +407,7 @@ async fn config_reload_adds_a_workload_while_traffic_flows_and_bad_files_change_
     })
     .await;
     assert_eq!(a.proxy.state.load().version, version);
-    let s = socks5(a.addresses.socks5, at(&mesh, 4, 8080))
-        .await
-        .unwrap();
+    let s = socks5(socks(&a), at(&mesh, 4, 8080)).await.unwrap();
     echo_roundtrip(s, 1000, 3).await;
     ping(&mut w, &mut r).await;
     drop(w);
@@ -468,10 +448,8 @@ async fn admin_readiness_and_graceful_drain() {
     );
 
     // An open tunnel survives the start of the drain; new connections are refused.
-    let open = socks5(a.addresses.socks5, at(&mesh, 3, 8080))
-        .await
-        .unwrap();
-    let socks = a.addresses.socks5;
+    let open = socks5(socks(&a), at(&mesh, 3, 8080)).await.unwrap();
+    let socks = socks(&a);
     let shutdown = tokio::spawn(a.shutdown());
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
@@ -496,7 +474,7 @@ async fn every_tunnel_socket_has_tcp_keepalive() {
     echo_server(at(&mesh, 3, 8080)).await;
     let a = mesh.ztunnel(2, SLEEP).await;
     let _b = mesh.ztunnel(3, ECHO).await;
-    let stream = socks5(a.addresses.socks5, at(&mesh, 3, 8080))
+    let stream = socks5(socks(&a), at(&mesh, 3, 8080))
         .await
         .expect("tunnel opens");
     let (mut r, mut w) = stream.into_split();
@@ -532,7 +510,7 @@ async fn every_tunnel_socket_has_tcp_keepalive() {
             .iter()
             .filter(|(local, remote, _)| {
                 // Accepted on SOCKS5 or HBONE, or dialled to HBONE or to the application.
-                (local.ip() == za && local.port() == a.addresses.socks5.port())
+                (local.ip() == za && local.port() == socks(&a).port())
                     || (local.ip() == zb && local.port() == 15008)
                     || (remote.ip() == zb && remote.port() == 15008)
                     || (remote.ip() == zb && remote.port() == 8080 && local.port() != 15008)
