@@ -12,7 +12,7 @@ use meshcore::identity::SpiffeId;
 use meshcore::policy::{Connection, Reason};
 use tokio::net::TcpStream;
 
-use super::revalidate::Registration;
+use super::revalidate::{Admitted, Registration};
 use super::{ConnectionGuard, Proxy, CONNECT_TIMEOUT};
 use crate::metrics::{ConnectionLabels, ConnectionRecord, Reporter};
 
@@ -51,7 +51,7 @@ pub async fn authorize_and_connect(
     client: Option<SocketAddr>,
     peer: Option<&SpiffeId>,
     dst: SocketAddr,
-) -> Result<(TcpStream, ConnectionRecord, Option<Registration>), InboundError> {
+) -> Result<(Admitted, ConnectionRecord), InboundError> {
     // IPv4 peers of a dual-stack socket appear as ::ffff:a.b.c.d; policies are written in IPv4.
     let source_ip = source_ip.to_canonical();
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
@@ -122,12 +122,12 @@ pub async fn authorize_and_connect(
             });
         }
     };
-    let registration = proxy.inbound.register(source_ip, dst, peer, &app);
+    let admitted = proxy.inbound.register(source_ip, dst, peer, app);
     // A config swap between the decision and the registration is not missed.
     if proxy.state.load().version != snap.version {
         proxy.inbound.revalidate(proxy);
     }
-    Ok((app, proxy.metrics.opened(labels()), registration))
+    Ok((admitted, proxy.metrics.opened(labels())))
 }
 
 /// One CONNECT stream on 15008.
@@ -136,18 +136,18 @@ pub async fn handle_hbone(proxy: Arc<Proxy>, req: InboundConnect, _guard: Connec
     let client = req.forwarded_for();
     let dst = req.destination;
     match authorize_and_connect(&proxy, req.peer_addr.ip(), client, Some(&peer), dst).await {
-        Ok((mut app, record, registration)) => {
+        Ok((mut admitted, record)) => {
             let Ok(tunnel) = req.accept() else {
                 record.closed(0, 0);
                 return;
             };
             // a = the application socket: a_to_b is what the destination sent back.
             let (t, result) = until_cut(
-                tunnel.relay_idle(&mut app, proxy.relay_idle),
-                registration.as_ref(),
+                tunnel.relay_idle(&mut admitted.app, proxy.relay_idle),
+                &admitted.registration,
             )
             .await;
-            drop(registration);
+            drop(admitted);
             if let Err(e) = result {
                 tracing::debug!(%dst, "inbound tunnel ended with error: {e}");
             }
@@ -179,13 +179,13 @@ pub async fn handle_plaintext(
     };
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
     match authorize_and_connect(&proxy, client.ip(), Some(client), None, dst).await {
-        Ok((mut app, record, registration)) => {
+        Ok((mut admitted, record)) => {
             let (t, _) = until_cut(
-                copy_bidirectional_idle(&mut tcp, &mut app, proxy.relay_idle),
-                registration.as_ref(),
+                copy_bidirectional_idle(&mut tcp, &mut admitted.app, proxy.relay_idle),
+                &admitted.registration,
             )
             .await;
-            drop(registration);
+            drop(admitted);
             record.closed(t.a_to_b, t.b_to_a);
         }
         Err(InboundError::Denied(_)) => {}
@@ -197,16 +197,13 @@ pub async fn handle_plaintext(
 /// shuts the application socket down, so the relay normally ends by itself, counts intact).
 async fn until_cut(
     relay: impl std::future::Future<Output = (Transferred, std::io::Result<()>)>,
-    registration: Option<&Registration>,
+    registration: &Registration,
 ) -> (Transferred, std::io::Result<()>) {
-    match registration {
-        Some(r) => tokio::select! {
-            done = relay => done,
-            _ = r.cut() => (
-                Transferred::default(),
-                Err(std::io::Error::other("closed: the config no longer allows it")),
-            ),
-        },
-        None => relay.await,
+    tokio::select! {
+        done = relay => done,
+        _ = registration.cut() => (
+            Transferred::default(),
+            Err(std::io::Error::other("closed: the config no longer allows it")),
+        ),
     }
 }

@@ -1,15 +1,22 @@
 //! Established inbound connections decided again when the config changes: as Istio's ztunnel
 //! does, a connection that a new policy (or a removed ALLOW) no longer admits is closed.
 //!
-//! Each admitted connection is registered with what its decision was made on and a duplicate
-//! of its application socket's descriptor. Closing shuts that socket down, so the relay ends
+//! Each admitted connection is registered with what its decision was made on and its
+//! application socket's descriptor number. Closing shuts that socket down, so the relay ends
 //! by itself with its byte counts intact; [`Registration::cut`] is the fallback that ends the
 //! relay after a grace period if the client side stays silent. Cost per connection: one map
-//! insert and removal under an uncontended lock, and one `dup`; nothing per byte.
+//! insert and removal under an uncontended lock; no descriptor of its own (a `dup` here was
+//! the third descriptor per inbound tunnel, a third of the per-tunnel descriptor cost).
+//!
+//! Why the bare number is safe: the socket is owned by the [`Admitted`] returned by
+//! [`InboundConnections::register`], whose `Drop` removes the entry (under the lock) before
+//! the socket's own drop closes it. So while an entry is in the map, its socket is open, and
+//! `revalidate`, which shuts sockets down only while holding the lock, never touches a number
+//! the kernel has handed to another socket.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -27,7 +34,8 @@ struct Tracked {
     source_ip: IpAddr,
     destination: SocketAddr,
     identity: Option<SpiffeId>,
-    app: OwnedFd,
+    /// The application socket's descriptor, open for as long as this entry exists.
+    app: RawFd,
     cut: Arc<Notify>,
 }
 
@@ -38,7 +46,7 @@ pub struct InboundConnections {
     live: Mutex<HashMap<u64, Tracked>>,
 }
 
-/// Keeps a connection registered; dropping it unregisters (drop it before the socket).
+/// Keeps a connection registered; dropping it unregisters.
 pub struct Registration {
     id: u64,
     set: Arc<InboundConnections>,
@@ -59,16 +67,28 @@ impl Drop for Registration {
     }
 }
 
+/// An admitted connection's application socket with its registration. Fields drop in
+/// declaration order, so the entry goes before the socket closes (see the module's note).
+pub struct Admitted {
+    pub registration: Registration,
+    pub app: tokio::net::TcpStream,
+}
+
+impl Drop for Admitted {
+    /// Nothing to do: having a `Drop` keeps the socket from being moved out and outliving its
+    /// registration, which the module's safety note relies on.
+    fn drop(&mut self) {}
+}
+
 impl InboundConnections {
-    /// Registers an admitted connection; `app` is its socket to the application.
+    /// Registers an admitted connection, taking its socket to the application.
     pub fn register(
         self: &Arc<Self>,
         source_ip: IpAddr,
         destination: SocketAddr,
         identity: Option<&SpiffeId>,
-        app: &tokio::net::TcpStream,
-    ) -> Option<Registration> {
-        let app = app.as_fd().try_clone_to_owned().ok()?;
+        app: tokio::net::TcpStream,
+    ) -> Admitted {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let cut = Arc::new(Notify::new());
         self.live.lock().expect("inbound lock").insert(
@@ -77,15 +97,18 @@ impl InboundConnections {
                 source_ip,
                 destination,
                 identity: identity.cloned(),
-                app,
+                app: app.as_raw_fd(),
                 cut: cut.clone(),
             },
         );
-        Some(Registration {
-            id,
-            set: self.clone(),
-            cut,
-        })
+        Admitted {
+            registration: Registration {
+                id,
+                set: self.clone(),
+                cut,
+            },
+            app,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -121,7 +144,10 @@ impl InboundConnections {
             proxy
                 .denials
                 .record(conn.to_string(), decision.reason.to_string());
-            let _ = socket2::SockRef::from(&t.app).shutdown(std::net::Shutdown::Both);
+            // SAFETY: the entry exists, so its socket is open (module note); the lock is held,
+            // so it cannot be unregistered and closed meanwhile.
+            let app = unsafe { BorrowedFd::borrow_raw(t.app) };
+            let _ = socket2::SockRef::from(&app).shutdown(std::net::Shutdown::Both);
             t.cut.notify_one();
             closed += 1;
         }
