@@ -99,6 +99,18 @@ struct Settings {
     #[arg(long, env = "GRPC_ADDRESS", default_value = "0.0.0.0:15012")]
     grpc_address: SocketAddr,
 
+    /// How long a gRPC connection (a ztunnel's, a waypoint's) is served before istiod-lite
+    /// sends it GOAWAY, jittered by ±10%, so clients reconnect now and then and spread over
+    /// the replicas after a scale-out (Istio: `--keepaliveMaxServerConnectionAge`, 30m in its
+    /// chart). `0s`: never.
+    #[arg(long, env = "KEEPALIVE_MAX_SERVER_CONNECTION_AGE", default_value = "30m", value_parser = duration)]
+    keepalive_max_server_connection_age: Duration,
+
+    /// After that GOAWAY, how long streams still open (a ztunnel's xDS stream, a certificate
+    /// request) may go on before the connection is closed (Istio: 10s).
+    #[arg(long, env = "KEEPALIVE_MAX_SERVER_CONNECTION_AGE_GRACE", default_value = "10s", value_parser = duration)]
+    keepalive_max_server_connection_age_grace: Duration,
+
     /// Plain HTTP: /ready, /metrics, /debug/clients, /debug/resources, /debug/config.
     #[arg(long, env = "HTTP_ADDRESS", default_value = "0.0.0.0:15014")]
     http_address: SocketAddr,
@@ -183,6 +195,11 @@ impl Settings {
             .unwrap_or_else(std::env::temp_dir);
         base.join("istiod-lite")
     }
+}
+
+/// `30m`, `10s`, `1h30m`, `500ms`, `0s` (Gateway API's duration form).
+fn duration(s: &str) -> Result<Duration, String> {
+    meshcore::l7::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn main() -> std::process::ExitCode {
@@ -420,7 +437,11 @@ async fn run(s: Settings) -> Result<(), String> {
         }
         tracing::info!("shutting down");
     };
-    grpc::serve(grpc_listener, tls, xds, ca_server, shutdown)
+    let age = grpc::ConnectionAge {
+        max: Some(s.keepalive_max_server_connection_age).filter(|d| !d.is_zero()),
+        grace: s.keepalive_max_server_connection_age_grace,
+    };
+    grpc::serve_with(grpc_listener, tls, xds, ca_server, age, shutdown)
         .await
         .map_err(|e| format!("gRPC server: {e}"))
 }

@@ -17,9 +17,10 @@
 //! waypoint and no route. A Gateway change re-translates every slice, since Services and pods
 //! anywhere may name it.
 //!
-//! An AuthorizationPolicy with invalid values is rejected on its own: its last good version (or
-//! nothing, if it never had one) stays in force, as when the API server's validation refuses an
-//! update, and the reason is kept for the source to report. Everything else still flows.
+//! An object with invalid values (an AuthorizationPolicy's, or a port out of range anywhere:
+//! [`validate`]) is rejected on its own: its last good version (or nothing, if it never had
+//! one) stays in force, as when the API server's validation refuses an update, and the reason
+//! is kept for the source to report. Everything else still flows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -38,7 +39,7 @@ use crate::crd::linkerd_policy::{names_kind, GROUP as LINKERD_POLICY};
 use crate::translate::peer_authn::STATIC_STRICT;
 use crate::translate::route_status::RouteStatus;
 use crate::translate::waypoints::{self, View};
-use crate::translate::{authz, translate, ClusterInfo, Note};
+use crate::translate::{translate, ClusterInfo, Note};
 use crate::xds::resources::{waypoint_resources, Encoded, Resource};
 use crate::xds::ResourceSet;
 
@@ -332,8 +333,8 @@ pub struct Pipeline {
     slices: BTreeMap<String, Slice>,
     /// Slices removed since the last build (their resources must go).
     removed: bool,
-    /// AuthorizationPolicies refused for invalid values (`namespace/name` → reason).
-    rejected: BTreeMap<String, Note>,
+    /// Objects refused for invalid values (kind, namespace, name → reason).
+    rejected: BTreeMap<(Kind, String, String), Note>,
     generation: u64,
     /// Something changed since the waypoints' configurations were last computed.
     waypoints_dirty: bool,
@@ -410,32 +411,13 @@ impl Pipeline {
     pub fn apply(&mut self, object: Object) {
         let kind = object.kind();
         let (namespace, name) = object.slice_key();
-        if let Object::AuthorizationPolicy(ap) = &object {
-            let key = format!("{namespace}/{name}");
-            let annotations = ap.metadata.annotations.clone().unwrap_or_default();
-            let checked = authz::authorization_policy(
-                &namespace,
-                &name,
-                &annotations,
-                &ap.spec,
-                &self.info.root_namespace,
-            );
-            if let Err(e) = checked {
-                tracing::warn!(
-                    "AuthorizationPolicy {key} refused, its last good version stays: {}",
-                    e.0
-                );
-                self.rejected.insert(
-                    key.clone(),
-                    Note {
-                        object: format!("AuthorizationPolicy {key}"),
-                        message: e.0,
-                    },
-                );
-                return;
-            }
-            self.rejected.remove(&key);
+        let rejected = (kind, namespace.clone(), name.clone());
+        if let Err(note) = validate::check(&object, &self.info.root_namespace) {
+            tracing::warn!("refused, its last good version (if any) stays: {note}");
+            self.rejected.insert(rejected, note);
+            return;
         }
+        self.rejected.remove(&rejected);
         let slice = self.slices.entry(namespace.clone()).or_default();
         let key = name.clone();
         let changed = match object {
@@ -472,9 +454,8 @@ impl Pipeline {
     /// Removes an object (a Namespace: only the Namespace object; its contents go one by one,
     /// as Kubernetes deletes them).
     pub fn delete(&mut self, kind: Kind, namespace: &str, name: &str) {
-        if kind == Kind::AuthorizationPolicy {
-            self.rejected.remove(&format!("{namespace}/{name}"));
-        }
+        self.rejected
+            .remove(&(kind, namespace.to_owned(), name.to_owned()));
         let Some(slice) = self.slices.get_mut(namespace) else {
             return;
         };
@@ -522,6 +503,9 @@ impl Pipeline {
         for (ns, name) in stale {
             self.delete(kind, &ns, &name);
         }
+        // A refused object that never had a good version is in no slice.
+        self.rejected
+            .retain(|(k, ns, name), _| *k != kind || listed.contains(&(ns.clone(), name.clone())));
         for o in objects {
             self.apply(o);
         }
@@ -799,7 +783,7 @@ impl Pipeline {
             .collect()
     }
 
-    /// AuthorizationPolicies refused for invalid values.
+    /// Objects refused for invalid values ([`validate`]).
     pub fn rejected(&self) -> Vec<Note> {
         self.rejected.values().cloned().collect()
     }
@@ -911,3 +895,4 @@ fn translate_slice(
 
 #[cfg(test)]
 mod tests;
+mod validate;

@@ -5,9 +5,10 @@
 //! - A change that does not parse is refused as a whole (reported by file, document, object and
 //!   field) and the last good set stays published: with a document unreadable, what it would have
 //!   deleted or added is unknown.
-//! - An AuthorizationPolicy with invalid values is refused on its own: its last good version stays
-//!   in force (a broken edit never drops a DENY) and the reason is reported; the rest of the
-//!   change applies.
+//! - An object with invalid values (an AuthorizationPolicy's addresses or ports, a port out of
+//!   range in a Service, Pod, EndpointSlice, PeerAuthentication, VirtualService or DestinationRule) is refused on its own: its
+//!   last good version stays in force (a broken edit never drops a DENY) and the reason is
+//!   reported; the rest of the change applies.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};

@@ -138,8 +138,12 @@ impl StatusWriter {
         // A refused policy that never had a good version is not in the pipeline.
         let refused_only: Vec<(&'static str, String)> = refused
             .keys()
-            .filter_map(|o| o.strip_prefix("AuthorizationPolicy "))
-            .map(|k| ("AuthorizationPolicy", k.to_owned()))
+            .filter_map(|o| {
+                ["AuthorizationPolicy", "PeerAuthentication"]
+                    .into_iter()
+                    .find_map(|kind| Some((kind, o.strip_prefix(kind)?.strip_prefix(' ')?)))
+            })
+            .map(|(kind, k)| (kind, k.to_owned()))
             .collect();
         let generations = self.generations.lock().expect("generations lock");
         let mut written = self.written.lock().expect("written lock");

@@ -197,7 +197,7 @@ fn ports(v: &[String], field: &str) -> Result<Vec<u16>, Invalid> {
             p.parse::<u16>()
                 .ok()
                 .filter(|&p| p != 0)
-                .ok_or_else(|| Invalid(format!("{field}: {p:?} is not a port number")))
+                .ok_or_else(|| Invalid(format!("{field}: {p:?} is not a port number (1-65535)")))
         })
         .collect()
 }

@@ -82,7 +82,7 @@ pub fn effective(
                 .port_level_mtls
                 .iter()
                 .filter_map(|(port, m)| {
-                    let port = u16::try_from(*port).ok()?;
+                    let port = u16::try_from(*port).ok().filter(|&p| p != 0)?;
                     let s = match m.mode {
                         MtlsMode::Unset => return None,
                         MtlsMode::Strict => true,

@@ -114,14 +114,16 @@ pub fn services(services: &[Service], info: &ClusterInfo) -> Vec<wire::Service> 
                 .iter()
                 .flatten()
                 .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-                .map(|p| wire::Port {
-                    service_port: p.port as u32,
-                    target_port: match &p.target_port {
-                        Some(IntOrString::Int(t)) => *t as u32,
-                        // Named: resolved per endpoint in the workload's services map.
-                        Some(IntOrString::String(_)) => 0,
-                        None => p.port as u32,
-                    },
+                .filter_map(|p| {
+                    Some(wire::Port {
+                        service_port: port(p.port)?,
+                        target_port: match &p.target_port {
+                            Some(IntOrString::Int(0)) | None => port(p.port)?,
+                            Some(IntOrString::Int(t)) => port(*t)?,
+                            // Named: resolved per endpoint in the workload's services map.
+                            Some(IntOrString::String(_)) => 0,
+                        },
+                    })
                 })
                 .collect();
             Some(wire::Service {
@@ -241,13 +243,13 @@ pub fn workloads(
                                 let wanted = p.name.as_deref().unwrap_or_default();
                                 listed.iter().find(|(n, _)| n == wanted)?.1
                             }
+                            (None, Some(IntOrString::Int(0)) | None) => p.port,
                             (None, Some(IntOrString::Int(t))) => *t,
                             (None, Some(IntOrString::String(named))) => named_port(pod, named)?,
-                            (None, None) => p.port,
                         };
                         Some(wire::Port {
-                            service_port: p.port as u32,
-                            target_port: target as u32,
+                            service_port: port(p.port)?,
+                            target_port: port(target)?,
                         })
                     })
                     .collect();
@@ -348,6 +350,12 @@ fn slice_endpoints(slices: &[EndpointSlice]) -> SliceEndpoints<'_> {
         }
     }
     out
+}
+
+/// A port number (1-65535) as the wire carries it. Objects holding another are refused before
+/// translation (`pipeline::validate`); here such a port is left out, never cut down.
+pub(crate) fn port(p: i32) -> Option<u32> {
+    u16::try_from(p).ok().filter(|&p| p != 0).map(u32::from)
 }
 
 /// Parsable addresses, each once, in order.

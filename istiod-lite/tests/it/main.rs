@@ -7,6 +7,8 @@ mod kube;
 mod kube_api;
 mod large_push;
 mod linkerd_policy;
+mod max_age;
+mod ports;
 mod restart;
 mod settings;
 mod support;

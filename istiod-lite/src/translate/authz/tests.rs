@@ -194,8 +194,8 @@ fn dry_run_annotation() {
 fn invalid_values_refuse_the_policy_by_field() {
     for (spec, want) in [
         ("rules: [{from: [{source: {ipBlocks: [10.0.0.300]}}]}]", "rules[0].from[0].source.ipBlocks: \"10.0.0.300\" is not an IP address or CIDR"),
-        ("rules: [{to: [{operation: {ports: [http]}}]}]", "rules[0].to[0].operation.ports: \"http\" is not a port number"),
-        ("rules: [{to: [{operation: {notPorts: ['70000']}}]}]", "rules[0].to[0].operation.notPorts: \"70000\" is not a port number"),
+        ("rules: [{to: [{operation: {ports: [http]}}]}]", "rules[0].to[0].operation.ports: \"http\" is not a port number (1-65535)"),
+        ("rules: [{to: [{operation: {notPorts: ['70000']}}]}]", "rules[0].to[0].operation.notPorts: \"70000\" is not a port number (1-65535)"),
         ("rules: [{from: [{source: {serviceAccounts: [justaname]}}]}]", "rules[0].from[0].source.serviceAccounts: \"justaname\" is not namespace/serviceaccount"),
         ("rules: [{when: [{key: destination.port, values: []}]}]", "rules[0].when[0]: condition on destination.port has no values"),
         ("rules: [{when: [{key: source.ip, notValues: [nope]}]}]", "rules[0].when[0].notValues: \"nope\" is not an IP address or CIDR"),

@@ -75,6 +75,8 @@ pub fn service(
     endpoints.sort_by(|a, b| (&a.name, a.address).cmp(&(&b.name, b.address)));
     let ports = tcp
         .iter()
+        // Out of range: refused before translation (`pipeline::validate`); never cut down.
+        .filter(|p| crate::translate::workloads::port(p.port).is_some())
         .map(|p| {
             let target = match (&sliced, &p.target_port) {
                 (Some(listed), _) => {
@@ -99,8 +101,10 @@ pub fn service(
                 (None, None) => None,
             };
             l7::service::ServicePort {
-                port: p.port as u16,
-                target_port: target.and_then(|t| u16::try_from(t).ok()),
+                port: u16::try_from(p.port).unwrap_or_default(),
+                target_port: target
+                    .and_then(crate::translate::workloads::port)
+                    .and_then(|t| u16::try_from(t).ok()),
                 name: p.name.clone(),
                 app_protocol: p.app_protocol.clone(),
             }
