@@ -73,16 +73,33 @@ impl Keepalive {
 /// After a session that stayed up this long, reconnection backoff starts over.
 pub const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
-/// The wait before reconnecting: doubling from 1 s to 30 s, back to 1 s after a session that
-/// stayed up [`HEALTHY_SESSION`] (so a control plane that restarts once a day is not waited on
-/// for 30 s).
-pub fn next_backoff(current: Duration, session: Duration) -> (Duration, Duration) {
+/// How soon to try again when nothing answered at all (connection refused, no route, TLS
+/// never completed): the control plane is down or restarting, and trying costs it nothing, so
+/// the ztunnels find it within this of its return and a policy written during an outage is
+/// enforced within about a second of istiod-lite coming back.
+pub const UNANSWERED_RETRY: Duration = Duration::from_millis(500);
+
+/// The wait before reconnecting, and the backoff to carry. When the control plane never
+/// answered (`answered` false), [`UNANSWERED_RETRY`] and the backoff unchanged. When it
+/// answered and the session still ended (an error status, a refused token), the backoff
+/// doubles from 1 s to 30 s, so a live but unhappy control plane is not hammered; it starts
+/// over at 1 s after a session that stayed up [`HEALTHY_SESSION`].
+pub fn next_backoff(current: Duration, session: Duration, answered: bool) -> (Duration, Duration) {
+    if !answered {
+        return (UNANSWERED_RETRY, current);
+    }
     let wait = if session >= HEALTHY_SESSION {
         Duration::from_secs(1)
     } else {
         current
     };
     (wait, (wait * 2).min(Duration::from_secs(30)))
+}
+
+/// Whether a failed call reached the control plane: tonic reports a connection that could not
+/// be made (or broke before an answer) as `Unavailable`; any other status was the server's.
+pub fn answered(status: &tonic::Status) -> bool {
+    status.code() != tonic::Code::Unavailable
 }
 
 /// Where the control plane is and how to recognise it.
@@ -164,12 +181,21 @@ mod tests {
         let mut backoff = s(1);
         let mut waits = Vec::new();
         for _ in 0..7 {
-            let (wait, next) = next_backoff(backoff, s(0));
+            let (wait, next) = next_backoff(backoff, s(0), true);
             waits.push(wait.as_secs());
             backoff = next;
         }
         assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
-        let (wait, next) = next_backoff(backoff, HEALTHY_SESSION);
+        let (wait, next) = next_backoff(backoff, HEALTHY_SESSION, true);
         assert_eq!((wait, next), (s(1), s(2)));
+    }
+
+    #[test]
+    fn an_unanswered_control_plane_is_tried_every_half_second_without_growing_the_backoff() {
+        let s = Duration::from_secs;
+        let (wait, next) = next_backoff(s(8), s(0), false);
+        assert_eq!((wait, next), (UNANSWERED_RETRY, s(8)));
+        assert!(!answered(&tonic::Status::unavailable("tcp connect error")));
+        assert!(answered(&tonic::Status::unauthenticated("bad token")));
     }
 }

@@ -152,26 +152,36 @@ impl XdsClient {
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_secs(1);
+        let mut unanswered_before = false;
         loop {
             let started = std::time::Instant::now();
             let mut delivered = false;
+            // Only a call tonic reports as Unavailable (nothing answered) clears it.
+            let mut answered = true;
             let result = tokio::select! {
-                result = self.session(&mut delivered) => result,
+                result = self.session(&mut delivered, &mut answered) => result,
                 _ = &mut shutdown => return,
             };
             self.status.lock().expect("status lock").connected = false;
             if delivered {
                 backoff = Duration::from_secs(1);
             }
+            let (wait, next) =
+                meshcore::control::next_backoff(backoff, started.elapsed(), answered);
             let address = &self.config.control.address;
             match result {
                 Ok(()) => tracing::info!(%address, "xDS stream closed by the server; reconnecting"),
                 Err(e) => {
-                    tracing::warn!(%address, retry_in = ?backoff, "xDS: {e}");
+                    // While nothing answers, retries come every 0.5 s: say so once.
+                    if !answered && unanswered_before {
+                        tracing::debug!(%address, retry_in = ?wait, "xDS: {e}");
+                    } else {
+                        tracing::warn!(%address, retry_in = ?wait, "xDS: {e}");
+                    }
                     self.status.lock().expect("status lock").last_error = Some(e);
                 }
             }
-            let (wait, next) = meshcore::control::next_backoff(backoff, started.elapsed());
+            unanswered_before = !answered;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = &mut shutdown => return,
@@ -180,7 +190,9 @@ impl XdsClient {
         }
     }
 
-    async fn session(&mut self, delivered: &mut bool) -> Result<(), String> {
+    /// One stream; `delivered` is set by a response, `answered` once the control plane answered
+    /// anything (the stream opened, or a status of its own).
+    async fn session(&mut self, delivered: &mut bool, answered: &mut bool) -> Result<(), String> {
         let mut client = AggregatedDiscoveryServiceClient::new(self.config.control.channel()?)
             .max_decoding_message_size(meshcore::control::MAX_XDS_MESSAGE_BYTES)
             .max_encoding_message_size(meshcore::control::MAX_XDS_MESSAGE_BYTES);
@@ -206,8 +218,12 @@ impl XdsClient {
         let mut responses = client
             .delta_aggregated_resources(request)
             .await
-            .map_err(|e| format!("opening the xDS stream: {}", describe(&e)))?
+            .map_err(|e| {
+                *answered = meshcore::control::answered(&e);
+                format!("opening the xDS stream: {}", describe(&e))
+            })?
             .into_inner();
+        *answered = true;
         tracing::info!(address = %self.config.control.address, resource = %self.config.resource, "xDS connected");
         self.status.lock().expect("status lock").connected = true;
         while let Some(response) = responses

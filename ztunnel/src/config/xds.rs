@@ -98,28 +98,35 @@ impl XdsClient {
         }
     }
 
-    /// Runs until `shutdown` completes, reconnecting with backoff (1 s doubling to 30 s, back to
-    /// 1 s after a session that stayed up 30 s).
+    /// Runs until `shutdown` completes, reconnecting as [`meshcore::control::next_backoff`] says:
+    /// every 0.5 s while nothing answers, else 1 s doubling to 30 s, back to 1 s after a session
+    /// that stayed up 30 s.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_secs(1);
+        let mut unanswered_before = false;
         loop {
             let started = std::time::Instant::now();
-            let session = self.session();
+            // Only a call tonic reports as Unavailable (nothing answered) clears it.
+            let mut answered = true;
+            let session = self.session(&mut answered);
             let result = tokio::select! {
                 result = session => result,
                 _ = &mut shutdown => return,
             };
             self.status.lock().expect("status lock").connected = false;
+            let (wait, next) =
+                meshcore::control::next_backoff(backoff, started.elapsed(), answered);
+            let address = &self.config.control.address;
             match result {
-                Ok(()) => {
-                    tracing::info!(address = %self.config.control.address, "xDS stream closed by the server; reconnecting")
+                Ok(()) => tracing::info!(%address, "xDS stream closed by the server; reconnecting"),
+                // While nothing answers, retries come every 0.5 s: say so once, not each time.
+                Err(e) if !answered && unanswered_before => {
+                    tracing::debug!(%address, retry_in = ?wait, "xDS: {e}")
                 }
-                Err(e) => {
-                    tracing::warn!(address = %self.config.control.address, retry_in = ?backoff, "xDS: {e}")
-                }
+                Err(e) => tracing::warn!(%address, retry_in = ?wait, "xDS: {e}"),
             }
-            let (wait, next) = meshcore::control::next_backoff(backoff, started.elapsed());
+            unanswered_before = !answered;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = &mut shutdown => return,
@@ -138,7 +145,9 @@ impl XdsClient {
         ))
     }
 
-    async fn session(&mut self) -> Result<(), String> {
+    /// One stream; `answered` is set once the control plane answered anything (the stream
+    /// opened, or a status of its own).
+    async fn session(&mut self, answered: &mut bool) -> Result<(), String> {
         let mut client = self.connect()?;
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
         let node = Node {
@@ -160,8 +169,12 @@ impl XdsClient {
         let mut responses = client
             .delta_aggregated_resources(request)
             .await
-            .map_err(|e| format!("opening the xDS stream: {e}"))?
+            .map_err(|e| {
+                *answered = meshcore::control::answered(&e);
+                format!("opening the xDS stream: {e}")
+            })?
             .into_inner();
+        *answered = true;
         tracing::info!(address = %self.config.control.address, "xDS connected");
         while let Some(response) = responses
             .message()
