@@ -218,7 +218,7 @@ pub fn jwt(data: &[u8]) {
         .into_parts()
         .0;
     parts.headers.insert(http::header::AUTHORIZATION, value);
-    match authn.authenticate(None, &mut parts, 1_900_000_000) {
+    match authn.authenticate(None, &mut parts, || 1_900_000_000) {
         Ok(None) => {}
         Ok(Some(auth)) => panic!("an unsigned input authenticated as {}", auth.principal),
         Err(refused) => assert!(!refused.0.is_empty()),

@@ -86,7 +86,7 @@ fn bearer(token: &str) -> String {
 }
 
 fn check(a: &JwtAuthn, parts: &mut http::request::Parts) -> Result<Option<Authenticated>, Refused> {
-    a.authenticate(Some(("ns", "svc")), parts, NOW)
+    a.authenticate(Some(("ns", "svc")), parts, || NOW)
 }
 
 #[test]
@@ -306,7 +306,7 @@ fn several_issuers_and_attachment() {
     let elsewhere = a.authenticate(
         Some(("ns", "other")),
         &mut request("/", &[("authorization", &bearer(&t2))]),
-        NOW,
+        || NOW,
     );
     assert_eq!(elsewhere, Err(UNKNOWN_ISSUER));
     // Selector-only and other waypoints' policies do not attach.

@@ -270,7 +270,7 @@ async fn route_and_forward(
         .authenticate(
             Some((&service.key.namespace, &service.key.name)),
             parts,
-            unix_now(),
+            unix_now,
         )
         .map_err(|refused| {
             proxy.record_denial(
