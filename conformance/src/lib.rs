@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod l4;
 pub mod l7;
+pub mod reliability;
 pub mod samples;
 pub mod support;
 

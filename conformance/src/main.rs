@@ -1,6 +1,7 @@
-//! `conformance [l4|l7|samples] [--keep]`: runs the suites (all by default, L4 first) against a fresh
-//! local cluster each and removes it afterwards. Needs root; the mesh's binaries are looked for
-//! beside this one (or in `MESH_BIN_DIR`).
+//! `conformance [l4|l7|samples|reliability] [--keep] [--long]`: runs the suites (all by
+//! default, L4 first) against a fresh local cluster each and removes it afterwards; the
+//! reliability suite runs its own processes on loopback, with the full figures under `--long`.
+//! Needs root; the mesh's binaries are looked for beside this one (or in `MESH_BIN_DIR`).
 
 fn main() -> std::process::ExitCode {
     let state_dir: std::path::PathBuf = std::env::var_os("MESHCTL_STATE_DIR")
@@ -8,6 +9,7 @@ fn main() -> std::process::ExitCode {
         .unwrap_or_else(|| meshctl::cluster::DEFAULT_STATE_DIR.into());
     let args: Vec<String> = std::env::args().skip(1).collect();
     let keep = args.iter().any(|a| a == "--keep");
+    let long = args.iter().any(|a| a == "--long");
     let only = args
         .iter()
         .find(|a| !a.starts_with("--"))
@@ -29,6 +31,20 @@ fn main() -> std::process::ExitCode {
             Ok(outcome) => failed += outcome.failed.len(),
             Err(e) => {
                 eprintln!("conformance {name}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if only.is_none_or(|o| o == "reliability") {
+        let profile = if long {
+            conformance::reliability::Profile::LONG
+        } else {
+            conformance::reliability::Profile::CI
+        };
+        match conformance::reliability::run(bin_dir, profile) {
+            Ok(outcome) => failed += outcome.failed.len(),
+            Err(e) => {
+                eprintln!("conformance reliability: {e}");
                 failed += 1;
             }
         }

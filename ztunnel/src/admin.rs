@@ -107,6 +107,11 @@ pub fn source_metrics(status: &SourceStatus, now_unix: u64) -> String {
         "ztunnel_connections_shed_total {}\n",
         meshcore::accept::shed_total()
     ));
+    out.push_str("# HELP ztunnel_hbone_handshake_failures_total HBONE connections refused in the TLS handshake (plain text, no, untrusted, expired or foreign-domain certificate, timeout).\n# TYPE ztunnel_hbone_handshake_failures_total counter\n");
+    out.push_str(&format!(
+        "ztunnel_hbone_handshake_failures_total {}\n",
+        meshcore::hbone::server::handshake_failures_total()
+    ));
     out.push_str("# HELP ztunnel_config_rejected_total Configuration changes refused (invalid, or NACKed resources).\n# TYPE ztunnel_config_rejected_total counter\n");
     out.push_str(&format!(
         "ztunnel_config_rejected_total {}\n",

@@ -61,6 +61,15 @@ pub struct ServerCounters {
     pub idle_closed: AtomicU64,
 }
 
+/// HBONE handshakes refused in this process, over all its servers: what ztunnel exports as
+/// `ztunnel_hbone_handshake_failures_total` (each server's own count is in [`ServerCounters`]).
+static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// Handshakes refused by every HBONE server of this process so far.
+pub fn handshake_failures_total() -> u64 {
+    HANDSHAKE_FAILURES.load(Ordering::Relaxed)
+}
+
 /// Counts a stream as open until its handler ends.
 struct OpenStream(Arc<std::sync::atomic::AtomicUsize>);
 
@@ -242,6 +251,7 @@ impl HboneServer {
                 self.counters
                     .handshake_failures
                     .fetch_add(1, Ordering::Relaxed);
+                HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%peer_addr, "hbone: TLS handshake refused: {}", super::describe_tls_error(&source));
                 return Err(HboneError::Handshake {
                     addr: peer_addr,
@@ -252,6 +262,7 @@ impl HboneServer {
                 self.counters
                     .handshake_failures
                     .fetch_add(1, Ordering::Relaxed);
+                HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
                 return Err(HboneError::Timeout {
                     what: "TLS handshake",
                     after: self.settings.handshake_timeout,
@@ -263,6 +274,7 @@ impl HboneServer {
             self.counters
                 .handshake_failures
                 .fetch_add(1, Ordering::Relaxed);
+            HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
             return Err(HboneError::NoAlpn(peer_addr));
         }
         let peer = Arc::new(
