@@ -118,6 +118,10 @@ pub fn cases() -> Vec<Case<Suite>> {
             name: "ztunnel restart on a node: new connections work, others unharmed",
             run: restart,
         },
+        Case {
+            name: "node agent restart: pods keep capture and their connections",
+            run: agent_restart,
+        },
     ]
 }
 
@@ -551,6 +555,42 @@ fn restart(s: &mut Suite) -> Result<(), String> {
     eventually(CONVERGE, || get(c, "client", pod_addr(c, "server-2", 8080)))?;
     eventually(CONVERGE, || get(c, "other", pod_addr(c, "server-1", 8080)))?;
     local.ping()
+}
+
+/// The node agent is not on the data path: restarting it leaves every pod's capture rules and
+/// open connections as they were, its new instance takes the pods over from ztunnel's view
+/// (no pod is re-enrolled or loses capture), and new connections keep going through ztunnel.
+fn agent_restart(s: &mut Suite) -> Result<(), String> {
+    let c = &s.cluster;
+    let mut local = LongLived::open(c, "client", pod_addr(c, "server-1", 9090))?;
+    let mtls = |c: &Cluster| {
+        opened(
+            c,
+            "node-1",
+            &[
+                ("reporter", "destination"),
+                ("connection_security_policy", "mutual_tls"),
+                ("source_principal", &principal("apps", "client")),
+            ],
+        )
+    };
+    let before = mtls(c)?;
+    s.cluster.restart_agent("node-1")?;
+    let c = &s.cluster;
+    for pod in ["client", "server-1"] {
+        if !served(c, pod)? {
+            return Err(format!("{pod} lost capture when node-1's agent restarted"));
+        }
+    }
+    local.ping()?;
+    eventually(CONVERGE, || get(c, "client", pod_addr(c, "server-1", 8080)))?;
+    let after = mtls(c)?;
+    if after <= before {
+        return Err(format!(
+            "client -> server-1 after the agent restart was not over mutual TLS (count {before} -> {after})"
+        ));
+    }
+    Ok(())
 }
 
 /// Brings the cluster up, runs every case, prints the logs' tails if a case failed, and takes

@@ -327,6 +327,30 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Stops a node's agent and starts it again; waits until its CNI socket is back (the old
+    /// one is removed first, so an existing file means the new agent made it).
+    pub fn restart_agent(&mut self, node: &str) -> Result<(), String> {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .ok_or_else(|| format!("no node {node}"))?;
+        let old = self.nodes[i].agent.clone();
+        netns::stop(old.pid, Duration::from_secs(10));
+        let socket = self.dir.join("nodes").join(node).join("cni.sock");
+        let _ = std::fs::remove_file(&socket);
+        self.nodes[i].agent = Proc::start(&old.netns, old.argv, old.env, old.log, None)?;
+        up::wait_for(
+            &format!("{node}'s agent to serve its CNI socket again"),
+            Duration::from_secs(30),
+            || socket.exists(),
+        )
+        .map_err(|e| format!("{e}\n{}", self.nodes[i].agent.log_tail(20)))?;
+        self.save()
+    }
+}
+
 /// Stops every process of the local cluster and removes its namespaces and state. Works from
 /// the namespaces themselves, so it also cleans up after a crash or a lost state file.
 pub fn down(dir: &Path) -> Result<usize, String> {
