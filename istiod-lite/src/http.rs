@@ -89,11 +89,25 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HttpContext>) {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(route(&ctx, debug, req)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
+            if let Err(e) = served {
+                // A client gone mid-request is not a refusal; a parse error or a header
+                // timeout is.
+                if e.is_parse() || e.is_timeout() {
+                    meshcore::refusals::count(
+                        "http",
+                        if e.is_timeout() {
+                            "header_timeout"
+                        } else {
+                            "bad_request"
+                        },
+                    );
+                }
+            }
             drop(permit);
         });
     }
@@ -177,6 +191,13 @@ fn route(ctx: &HttpContext, debug: bool, req: Request<Incoming>) -> Response<Ful
                     ca.refused.load(Ordering::Relaxed),
                 );
             }
+            out.push_str(&meshcore::refusals::render("istiod_lite"));
+            let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+                );
+            };
             gauge(
                 "istiod_lite_config_generation",
                 "Generation of the served config",

@@ -112,6 +112,7 @@ pub fn source_metrics(status: &SourceStatus, now_unix: u64) -> String {
         "ztunnel_hbone_handshake_failures_total {}\n",
         meshcore::hbone::server::handshake_failures_total()
     ));
+    out.push_str(&meshcore::refusals::render("ztunnel"));
     out.push_str("# HELP ztunnel_config_rejected_total Configuration changes refused (invalid, or NACKed resources).\n# TYPE ztunnel_config_rejected_total counter\n");
     out.push_str(&format!(
         "ztunnel_config_rejected_total {}\n",
@@ -185,11 +186,25 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, which: Endpoin
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(route(&ctx, which, req)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
+            if let Err(e) = served {
+                // A client gone mid-request is not a refusal; a parse error or a header
+                // timeout is.
+                if e.is_parse() || e.is_timeout() {
+                    meshcore::refusals::count(
+                        what,
+                        if e.is_timeout() {
+                            "header_timeout"
+                        } else {
+                            "bad_request"
+                        },
+                    );
+                }
+            }
             drop(permit);
         });
     }

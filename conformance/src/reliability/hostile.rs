@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use super::harness::{metric, Mesh, Pattern, CLIENT, CONTROL, ECHO_PORT, SERVER};
+use super::harness::{http_get, metric, Mesh, Pattern, CLIENT, CONTROL, ECHO_PORT, SERVER};
 use super::identities::{control_metric, control_plane, mesh_ca, spiffe, TD};
 use super::load::Load;
 
@@ -123,8 +123,10 @@ async fn probe(addr: SocketAddr, payload: Vec<u8>, hold: Duration, gate: Arc<Sem
 }
 
 /// Sums of the counters the mesh exports for refusals, per process.
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 struct Counters {
+    /// `<prefix>_refused_total` by `process listener/reason` (client, server, istiod-lite).
+    refused: std::collections::BTreeMap<String, f64>,
     hbone_client: f64,
     hbone_server: f64,
     shed: f64,
@@ -145,7 +147,51 @@ async fn counters() -> Result<Counters, String> {
         xds_refused: control_metric("istiod_lite_xds_refused_total").await?,
         failed_client: metric(CLIENT, FAILED).await?,
         failed_server: metric(SERVER, FAILED).await?,
+        refused: refused_by_reason().await?,
     })
+}
+
+/// Every `ztunnel_refused_total` / `istiod_lite_refused_total` sample, keyed
+/// `process listener/reason`.
+async fn refused_by_reason() -> Result<std::collections::BTreeMap<String, f64>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for (who, addr, prefix) in [
+        (
+            "client",
+            SocketAddr::new(CLIENT, 15020),
+            "ztunnel_refused_total{",
+        ),
+        (
+            "server",
+            SocketAddr::new(SERVER, 15020),
+            "ztunnel_refused_total{",
+        ),
+        (
+            "istiod-lite",
+            SocketAddr::new(CONTROL, 15014),
+            "istiod_lite_refused_total{",
+        ),
+    ] {
+        let (_, body) = http_get(addr, "/metrics").await?;
+        for line in body.lines().filter_map(|l| l.strip_prefix(prefix)) {
+            let label = |k: &str| {
+                line.split_once(&format!("{k}=\""))
+                    .and_then(|(_, r)| r.split_once('"'))
+                    .map(|(v, _)| v.to_owned())
+                    .unwrap_or_default()
+            };
+            let n = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            out.insert(
+                format!("{who} {}/{}", label("listener"), label("reason")),
+                n,
+            );
+        }
+    }
+    Ok(out)
 }
 
 pub async fn hostile(mesh: &mut Mesh, flood: Flood) -> Result<String, String> {
@@ -344,10 +390,32 @@ pub async fn hostile(mesh: &mut Mesh, flood: Flood) -> Result<String, String> {
     let uncounted_capture = if failed.iter().all(|&d| d as usize >= 2 * per_hbone) {
         ""
     } else if failed.iter().all(|&d| d as usize >= per_hbone) {
-        "15006 (own-listener refusals, logged; 15001's are the failed connections above), "
+        "15006 own-listener refusals in the failed-connection count (they are under inbound/own_listener), "
     } else {
-        "15001/15006 (own-listener refusals, logged), "
+        "15001/15006 own-listener refusals in the failed-connection count, "
     };
+    // Refusals before any workload is known: by listener and reason, per process.
+    let refused: Vec<String> = after
+        .refused
+        .iter()
+        .filter_map(|(k, n)| {
+            let d = n - before.refused.get(k).copied().unwrap_or(0.0);
+            (d > 0.0).then(|| format!("{k} +{d}"))
+        })
+        .collect();
+    for want in [
+        "client socks5/",
+        "server socks5/",
+        "client inbound/own_listener",
+        "server inbound/own_listener",
+        "client metrics/",
+        "istiod-lite grpc/",
+        "istiod-lite http/",
+    ] {
+        if !refused.iter().any(|r| r.starts_with(want)) {
+            problems.push(format!("no refusal counted as {want}… ({refused:?})"));
+        }
+    }
     let ports: Vec<String> = targets
         .iter()
         .map(|t| {
@@ -376,9 +444,8 @@ pub async fn hostile(mesh: &mut Mesh, flood: Flood) -> Result<String, String> {
          ({} KiB let in); {} xDS streams with an unknown token refused (\"{}\"); counted: \
          ztunnel_hbone_handshake_failures_total client +{} server +{}, \
          istiod_lite_xds_refused_total +{xds_delta}, ztunnel_connections_shed_total +{}, \
-         {capture}; not counted in any metric: refusals on {uncounted_capture}15080 (SOCKS5, \
-         logged), 15000/15020/15021/15014 (HTTP, not logged), 15012 TLS failures (debug log \
-         only), 15008 handshake timeouts (counted, not logged), refused HBONE streams",
+         {capture}, ztunnel_refused_total / istiod_lite_refused_total {{{}}}; not counted: \
+         {uncounted_capture}CONNECT streams over the advertised limit (h2 refuses them itself)",
         mib[0],
         mib[1],
         mib[2],
@@ -404,6 +471,7 @@ pub async fn hostile(mesh: &mut Mesh, flood: Flood) -> Result<String, String> {
         after.hbone_client - before.hbone_client,
         after.hbone_server - before.hbone_server,
         after.shed - before.shed,
+        refused.join(", "),
     );
     if problems.is_empty() {
         Ok(summary)

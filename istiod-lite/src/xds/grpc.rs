@@ -129,10 +129,12 @@ pub async fn serve_with(
                 {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
+                        meshcore::refusals::count("grpc", "tls_handshake");
                         tracing::debug!(%peer, "control-plane TLS handshake failed: {e}");
                         return;
                     }
                     Err(_) => {
+                        meshcore::refusals::count("grpc", "tls_handshake_timeout");
                         tracing::debug!(%peer, "control-plane TLS handshake timed out");
                         return;
                     }

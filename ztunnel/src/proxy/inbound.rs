@@ -61,6 +61,7 @@ pub async fn authorize_and_connect(
         .served(&snap)
         .ok_or_else(|| InboundError::NotServed(workload_key()))?;
     if proxy.is_own_listener(dst, Some(&served)) {
+        meshcore::refusals::count("inbound", "own_listener");
         return Err(InboundError::Loop(dst));
     }
     // The `forwarded` client names the source workload only if that workload is who the peer

@@ -181,10 +181,12 @@ pub async fn handle(
     let dst = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut tcp, &proxy)).await {
         Ok(Ok(dst)) => dst,
         Ok(Err(e)) => {
+            meshcore::refusals::count("socks5", "bad_request");
             tracing::info!(%client, "SOCKS5 request refused: {e}");
             return;
         }
         Err(_) => {
+            meshcore::refusals::count("socks5", "handshake_timeout");
             tracing::info!(%client, "SOCKS5 client sent no complete request within {HANDSHAKE_TIMEOUT:?}");
             return;
         }
