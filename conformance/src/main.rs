@@ -8,6 +8,16 @@ fn main() -> std::process::ExitCode {
         .map(Into::into)
         .unwrap_or_else(|| meshctl::cluster::DEFAULT_STATE_DIR.into());
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("reliability-apps") {
+        // The reliability suite's applications, in a process of their own.
+        return match conformance::reliability::harness::serve_apps() {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("reliability-apps: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let keep = args.iter().any(|a| a == "--keep");
     let long = args.iter().any(|a| a == "--long");
     let only = args

@@ -432,6 +432,42 @@ pub async fn ping(t: &mut TcpStream, msg: &[u8]) -> Result<(), String> {
     }
 }
 
+/// The applications behind ztunnel B in a process of their own (`conformance
+/// reliability-apps`, this binary): thousands of held tunnels need a descriptor per tunnel on
+/// each side, and the open-file hard limit (20,000 here, not raisable without
+/// CAP_SYS_RESOURCE) is per process. Returns once both ports accept.
+pub async fn spawn_apps(bin_dir: &Path, log: PathBuf) -> Result<Process, String> {
+    let mut cmd = Command::new(bin_dir.join("conformance"));
+    cmd.arg("reliability-apps");
+    let apps = Process::spawn(cmd, log)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect((SERVER, GENERATOR_PORT)).await.is_err() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the suite's applications did not start:\n{}",
+                apps.log_tail(10)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(apps)
+}
+
+/// `conformance reliability-apps`: serves the applications until killed.
+pub fn serve_apps() -> Result<(), String> {
+    let _ = raise_nofile(hard_nofile());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        start_apps().await?;
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
+
 /// The applications behind ztunnel B: the echo and the generator, on the server address.
 /// They live as long as the runtime.
 pub async fn start_apps() -> Result<(), String> {
@@ -442,7 +478,7 @@ pub async fn start_apps() -> Result<(), String> {
         .await
         .map_err(|e| format!("generator on {SERVER}:{GENERATOR_PORT}: {e}"))?;
     tokio::spawn(async move {
-        while let Ok((t, _)) = echo.accept().await {
+        while let Some(t) = accept(&echo, "echo").await {
             tokio::spawn(async move {
                 let (mut r, mut w) = t.into_split();
                 if tokio::io::copy(&mut r, &mut w).await.is_ok() {
@@ -452,7 +488,7 @@ pub async fn start_apps() -> Result<(), String> {
         }
     });
     tokio::spawn(async move {
-        while let Ok((mut t, _)) = generator.accept().await {
+        while let Some(mut t) = accept(&generator, "generator").await {
             tokio::spawn(async move {
                 let mut head = [0u8; 16];
                 if t.read_exact(&mut head).await.is_err() {
@@ -476,6 +512,24 @@ pub async fn start_apps() -> Result<(), String> {
         }
     });
     Ok(())
+}
+
+/// The next connection of a suite application; an accept error (out of descriptors) is
+/// reported once and waited out instead of ending the application.
+async fn accept(listener: &TcpListener, what: &str) -> Option<TcpStream> {
+    let mut reported = false;
+    loop {
+        match listener.accept().await {
+            Ok((t, _)) => return Some(t),
+            Err(e) => {
+                if !reported {
+                    eprintln!("      the suite's {what} application: accept: {e}");
+                    reported = true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 /// A deterministic byte stream from a seed (xorshift64*), so both ends can produce and check
@@ -519,8 +573,19 @@ impl Pattern {
     }
 }
 
-/// Raises this process's open-file limit (soft and hard, as root) so it and the ztunnels it
-/// starts can hold `n` descriptors.
+/// This process's open-file hard limit.
+pub fn hard_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    lim.rlim_max
+}
+
+/// Sets this process's open-file limit (soft and hard; raising the hard one needs
+/// CAP_SYS_RESOURCE) so it and the ztunnels it starts can hold `n` descriptors.
 pub fn raise_nofile(n: u64) -> Result<(), String> {
     let lim = libc::rlimit {
         rlim_cur: n,

@@ -296,14 +296,27 @@ pub fn run(bin_dir: PathBuf, profile: Profile) -> Result<crate::Outcome, String>
         }
     );
     // Both ztunnels and this process hold a descriptor or more per tunnel.
-    let _ = harness::raise_nofile((profile.held as u64 * 4).max(65_536));
+    // Each process holds about one descriptor per tunnel: raise the soft limit to the hard one
+    // (raising the hard one needs CAP_SYS_RESOURCE, which this machine's root lacks).
+    let want = (profile.held as u64 * 2).max(65_536);
+    if harness::raise_nofile(want).is_err() {
+        let hard = harness::hard_nofile();
+        let _ = harness::raise_nofile(hard);
+        if hard < profile.held as u64 + 1_000 {
+            println!(
+                "      open-file hard limit {hard}: too low for {} held tunnels",
+                profile.held
+            );
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(harness::start_apps())?;
     let root = std::env::temp_dir().join(format!("mesh-reliability-{}", std::process::id()));
+    std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let apps = rt.block_on(harness::spawn_apps(&bin_dir, root.join("apps.log")))?;
     let mut suite = Suite {
         rt,
         bin_dir,
@@ -320,6 +333,7 @@ pub fn run(bin_dir: PathBuf, profile: Profile) -> Result<crate::Outcome, String>
         .filter(|c| words.is_empty() || words.iter().any(|w| c.name.contains(w)))
         .collect();
     let outcome = crate::run_cases(&mut suite, &selected);
+    drop(apps);
     println!("\n| test | load | faults | result |\n| --- | --- | --- | --- |");
     for r in &suite.rows {
         println!("| {} | {} | {} | {} |", r.case, r.load, r.faults, r.result);
