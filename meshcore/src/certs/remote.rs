@@ -76,15 +76,25 @@ impl RemoteCa {
                 .map_err(|_| "CLUSTER_ID is not a valid header value".to_owned())?,
         );
         // A deadline, as Istio's CA client has: a CA that never answers must not hold the
-        // certificate (and the pod's start) forever.
-        let response = tokio::time::timeout(
-            CA_DEADLINE,
-            IstioCertificateServiceClient::new(self.channel.clone()).create_certificate(request),
-        )
-        .await
-        .map_err(|_| format!("CA did not answer for {id} within {CA_DEADLINE:?}"))?
-        .map_err(|s| format!("CA refused {id}: {:?}: {}", s.code(), s.message()))?
-        .into_inner();
+        // certificate (and the pod's start) forever. A call that meets a connection just told
+        // to go away (GOAWAY at istiod-lite's maximum connection age) is cancelled before it
+        // reaches the server; tonic then dials anew, so it is retried once at once, as gRPC
+        // clients retry what was never sent.
+        let call = async {
+            let client = IstioCertificateServiceClient::new(self.channel.clone());
+            let retry = request_copy(&request);
+            match client.clone().create_certificate(request).await {
+                Err(s) if s.code() == tonic::Code::Cancelled => {
+                    client.clone().create_certificate(retry).await
+                }
+                other => other,
+            }
+        };
+        let response = tokio::time::timeout(CA_DEADLINE, call)
+            .await
+            .map_err(|_| format!("CA did not answer for {id} within {CA_DEADLINE:?}"))?
+            .map_err(|s| format!("CA refused {id}: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
         let cert = WorkloadCert::from_pem(&response.cert_chain.join(""), &csr.key_pem)
             .map_err(|e| format!("certificate from the CA for {id}: {e}"))?;
         if cert.identity() != id {
@@ -95,6 +105,15 @@ impl RemoteCa {
         }
         Ok(cert)
     }
+}
+
+/// The same request again (message and metadata), for the one retry.
+fn request_copy(
+    request: &tonic::Request<IstioCertificateRequest>,
+) -> tonic::Request<IstioCertificateRequest> {
+    let mut copy = tonic::Request::new(request.get_ref().clone());
+    *copy.metadata_mut() = request.metadata().clone();
+    copy
 }
 
 impl CertificateProvider for RemoteCa {
