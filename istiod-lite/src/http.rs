@@ -1,5 +1,6 @@
 //! istiod-lite's plain HTTP port: `/ready`, `/metrics` (Prometheus text) and the debug
-//! endpoints `/debug/clients` (connected ztunnels and what each acknowledged),
+//! endpoints `/debug/clients` (connected ztunnels and waypoints, what each was last sent and
+//! what it acknowledged or rejected, per type),
 //! `/debug/resources` (what is being served) and `/debug/config` (the source's status: objects
 //! honoured only in part, and why the latest change was refused, if it was).
 //!

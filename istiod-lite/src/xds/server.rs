@@ -36,17 +36,58 @@ use crate::ca::{bearer, Authenticator, Caller};
 /// What a session hands the transport: a response, or the status ending the stream.
 pub type Outgoing = Result<EncodedDeltaResponse, Status>;
 
-/// What the debug endpoint shows about one connected client.
+/// What the debug endpoint shows about one connected client. Every map is keyed by a type URL
+/// this server serves (requests for others are ignored), so a client's entry stays small
+/// whatever it sends.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientStatus {
     pub node_id: String,
+    /// When the stream was opened (unix ms).
+    pub connected_at_ms: u64,
     /// Per type URL: the nonce of the last response the client acknowledged.
     pub acked: BTreeMap<String, String>,
+    /// Per type URL: when that acknowledgement arrived (unix ms).
+    pub acked_at_ms: BTreeMap<String, u64>,
+    /// Per type URL: the last response queued for the client. It is in sync when `acked`
+    /// holds this nonce.
+    pub sent: BTreeMap<String, Sent>,
+    /// Per type URL: the NACKs of that type.
+    pub nacked: BTreeMap<String, Nacked>,
     /// Per type URL: resources it holds.
     pub resources: BTreeMap<String, usize>,
     pub nacks: u64,
     pub last_nack: Option<String>,
+}
+
+/// The last response of one type sent to a client.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sent {
+    pub nonce: String,
+    /// The `system_version_info` it carried: the generation of the served configuration.
+    pub version: String,
+    /// When it was queued for the client (unix ms).
+    pub at_ms: u64,
+}
+
+/// The NACKs of one type from a client.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Nacked {
+    pub count: u64,
+    /// The nonce the last NACK named, and when it came (unix ms).
+    pub nonce: String,
+    pub at_ms: u64,
+    /// The client's error message (cut to [`MAX_NACK_MESSAGE_BYTES`]).
+    pub message: String,
+}
+
+/// Now, in milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Default)]
@@ -185,11 +226,13 @@ impl XdsServer {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let id = self.clients.next.fetch_add(1, Ordering::Relaxed);
-        self.clients
-            .connected
-            .lock()
-            .expect("clients lock")
-            .insert(id, ClientStatus::default());
+        self.clients.connected.lock().expect("clients lock").insert(
+            id,
+            ClientStatus {
+                connected_at_ms: unix_ms(),
+                ..Default::default()
+            },
+        );
         let session = Session {
             id,
             clients: self.clients.clone(),
@@ -282,15 +325,22 @@ impl Session {
                     );
                     let nonce = truncated(&req.response_nonce, MAX_NONCE_BYTES);
                     tracing::warn!(client = self.id, %nonce, "xDS NACK: {msg}");
+                    let message = truncated(&err.message, MAX_NACK_MESSAGE_BYTES);
                     self.clients.update(self.id, |c| {
                         c.nacks += 1;
                         c.last_nack = Some(msg);
+                        let nacked = c.nacked.entry(type_url.clone()).or_default();
+                        nacked.count += 1;
+                        nacked.nonce = nonce;
+                        nacked.at_ms = unix_ms();
+                        nacked.message = message;
                     });
                 }
                 None => {
                     let nonce = truncated(&req.response_nonce, MAX_NONCE_BYTES);
                     self.clients.update(self.id, |c| {
                         c.acked.insert(type_url.clone(), nonce);
+                        c.acked_at_ms.insert(type_url.clone(), unix_ms());
                     });
                 }
             }
@@ -504,234 +554,29 @@ impl Session {
                 },
                 resources: chunk.iter().map(|r| r.encoded.clone()).collect(),
             };
+            let sent = Sent {
+                nonce: response.nonce.clone(),
+                version: response.system_version_info.clone(),
+                at_ms: 0,
+            };
             // Waits only for this client's own queue.
             self.tx.send(Ok(response)).await.map_err(|_| ())?;
+            // Recorded once queued: the client's ACK of it is read by this same task, so it
+            // cannot be seen before this.
+            let type_name = type_url.to_owned();
+            self.clients.update(self.id, |c| {
+                c.sent.insert(
+                    type_name,
+                    Sent {
+                        at_ms: unix_ms(),
+                        ..sent
+                    },
+                );
+            });
         }
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::{BufMut, Bytes, BytesMut};
-    use http_body::Frame;
-    use meshcore::api::discovery::Node;
-    use prost::Message;
-    use std::time::Duration;
-
-    type Sink = mpsc::UnboundedSender<Result<Frame<Bytes>, std::convert::Infallible>>;
-
-    /// A session fed by hand: the requests sent on the returned sink, framed as gRPC.
-    struct Harness {
-        server: XdsServer,
-        tx: Sink,
-        rx: mpsc::Receiver<Outgoing>,
-        _publish: watch::Sender<Arc<ResourceSet>>,
-    }
-
-    async fn session() -> Harness {
-        let set = ResourceSet {
-            generation: 1,
-            ..Default::default()
-        };
-        let (publish, resources) = watch::channel(Arc::new(set));
-        let server = XdsServer::new(resources);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let frames =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
-            );
-        let body = http_body_util::StreamBody::new(frames);
-        let requests = Streaming::<DeltaDiscoveryRequest>::new_request(
-            tonic_prost::ProstDecoder::new(Default::default()),
-            body,
-            None,
-            None,
-        );
-        let rx = server
-            .open(&http::HeaderMap::new(), requests)
-            .await
-            .unwrap();
-        Harness {
-            server,
-            tx,
-            rx,
-            _publish: publish,
-        }
-    }
-
-    fn send(tx: &Sink, req: DeltaDiscoveryRequest) {
-        let bytes = req.encode_to_vec();
-        let mut frame = BytesMut::with_capacity(bytes.len() + 5);
-        frame.put_u8(0);
-        frame.put_u32(bytes.len() as u32);
-        frame.put_slice(&bytes);
-        tx.send(Ok(Frame::data(frame.freeze()))).unwrap();
-    }
-
-    async fn next(rx: &mut mpsc::Receiver<Outgoing>) -> Outgoing {
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("an answer")
-            .expect("the session is open")
-    }
-
-    /// Type URLs other than those served are ignored: no response, nothing kept for the
-    /// client (neither a subscription nor an ACK), so a client cannot grow its state without
-    /// bound; the stream goes on.
-    #[tokio::test]
-    async fn unknown_type_urls_are_ignored_and_not_kept() {
-        let Harness {
-            server,
-            tx,
-            mut rx,
-            _publish,
-        } = session().await;
-        for i in 0..1000 {
-            send(
-                &tx,
-                DeltaDiscoveryRequest {
-                    node: (i == 0).then(|| Node {
-                        id: "n".repeat(100_000),
-                        ..Default::default()
-                    }),
-                    type_url: format!("type.googleapis.com/junk.T{i}"),
-                    ..Default::default()
-                },
-            );
-            // An ACK of a response that never was.
-            send(
-                &tx,
-                DeltaDiscoveryRequest {
-                    type_url: format!("type.googleapis.com/junk.A{i}"),
-                    response_nonce: "0-1".into(),
-                    ..Default::default()
-                },
-            );
-        }
-        send(
-            &tx,
-            DeltaDiscoveryRequest {
-                type_url: type_url::ADDRESS.into(),
-                ..Default::default()
-            },
-        );
-        let first = next(&mut rx).await.expect("a response");
-        assert_eq!(first.type_url, type_url::ADDRESS, "the first answer");
-        let clients = server.clients.snapshot();
-        assert_eq!(clients.len(), 1);
-        let c = &clients[0];
-        assert!(c.acked.is_empty(), "{:?}", c.acked.keys().take(3));
-        assert_eq!(
-            c.resources.keys().collect::<Vec<_>>(),
-            vec![type_url::ADDRESS]
-        );
-        assert!(c.node_id.len() <= MAX_NAME_BYTES, "{}", c.node_id.len());
-        assert!(server.clients.unknown_types_total.load(Ordering::Relaxed) >= 2000);
-    }
-
-    /// A name longer than any Kubernetes object can have ends the stream.
-    #[tokio::test]
-    async fn overlong_resource_names_are_refused() {
-        let long = format!("shop/{}", "w".repeat(MAX_NAME_BYTES));
-        for req in [
-            DeltaDiscoveryRequest {
-                type_url: type_url::WAYPOINT_CONFIG.into(),
-                resource_names_subscribe: vec![long.clone()],
-                ..Default::default()
-            },
-            DeltaDiscoveryRequest {
-                type_url: type_url::ADDRESS.into(),
-                initial_resource_versions: [(long.clone(), "1".to_owned())].into(),
-                ..Default::default()
-            },
-            DeltaDiscoveryRequest {
-                type_url: type_url::ADDRESS.into(),
-                resource_names_subscribe: vec![long.clone()],
-                ..Default::default()
-            },
-        ] {
-            let Harness {
-                server,
-                tx,
-                mut rx,
-                _publish,
-            } = session().await;
-            send(&tx, req);
-            let Err(status) = next(&mut rx).await else {
-                panic!("not refused")
-            };
-            assert_eq!(status.code(), tonic::Code::InvalidArgument);
-            assert!(status.message().contains("bytes"), "{}", status.message());
-            assert_eq!(server.clients.refused_total.load(Ordering::Relaxed), 1);
-        }
-    }
-
-    /// A by-name subscription holds at most MAX_NAMES_PER_TYPE names.
-    #[tokio::test]
-    async fn a_subscription_names_a_bounded_number_of_resources() {
-        let names = |from: usize, n: usize| -> Vec<String> {
-            (from..from + n).map(|i| format!("shop/w{i}")).collect()
-        };
-        // Within the bound, in two requests: accepted.
-        let Harness {
-            tx,
-            mut rx,
-            _publish,
-            ..
-        } = session().await;
-        send(
-            &tx,
-            DeltaDiscoveryRequest {
-                type_url: type_url::WAYPOINT_CONFIG.into(),
-                resource_names_subscribe: names(0, MAX_NAMES_PER_TYPE / 2),
-                ..Default::default()
-            },
-        );
-        next(&mut rx).await.expect("first response");
-        send(
-            &tx,
-            DeltaDiscoveryRequest {
-                type_url: type_url::WAYPOINT_CONFIG.into(),
-                resource_names_subscribe: names(MAX_NAMES_PER_TYPE / 2, MAX_NAMES_PER_TYPE / 2),
-                ..Default::default()
-            },
-        );
-        // One more than the bound: the stream ends.
-        send(
-            &tx,
-            DeltaDiscoveryRequest {
-                type_url: type_url::WAYPOINT_CONFIG.into(),
-                resource_names_subscribe: names(MAX_NAMES_PER_TYPE, 1),
-                ..Default::default()
-            },
-        );
-        let Err(status) = next(&mut rx).await else {
-            panic!("not refused")
-        };
-        assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert!(status.message().contains("at most"), "{}", status.message());
-
-        // All at once, far above the bound.
-        let Harness {
-            tx,
-            mut rx,
-            _publish,
-            ..
-        } = session().await;
-        send(
-            &tx,
-            DeltaDiscoveryRequest {
-                type_url: type_url::WAYPOINT_CONFIG.into(),
-                resource_names_subscribe: names(0, 100_000),
-                ..Default::default()
-            },
-        );
-        let Err(status) = next(&mut rx).await else {
-            panic!("not refused")
-        };
-        assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    }
-}
+mod tests;
