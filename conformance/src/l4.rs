@@ -122,6 +122,14 @@ pub fn cases() -> Vec<Case<Suite>> {
             name: "node agent restart: pods keep capture and their connections",
             run: agent_restart,
         },
+        Case {
+            name: "meshctl proxy-status and ztunnel-config show the cluster",
+            run: crate::inspect::proxy_status_and_ztunnel_config,
+        },
+        Case {
+            name: "meshctl observe: who talked to whom, and the policy that denied",
+            run: crate::observe::flows_show_who_talked_and_why_a_call_was_denied,
+        },
     ]
 }
 
@@ -253,7 +261,7 @@ fn permissive(s: &mut Suite) -> Result<(), String> {
 }
 
 /// Policy YAML in namespace `apps`, selecting the servers.
-fn server_policy(name: &str, action: &str, rule: &str) -> String {
+pub(crate) fn server_policy(name: &str, action: &str, rule: &str) -> String {
     format!(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: apps}}\nspec:\n  selector: {{matchLabels: {{app: server}}}}\n  action: {action}\n  rules:\n{rule}"
     )
@@ -269,7 +277,7 @@ impl Drop for Applied<'_> {
 }
 
 /// Applies `yaml`, runs `check`, removes it, and waits until the mesh is back to no policy.
-fn with_config(
+pub(crate) fn with_config(
     s: &mut Suite,
     yaml: &str,
     check: impl FnOnce(&Cluster) -> Result<(), String>,

@@ -3,8 +3,10 @@
 //! Each case prints one line; the run ends with `N passed, N failed`.
 
 pub mod capture;
+pub mod inspect;
 pub mod l4;
 pub mod l7;
+pub mod observe;
 pub mod reliability;
 pub mod samples;
 pub mod support;

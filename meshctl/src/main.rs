@@ -5,6 +5,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use meshctl::cluster::{self, Cluster, UpOptions};
 use meshctl::echo::{self, Identity};
+use meshctl::inspect::{self, ztunnel_config::Kind as ConfigKind, Output, Ztunnels};
 use tokio::net::TcpListener;
 
 /// meshctl: the mesh's command line.
@@ -78,6 +79,82 @@ enum Command {
         /// Leave the cluster running afterwards.
         #[arg(long)]
         keep: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Shows whether each xDS client of istiod-lite is in sync (as istioctl proxy-status).
+    ///
+    /// One row per client (ztunnels, node agents, waypoints) and, per type, the last response
+    /// sent against the last acknowledged: SYNCED, STALE (sent, not yet acknowledged), NACKED
+    /// (rejected) or NOT SENT; NACK counts and the last NACK's reason. Reads the local
+    /// cluster's istiod-lite unless --istiod is given. See docs/observability.md.
+    ProxyStatus {
+        /// istiod-lite's HTTP debug address (its 15014 port), `HOST:PORT`; it answers
+        /// `/debug/*` to loopback clients (and DEBUG_ALLOWED_NETWORKS) only.
+        #[arg(long, value_name = "HOST:PORT")]
+        istiod: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Shows ztunnel's workloads, services, policies or certificates (as istioctl
+    /// ztunnel-config).
+    ///
+    /// From ztunnel's /config_dump: workloads, services, policies (with the workloads each
+    /// applies to) or certificates. Every node of the local cluster by default (a ZTUNNEL
+    /// column names the node), or one --node, or any ztunnel's admin port with --ztunnel. See
+    /// docs/observability.md.
+    ZtunnelConfig {
+        /// What to show.
+        #[arg(value_enum)]
+        what: ConfigKind,
+        /// Only this node's ztunnel (local cluster).
+        #[arg(long, conflicts_with = "ztunnel")]
+        node: Option<String>,
+        /// A ztunnel's admin address, `HOST:PORT` (e.g. a dedicated-mode ztunnel's
+        /// 127.0.20.3:15000).
+        #[arg(long, value_name = "HOST:PORT")]
+        ztunnel: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Shows the mesh's flows, one line each (as hubble observe): every connection the
+    /// ztunnels opened, closed (bytes, duration), denied (the deciding policy) or failed (why).
+    ///
+    /// Reads every node's ztunnel of the local cluster (`/flows` on its admin port), or one
+    /// ztunnel with --ztunnel. Without --follow, the recorded flows (the last 1,024 per ztunnel)
+    /// in time order; with it, new ones as they happen. See docs/observability.md.
+    Observe {
+        /// Keep the stream open and print new flows as they happen.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only flows from this workload (`namespace/pod` or `pod`).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only flows to this workload (`namespace/pod` or `pod`).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only flows with an end in this namespace.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Only `allowed`, `denied` or `failed` flows.
+        #[arg(long, value_parser = ["allowed", "denied", "failed"])]
+        verdict: Option<String>,
+        /// Only the last N recorded flows of each ztunnel.
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
+        /// A ztunnel's admin address, `HOST:PORT`, instead of the local cluster's.
+        #[arg(long, value_name = "HOST:PORT")]
+        ztunnel: Option<SocketAddr>,
+        /// `table` (a line of text per flow) or `json` (a JSON object per line, with the node);
+        /// not `yaml`.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
         #[command(flatten)]
         common: Common,
     },
@@ -223,6 +300,70 @@ fn cluster_command(command: Command) -> Result<(), String> {
                     Err(e)
                 }
             }
+        }
+        Command::Observe {
+            follow,
+            from,
+            to,
+            namespace,
+            verdict,
+            last,
+            ztunnel,
+            output,
+            common,
+        } => {
+            let sources = match ztunnel {
+                Some(admin) => vec![meshctl::observe::Source {
+                    name: admin.to_string(),
+                    netns: None,
+                    admin,
+                }],
+                None => meshctl::observe::cluster_sources(&Cluster::load(&common.state_dir)?),
+            };
+            let opts =
+                meshctl::observe::Options {
+                    follow,
+                    from,
+                    to,
+                    namespace,
+                    verdict,
+                    last,
+                    json: match output {
+                        Output::Table => false,
+                        Output::Json => true,
+                        Output::Yaml => return Err(
+                            "observe prints text (-o table) or a JSON object per line (-o json)"
+                                .into(),
+                        ),
+                    },
+                };
+            meshctl::observe::run(sources, &opts, &mut std::io::stdout().lock())
+        }
+        Command::ProxyStatus {
+            istiod,
+            output,
+            common,
+        } => {
+            let report =
+                inspect::proxy_status_report(&common.state_dir, istiod.as_deref(), output)?;
+            print!("{report}");
+            Ok(())
+        }
+        Command::ZtunnelConfig {
+            what,
+            node,
+            ztunnel,
+            output,
+            common,
+        } => {
+            let which = match (node, ztunnel) {
+                (_, Some(addr)) => Ztunnels::Address(addr),
+                (Some(node), None) => Ztunnels::Node(node),
+                (None, None) => Ztunnels::AllNodes,
+            };
+            let report = inspect::ztunnel_config_report(&common.state_dir, &which, what, output)?;
+            print!("{report}");
+            Ok(())
         }
         Command::Echo { .. } => unreachable!("served by echo_main"),
     }

@@ -1,4 +1,4 @@
-//! The HTTP side doors: admin on 15000 (localhost: `/config_dump`, `/logging`,
+//! The HTTP side doors: admin on 15000 (localhost: `/config_dump`, `/flows`, `/logging`,
 //! `/quitquitquit`), Prometheus metrics on 15020 (`/metrics`, `/stats/prometheus`) and
 //! readiness on 15021 (`/healthz/ready`). Plain HTTP/1.1 with hyper.
 //!
@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -182,9 +182,17 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, which: Endpoin
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(route(&ctx, which, req)) }
+                async move {
+                    Ok::<_, Infallible>(
+                        if matches!(which, Endpoints::Admin) && req.uri().path() == "/flows" {
+                            flows(&ctx, req.uri().query())
+                        } else {
+                            route(&ctx, which, req).map(Either::Left)
+                        },
+                    )
+                }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -208,6 +216,91 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, which: Endpoin
             drop(permit);
         });
     }
+}
+
+/// A response body fed by a channel: the `/flows` stream.
+pub struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+type AdminBody = Either<Full<Bytes>, ChannelBody>;
+
+/// `GET /flows[?follow=true&limit=N&namespace=&workload=&from=&to=&verdict=]`: the recent flow
+/// events that match as newline-delimited JSON (the last `limit`, default all kept), then, with
+/// `follow`, every new one as it happens. A reader that falls behind gets `{"dropped":N}` for
+/// what it lost (also counted in `ztunnel_flow_events_dropped_total`).
+fn flows(ctx: &AdminContext, query: Option<&str>) -> Response<AdminBody> {
+    use crate::flows::{line, Filter};
+    let query = query.unwrap_or("");
+    let filter = match Filter::from_query(query) {
+        Ok(f) => f,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")).map(Either::Left),
+    };
+    let param = |key: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    };
+    let follow = matches!(param("follow"), Some("true" | "1"));
+    let limit = match param("limit").map(str::parse::<usize>) {
+        None => crate::flows::KEPT,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            return text(StatusCode::BAD_REQUEST, "limit: want a number\n").map(Either::Left)
+        }
+    };
+    let log = &ctx.metrics.flows;
+    // Subscribed before the ring is read: an event in between may show twice, none is missed.
+    let mut live = follow.then(|| log.subscribe());
+    let recent = log.recent(&filter);
+    let recent = recent[recent.len().saturating_sub(limit)..].to_vec();
+    let ndjson = |body| {
+        Response::builder()
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .expect("static response")
+    };
+    let Some(mut live) = live.take() else {
+        let body: Vec<u8> = recent.iter().flat_map(|e| line(e).to_vec()).collect();
+        return ndjson(Either::Left(Full::new(body.into())));
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let metrics = ctx.metrics.clone();
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        for e in &recent {
+            if tx.send(line(e)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let next = match live.recv().await {
+                Ok(e) if filter.matches(&e) => line(&e),
+                Ok(_) => continue,
+                Err(RecvError::Lagged(n)) => {
+                    metrics.flows.lost(n);
+                    Bytes::from(format!("{{\"dropped\":{n}}}\n"))
+                }
+                Err(RecvError::Closed) => return,
+            };
+            if tx.send(next).await.is_err() {
+                return; // the reader left
+            }
+        }
+    });
+    ndjson(Either::Right(ChannelBody(rx)))
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -242,6 +335,10 @@ fn route(ctx: &AdminContext, which: Endpoints, req: Request<Incoming>) -> Respon
                 &ctx.source.lock().expect("status lock"),
                 now,
             ));
+            body.push_str(&format!(
+                "# HELP ztunnel_flow_events_dropped_total Flow events a slow /flows reader lost.\n# TYPE ztunnel_flow_events_dropped_total counter\nztunnel_flow_events_dropped_total {}\n",
+                ctx.metrics.flows.dropped()
+            ));
             Response::builder()
                 .header("content-type", "text/plain; version=0.0.4")
                 .body(Full::new(body.into()))
@@ -264,7 +361,7 @@ fn route(ctx: &AdminContext, which: Endpoints, req: Request<Incoming>) -> Respon
         }
         (Endpoints::Admin, _, "/") => text(
             StatusCode::OK,
-            "GET /config_dump\nGET|POST /logging?level=<filter>\nPOST /quitquitquit\n",
+            "GET /config_dump\nGET /flows?follow=true&namespace=&workload=&from=&to=&verdict=&limit=\nGET|POST /logging?level=<filter>\nPOST /quitquitquit\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -15,6 +15,7 @@ pub use meshcore::certs;
 pub mod config;
 pub use meshcore::control;
 pub mod dns;
+pub mod flows;
 pub mod inpod;
 pub mod metrics;
 pub mod proxy;

@@ -5,11 +5,14 @@
 //! in one process, as in tests, keep separate counts. Counters are registered once per
 //! connection, never per byte.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use metrics::{Counter, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
+use crate::flows::{Event, Flow, FlowLog, Kind, Peer};
 use crate::state::{ServiceEntry, WorkloadEntry};
 
 pub const OPENED: &str = "istio_tcp_connections_opened_total";
@@ -22,6 +25,8 @@ static META: Metadata<'static> = Metadata::new("ztunnel", Level::INFO, Some(modu
 
 pub struct Metrics {
     recorder: PrometheusRecorder,
+    /// Every connection's open, close, denial and failure, for `/flows`.
+    pub flows: FlowLog,
 }
 
 impl Default for Metrics {
@@ -57,7 +62,10 @@ impl Metrics {
             Unit::Bytes,
             "Bytes sent by the destination (server to client)",
         );
-        Self { recorder }
+        Self {
+            recorder,
+            flows: FlowLog::default(),
+        }
     }
 
     /// Prometheus text exposition of everything recorded so far.
@@ -73,16 +81,37 @@ impl Metrics {
     /// Counts an established connection as opened; the returned record counts its bytes and
     /// its close.
     pub fn opened(self: &Arc<Self>, labels: ConnectionLabels) -> ConnectionRecord {
+        let flow = Arc::new(labels.flow());
+        self.flows.record(Event::new(Kind::Opened, flow.clone()));
         let labels = labels.into_labels("-");
         self.counter(OPENED, &labels).increment(1);
         ConnectionRecord {
             metrics: self.clone(),
             labels,
+            flow,
+            started: Instant::now(),
         }
     }
 
-    /// Counts a connection that could not be established (`flag`: `DENY`, `CONNECT`, ...).
-    pub fn failed(&self, labels: ConnectionLabels, flag: &'static str) {
+    /// Counts a connection that could not be established (`flag`: `DENY`, `CONNECT`, ...);
+    /// `reason` goes to its flow record (the deciding policy, the error).
+    pub fn failed(
+        &self,
+        labels: ConnectionLabels,
+        flag: &'static str,
+        reason: impl std::fmt::Display,
+    ) {
+        let kind = if flag == "DENY" {
+            Kind::Denied
+        } else {
+            Kind::Failed
+        };
+        self.flows.record(Event::refused(
+            kind,
+            Arc::new(labels.flow()),
+            flag,
+            reason.to_string(),
+        ));
         let labels = labels.into_labels(flag);
         self.counter(FAILED, &labels).increment(1);
     }
@@ -92,6 +121,8 @@ impl Metrics {
 pub struct ConnectionRecord {
     metrics: Arc<Metrics>,
     labels: Vec<Label>,
+    flow: Arc<Flow>,
+    started: Instant,
 }
 
 impl ConnectionRecord {
@@ -102,6 +133,12 @@ impl ConnectionRecord {
             .increment(received);
         self.metrics.counter(SENT, &self.labels).increment(sent);
         self.metrics.counter(CLOSED, &self.labels).increment(1);
+        self.metrics.flows.record(Event::closed(
+            self.flow,
+            received,
+            sent,
+            self.started.elapsed(),
+        ));
     }
 }
 
@@ -123,6 +160,9 @@ pub struct ConnectionLabels<'a> {
     pub destination_service: Option<&'a ServiceEntry>,
     pub destination_principal: Option<String>,
     pub mutual_tls: bool,
+    /// The client's and the destination's addresses, for flow records.
+    pub source_addr: Option<SocketAddr>,
+    pub destination_addr: Option<SocketAddr>,
 }
 
 fn or_unknown(s: &str) -> String {
@@ -134,6 +174,33 @@ fn or_unknown(s: &str) -> String {
 }
 
 impl ConnectionLabels<'_> {
+    /// The flow record's view of the connection: pod names, principals, addresses.
+    fn flow(&self) -> Flow {
+        let peer = |w: Option<&WorkloadEntry>, principal: &Option<String>, addr| Peer {
+            namespace: w.map(|w| w.workload.namespace.clone()).unwrap_or_default(),
+            workload: w.map(|w| w.workload.name.clone()).unwrap_or_default(),
+            principal: principal.clone().unwrap_or_default(),
+            address: addr,
+        };
+        Flow {
+            reporter: match self.reporter {
+                Reporter::Source => "source",
+                Reporter::Destination => "destination",
+            },
+            source: peer(self.source, &self.source_principal, self.source_addr),
+            destination: peer(
+                self.destination,
+                &self.destination_principal,
+                self.destination_addr,
+            ),
+            service: self
+                .destination_service
+                .map(|s| s.service.hostname.clone())
+                .unwrap_or_default(),
+            mtls: self.mutual_tls,
+        }
+    }
+
     fn into_labels(self, flag: &'static str) -> Vec<Label> {
         let mut out = Vec::with_capacity(22);
         let mut put = |k: &'static str, v: String| out.push(Label::new(k, v));

@@ -81,9 +81,13 @@ pub async fn authorize_and_connect(
         destination_service: service.map(|s| s.as_ref()),
         destination_principal: Some(served.identity.to_string()),
         mutual_tls: peer.is_some(),
+        source_addr: Some(client.unwrap_or(SocketAddr::new(source_ip, 0))),
+        destination_addr: Some(dst),
     };
     if !served.workload.workload_ips.contains(&dst.ip()) {
-        proxy.metrics.failed(labels(), "NR");
+        proxy
+            .metrics
+            .failed(labels(), "NR", "not an address of the served workload");
         return Err(InboundError::WrongDestination {
             dst,
             workload: workload_key(),
@@ -100,7 +104,7 @@ pub async fn authorize_and_connect(
         tracing::info!(connection = %conn, dry_run_verdict = ?verdict, "dry-run policy: {reason} (not enforced)");
     }
     if !decision.allowed() {
-        proxy.metrics.failed(labels(), "DENY");
+        proxy.metrics.failed(labels(), "DENY", &decision.reason);
         tracing::info!(connection = %conn, "connection denied: {}", decision.reason);
         proxy
             .denials
@@ -112,11 +116,15 @@ pub async fn authorize_and_connect(
     let app = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(source)) => {
-            proxy.metrics.failed(labels(), "CONNECT");
+            proxy.metrics.failed(labels(), "CONNECT", &source);
             return Err(InboundError::Connect { addr: dst, source });
         }
         Err(_) => {
-            proxy.metrics.failed(labels(), "CONNECT");
+            proxy.metrics.failed(
+                labels(),
+                "CONNECT",
+                "the application did not accept in time",
+            );
             return Err(InboundError::Connect {
                 addr: dst,
                 source: std::io::ErrorKind::TimedOut.into(),

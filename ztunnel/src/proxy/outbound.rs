@@ -87,6 +87,7 @@ pub async fn open(
     if proxy.is_own_listener(dst, source.as_deref()) {
         return Err(fail(
             proxy,
+            (client, dst),
             source.as_deref(),
             None,
             OutboundError::Loop(dst),
@@ -109,6 +110,7 @@ pub async fn open(
         WaypointLookup::Unavailable(why) => {
             return Err(fail(
                 proxy,
+                (client, dst),
                 source.as_deref(),
                 None,
                 OutboundError::NoWaypoint(why),
@@ -126,6 +128,7 @@ pub async fn open(
         Destination::NoHealthyEndpoint { service } => {
             return Err(fail(
                 proxy,
+                (client, dst),
                 source.as_deref(),
                 None,
                 OutboundError::NoHealthyEndpoint(service.service.key()),
@@ -134,6 +137,7 @@ pub async fn open(
         Destination::UnknownServicePort { service, port } => {
             return Err(fail(
                 proxy,
+                (client, dst),
                 source.as_deref(),
                 None,
                 OutboundError::UnknownServicePort {
@@ -154,6 +158,8 @@ pub async fn open(
             .filter(|w| w.workload.protocol == Protocol::HBONE)
             .map(|w| w.identity.to_string()),
         mutual_tls: mtls,
+        source_addr: Some(client),
+        destination_addr: Some(dst),
     };
     let result = match workload {
         Some(w) if w.workload.protocol == Protocol::HBONE => {
@@ -162,6 +168,7 @@ pub async fn open(
             if proxy.is_own_listener(target, source.as_deref()) {
                 return Err(fail(
                     proxy,
+                    (client, dst),
                     source.as_deref(),
                     Some(w),
                     OutboundError::Loop(target),
@@ -183,6 +190,7 @@ pub async fn open(
             if proxy.is_own_listener(target, source.as_deref()) {
                 return Err(fail(
                     proxy,
+                    (client, dst),
                     source.as_deref(),
                     Some(w),
                     OutboundError::Loop(target),
@@ -208,7 +216,7 @@ pub async fn open(
             })
         }
         Err(e) => {
-            proxy.metrics.failed(labels(false), e.response_flag());
+            proxy.metrics.failed(labels(false), e.response_flag(), &e);
             Err(e)
         }
     }
@@ -234,6 +242,8 @@ async fn via_waypoint(
         destination_service: service,
         destination_principal: principal.clone(),
         mutual_tls: mtls,
+        source_addr: Some(client),
+        destination_addr: Some(dst),
     };
     match tunnel(proxy, source, client, dst, hop.hbone, hop.expected).await {
         Ok(stream) => Ok(Opened {
@@ -244,7 +254,7 @@ async fn via_waypoint(
             dial: None,
         }),
         Err(e) => {
-            proxy.metrics.failed(labels(false), e.response_flag());
+            proxy.metrics.failed(labels(false), e.response_flag(), &e);
             Err(e)
         }
     }
@@ -252,6 +262,7 @@ async fn via_waypoint(
 
 fn fail(
     proxy: &Proxy,
+    (client, dst_addr): (SocketAddr, SocketAddr),
     source: Option<&WorkloadEntry>,
     dst: Option<&WorkloadEntry>,
     e: OutboundError,
@@ -266,8 +277,11 @@ fn fail(
             destination_service: None,
             destination_principal: None,
             mutual_tls: false,
+            source_addr: Some(client),
+            destination_addr: Some(dst_addr),
         },
         e.response_flag(),
+        &e,
     );
     e
 }
@@ -410,6 +424,7 @@ pub async fn handle_captured(
         let snap = proxy.state.load();
         let e = fail(
             &proxy,
+            (client, dst),
             proxy.served(&snap).as_deref(),
             None,
             OutboundError::Looped(dst),

@@ -144,6 +144,12 @@ impl InboundConnections {
             proxy
                 .denials
                 .record(conn.to_string(), decision.reason.to_string());
+            proxy.metrics.flows.record(closed_by_policy(
+                &snap,
+                &served,
+                t,
+                decision.reason.to_string(),
+            ));
             // SAFETY: the entry exists, so its socket is open (module note); the lock is held,
             // so it cannot be unregistered and closed meanwhile.
             let app = unsafe { BorrowedFd::borrow_raw(t.app) };
@@ -153,6 +159,46 @@ impl InboundConnections {
         }
         closed
     }
+}
+
+/// The flow record of an established connection a new policy closed.
+fn closed_by_policy(
+    snap: &crate::state::Snapshot,
+    served: &crate::state::WorkloadEntry,
+    t: &Tracked,
+    reason: String,
+) -> crate::flows::Event {
+    use crate::flows::{Event, Flow, Kind, Peer};
+    let source = snap.workload_by_ip("", t.source_ip);
+    let flow = Flow {
+        reporter: "destination",
+        source: Peer {
+            namespace: source
+                .map(|w| w.workload.namespace.clone())
+                .unwrap_or_default(),
+            workload: source.map(|w| w.workload.name.clone()).unwrap_or_default(),
+            principal: t
+                .identity
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            address: Some(SocketAddr::new(t.source_ip, 0)),
+        },
+        destination: Peer {
+            namespace: served.workload.namespace.clone(),
+            workload: served.workload.name.clone(),
+            principal: served.identity.to_string(),
+            address: Some(t.destination),
+        },
+        service: String::new(),
+        mtls: t.identity.is_some(),
+    };
+    Event::refused(
+        Kind::Denied,
+        Arc::new(flow),
+        "DENY",
+        format!("{reason} (established connection closed: the config changed)"),
+    )
 }
 
 /// Re-decides `proxy`'s connections after every config swap, for as long as the proxy lives.

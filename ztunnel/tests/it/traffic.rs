@@ -170,6 +170,28 @@ policies:
         dump["servedPolicies"],
         serde_json::json!(["default/deny-sleep"])
     );
+    // The flow records tell the same story, with the deciding policy.
+    let (status, flows) = http(echo.addresses.admin, "GET", "/flows?verdict=denied").await;
+    assert_eq!(status, 200, "{flows}");
+    let denied: Vec<serde_json::Value> = flows
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(denied.len(), 1, "{flows}");
+    assert_eq!(denied[0]["source"]["workload"], "sleep", "{flows}");
+    assert_eq!(denied[0]["destination"]["workload"], "echo", "{flows}");
+    assert_eq!(denied[0]["flag"], "DENY");
+    assert_eq!(
+        denied[0]["reason"],
+        "denied by DENY policy default/deny-sleep"
+    );
+    let (_, from_curl) = http(echo.addresses.admin, "GET", "/flows?from=tools/curl").await;
+    assert!(
+        from_curl
+            .lines()
+            .any(|l| l.contains("\"event\":\"opened\"") && l.contains("\"mtls\":true")),
+        "{from_curl}"
+    );
 }
 
 #[tokio::test]
