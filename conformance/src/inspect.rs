@@ -276,3 +276,59 @@ fn certificates(s: &Suite) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// `meshctl check`: every check passes on the healthy cluster; with node-2's agent stopped, the
+/// agent check fails with a hint and the command exits non-zero; restarted, all pass again.
+pub fn check_passes_and_names_a_stopped_agent(s: &mut Suite) -> Result<(), String> {
+    let healthy = eventually(CONVERGE, || {
+        let text = meshctl(s, &["check"])?;
+        if text.contains(", 0 failed") {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })?;
+    for want in [
+        "√ istiod-lite is ready",
+        "√ node-1: ztunnel has the latest config: Address and Authorization synced",
+        "√ node-2: workload certificates are valid",
+        "√ node-1: every enrolled pod is served and captured",
+    ] {
+        if !healthy.contains(want) {
+            return Err(format!("meshctl check: no {want:?} in:\n{healthy}"));
+        }
+    }
+    let agent = s.cluster.node("node-2")?.agent.pid;
+    meshctl::cluster::netns::stop(agent, std::time::Duration::from_secs(5));
+    let broken = Command::new(s.cluster.bin_dir.join("meshctl"))
+        .args(["check", "-o", "json"])
+        .env("MESHCTL_STATE_DIR", &s.cluster.dir)
+        .output();
+    s.cluster.restart_agent("node-2")?;
+    let broken = broken.map_err(|e| format!("meshctl check: {e}"))?;
+    if broken.status.code() != Some(1) {
+        return Err(format!(
+            "meshctl check with node-2's agent stopped exited {}",
+            broken.status
+        ));
+    }
+    let outcomes: Vec<Value> = serde_json::from_slice(&broken.stdout)
+        .map_err(|e| format!("meshctl check -o json: {e}"))?;
+    let failed: Vec<&Value> = outcomes.iter().filter(|o| o["ok"] == false).collect();
+    let agent_check = failed.iter().any(|o| {
+        o["check"] == "node-2: node agent is serving"
+            && o["detail"] == "not running"
+            && o["hint"]
+                .as_str()
+                .is_some_and(|h| h.contains("node-2.agent.log"))
+    });
+    if failed.len() != 1 || !agent_check {
+        return Err(format!(
+            "with node-2's agent stopped, expected exactly its check to fail, with a hint: {failed:?}"
+        ));
+    }
+    eventually(CONVERGE, || {
+        let text = meshctl(s, &["check"])?;
+        text.contains(", 0 failed").then_some(()).ok_or(text)
+    })
+}

@@ -127,6 +127,10 @@ pub fn cases() -> Vec<Case<Suite>> {
             run: crate::inspect::proxy_status_and_ztunnel_config,
         },
         Case {
+            name: "meshctl check: healthy, then names a stopped node agent",
+            run: crate::inspect::check_passes_and_names_a_stopped_agent,
+        },
+        Case {
             name: "meshctl observe: who talked to whom, and the policy that denied",
             run: crate::observe::flows_show_who_talked_and_why_a_call_was_denied,
         },

@@ -123,6 +123,17 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Checks that the mesh is healthy (as linkerd check): the control plane ready, every
+    /// ztunnel ready and on the latest config, certificates valid, node agents serving, every
+    /// enrolled pod served and captured. Each failure comes with a hint; the exit status is 1
+    /// when any check fails. See docs/observability.md.
+    Check {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Shows the mesh's flows, one line each (as hubble observe): every connection the
     /// ztunnels opened, closed (bytes, duration), denied (the deciding policy) or failed (why).
     ///
@@ -299,6 +310,15 @@ fn cluster_command(command: Command) -> Result<(), String> {
                     }
                     Err(e)
                 }
+            }
+        }
+        Command::Check { output, common } => {
+            let (report, ok) = inspect::check_report(&common.state_dir, output)?;
+            print!("{report}");
+            if ok {
+                Ok(())
+            } else {
+                Err("some checks failed".into())
             }
         }
         Command::Observe {

@@ -5,6 +5,7 @@
 //! them at any address instead. Shaping and rendering are pure functions; only
 //! [`proxy_status_report`] and [`ztunnel_config_report`] touch sockets.
 
+pub mod check;
 pub mod clock;
 pub mod fetch;
 pub mod proxy_status;
@@ -182,6 +183,74 @@ pub fn shape(dumps: &[(String, Dump)], kind: Kind, output: Output, now_secs: u64
             |r| z::certificates_table(r, many),
         ),
     }
+}
+
+/// `meshctl check` on the local cluster: the report, and whether every check passed.
+pub fn check_report(state_dir: &Path, output: Output) -> Result<(String, bool), String> {
+    use check::{NodeSeen, Seen};
+    let cluster = Cluster::load(state_dir)?;
+    let fabric = From::Netns(cluster::FABRIC.to_owned());
+    let istiod = cluster_istiod(&cluster);
+    let control_ready = fetch::get(&fabric, istiod, "/ready").map(|_| ());
+    let clients = fetch::get(&fabric, istiod, "/debug/clients")
+        .ok()
+        .and_then(|body| serde_json::from_str::<Vec<ClientIn>>(&body).ok())
+        .map(|c| proxy_status::rows(&c, &placement(&cluster)))
+        .unwrap_or_default();
+    let log_dir = cluster.dir.join("logs").display().to_string();
+    let nodes = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let dump = cluster.ztunnel_dump(&n.name).ok();
+            let rules = cluster
+                .pods
+                .iter()
+                .filter(|p| p.node == n.name)
+                .map(|p| (p.key(), capture_rules_installed(&p.netns)))
+                .collect();
+            NodeSeen {
+                name: n.name.clone(),
+                dump,
+                ztunnel_ready: cluster.ztunnel_ready(n),
+                agent_alive: cluster::netns::alive(n.agent.pid),
+                agent_socket: cluster
+                    .dir
+                    .join("nodes")
+                    .join(&n.name)
+                    .join("cni.sock")
+                    .exists(),
+                rules,
+                log_dir: log_dir.clone(),
+            }
+        })
+        .collect();
+    let seen = Seen {
+        control_ready,
+        clients,
+        nodes,
+        now: (clock::now_ms() / 1000) as i64,
+    };
+    let outcomes = check::judge(&seen);
+    let ok = outcomes.iter().all(|o| o.ok);
+    Ok((render(&outcomes, output, check::text), ok))
+}
+
+/// Whether the node agent's in-pod table is in the pod's network namespace (`nft` run inside
+/// it: a thread that entered the namespace forks a child that inherits it).
+fn capture_rules_installed(pod_netns: &str) -> bool {
+    cluster::netns::run_in(pod_netns, || {
+        let nft = ["/usr/sbin/nft", "/sbin/nft"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nft");
+        std::process::Command::new(nft)
+            .args(["list", "table", "inet", "ztunnel-inpod"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+    })
+    .is_ok_and(|s| s.success())
 }
 
 #[cfg(test)]
