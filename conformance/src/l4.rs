@@ -131,6 +131,10 @@ pub fn cases() -> Vec<Case<Suite>> {
             run: crate::inspect::check_passes_and_names_a_stopped_agent,
         },
         Case {
+            name: "meshctl authz explain agrees with the data path",
+            run: crate::observe::authz_explain_agrees_with_the_data_path,
+        },
+        Case {
             name: "meshctl observe: who talked to whom, and the policy that denied",
             run: crate::observe::flows_show_who_talked_and_why_a_call_was_denied,
         },

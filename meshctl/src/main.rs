@@ -123,6 +123,14 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Explains the L4 authorization decision for a connection between two pods of the local
+    /// cluster: the verdict, and every policy that applies with each rule matched or why not,
+    /// answered by the destination's ztunnel from its own policy engine. See
+    /// docs/observability.md.
+    Authz {
+        #[command(subcommand)]
+        what: AuthzCommand,
+    },
     /// Checks that the mesh is healthy (as linkerd check): the control plane ready, every
     /// ztunnel ready and on the latest config, certificates valid, node agents serving, every
     /// enrolled pod served and captured. Each failure comes with a hint; the exit status is 1
@@ -191,6 +199,24 @@ enum Command {
         /// Answer every HTTP request with this status (a broken pod, for resilience tests).
         #[arg(long = "fail-status")]
         fail_status: Option<u16>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthzCommand {
+    /// Explains the decision for `--from POD --to POD:PORT`.
+    Explain {
+        /// The calling pod (`namespace/pod` or `pod`).
+        #[arg(long)]
+        from: String,
+        /// The destination pod and port (`namespace/pod:port`).
+        #[arg(long)]
+        to: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -311,6 +337,22 @@ fn cluster_command(command: Command) -> Result<(), String> {
                     Err(e)
                 }
             }
+        }
+        Command::Authz {
+            what:
+                AuthzCommand::Explain {
+                    from,
+                    to,
+                    output,
+                    common,
+                },
+        } => {
+            let cluster = Cluster::load(&common.state_dir)?;
+            print!(
+                "{}",
+                inspect::authz::explain_report(&cluster, &from, &to, output)?
+            );
+            Ok(())
         }
         Command::Check { output, common } => {
             let (report, ok) = inspect::check_report(&common.state_dir, output)?;

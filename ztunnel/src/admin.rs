@@ -351,6 +351,7 @@ fn route(ctx: &AdminContext, which: Endpoints, req: Request<Incoming>) -> Respon
                 .body(Full::new(body.into()))
                 .expect("static response")
         }
+        (Endpoints::Admin, _, "/authz") => authz(ctx, req.uri().query()),
         (Endpoints::Admin, _, "/logging") => logging(ctx, req.method(), req.uri().query()),
         (Endpoints::Admin, &Method::POST, "/quitquitquit") => {
             ctx.quit.notify_one();
@@ -361,10 +362,79 @@ fn route(ctx: &AdminContext, which: Endpoints, req: Request<Incoming>) -> Respon
         }
         (Endpoints::Admin, _, "/") => text(
             StatusCode::OK,
-            "GET /config_dump\nGET /flows?follow=true&namespace=&workload=&from=&to=&verdict=&limit=\nGET|POST /logging?level=<filter>\nPOST /quitquitquit\n",
+            "GET /config_dump\nGET /authz?destination=IP:PORT&source=IP&principal=TD/ns/NS/sa/SA\nGET /flows?follow=true&namespace=&workload=&from=&to=&verdict=&limit=\nGET|POST /logging?level=<filter>\nPOST /quitquitquit\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `GET /authz?destination=IP:PORT&source=IP[&principal=TD/ns/NS/sa/SA]`: the L4 decision this
+/// ztunnel's policy engine would take for such a connection, and why (each applicable policy
+/// and rule, as `meshcore::policy::explain` traces it). No `principal`: a plaintext client.
+fn authz(ctx: &AdminContext, query: Option<&str>) -> Response<Full<Bytes>> {
+    let query = query.unwrap_or("");
+    let param = |key: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .map(|v| {
+                v.replace("%2F", "/")
+                    .replace("%2f", "/")
+                    .replace("%3A", ":")
+                    .replace("%3a", ":")
+            })
+    };
+    let bad = |what: String| text(StatusCode::BAD_REQUEST, format!("{what}\n"));
+    let Some(destination) =
+        param("destination").and_then(|d| d.parse::<std::net::SocketAddr>().ok())
+    else {
+        return bad("destination=IP:PORT is required".into());
+    };
+    let Some(source) = param("source").and_then(|s| s.parse::<std::net::IpAddr>().ok()) else {
+        return bad("source=IP is required".into());
+    };
+    let identity = match param("principal") {
+        None => None,
+        Some(p) => match meshcore::identity::SpiffeId::from_principal(&p) {
+            Ok(id) => Some(id),
+            Err(e) => return bad(format!("principal={p}: {e}")),
+        },
+    };
+    let state = match &ctx.served {
+        Served::Workload(proxy) => proxy.state.clone(),
+        Served::Node { state, .. } => state.clone(),
+    };
+    let snap = state.load();
+    let Some(workload) = snap.workload_by_ip("", destination.ip()) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no workload has {} in this ztunnel's view\n",
+                destination.ip()
+            ),
+        );
+    };
+    let principal = identity
+        .as_ref()
+        .map(meshcore::identity::SpiffeId::principal);
+    let conn = meshcore::policy::Connection {
+        source_ip: source,
+        destination,
+        identity: identity.as_ref(),
+        principal: principal.as_deref(),
+    };
+    let explanation = meshcore::policy::explain::explain(&snap.policies_for(workload), &conn);
+    let body = serde_json::json!({
+        "destination": format!("{}/{}", workload.workload.namespace, workload.workload.name),
+        "inMesh": workload.workload.protocol == crate::state::Protocol::HBONE,
+        "explanation": explanation,
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(
+            serde_json::to_vec_pretty(&body).expect("json").into(),
+        ))
+        .expect("static response")
 }
 
 fn logging(ctx: &AdminContext, method: &Method, query: Option<&str>) -> Response<Full<Bytes>> {

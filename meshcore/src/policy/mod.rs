@@ -12,6 +12,7 @@
 //! into an index so a decision is a few hash lookups however many policies exist.
 
 pub mod engine;
+pub mod explain;
 #[cfg(test)]
 mod tests;
 

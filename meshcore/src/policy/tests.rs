@@ -24,7 +24,18 @@ fn decide(p: &CompiledPolicies, principal: Option<&str>, src: &str, dst: &str) -
         identity: id.as_ref(),
         principal,
     };
-    p.decide(&conn)
+    // Every case also checks that `authz explain`'s trace agrees with the engine.
+    let explained = super::explain::explain(p, &conn);
+    let decision = p.decide(&conn);
+    assert_eq!(
+        explained.verdict,
+        if decision.allowed() { "ALLOW" } else { "DENY" }
+    );
+    assert_eq!(
+        super::explain::implied(&explained.policies),
+        explained.verdict
+    );
+    decision
 }
 
 fn allow(yaml_match: &str) -> String {

@@ -5,6 +5,7 @@
 //! them at any address instead. Shaping and rendering are pure functions; only
 //! [`proxy_status_report`] and [`ztunnel_config_report`] touch sockets.
 
+pub mod authz;
 pub mod check;
 pub mod clock;
 pub mod fetch;
