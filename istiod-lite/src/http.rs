@@ -193,6 +193,7 @@ fn route(ctx: &HttpContext, debug: bool, req: Request<Incoming>) -> Response<Ful
                 );
             }
             out.push_str(&meshcore::refusals::render("istiod_lite"));
+            out.push_str(&meshcore::process_metrics::render());
             let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
                 let _ = writeln!(
                     out,

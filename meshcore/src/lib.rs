@@ -12,6 +12,7 @@ pub mod identity;
 pub mod l7;
 pub mod pki;
 pub mod policy;
+pub mod process_metrics;
 pub mod refusals;
 pub mod rlimit;
 pub mod settings;

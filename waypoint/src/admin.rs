@@ -92,7 +92,7 @@ fn route(ctx: &AdminContext, which: Endpoints, req: Request<Incoming>) -> Respon
         (Endpoints::Stats, _, "/metrics" | "/stats/prometheus") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            ctx.proxy.metrics.render(),
+            ctx.proxy.metrics.render() + &meshcore::process_metrics::render(),
         ),
         (Endpoints::Admin, _, "/config_dump") => {
             reply(StatusCode::OK, "application/json", config_dump(ctx))

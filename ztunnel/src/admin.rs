@@ -339,6 +339,7 @@ fn route(ctx: &AdminContext, which: Endpoints, req: Request<Incoming>) -> Respon
                 "# HELP ztunnel_flow_events_dropped_total Flow events a slow /flows reader lost.\n# TYPE ztunnel_flow_events_dropped_total counter\nztunnel_flow_events_dropped_total {}\n",
                 ctx.metrics.flows.dropped()
             ));
+            body.push_str(&meshcore::process_metrics::render());
             Response::builder()
                 .header("content-type", "text/plain; version=0.0.4")
                 .body(Full::new(body.into()))

@@ -4,6 +4,7 @@
 //! made from inside the pods, so they take the real path: the client's ztunnel, HBONE to the
 //! waypoint, the waypoint's routing and policy, HBONE to the chosen pod's ztunnel.
 
+mod dashboards;
 mod policy;
 mod resilience;
 mod routing;
@@ -122,6 +123,8 @@ pub fn cases() -> Vec<Case<Suite>> {
     cases.extend(traffic::cases());
     cases.extend(resilience::cases());
     cases.extend(policy::cases());
+    // Last: by now the suite has made requests, denials and refusals, so every series exists.
+    cases.extend(dashboards::cases());
     cases
 }
 
