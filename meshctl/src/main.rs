@@ -131,6 +131,23 @@ enum Command {
         #[command(subcommand)]
         what: AuthzCommand,
     },
+    /// Golden metrics over a window (as linkerd viz stat): per Service behind a waypoint,
+    /// requests per second, success rate and p50/p95/p99 latency; per workload, new TCP
+    /// connections per second, the share over mutual TLS and bytes per second. Computed from
+    /// two scrapes of the proxies' own metrics; no Prometheus needed.
+    Stat {
+        /// How long to measure.
+        #[arg(long, default_value = "10s", value_parser = parse_window)]
+        window: std::time::Duration,
+        /// Only Services and workloads of this namespace.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Checks that the mesh is healthy (as linkerd check): the control plane ready, every
     /// ztunnel ready and on the latest config, certificates valid, node agents serving, every
     /// enrolled pod served and captured. Each failure comes with a hint; the exit status is 1
@@ -236,6 +253,21 @@ impl Common {
         self.bin_dir
             .clone()
             .unwrap_or_else(cluster::default_bin_dir)
+    }
+}
+
+/// `10s`, `1m`, `500ms`: the window of `stat`.
+fn parse_window(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .ok_or_else(|| format!("{s}: want a number and a unit (500ms, 10s, 1m)"))?;
+    let n: u64 = n.parse().map_err(|_| format!("{s}: not a number"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("{s}: the unit must be ms, s or m")),
     }
 }
 
@@ -351,6 +383,18 @@ fn cluster_command(command: Command) -> Result<(), String> {
             print!(
                 "{}",
                 inspect::authz::explain_report(&cluster, &from, &to, output)?
+            );
+            Ok(())
+        }
+        Command::Stat {
+            window,
+            namespace,
+            output,
+            common,
+        } => {
+            print!(
+                "{}",
+                inspect::stat_report(&common.state_dir, window, namespace.as_deref(), output)?
             );
             Ok(())
         }

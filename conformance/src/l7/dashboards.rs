@@ -12,10 +12,78 @@ use super::Suite;
 use crate::Case;
 
 pub fn cases() -> Vec<Case<Suite>> {
-    vec![Case {
-        name: "Grafana dashboards query only metrics the mesh exports",
-        run: dashboards_query_exported_metrics,
-    }]
+    vec![
+        Case {
+            name: "Grafana dashboards query only metrics the mesh exports",
+            run: dashboards_query_exported_metrics,
+        },
+        Case {
+            name: "meshctl stat: the requests made during its window",
+            run: stat_counts_the_requests_made_during_its_window,
+        },
+    ]
+}
+
+/// `meshctl stat --window 3s -n gamma -o json` while the client sends a request every 50 ms to
+/// `echo`: echo's row shows about that rate, all successful, with latency percentiles; the echo
+/// pods have TCP rows.
+fn stat_counts_the_requests_made_during_its_window(s: &mut Suite) -> Result<(), String> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (sent, out) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let mut sent = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if s.get("echo", 80, "/stat").is_ok_and(|a| a.status == 200) {
+                    sent += 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            sent
+        });
+        let out = std::process::Command::new(s.cluster.bin_dir.join("meshctl"))
+            .args(["stat", "--window", "3s", "-n", super::NS, "-o", "json"])
+            .env("MESHCTL_STATE_DIR", &s.cluster.dir)
+            .output();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (load.join().unwrap_or(0), out)
+    });
+    let out = out.map_err(|e| format!("meshctl stat: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "meshctl stat: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let stat: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("meshctl stat -o json: {e}"))?;
+    let echo = stat["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| {
+            r["service"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("echo.gamma"))
+        })
+        .ok_or_else(|| format!("no row for echo ({sent} requests sent): {stat}"))?;
+    let rps = echo["rps"].as_f64().unwrap_or(0.0);
+    // A request every 50 ms plus its own time: a few per second; the window saw most of them.
+    if !(1.0..40.0).contains(&rps) || echo["success"] != 1.0 || echo["p99_ms"].as_f64().is_none() {
+        return Err(format!("echo's row after {sent} requests: {echo}"));
+    }
+    // The waypoint keeps its connections to the echo pods open across requests, and TCP
+    // counters move when a connection opens or closes: the workload rows are listed, not
+    // expected to move here (the TCP arithmetic is unit-tested).
+    if !stat["workloads"].as_array().is_some_and(|w| {
+        w.iter().any(|r| {
+            r["workload"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("gamma/echo"))
+        })
+    }) {
+        return Err(format!("no echo workload rows: {stat}"));
+    }
+    Ok(())
 }
 
 /// Metric names in Prometheus text: sample names and `# TYPE` names.

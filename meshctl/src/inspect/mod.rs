@@ -10,6 +10,7 @@ pub mod check;
 pub mod clock;
 pub mod fetch;
 pub mod proxy_status;
+pub mod stat;
 pub mod table;
 pub mod ztunnel_config;
 
@@ -252,6 +253,43 @@ fn capture_rules_installed(pod_netns: &str) -> bool {
             .status()
     })
     .is_ok_and(|s| s.success())
+}
+
+/// Every proxy's metrics in the local cluster: each node's ztunnel and each waypoint.
+fn scrape_all(cluster: &Cluster) -> Result<Vec<stat::Sample>, String> {
+    let mut samples = Vec::new();
+    for node in &cluster.nodes {
+        samples.extend(stat::parse(&cluster.ztunnel_metrics(&node.name)?));
+    }
+    for pod in cluster.pods.iter().filter(|p| p.waypoint().is_some()) {
+        let body = fetch::get(
+            &From::Netns(pod.netns.clone()),
+            SocketAddr::from((pod.ip, 15020)),
+            "/metrics",
+        )?;
+        samples.extend(stat::parse(&body));
+    }
+    Ok(samples)
+}
+
+/// `meshctl stat`: golden metrics over `window` from two scrapes of every proxy.
+pub fn stat_report(
+    state_dir: &Path,
+    window: std::time::Duration,
+    namespace: Option<&str>,
+    output: Output,
+) -> Result<String, String> {
+    let cluster = Cluster::load(state_dir)?;
+    let before = scrape_all(&cluster)?;
+    let started = std::time::Instant::now();
+    std::thread::sleep(window);
+    let after = scrape_all(&cluster)?;
+    let stat = stat::compute(&before, &after, started.elapsed().as_secs_f64(), namespace);
+    Ok(match output {
+        Output::Table => stat::table(&stat),
+        Output::Json => format!("{}\n", serde_json::to_string_pretty(&stat).expect("json")),
+        Output::Yaml => serde_yaml_ng::to_string(&stat).expect("yaml"),
+    })
 }
 
 #[cfg(test)]
