@@ -118,6 +118,7 @@ pub async fn start(
 
     let mark = (settings.socket_mark != 0).then_some(settings.socket_mark);
     let metrics = Arc::new(Metrics::new());
+    metrics.flows.set_enabled(settings.flow_records);
     let proxy = Arc::new(Proxy {
         workload,
         identity,

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -225,6 +225,8 @@ pub struct FlowLog {
     recent: Mutex<VecDeque<Arc<Event>>>,
     live: broadcast::Sender<Arc<Event>>,
     dropped: AtomicU64,
+    /// `FLOW_RECORDS=false` turns recording off (the data path then builds no event).
+    enabled: AtomicBool,
 }
 
 impl Default for FlowLog {
@@ -233,11 +235,21 @@ impl Default for FlowLog {
             recent: Mutex::new(VecDeque::with_capacity(KEPT)),
             live: broadcast::channel(LIVE_BUFFER).0,
             dropped: AtomicU64::new(0),
+            enabled: AtomicBool::new(true),
         }
     }
 }
 
 impl FlowLog {
+    /// Whether events are recorded; callers check before building one.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
     /// Keeps `event` and hands it to the live readers (never waits for them).
     pub fn record(&self, event: Event) {
         let event = Arc::new(event);

@@ -81,8 +81,10 @@ impl Metrics {
     /// Counts an established connection as opened; the returned record counts its bytes and
     /// its close.
     pub fn opened(self: &Arc<Self>, labels: ConnectionLabels) -> ConnectionRecord {
-        let flow = Arc::new(labels.flow());
-        self.flows.record(Event::new(Kind::Opened, flow.clone()));
+        let flow = self.flows.enabled().then(|| Arc::new(labels.flow()));
+        if let Some(flow) = &flow {
+            self.flows.record(Event::new(Kind::Opened, flow.clone()));
+        }
         let labels = labels.into_labels("-");
         self.counter(OPENED, &labels).increment(1);
         ConnectionRecord {
@@ -101,17 +103,19 @@ impl Metrics {
         flag: &'static str,
         reason: impl std::fmt::Display,
     ) {
-        let kind = if flag == "DENY" {
-            Kind::Denied
-        } else {
-            Kind::Failed
-        };
-        self.flows.record(Event::refused(
-            kind,
-            Arc::new(labels.flow()),
-            flag,
-            reason.to_string(),
-        ));
+        if self.flows.enabled() {
+            let kind = if flag == "DENY" {
+                Kind::Denied
+            } else {
+                Kind::Failed
+            };
+            self.flows.record(Event::refused(
+                kind,
+                Arc::new(labels.flow()),
+                flag,
+                reason.to_string(),
+            ));
+        }
         let labels = labels.into_labels(flag);
         self.counter(FAILED, &labels).increment(1);
     }
@@ -121,7 +125,8 @@ impl Metrics {
 pub struct ConnectionRecord {
     metrics: Arc<Metrics>,
     labels: Vec<Label>,
-    flow: Arc<Flow>,
+    /// `None` when flow records are off.
+    flow: Option<Arc<Flow>>,
     started: Instant,
 }
 
@@ -133,12 +138,11 @@ impl ConnectionRecord {
             .increment(received);
         self.metrics.counter(SENT, &self.labels).increment(sent);
         self.metrics.counter(CLOSED, &self.labels).increment(1);
-        self.metrics.flows.record(Event::closed(
-            self.flow,
-            received,
-            sent,
-            self.started.elapsed(),
-        ));
+        if let Some(flow) = self.flow {
+            self.metrics
+                .flows
+                .record(Event::closed(flow, received, sent, self.started.elapsed()));
+        }
     }
 }
 

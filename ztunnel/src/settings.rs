@@ -98,6 +98,11 @@ pub struct Settings {
     #[arg(long, env = "RELAY_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     pub relay_idle_timeout: Duration,
 
+    /// Keep a record of each connection (opened, closed, denied, failed) for `/flows` on the
+    /// admin port and `meshctl observe`: one allocation per open and per close.
+    #[arg(long, env = "FLOW_RECORDS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub flow_records: bool,
+
     /// Serve SOCKS5 on 15080 (localhost only), as Istio's `UNSTABLE_ENABLE_SOCKS5`. Off by
     /// default: every local process that can reach it gets the served workload's identity.
     #[arg(long, env = "UNSTABLE_ENABLE_SOCKS5", default_value_t = false, action = clap::ArgAction::Set)]

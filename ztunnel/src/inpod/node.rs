@@ -63,6 +63,7 @@ pub async fn start_node(
     } = shared_parts(&settings, node_id, &drain)?;
     let mark = (settings.socket_mark != 0).then_some(settings.socket_mark);
     let metrics = Arc::new(Metrics::new());
+    metrics.flows.set_enabled(settings.flow_records);
     let pods = Arc::new(Pods::new(NodeContext {
         trust_domain: settings.trust_domain.clone(),
         cluster_id: settings.cluster_id.clone(),

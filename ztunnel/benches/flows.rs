@@ -1,0 +1,100 @@
+//! What flow records cost per connection: `Metrics::opened` + `closed` (the per-connection
+//! metric work every connection pays) with `FLOW_RECORDS` off, on, and on with a live `/flows`
+//! reader draining the stream, measured in the same run. Prints ns per connection and the
+//! difference; set against the ~140 µs of CPU a connection costs both tunnel ends in the mesh
+//! bench (docs/performance.md), the difference is the share flow records add.
+//!
+//!     cargo bench -p ztunnel --bench flows
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ztunnel::metrics::{ConnectionLabels, Metrics, Reporter};
+use ztunnel::state::Snapshot;
+
+const MESH: &str = r#"
+workloads:
+- {name: sleep, namespace: default, serviceAccount: sleep, workloadIps: ["10.0.0.2"], protocol: HBONE}
+- {name: echo, namespace: default, serviceAccount: echo, workloadIps: ["10.0.0.3"], protocol: HBONE}
+"#;
+const CONNECTIONS: u32 = 200_000;
+
+fn run(snap: &Snapshot, metrics: &Arc<Metrics>) -> f64 {
+    let src = snap.workload_by_name("default", "sleep").expect("sleep");
+    let dst = snap.workload_by_name("default", "echo").expect("echo");
+    let client: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+    let server: SocketAddr = "10.0.0.3:8080".parse().unwrap();
+    let started = Instant::now();
+    for _ in 0..CONNECTIONS {
+        let record = metrics.opened(ConnectionLabels {
+            reporter: Reporter::Destination,
+            cluster: "Kubernetes",
+            source: Some(src),
+            source_principal: Some(src.identity.to_string()),
+            destination: Some(dst),
+            destination_service: None,
+            destination_principal: Some(dst.identity.to_string()),
+            mutual_tls: true,
+            source_addr: Some(client),
+            destination_addr: Some(server),
+        });
+        record.closed(1024, 4096);
+    }
+    started.elapsed().as_nanos() as f64 / CONNECTIONS as f64
+}
+
+fn main() {
+    let config = ztunnel::config::local::parse(MESH, "cluster.local").expect("mesh");
+    let snap = Snapshot::build(config, "cluster.local", 1).expect("snapshot");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    for (name, on, reader) in [
+        ("off", false, false),
+        ("on", true, false),
+        ("on, a live reader", true, true),
+    ] {
+        let metrics = Arc::new(Metrics::new());
+        metrics.flows.set_enabled(on);
+        // The reader drains on its own thread every FLOW_POLL, as `/flows`' task does.
+        let drain = reader.then(|| {
+            let mut live = metrics.flows.subscribe();
+            std::thread::spawn(move || {
+                use tokio::sync::broadcast::error::TryRecvError;
+                let mut n = 0u64;
+                loop {
+                    match live.try_recv() {
+                        Ok(_) => n += 1,
+                        Err(TryRecvError::Lagged(k)) => n += k,
+                        Err(TryRecvError::Empty) => std::thread::sleep(ztunnel::admin::FLOW_POLL),
+                        Err(TryRecvError::Closed) => return n,
+                    }
+                }
+            })
+        });
+        let _guard = rt.enter();
+        run(&snap, &metrics); // warm up
+        let ns = (0..3)
+            .map(|_| run(&snap, &metrics))
+            .fold(f64::INFINITY, f64::min);
+        drop(metrics);
+        if let Some(t) = drain {
+            let _ = t.join();
+        }
+        rows.push((name, ns));
+    }
+    let base = rows[0].1;
+    println!("flow records, per connection (open + close), best of 3 × {CONNECTIONS}:");
+    println!("{:<20} {:>10} {:>12}", "FLOW_RECORDS", "ns", "added ns");
+    for (name, ns) in &rows {
+        println!("{name:<20} {ns:>10.0} {:>12.0}", ns - base);
+    }
+    println!(
+        "added per connection: {:.0} ns ({:.2}% of the mesh bench's ~140 µs CPU per connection, both ends)",
+        rows[1].1 - base,
+        (rows[1].1 - base) / 140_000.0 * 100.0
+    );
+}
