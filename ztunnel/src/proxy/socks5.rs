@@ -46,6 +46,8 @@ pub enum SocksError {
     AddressType(u8),
     #[error("cannot resolve {0:?}")]
     Resolve(String),
+    #[error("the requested host name is not an ASCII host name: {0:?}")]
+    Name(String),
 }
 
 /// Where a CONNECT request asks to go.
@@ -100,7 +102,19 @@ where
             let len = io.read_u8().await? as usize;
             let mut name = [0u8; 255];
             io.read_exact(&mut name[..len]).await?;
-            let name = String::from_utf8_lossy(&name[..len]).into_owned();
+            // A host name is ASCII (IDNs travel as punycode). Anything else is refused, not
+            // repaired: a lossy conversion turned 255 invalid bytes into a 765-byte "name"
+            // (found by the socks5 fuzz target).
+            let Some(name) = std::str::from_utf8(&name[..len])
+                .ok()
+                .filter(|n| n.is_ascii() && !n.is_empty())
+                .map(str::to_owned)
+            else {
+                reply(io, GENERAL_FAILURE).await?;
+                return Err(SocksError::Name(
+                    String::from_utf8_lossy(&name[..len.min(64)]).into_owned(),
+                ));
+            };
             let port = io.read_u16().await?;
             return Ok(Requested::Name(name, port));
         }
@@ -202,6 +216,34 @@ pub async fn handle(
         Err(e) => {
             tracing::info!(%client, %dst, flag = e.response_flag(), "outbound connection failed: {e}");
             let _ = reply(&mut tcp, reply_code(&e)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(name: &[u8]) -> Vec<u8> {
+        let mut r = vec![5, 1, 0, 5, 1, 0, 3, name.len() as u8];
+        r.extend_from_slice(name);
+        r.extend_from_slice(&8080u16.to_be_bytes());
+        r
+    }
+
+    #[tokio::test]
+    async fn host_names_must_be_ascii_and_are_never_repaired() {
+        let data = request(&[0xff; 255]);
+        let mut io = tokio::io::join(&data[..], tokio::io::sink());
+        let err = negotiate(&mut io).await.unwrap_err();
+        assert!(matches!(err, SocksError::Name(_)), "{err}");
+        let data = request(b"cart.shop.svc.cluster.local");
+        let mut io = tokio::io::join(&data[..], tokio::io::sink());
+        match negotiate(&mut io).await.unwrap() {
+            Requested::Name(name, port) => {
+                assert_eq!((name.as_str(), port), ("cart.shop.svc.cluster.local", 8080))
+            }
+            other => panic!("{other:?}"),
         }
     }
 }
