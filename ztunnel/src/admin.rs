@@ -251,13 +251,9 @@ fn flows(ctx: &AdminContext, query: Option<&str>) -> Response<AdminBody> {
         Ok(f) => f,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")).map(Either::Left),
     };
-    let param = |key: &str| {
-        query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-    };
-    let follow = matches!(param("follow"), Some("true" | "1"));
-    let limit = match param("limit").map(str::parse::<usize>) {
+    let param = |key: &str| crate::flows::query_param(query, key);
+    let follow = matches!(param("follow").as_deref(), Some("true" | "1"));
+    let limit = match param("limit").map(|l| l.parse::<usize>()) {
         None => crate::flows::KEPT,
         Some(Ok(n)) => n,
         Some(Err(_)) => {
@@ -387,17 +383,7 @@ fn route(ctx: &AdminContext, which: Endpoints, req: Request<Incoming>) -> Respon
 /// and rule, as `meshcore::policy::explain` traces it). No `principal`: a plaintext client.
 fn authz(ctx: &AdminContext, query: Option<&str>) -> Response<Full<Bytes>> {
     let query = query.unwrap_or("");
-    let param = |key: &str| {
-        query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-            .map(|v| {
-                v.replace("%2F", "/")
-                    .replace("%2f", "/")
-                    .replace("%3A", ":")
-                    .replace("%3a", ":")
-            })
-    };
+    let param = |key: &str| crate::flows::query_param(query, key);
     let bad = |what: String| text(StatusCode::BAD_REQUEST, format!("{what}\n"));
     let Some(destination) =
         param("destination").and_then(|d| d.parse::<std::net::SocketAddr>().ok())

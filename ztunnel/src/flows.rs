@@ -194,6 +194,14 @@ impl Filter {
     }
 }
 
+/// The value of `key` in a query string, `%XX` escapes and `+` decoded.
+pub fn query_param(query: &str, key: &str) -> Option<String> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .map(decode)
+}
+
 /// `%XX` escapes and `+` of a query value.
 fn decode(v: &str) -> String {
     let bytes = v.as_bytes();

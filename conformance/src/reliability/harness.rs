@@ -89,22 +89,6 @@ impl Process {
             .map(|d| d.count())
             .unwrap_or(0)
     }
-
-    /// User + system CPU seconds so far.
-    pub fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks: u64 = [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-            .sum();
-        // SAFETY: sysconf has no preconditions.
-        ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-    }
 }
 
 impl Drop for Process {
@@ -140,7 +124,6 @@ pub struct Mesh {
     pub control: Option<Process>,
     pub client: Process,
     pub server: Process,
-    opts: Options,
 }
 
 impl Mesh {
@@ -174,7 +157,6 @@ impl Mesh {
             control: Some(control),
             client,
             server,
-            opts,
         };
         for ip in [CLIENT, SERVER] {
             wait_http_ok(
@@ -218,10 +200,6 @@ impl Mesh {
     /// The manifest directory istiod-lite serves.
     pub fn config_dir(&self) -> PathBuf {
         self.dir.join("config")
-    }
-
-    pub fn options(&self) -> &Options {
-        &self.opts
     }
 
     /// The processes' log tails, for a failure message.
