@@ -7,6 +7,7 @@ pub mod api;
 pub mod certs;
 pub mod control;
 pub mod copy;
+pub mod flow_ring;
 pub mod hbone;
 pub mod identity;
 pub mod l7;

@@ -3,6 +3,7 @@
 //! used by tests and demos ([`echo`]), and `proxy-status` / `ztunnel-config` ([`inspect`]).
 
 pub mod cluster;
+pub mod dashboard;
 pub mod demo;
 pub mod echo;
 pub mod inspect;

@@ -148,6 +148,23 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// The busiest requests over a window (as linkerd viz top): per source, destination
+    /// Service, method and path, the count, success rate and best/worst/last latency, most
+    /// frequent first. From the waypoints' request records (`/flows`), so only traffic
+    /// through a waypoint shows. See docs/observability.md.
+    Top {
+        /// How long to watch.
+        #[arg(long, default_value = "10s", value_parser = parse_window)]
+        window: std::time::Duration,
+        /// Only requests with an end (or the Service) in this namespace.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Checks that the mesh is healthy (as linkerd check): the control plane ready, every
     /// ztunnel ready and on the latest config, certificates valid, node agents serving, every
     /// enrolled pod served and captured. Each failure comes with a hint; the exit status is 1
@@ -194,6 +211,25 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// A live web view of the local cluster's mesh: the service graph (workloads and Services;
+    /// edges are the recent flows with mutual TLS or not, connections and bytes, and a
+    /// waypoint's request and error rates), denied flows in red with the deciding policy, and
+    /// per workload its identity, certificate expiry and policies. Serves one page and
+    /// /api/graph (polled every 2 s) on loopback. See docs/observability.md.
+    Dashboard {
+        /// Where to serve, `IP:PORT`; loopback by default (another address serves the view,
+        /// which has no authentication, to whoever reaches it).
+        #[arg(long, value_name = "IP:PORT")]
+        listen: Option<SocketAddr>,
+        /// Flows and request rates over this much of the recent past.
+        #[arg(long, default_value = "60s", value_parser = parse_window)]
+        window: std::time::Duration,
+        /// Do not open the page in a browser.
+        #[arg(long)]
+        no_open: bool,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Echo server for tests and demos: HTTP/1.1, h2c and gRPC answered with what the server
     /// saw (its pod, the client's address, method, URL, headers); raw TCP echoed back.
     Echo {
@@ -221,14 +257,26 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AuthzCommand {
-    /// Explains the decision for `--from POD --to POD:PORT`.
+    /// Explains the decision for `--from POD --to POD:PORT` (or `--to SERVICE:PORT`): L4 at
+    /// the ztunnel and, when a waypoint serves the destination, L7 at the waypoint for the
+    /// request described by --method, --path and --header.
     Explain {
         /// The calling pod (`namespace/pod` or `pod`).
         #[arg(long)]
         from: String,
-        /// The destination pod and port (`namespace/pod:port`).
+        /// The destination: a pod and port (`namespace/pod:port`) or a Service and port
+        /// (`svc.namespace:port` or `svc:port` in the source's namespace).
         #[arg(long)]
         to: String,
+        /// The request's method, for the waypoint's L7 policies.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The request's path (a query string is ignored by policies).
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// A request header `NAME:VALUE` (repeatable).
+        #[arg(long = "header", value_name = "NAME:VALUE")]
+        headers: Vec<String>,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
@@ -375,6 +423,9 @@ fn cluster_command(command: Command) -> Result<(), String> {
                 AuthzCommand::Explain {
                     from,
                     to,
+                    method,
+                    path,
+                    headers,
                     output,
                     common,
                 },
@@ -382,7 +433,17 @@ fn cluster_command(command: Command) -> Result<(), String> {
             let cluster = Cluster::load(&common.state_dir)?;
             print!(
                 "{}",
-                inspect::authz::explain_report(&cluster, &from, &to, output)?
+                inspect::authz::explain_report(
+                    &cluster,
+                    &from,
+                    &to,
+                    &inspect::authz::L7Request {
+                        method,
+                        path,
+                        headers
+                    },
+                    output
+                )?
             );
             Ok(())
         }
@@ -395,6 +456,18 @@ fn cluster_command(command: Command) -> Result<(), String> {
             print!(
                 "{}",
                 inspect::stat_report(&common.state_dir, window, namespace.as_deref(), output)?
+            );
+            Ok(())
+        }
+        Command::Top {
+            window,
+            namespace,
+            output,
+            common,
+        } => {
+            print!(
+                "{}",
+                inspect::top::top_report(&common.state_dir, window, namespace.as_deref(), output)?
             );
             Ok(())
         }
@@ -471,6 +544,17 @@ fn cluster_command(command: Command) -> Result<(), String> {
             print!("{report}");
             Ok(())
         }
+        Command::Dashboard {
+            listen,
+            window,
+            no_open,
+            common,
+        } => meshctl::dashboard::run(meshctl::dashboard::Options {
+            state_dir: common.state_dir,
+            listen,
+            window,
+            open: !no_open,
+        }),
         Command::Echo { .. } => unreachable!("served by echo_main"),
     }
 }

@@ -1,8 +1,11 @@
 //! `meshctl observe`: the mesh's flows, one line each, as `hubble observe` shows Cilium's: every
 //! connection each ztunnel opened, closed (bytes, duration), denied (the deciding policy) or
-//! failed (why), read from ztunnel's `/flows` on its admin port. Against the local cluster it
-//! reads every node's ztunnel from inside the node's network namespace; `--ztunnel` reads any
-//! one ztunnel's admin address.
+//! failed (why), read from ztunnel's `/flows` on its admin port, and every HTTP request each
+//! waypoint served (route, backend, status, latency, the L7 policy verdict), read from the
+//! waypoint's `/flows` (the same fields where they mean the same, plus `"kind":"request"`).
+//! Against the local cluster it reads every node's ztunnel from inside the node's network
+//! namespace and every waypoint pod's admin port inside the pod's; `--ztunnel` reads any one
+//! ztunnel's (or waypoint's) admin address.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -56,7 +59,8 @@ impl Options {
     }
 }
 
-fn encode(v: &str) -> String {
+/// A query value, percent-encoded.
+pub fn encode(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
@@ -75,9 +79,9 @@ pub struct Source {
     pub admin: SocketAddr,
 }
 
-/// Every node's ztunnel of the local cluster.
+/// Every node's ztunnel of the local cluster, then every waypoint pod.
 pub fn cluster_sources(cluster: &Cluster) -> Vec<Source> {
-    cluster
+    let mut sources: Vec<Source> = cluster
         .nodes
         .iter()
         .map(|n| Source {
@@ -85,31 +89,54 @@ pub fn cluster_sources(cluster: &Cluster) -> Vec<Source> {
             netns: Some(n.netns.clone()),
             admin: ([127, 0, 0, 1], 15000).into(),
         })
+        .collect();
+    sources.extend(waypoint_sources(cluster));
+    sources
+}
+
+/// Every waypoint pod of the local cluster: its admin port (15000, on loopback inside the
+/// pod's network namespace).
+pub fn waypoint_sources(cluster: &Cluster) -> Vec<Source> {
+    cluster
+        .pods
+        .iter()
+        .filter(|p| p.waypoint().is_some())
+        .map(|p| Source {
+            name: p.key(),
+            netns: Some(p.netns.clone()),
+            admin: ([127, 0, 0, 1], 15000).into(),
+        })
         .collect()
+}
+
+/// Reads the recorded flows of `sources` once (never following), in time order, each with
+/// its source's name; and the sources that could not be read.
+pub fn collect(sources: Vec<Source>, opts: &Options) -> (Vec<(String, Value)>, Vec<String>) {
+    let path = Options {
+        follow: false,
+        ..opts.clone()
+    }
+    .path();
+    let rx = read_all(sources, &path);
+    let (mut all, mut errors) = (Vec::new(), Vec::new());
+    for item in rx {
+        match item {
+            Ok(x) => all.push(x),
+            Err(e) => errors.push(e),
+        }
+    }
+    all.sort_by_key(|(_, v)| v["time_ms"].as_u64().unwrap_or(0));
+    (all, errors)
 }
 
 /// Reads the flows of every source and prints them to `out` until the streams end (or, when
 /// following, until interrupted).
 pub fn run(sources: Vec<Source>, opts: &Options, out: &mut impl Write) -> Result<(), String> {
     let colour = !opts.json && unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1;
-    let (tx, rx) = mpsc::channel::<Result<(String, Value), String>>();
-    let path = opts.path();
     let n = sources.len();
-    for source in sources {
-        let tx = tx.clone();
-        let path = path.clone();
-        std::thread::spawn(move || {
-            let name = source.name.clone();
-            let sent = read_flows(&source, &path, |v| tx.send(Ok((name.clone(), v))).is_ok());
-            if let Err(e) = sent {
-                let _ = tx.send(Err(format!("{}: {e}", source.name)));
-            }
-        });
-    }
-    drop(tx);
     let mut errors = Vec::new();
     if opts.follow {
-        for item in rx {
+        for item in read_all(sources, &opts.path()) {
             match item {
                 Ok((node, v)) => print_one(out, &node, &v, opts.json, colour)?,
                 Err(e) => {
@@ -119,15 +146,9 @@ pub fn run(sources: Vec<Source>, opts: &Options, out: &mut impl Write) -> Result
             }
         }
     } else {
-        // The recorded flows of every ztunnel, in time order.
-        let mut all = Vec::new();
-        for item in rx {
-            match item {
-                Ok(x) => all.push(x),
-                Err(e) => errors.push(e),
-            }
-        }
-        all.sort_by_key(|(_, v)| v["time_ms"].as_u64().unwrap_or(0));
+        // The recorded flows of every ztunnel and waypoint, in time order.
+        let (all, failed) = collect(sources, opts);
+        errors = failed;
         for (node, v) in &all {
             print_one(out, node, v, opts.json, colour)?;
         }
@@ -136,6 +157,23 @@ pub fn run(sources: Vec<Source>, opts: &Options, out: &mut impl Write) -> Result
         return Err(errors.join("; "));
     }
     Ok(())
+}
+
+/// A reader thread per source; their flows (or failures) arrive on the channel.
+fn read_all(sources: Vec<Source>, path: &str) -> mpsc::Receiver<Result<(String, Value), String>> {
+    let (tx, rx) = mpsc::channel();
+    for source in sources {
+        let tx = tx.clone();
+        let path = path.to_owned();
+        std::thread::spawn(move || {
+            let name = source.name.clone();
+            let sent = read_flows(&source, &path, |v| tx.send(Ok((name.clone(), v))).is_ok());
+            if let Err(e) = sent {
+                let _ = tx.send(Err(format!("{}: {e}", source.name)));
+            }
+        });
+    }
+    rx
 }
 
 fn print_one(
@@ -161,11 +199,18 @@ pub fn format_flow(node: &str, v: &Value, colour: bool) -> String {
     if let Some(n) = v["dropped"].as_u64() {
         return format!("{node}: {n} flows lost (this reader fell behind)");
     }
+    if v["kind"] == "request" {
+        return format_request(v, colour);
+    }
     let time = clock(v["time_ms"].as_u64().unwrap_or(0));
     let end = |e: &Value| {
         let who = match (e["namespace"].as_str(), e["workload"].as_str()) {
             (Some(ns), Some(w)) => format!("{ns}/{w}"),
-            _ => "(outside the mesh)".to_owned(),
+            // Through a waypoint the client's ztunnel knows only the waypoint's identity.
+            _ => match e["principal"].as_str() {
+                Some(p) => format!("(as {})", p.trim_start_matches("spiffe://")),
+                None => "(outside the mesh)".to_owned(),
+            },
         };
         match e["address"].as_str() {
             Some(a) => format!("{who} ({a})"),
@@ -185,10 +230,11 @@ pub fn format_flow(node: &str, v: &Value, colour: bool) -> String {
         };
         format!("\x1b[{code}m{s}\x1b[0m")
     };
-    let mtls = if v["mtls"].as_bool() == Some(true) {
-        "mTLS"
-    } else {
-        "plain"
+    // A connection refused before it was established was never plain or encrypted.
+    let mtls = match (v["mtls"].as_bool() == Some(true), event) {
+        (true, _) => "mTLS",
+        (false, "denied" | "failed") => "-",
+        (false, _) => "plain",
     };
     let detail = match event {
         "closed" => format!(
@@ -221,6 +267,99 @@ pub fn format_flow(node: &str, v: &Value, colour: bool) -> String {
     )
     .trim_end()
     .to_owned()
+}
+
+/// `namespace/name` without the namespace when it is `namespace`.
+fn short<'a>(name: &'a str, namespace: &str) -> &'a str {
+    match name.split_once('/') {
+        Some((ns, rest)) if ns == namespace => rest,
+        _ => name,
+    }
+}
+
+/// The destination of a request record as the client addressed it: `echo.gamma:80`.
+pub fn request_target(v: &Value) -> String {
+    let service = v["service"].as_str().unwrap_or("");
+    let host = service
+        .strip_suffix(".svc.cluster.local")
+        .unwrap_or(service);
+    match (host, v["service_port"].as_u64()) {
+        ("", _) => v["destination"]["address"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned(),
+        (h, Some(p)) => format!("{h}:{p}"),
+        (h, None) => h.to_owned(),
+    }
+}
+
+/// The source of a request record: `namespace/workload`, else its address.
+pub fn request_source(v: &Value) -> String {
+    let src = &v["source"];
+    match (src["namespace"].as_str(), src["workload"].as_str()) {
+        (Some(ns), Some(w)) => format!("{ns}/{w}"),
+        (Some(ns), None) => format!("{ns}/?"),
+        _ => src["address"].as_str().unwrap_or("?").to_owned(),
+    }
+}
+
+/// A waypoint's request record as an L7 line, as `hubble observe` prints L7 flows:
+/// `12:00:01.123 gamma/client -> echo.gamma:80 http GET /hello 200 3ms route=echo-split
+/// backend=echo-v1 ALLOWED` (a denial: `DENIED by gamma/deny-post rule 0`).
+pub fn format_request(v: &Value, colour: bool) -> String {
+    let time = clock(v["time_ms"].as_u64().unwrap_or(0));
+    let ns = v["service_name"]
+        .as_str()
+        .and_then(|s| s.split_once('/'))
+        .map_or("", |(ns, _)| ns);
+    let protocol = match v["protocol"].as_str() {
+        Some("gRPC") => "grpc",
+        Some("HTTP/2") => "http2",
+        _ => "http",
+    };
+    let mut line = format!(
+        "{time} {} -> {} {protocol} {} {} {}",
+        request_source(v),
+        request_target(v),
+        v["method"].as_str().unwrap_or("?"),
+        v["path"].as_str().unwrap_or("?"),
+        v["status"].as_u64().unwrap_or(0),
+    );
+    if let Some(g) = v["grpc_status"].as_u64() {
+        line.push_str(&format!(" grpc-status={g}"));
+    }
+    line.push_str(&format!(" {}ms", v["duration_ms"].as_u64().unwrap_or(0)));
+    if let Some(r) = v["route"].as_str() {
+        line.push_str(&format!(" route={}", short(r, ns)));
+    }
+    if let Some(b) = v["backend"].as_str() {
+        line.push_str(&format!(" backend={}", short(b, ns)));
+    }
+    if let Some(f) = v["flag"].as_str() {
+        line.push_str(&format!(" flag={f}"));
+    }
+    let (word, code) = match v["verdict"].as_str() {
+        Some("allowed") => ("ALLOWED".to_owned(), "32"),
+        Some("denied") => {
+            let by = match (v["policy"].as_str(), v["policy_rule"].as_u64()) {
+                (Some(p), Some(r)) => format!(" by {p} rule {r}"),
+                (Some(p), None) => format!(" by {p}"),
+                _ => match v["reason"].as_str() {
+                    Some(r) if !r.is_empty() => format!(" ({r})"),
+                    _ => String::new(),
+                },
+            };
+            (format!("DENIED{by}"), "31")
+        }
+        _ => ("FAILED".to_owned(), "33"),
+    };
+    if colour {
+        line.push_str(&format!(" \x1b[{code}m{word}\x1b[0m"));
+    } else {
+        line.push(' ');
+        line.push_str(&word);
+    }
+    line
 }
 
 /// `HH:MM:SS.mmm` (UTC) of a Unix time in milliseconds.
@@ -336,7 +475,7 @@ fn connect(source: &Source) -> Result<TcpStream, String> {
         }
         None => dial(),
     };
-    stream.map_err(|e| format!("ztunnel admin {addr}: {e}"))
+    stream.map_err(|e| format!("admin {addr}: {e}"))
 }
 
 #[cfg(test)]
@@ -386,6 +525,34 @@ mod tests {
              closed  plain 2.0 KiB in, 3.0 MiB out, 1.5 s"
         );
         assert!(format_flow("n", &closed, true).contains("\x1b[32mclosed "));
+        let request: Value = serde_json::json!({
+            "time_ms": 1_764_495_692_123u64, "kind": "request", "verdict": "allowed",
+            "reporter": "waypoint", "mtls": true, "service": "echo.gamma.svc.cluster.local",
+            "service_name": "gamma/echo", "service_port": 80, "route": "gamma/echo-split",
+            "backend": "gamma/echo-v1", "method": "GET", "path": "/hello", "status": 200,
+            "protocol": "HTTP/1.1", "duration_ms": 3,
+            "source": {"namespace": "gamma", "workload": "client"},
+            "destination": {"namespace": "gamma", "workload": "echo-v1-1"}
+        });
+        assert_eq!(
+            format_flow("gamma/waypoint", &request, false),
+            "09:41:32.123 gamma/client -> echo.gamma:80 http GET /hello 200 3ms \
+             route=echo-split backend=echo-v1 ALLOWED"
+        );
+        let denied: Value = serde_json::json!({
+            "time_ms": 1_764_495_692_123u64, "kind": "request", "verdict": "denied",
+            "service": "echo.gamma.svc.cluster.local", "service_name": "gamma/echo",
+            "service_port": 80, "method": "POST", "path": "/admin", "status": 403,
+            "flag": "DENY", "policy": "gamma/deny-post", "policy_rule": 0, "duration_ms": 0,
+            "source": {"namespace": "gamma", "workload": "client"}, "destination": {}
+        });
+        assert_eq!(
+            format_flow("gamma/waypoint", &denied, false),
+            "09:41:32.123 gamma/client -> echo.gamma:80 http POST /admin 403 0ms flag=DENY \
+             DENIED by gamma/deny-post rule 0"
+        );
+        assert!(format_request(&denied, true)
+            .ends_with("\x1b[31mDENIED by gamma/deny-post rule 0\x1b[0m"));
         assert_eq!(
             format_flow("node-1", &serde_json::json!({"dropped": 7}), false),
             "node-1: 7 flows lost (this reader fell behind)"

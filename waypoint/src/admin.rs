@@ -1,13 +1,15 @@
 //! The waypoint's side doors, plain HTTP/1.1: admin on 15000 (localhost: `/config_dump`,
-//! `/logging`, `/quitquitquit`), metrics on 15020 (`/metrics`, `/stats/prometheus`) and readiness
-//! on 15021 (`/healthz/ready`).
+//! `/flows` (request records, `crate::flows`), `/authz` (the L7 policy decision for a described
+//! request, explained), `/logging`, `/quitquitquit`), metrics on 15020 (`/metrics`,
+//! `/stats/prometheus`) and readiness on 15021 (`/healthz/ready`).
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -62,7 +64,15 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(route(&ctx, which, req)) }
+                async move {
+                    Ok::<_, Infallible>(
+                        if which == Endpoints::Admin && req.uri().path() == "/flows" {
+                            flows(&ctx, req.uri().query())
+                        } else {
+                            route(&ctx, which, req).map(Either::Left)
+                        },
+                    )
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
@@ -92,7 +102,12 @@ fn route(ctx: &AdminContext, which: Endpoints, req: Request<Incoming>) -> Respon
         (Endpoints::Stats, _, "/metrics" | "/stats/prometheus") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            ctx.proxy.metrics.render() + &meshcore::process_metrics::render(),
+            ctx.proxy.metrics.render()
+                + &format!(
+                    "# HELP waypoint_flow_events_dropped_total Request records a slow /flows reader lost.\n# TYPE waypoint_flow_events_dropped_total counter\nwaypoint_flow_events_dropped_total {}\n",
+                    ctx.proxy.flows.dropped()
+                )
+                + &meshcore::process_metrics::render(),
         ),
         (Endpoints::Admin, _, "/config_dump") => {
             reply(StatusCode::OK, "application/json", config_dump(ctx))
@@ -102,8 +117,144 @@ fn route(ctx: &AdminContext, which: Endpoints, req: Request<Incoming>) -> Respon
             reply(StatusCode::OK, text, "OK\n")
         }
         (Endpoints::Admin, method, "/logging") => logging(ctx, method, req.uri().query()),
+        (Endpoints::Admin, _, "/authz") => authz(ctx, req.uri().query()),
         _ => reply(StatusCode::NOT_FOUND, text, "not found\n"),
     }
+}
+
+type AdminBody = Either<Full<Bytes>, meshcore::flow_ring::FlowBody>;
+
+/// `GET /flows[?follow=true&limit=N&namespace=&workload=&from=&to=&verdict=]`: the recent
+/// request records that match as newline-delimited JSON (the last `limit`, default all kept),
+/// then, with `follow`, every new one. `to=` and `workload=` also match the addressed Service
+/// (`namespace/name` or `name`). A reader that falls behind gets `{"dropped":N}` (also counted
+/// in `waypoint_flow_events_dropped_total`).
+fn flows(ctx: &Arc<AdminContext>, query: Option<&str>) -> Response<AdminBody> {
+    let query = query.unwrap_or("");
+    let parsed = crate::flows::Filter::from_query(query)
+        .and_then(|f| Ok((f, meshcore::flow_ring::StreamRequest::from_query(query)?)));
+    let (filter, request) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "text/plain; charset=utf-8",
+                format!("{e}\n"),
+            )
+            .map(Either::Left)
+        }
+    };
+    let proxy = ctx.proxy.clone();
+    let body = ctx.proxy.flows.serve(
+        request,
+        move |r| filter.matches(r),
+        move |n| proxy.flows.lost(n),
+    );
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Either::Right(body))
+        .expect("static response")
+}
+
+/// `GET /authz?destination=IP:PORT&source=IP&principal=TD/ns/NS/sa/SA&method=GET&path=/p`
+/// `[&host=H][&header=NAME:VALUE...]`: the decision this waypoint's L7 policies would take for
+/// such a request (`L7Policies::decide`), traced policy by policy and rule by rule
+/// (`authz::explain`). `destination` is the address the client dialled (a Service VIP:port or a
+/// pod's); the request is as it arrives here, before routing, as the data path decides it.
+fn authz(ctx: &AdminContext, query: Option<&str>) -> Response<Full<Bytes>> {
+    use meshcore::flow_ring::{query_param, query_params};
+    let text = "text/plain; charset=utf-8";
+    let query = query.unwrap_or("");
+    let param = |key: &str| query_param(query, key);
+    let bad = |what: String| reply(StatusCode::BAD_REQUEST, text, format!("{what}\n"));
+    let Some(destination) = param("destination").and_then(|d| d.parse::<SocketAddr>().ok()) else {
+        return bad("destination=IP:PORT is required".into());
+    };
+    let source_ip = match param("source").map(|s| s.parse::<IpAddr>()) {
+        None => None,
+        Some(Ok(ip)) => Some(ip),
+        Some(Err(_)) => return bad("source: want an IP address".into()),
+    };
+    let identity = match param("principal") {
+        None => None,
+        Some(p) => match meshcore::identity::SpiffeId::from_principal(&p) {
+            Ok(id) => Some(id),
+            Err(e) => return bad(format!("principal={p}: {e}")),
+        },
+    };
+    let method = match param("method")
+        .unwrap_or_else(|| "GET".into())
+        .parse::<Method>()
+    {
+        Ok(m) => m,
+        Err(_) => return bad("method: not an HTTP method".into()),
+    };
+    let path = param("path").unwrap_or_else(|| "/".into());
+    let mut headers = http::HeaderMap::new();
+    for h in query_params(query, "header") {
+        let parsed = h.split_once(':').and_then(|(k, v)| {
+            Some((
+                http::HeaderName::from_bytes(k.trim().as_bytes()).ok()?,
+                http::HeaderValue::from_str(v.trim()).ok()?,
+            ))
+        });
+        match parsed {
+            Some((k, v)) => {
+                headers.append(k, v);
+            }
+            None => return bad(format!("header={h}: want NAME:VALUE")),
+        }
+    }
+    let snapshot = ctx.proxy.store.load();
+    let Some(target) = snapshot.resolve(destination) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            text,
+            format!("no Service or pod at {destination} in this waypoint's view\n"),
+        );
+    };
+    let service = match &target {
+        crate::config::Target::Service { service, .. }
+        | crate::config::Target::Workload { service, .. } => *service,
+    };
+    let host = param("host").unwrap_or_else(|| match destination.port() {
+        80 => service.hostname.clone(),
+        port => format!("{}:{port}", service.hostname),
+    });
+    let attrs = crate::authz::RequestAttrs {
+        service: Some((&service.key.namespace, &service.key.name)),
+        source: identity.as_ref(),
+        source_ip,
+        destination_ip: destination.ip(),
+        destination_port: destination.port(),
+        sni: None,
+        http: Some(crate::authz::HttpAttrs {
+            method: &method,
+            path: &path,
+            host: &host,
+            headers: &headers,
+            auth: None,
+        }),
+    };
+    let explanation = snapshot.policies.explain(&attrs);
+    let body = serde_json::json!({
+        "waypoint": format!("{}/{}", ctx.proxy.store.me.namespace, ctx.proxy.store.me.name),
+        "identity": ctx.proxy.identity.to_string(),
+        "service": format!("{}/{}", service.key.namespace, service.key.name),
+        "request": {
+            "method": method.as_str(),
+            "path": path,
+            "host": host,
+            "headers": headers.iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?"))).collect::<Vec<_>>(),
+        },
+        "explanation": explanation,
+        "text": crate::authz::explain::text(&explanation),
+    });
+    reply(
+        StatusCode::OK,
+        "application/json",
+        serde_json::to_vec_pretty(&body).expect("json"),
+    )
 }
 
 /// `GET /logging` shows the filter; `POST /logging?level=debug` (or `?filter=...`) sets it.

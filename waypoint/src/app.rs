@@ -204,6 +204,7 @@ pub async fn start(
         },
         identity.clone(),
     ));
+    proxy.flows.set_enabled(settings.flow_records);
     // Istio's waypoint accepts up to 100 streams per client connection.
     let server = HboneServer::new(
         meshcore::tls::server_config(credentials),

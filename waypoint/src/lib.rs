@@ -16,6 +16,7 @@ pub mod attach;
 pub mod authn;
 pub mod authz;
 pub mod config;
+pub mod flows;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

@@ -102,6 +102,11 @@ pub struct Settings {
     #[arg(long, env = "ACCESS_LOG", default_value = "text")]
     pub access_log: AccessLogFormat,
 
+    /// Keep a record of each HTTP request (route, backend, policy verdict, status, duration)
+    /// for `/flows` on the admin port, `meshctl observe` and `meshctl top`.
+    #[arg(long, env = "FLOW_RECORDS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub flow_records: bool,
+
     /// Send the original client's identity upstream in `x-forwarded-client-cert`
     /// (`By=<waypoint>;URI=<client>`), as Envoy's SANITIZE_SET does.
     #[arg(long, env = "FORWARD_CLIENT_CERT", default_value_t = false, action = clap::ArgAction::Set)]

@@ -218,98 +218,34 @@ pub async fn serve(listener: TcpListener, ctx: Arc<AdminContext>, which: Endpoin
     }
 }
 
-/// A response body fed by a channel: the `/flows` stream.
-pub struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
-    }
-}
-
-type AdminBody = Either<Full<Bytes>, ChannelBody>;
+type AdminBody = Either<Full<Bytes>, meshcore::flow_ring::FlowBody>;
 
 /// How often a following `/flows` reader's task drains the live stream.
-pub const FLOW_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+pub const FLOW_POLL: std::time::Duration = meshcore::flow_ring::POLL;
 
 /// `GET /flows[?follow=true&limit=N&namespace=&workload=&from=&to=&verdict=]`: the recent flow
 /// events that match as newline-delimited JSON (the last `limit`, default all kept), then, with
 /// `follow`, every new one as it happens. A reader that falls behind gets `{"dropped":N}` for
 /// what it lost (also counted in `ztunnel_flow_events_dropped_total`).
 fn flows(ctx: &AdminContext, query: Option<&str>) -> Response<AdminBody> {
-    use crate::flows::{line, Filter};
+    use crate::flows::Filter;
     let query = query.unwrap_or("");
-    let filter = match Filter::from_query(query) {
-        Ok(f) => f,
+    let parsed = Filter::from_query(query)
+        .and_then(|f| Ok((f, meshcore::flow_ring::StreamRequest::from_query(query)?)));
+    let (filter, request) = match parsed {
+        Ok(p) => p,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")).map(Either::Left),
     };
-    let param = |key: &str| crate::flows::query_param(query, key);
-    let follow = matches!(param("follow").as_deref(), Some("true" | "1"));
-    let limit = match param("limit").map(|l| l.parse::<usize>()) {
-        None => crate::flows::KEPT,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => {
-            return text(StatusCode::BAD_REQUEST, "limit: want a number\n").map(Either::Left)
-        }
-    };
-    let log = &ctx.metrics.flows;
-    // Subscribed before the ring is read: an event in between may show twice, none is missed.
-    let mut live = follow.then(|| log.subscribe());
-    let recent = log.recent(&filter);
-    let recent = recent[recent.len().saturating_sub(limit)..].to_vec();
-    let ndjson = |body| {
-        Response::builder()
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .expect("static response")
-    };
-    let Some(mut live) = live.take() else {
-        let body: Vec<u8> = recent.iter().flat_map(|e| line(e).to_vec()).collect();
-        return ndjson(Either::Left(Full::new(body.into())));
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
     let metrics = ctx.metrics.clone();
-    tokio::spawn(async move {
-        use tokio::sync::broadcast::error::TryRecvError;
-        for e in &recent {
-            if tx.send(line(e)).await.is_err() {
-                return;
-            }
-        }
-        // Polled, not awaited: a reader parked on the channel would be woken by every
-        // connection's event (a cross-thread wake-up each, measured in benches/flows.rs);
-        // draining every 50 ms costs the data path nothing and a viewer nothing it can see.
-        loop {
-            let next = match live.try_recv() {
-                Ok(e) if filter.matches(&e) => line(&e),
-                Ok(_) => continue,
-                Err(TryRecvError::Empty) => {
-                    if tx.is_closed() {
-                        return; // the reader left
-                    }
-                    tokio::time::sleep(FLOW_POLL).await;
-                    continue;
-                }
-                Err(TryRecvError::Lagged(n)) => {
-                    metrics.flows.lost(n);
-                    Bytes::from(format!("{{\"dropped\":{n}}}\n"))
-                }
-                Err(TryRecvError::Closed) => return,
-            };
-            if tx.send(next).await.is_err() {
-                return; // the reader left
-            }
-        }
-    });
-    ndjson(Either::Right(ChannelBody(rx)))
+    let body = ctx.metrics.flows.serve(
+        request,
+        move |e| filter.matches(e),
+        move |n| metrics.flows.lost(n),
+    );
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Either::Right(body))
+        .expect("static response")
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -6,21 +6,14 @@
 //! The data path only builds the event and hands it over: one `Arc` per connection open and
 //! one per close, a short lock on the ring, and a non-blocking broadcast send. A reader that
 //! cannot keep up loses events (counted, and told with a `{"dropped":N}` line); it never slows
-//! the connections it watches.
+//! the connections it watches. The ring, the live stream and the `/flows` body are
+//! `meshcore::flow_ring`'s (shared with the waypoint's request records); this module holds the
+//! connection events and their filters.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::broadcast;
-
-/// Events kept for a reader that connects later.
-pub const KEPT: usize = 1024;
-/// Events a live reader may fall behind before it loses some.
-const LIVE_BUFFER: usize = 1024;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -43,28 +36,7 @@ impl Kind {
     }
 }
 
-/// One end of a connection, as far as ztunnel knows it.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Peer {
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub namespace: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub workload: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub principal: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub address: Option<SocketAddr>,
-}
-
-impl Peer {
-    /// Whether `name` (`namespace/workload` or `workload`) names this end.
-    fn is(&self, name: &str) -> bool {
-        match name.split_once('/') {
-            Some((ns, w)) => self.namespace == ns && self.workload == w,
-            None => self.workload == name,
-        }
-    }
-}
+pub use meshcore::flow_ring::{Filter, Peer};
 
 /// Who talked to whom: shared by a connection's open and close events.
 #[derive(Debug, Serialize)]
@@ -102,16 +74,10 @@ pub struct Event {
     pub duration_ms: Option<u64>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Event {
     pub fn new(event: Kind, flow: Arc<Flow>) -> Self {
         Self {
-            time_ms: now_ms(),
+            time_ms: meshcore::flow_ring::now_ms(),
             event,
             verdict: event.verdict(),
             flow,
@@ -141,175 +107,30 @@ impl Event {
     }
 }
 
-/// What a reader wants to see; every field set must match.
-#[derive(Debug, Default, Clone)]
-pub struct Filter {
-    /// Either end's namespace.
-    pub namespace: Option<String>,
-    /// Either end (`namespace/workload` or `workload`).
-    pub workload: Option<String>,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    /// `allowed`, `denied` or `failed`.
-    pub verdict: Option<String>,
-}
-
-impl Filter {
-    /// From a query string: `namespace=`, `workload=`, `from=`, `to=`, `verdict=` (other keys
-    /// are left to the caller). An unknown verdict is an error naming it.
-    pub fn from_query(query: &str) -> Result<Self, String> {
-        let mut f = Filter::default();
-        for (k, v) in query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k, decode(v)))
-        {
-            match k {
-                "namespace" => f.namespace = Some(v),
-                "workload" => f.workload = Some(v),
-                "from" => f.from = Some(v),
-                "to" => f.to = Some(v),
-                "verdict" if ["allowed", "denied", "failed"].contains(&v.as_str()) => {
-                    f.verdict = Some(v)
-                }
-                "verdict" => return Err(format!("verdict={v}: want allowed, denied or failed")),
-                _ => {}
-            }
-        }
-        Ok(f)
+impl meshcore::flow_ring::Ends for Event {
+    fn source(&self) -> &Peer {
+        &self.flow.source
     }
 
-    pub fn matches(&self, e: &Event) -> bool {
-        let (src, dst) = (&e.flow.source, &e.flow.destination);
-        self.namespace
-            .as_deref()
-            .is_none_or(|ns| src.namespace == ns || dst.namespace == ns)
-            && self
-                .workload
-                .as_deref()
-                .is_none_or(|w| src.is(w) || dst.is(w))
-            && self.from.as_deref().is_none_or(|w| src.is(w))
-            && self.to.as_deref().is_none_or(|w| dst.is(w))
-            && self.verdict.as_deref().is_none_or(|v| e.verdict == v)
+    fn destination(&self) -> &Peer {
+        &self.flow.destination
+    }
+
+    fn verdict(&self) -> &str {
+        self.verdict
     }
 }
 
-/// The value of `key` in a query string, `%XX` escapes and `+` decoded.
-pub fn query_param(query: &str, key: &str) -> Option<String> {
-    query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .map(decode)
-}
+pub use meshcore::flow_ring::{line, query_param, KEPT};
 
-/// `%XX` escapes and `+` of a query value.
-fn decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The recent events and the live stream.
-pub struct FlowLog {
-    recent: Mutex<VecDeque<Arc<Event>>>,
-    live: broadcast::Sender<Arc<Event>>,
-    dropped: AtomicU64,
-    /// `FLOW_RECORDS=false` turns recording off (the data path then builds no event).
-    enabled: AtomicBool,
-}
-
-impl Default for FlowLog {
-    fn default() -> Self {
-        Self {
-            recent: Mutex::new(VecDeque::with_capacity(KEPT)),
-            live: broadcast::channel(LIVE_BUFFER).0,
-            dropped: AtomicU64::new(0),
-            enabled: AtomicBool::new(true),
-        }
-    }
-}
-
-impl FlowLog {
-    /// Whether events are recorded; callers check before building one.
-    pub fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::Relaxed)
-    }
-
-    pub fn set_enabled(&self, on: bool) {
-        self.enabled.store(on, Ordering::Relaxed);
-    }
-
-    /// Keeps `event` and hands it to the live readers (never waits for them).
-    pub fn record(&self, event: Event) {
-        let event = Arc::new(event);
-        {
-            let mut recent = self.recent.lock().expect("flow ring lock");
-            if recent.len() == KEPT {
-                recent.pop_front();
-            }
-            recent.push_back(event.clone());
-        }
-        if self.live.receiver_count() > 0 {
-            let _ = self.live.send(event);
-        }
-    }
-
-    /// The kept events that match, oldest first.
-    pub fn recent(&self, filter: &Filter) -> Vec<Arc<Event>> {
-        self.recent
-            .lock()
-            .expect("flow ring lock")
-            .iter()
-            .filter(|e| filter.matches(e))
-            .cloned()
-            .collect()
-    }
-
-    /// A live reader from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.live.subscribe()
-    }
-
-    /// Counts events a slow reader lost.
-    pub fn lost(&self, n: u64) {
-        self.dropped.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Events slow readers lost so far.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-}
-
-/// One NDJSON line for `event`.
-pub fn line(event: &Event) -> bytes::Bytes {
-    let mut out = serde_json::to_vec(event).expect("serializable event");
-    out.push(b'\n');
-    out.into()
-}
+/// The recent events and the live stream (the shared ring, holding connection events).
+pub type FlowLog = meshcore::flow_ring::FlowRing<Event>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshcore::flow_ring::LIVE_BUFFER;
+    use tokio::sync::broadcast;
 
     fn flow(src: (&str, &str), dst: (&str, &str)) -> Arc<Flow> {
         let peer = |(ns, w): (&str, &str)| Peer {
@@ -334,7 +155,7 @@ mod tests {
             log.record(Event::new(Kind::Opened, f.clone()));
         }
         log.record(Event::refused(Kind::Denied, f, "DENY", "b/deny-all".into()));
-        let all = log.recent(&Filter::default());
+        let all = log.recent(|e| Filter::default().matches(e));
         assert_eq!(all.len(), KEPT);
         assert_eq!(all.last().unwrap().event, Kind::Denied);
     }

@@ -5,10 +5,12 @@
 //! waypoint, the waypoint's routing and policy, HBONE to the chosen pod's ztunnel.
 
 mod dashboards;
+mod observe_l7;
 mod policy;
 mod resilience;
 mod routing;
 mod traffic;
+mod web_view;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -123,8 +125,10 @@ pub fn cases() -> Vec<Case<Suite>> {
     cases.extend(traffic::cases());
     cases.extend(resilience::cases());
     cases.extend(policy::cases());
+    cases.extend(observe_l7::cases());
     // Last: by now the suite has made requests, denials and refusals, so every series exists.
     cases.extend(dashboards::cases());
+    cases.extend(web_view::cases());
     cases
 }
 

@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod proxy_status;
 pub mod stat;
 pub mod table;
+pub mod top;
 pub mod ztunnel_config;
 
 use std::net::{IpAddr, SocketAddr};

@@ -95,7 +95,7 @@ pub struct Stat {
 
 /// Sums of `name`'s increase between `before` and `after`, per key (a counter reset counts
 /// from zero).
-fn increase(
+pub(crate) fn increase(
     before: &[Sample],
     after: &[Sample],
     name: &str,

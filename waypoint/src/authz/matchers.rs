@@ -404,6 +404,12 @@ impl SourceMatch {
     }
 
     fn matches(&self, ctx: &Ctx<'_, '_>) -> bool {
+        self.failing(ctx).is_none()
+    }
+
+    /// The first field that does not hold (its policy name), or `None` when the source matches.
+    /// The data path's match is this, so `explain` traces exactly what `decide` evaluates.
+    pub fn failing(&self, ctx: &Ctx<'_, '_>) -> Option<&'static str> {
         let id = ctx.req.source;
         let ns = ctx.namespace();
         // Without a validated JWT no request principal is present: `requestPrincipals` never
@@ -414,19 +420,34 @@ impl SourceMatch {
             .as_ref()
             .and_then(|h| h.auth)
             .map(|a| a.principal.as_str());
-        (ctx.req.http.is_none()
+        if !(ctx.req.http.is_none()
             || self
                 .request_principals
                 .holds(|m| principal.is_some_and(|p| m.matches(p))))
-            && self
-                .principals
-                .holds(|m| id.is_some_and(|id| principal_match(m, id)))
-            && self.namespaces.holds(|m| m.matches(ns))
-            && self.service_accounts.holds(|(n, sa)| {
-                id.is_some_and(|id| id.namespace() == &**n && id.service_account() == &**sa)
-            })
-            && ip_holds(ctx, IpAttr::Source, &self.ip_blocks)
-            && ip_holds(ctx, IpAttr::Source, &self.remote_ip_blocks)
+        {
+            return Some("requestPrincipals");
+        }
+        if !self
+            .principals
+            .holds(|m| id.is_some_and(|id| principal_match(m, id)))
+        {
+            return Some("principals");
+        }
+        if !self.namespaces.holds(|m| m.matches(ns)) {
+            return Some("namespaces");
+        }
+        if !self.service_accounts.holds(|(n, sa)| {
+            id.is_some_and(|id| id.namespace() == &**n && id.service_account() == &**sa)
+        }) {
+            return Some("serviceAccounts");
+        }
+        if !ip_holds(ctx, IpAttr::Source, &self.ip_blocks) {
+            return Some("ipBlocks");
+        }
+        if !ip_holds(ctx, IpAttr::Source, &self.remote_ip_blocks) {
+            return Some("remoteIpBlocks");
+        }
+        None
     }
 }
 
@@ -448,18 +469,26 @@ impl OperationMatch {
     }
 
     fn matches(&self, ctx: &Ctx<'_, '_>) -> bool {
+        self.failing(ctx).is_none()
+    }
+
+    /// The first field that does not hold, or `None` when the operation matches.
+    pub fn failing(&self, ctx: &Ctx<'_, '_>) -> Option<&'static str> {
         if !self.ports.holds(|p| *p == ctx.req.destination_port) {
-            return false;
+            return Some("ports");
         }
-        match ctx.req.http.as_ref() {
-            // On TCP only DENY / AUDIT rules get here: their HTTP fields are not checked.
-            None => true,
-            Some(http) => {
-                self.hosts.holds(|m| match_ignore_case(m, http.host))
-                    && self.methods.holds(|m| m.matches(http.method.as_str()))
-                    && self.paths.holds(|m| m.matches(ctx.path))
-            }
+        // On TCP only DENY / AUDIT rules get here: their HTTP fields are not checked.
+        let http = ctx.req.http.as_ref()?;
+        if !self.hosts.holds(|m| match_ignore_case(m, http.host)) {
+            return Some("hosts");
         }
+        if !self.methods.holds(|m| m.matches(http.method.as_str())) {
+            return Some("methods");
+        }
+        if !self.paths.holds(|m| m.matches(ctx.path)) {
+            return Some("paths");
+        }
+        None
     }
 }
 
@@ -484,11 +513,60 @@ impl RuleMatch {
     /// `allow`: an ALLOW rule, which cannot match TCP if it needs HTTP; DENY and AUDIT rules
     /// are checked on TCP without their HTTP-only parts.
     pub fn matches(&self, ctx: &Ctx<'_, '_>, allow: bool) -> bool {
+        self.miss(ctx, allow).is_none()
+    }
+
+    /// Why the rule does not match (`None`: it matches). The data path's match is this, so
+    /// `explain` reports what `decide` evaluated.
+    pub fn miss(&self, ctx: &Ctx<'_, '_>, allow: bool) -> Option<Miss> {
         if allow && self.needs_http && ctx.req.http.is_none() {
-            return false;
+            return Some(Miss::NeedsHttp);
         }
-        (self.from.is_empty() || self.from.iter().any(|s| s.matches(ctx)))
-            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(ctx)))
-            && self.when.iter().all(|c| c.holds(ctx))
+        if !(self.from.is_empty() || self.from.iter().any(|s| s.matches(ctx))) {
+            return Some(Miss::From);
+        }
+        if !(self.to.is_empty() || self.to.iter().any(|o| o.matches(ctx))) {
+            return Some(Miss::To);
+        }
+        self.when.iter().position(|c| !c.holds(ctx)).map(Miss::When)
+    }
+}
+
+/// Which part of a rule did not match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Miss {
+    /// An ALLOW rule naming HTTP attributes, and the traffic is opaque TCP.
+    NeedsHttp,
+    /// No `from` source matched.
+    From,
+    /// No `to` operation matched.
+    To,
+    /// This `when` condition did not hold.
+    When(usize),
+}
+
+impl Cond {
+    /// What the condition tests, for explanations.
+    pub fn describe(&self) -> String {
+        match self {
+            Cond::Header(HeaderKey::Name(n), _) => format!("request.headers[{n}]"),
+            Cond::Header(HeaderKey::Authority, _) => "request.headers[:authority]".into(),
+            Cond::Header(HeaderKey::Method, _) => "request.headers[:method]".into(),
+            Cond::Header(HeaderKey::Path, _) => "request.headers[:path]".into(),
+            Cond::Ip(IpAttr::Source, _) => "source.ip / remote.ip".into(),
+            Cond::Ip(IpAttr::Destination, _) => "destination.ip".into(),
+            Cond::Str(StrAttr::SourceNamespace, _) => "source.namespace".into(),
+            Cond::Str(StrAttr::SourcePrincipal, _) => "source.principal".into(),
+            Cond::Str(StrAttr::Sni, _) => "connection.sni".into(),
+            Cond::Port(_) => "destination.port".into(),
+            Cond::Auth(AuthAttr::Principal, _) => "request.auth.principal".into(),
+            Cond::Auth(AuthAttr::Audiences, _) => "request.auth.audiences".into(),
+            Cond::Auth(AuthAttr::Presenter, _) => "request.auth.presenter".into(),
+            Cond::Auth(AuthAttr::Claim(path), _) => format!(
+                "request.auth.claims{}",
+                path.iter().map(|p| format!("[{p}]")).collect::<String>()
+            ),
+            Cond::Absent { .. } => "a key with no value here".into(),
+        }
     }
 }

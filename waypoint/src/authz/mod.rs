@@ -62,6 +62,7 @@
 //! a path denies all TCP that the rest of its rule selects. Both fail closed, as Istio does.
 
 mod compile;
+pub mod explain;
 mod matchers;
 #[cfg(test)]
 mod tests;
@@ -309,15 +310,20 @@ impl L7Policies {
         self.policies.is_empty()
     }
 
-    pub fn decide(&self, req: &RequestAttrs<'_>) -> Decision {
+    /// The policies that apply to `req`: the waypoint's and its Service's.
+    fn scope<'p, 'r, 'a>(&'p self, req: &'r RequestAttrs<'a>) -> Scope<'p, 'r, 'a> {
         let service = req
             .service
             .and_then(|(ns, name)| self.services.get(ns)?.get(name));
-        let scope = Scope {
+        Scope {
             policies: &self.policies,
             buckets: [Some(&self.waypoint), service],
             ctx: Ctx::new(req),
-        };
+        }
+    }
+
+    pub fn decide(&self, req: &RequestAttrs<'_>) -> Decision {
+        let scope = self.scope(req);
 
         let (verdict, reason) = if let Some((p, rule)) = scope.first(|b| &b.deny, false) {
             (Verdict::Deny, denied(p, rule))

@@ -106,7 +106,7 @@ impl Req {
             headers: &self.headers,
             auth: self.auth.as_ref(),
         });
-        p.decide(&RequestAttrs {
+        let attrs = RequestAttrs {
             service: self.service,
             source: self.source.as_ref(),
             source_ip: self.source_ip,
@@ -114,7 +114,34 @@ impl Req {
             destination_port: self.destination_port,
             sni: self.sni,
             http,
-        })
+        };
+        let decision = p.decide(&attrs);
+        // Every decision of every table row is also explained: the verdict the trace leads to,
+        // its reason, deciding policy, audits and dry-run note must be decide()'s.
+        let explained = p.explain(&attrs);
+        let what = format!("{}\n{}", decision.describe(), explain::text(&explained));
+        assert_eq!(
+            explained.verdict,
+            match decision.verdict {
+                Verdict::Allow => "ALLOW",
+                Verdict::Deny => "DENY",
+            },
+            "{what}"
+        );
+        assert_eq!(explained.reason, decision.reason.to_string(), "{what}");
+        assert_eq!(explained.policy.as_deref(), decision.policy(), "{what}");
+        let audited: Vec<&str> = decision.audited.iter().map(|a| &**a).collect();
+        assert_eq!(explained.audited, audited, "{what}");
+        assert_eq!(
+            explained.dry_run,
+            decision
+                .shadow
+                .as_ref()
+                .map(|(v, p)| format!("dry-run {p} would {}", v.as_str())),
+            "{what}"
+        );
+        explanations().with(|c| c.set(c.get() + 1));
+        decision
     }
 }
 
@@ -501,4 +528,72 @@ fn dump_lists_policies() {
     );
     assert!(list[1]["refused"].as_str().unwrap().contains("nope"));
     assert_eq!(list[2]["targets"][0], "Service ns/svc");
+}
+
+thread_local! {
+    static EXPLAINED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn explanations() -> &'static std::thread::LocalKey<std::cell::Cell<usize>> {
+    &EXPLAINED
+}
+
+#[test]
+fn explain_traces_each_policy_and_rule() {
+    let p = compile_clean(&[
+        gw(
+            "deny-post",
+            "DENY",
+            "[{to: [{operation: {methods: [POST], paths: ['/admin*']}}]}]",
+        ),
+        gw(
+            "allow-client",
+            "ALLOW",
+            "[{from: [{source: {namespaces: [other]}}]}, {to: [{operation: {ports: ['8080']}}], when: [{key: 'request.headers[x-user]', values: [bob]}]}, {}]",
+        ),
+    ]);
+    let before = explanations().with(|c| c.get());
+    let mut post = req();
+    post.method = Method::POST;
+    post.path = "/admin/users";
+    let d = post.decide(&p);
+    assert_eq!(d.policy(), Some("ns/deny-post"));
+    let e = p.explain(&RequestAttrs {
+        service: post.service,
+        source: post.source.as_ref(),
+        source_ip: post.source_ip,
+        destination_ip: post.destination_ip,
+        destination_port: post.destination_port,
+        sni: None,
+        http: Some(HttpAttrs {
+            method: &post.method,
+            path: post.path,
+            host: post.host,
+            headers: &post.headers,
+            auth: None,
+        }),
+    });
+    assert_eq!(e.verdict, "DENY");
+    assert_eq!(e.rule, Some(0));
+    let text = explain::text(&e);
+    assert!(
+        text.starts_with("DENY: denied by ns/deny-post rule 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  DENY ns/deny-post [waypoint]: matched\n    rule 0: matched\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("    rule 0: from: source 0: namespaces: client-ns does not match\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("    rule 1: when 0: request.headers[x-user] does not hold\n"),
+        "{text}"
+    );
+    assert!(text.contains("    rule 2: matched\n"), "{text}");
+    let d = req().decide(&p);
+    assert_eq!(d.reason.to_string(), "allowed by ns/allow-client rule 2");
+    assert!(explanations().with(|c| c.get()) >= before + 2);
 }

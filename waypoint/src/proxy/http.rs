@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,12 +19,13 @@ use meshcore::l7::service::Protocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::attempt::{self, local, pick_error, Local, Picked, Upstreamed};
-use super::body::{self, Body, BodyDone, Metered};
+use super::body::{self, Body, Metered};
+use super::outcome::{CountInto, FlowFacts, Outcome};
 use super::rand::next_u64 as random;
 use super::upstream::{Destination, Version};
 use super::{headers, Client, Proxy};
 use crate::access_log::AccessEntry;
-use crate::authz::{HttpAttrs, RequestAttrs, Verdict};
+use crate::authz::{HttpAttrs, Reason, RequestAttrs, Verdict};
 use crate::config::{Snapshot, Target};
 use crate::metrics::{Peer, RequestLabels, RouteLabels};
 use crate::route::{Backend, CompiledRule, Lookup, RequestHead};
@@ -57,60 +58,6 @@ where
     }
 }
 
-/// What one request's record and access log line carry, filled in as it goes.
-struct Outcome {
-    proxy: Arc<Proxy>,
-    entry: AccessEntry,
-    labels: RequestLabels,
-    /// Set when a route rule chose the backend: per-route metrics.
-    route: Option<RouteLabels>,
-    /// The rule's response classes (which answers count as failures).
-    classes: Option<Arc<crate::route::classes::ResponseClasses>>,
-    start: Instant,
-    request_bytes: Arc<AtomicU64>,
-}
-
-impl BodyDone for Outcome {
-    fn done(mut self, bytes: u64, grpc_status: Option<u32>, _complete: bool) {
-        let duration = self.start.elapsed();
-        self.entry.response_bytes = bytes;
-        self.entry.request_bytes = self.request_bytes.load(Ordering::Relaxed);
-        self.entry.duration_ms = duration.as_secs_f64() * 1000.0;
-        if grpc_status.is_some() {
-            self.entry.grpc_status = grpc_status;
-        }
-        self.proxy.metrics.request(
-            &self.labels,
-            self.entry.status,
-            self.entry.grpc_status,
-            self.entry.flag,
-            self.entry.duration_ms,
-            self.entry.request_bytes,
-            bytes,
-        );
-        if let Some(route) = &self.route {
-            let failed = self.entry.status == 0
-                || self.entry.grpc_status.is_some_and(|g| g != 0)
-                || match &self.classes {
-                    Some(c) => c.is_failure(self.entry.status),
-                    None => self.entry.status >= 500,
-                };
-            self.proxy
-                .metrics
-                .route(route, !failed, self.entry.duration_ms);
-        }
-        crate::access_log::write(self.proxy.settings.access_log, &self.entry);
-    }
-}
-
-struct CountInto(Arc<AtomicU64>);
-
-impl BodyDone for CountInto {
-    fn done(self, bytes: u64, _: Option<u32>, _: bool) {
-        self.0.store(bytes, Ordering::Relaxed);
-    }
-}
-
 async fn handle(
     proxy: Arc<Proxy>,
     conn: Arc<(Client, SocketAddr)>,
@@ -134,6 +81,7 @@ async fn handle(
         proxy: proxy.clone(),
         start,
         request_bytes,
+        flow: FlowFacts::default(),
     };
     outcome.entry.request_id = headers::ensure_request_id(&mut parts.headers);
     let result = route_and_forward(
@@ -150,6 +98,7 @@ async fn handle(
         Ok(response) => response,
         Err(l) => {
             outcome.entry.flag = l.flag;
+            outcome.flow.local_error = l.status.is_server_error();
             local_reply(&l, grpc)
         }
     };
@@ -261,6 +210,11 @@ async fn route_and_forward(
     outcome.labels.destination_service = service.hostname.clone();
     outcome.labels.destination_service_name = service.key.name.clone();
     outcome.labels.destination_service_namespace = service.key.namespace.clone();
+    if proxy.flows.enabled() {
+        outcome.flow.service = service.hostname.clone();
+        outcome.flow.service_name = format!("{}/{}", service.key.namespace, service.key.name);
+        outcome.flow.service_port = port;
+    }
     let host = request_host(parts);
 
     // Request authentication (JWT), then authorization, as Envoy's jwt_authn and RBAC filters
@@ -273,6 +227,8 @@ async fn route_and_forward(
             unix_now,
         )
         .map_err(|refused| {
+            outcome.flow.denied = true;
+            outcome.entry.policy = format!("request authentication: {}", refused.0);
             proxy.record_denial(
                 &client.identity,
                 destination,
@@ -297,7 +253,15 @@ async fn route_and_forward(
         }),
     });
     outcome.entry.policy = decision.describe();
+    outcome.flow.policy = match &decision.reason {
+        Reason::DeniedBy { policy, rule } | Reason::AllowedBy { policy, rule } => {
+            Some((policy.clone(), Some(*rule)))
+        }
+        Reason::FailClosed { policy } => Some((policy.clone(), None)),
+        Reason::NoAllowPolicies | Reason::NoAllowMatched { .. } => None,
+    };
     if matches!(decision.verdict, Verdict::Deny) {
+        outcome.flow.denied = true;
         proxy.record_denial(
             &client.identity,
             destination,
@@ -491,6 +455,7 @@ async fn route_and_forward(
         expected: backend_service.expected_identities(&endpoint),
     };
     outcome.entry.upstream = dest.target.to_string();
+    outcome.flow.upstream = Some(dest.target);
     let version = match upstream_protocol {
         Protocol::Http2 | Protocol::Grpc => Version::Http2,
         _ if parts.version == HttpVersion::HTTP_2 => Version::Http2,

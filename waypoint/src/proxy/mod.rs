@@ -7,6 +7,7 @@ mod attempt;
 pub mod body;
 pub mod headers;
 pub mod http;
+mod outcome;
 mod rand;
 pub mod sniff;
 pub mod tcp;
@@ -69,6 +70,8 @@ pub struct Proxy {
     /// The waypoint's own identity (presented upstream, named in `x-forwarded-client-cert`).
     pub identity: SpiffeId,
     denials: Mutex<VecDeque<Denial>>,
+    /// One record per HTTP request, for `/flows` (`crate::flows`).
+    pub flows: crate::flows::RequestLog,
 }
 
 impl Proxy {
@@ -86,6 +89,7 @@ impl Proxy {
             settings,
             identity,
             denials: Mutex::new(VecDeque::new()),
+            flows: crate::flows::RequestLog::default(),
         }
     }
 
