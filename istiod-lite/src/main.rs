@@ -95,6 +95,20 @@ struct Settings {
     #[arg(long, env = "DISCOVERY_ADDRESS", default_value = istiod_lite::controller::DEFAULT_DISCOVERY_ADDRESS)]
     discovery_address: String,
 
+    /// OTLP collector deployed waypoints send request spans to (their
+    /// OTEL_EXPORTER_OTLP_ENDPOINT), e.g. `http://jaeger-collector.istio-system:4317`; no
+    /// tracing when unset.
+    #[arg(long, env = "WAYPOINT_OTLP_ENDPOINT")]
+    waypoint_otlp_endpoint: Option<String>,
+
+    /// `grpc` or `http/protobuf` (the waypoints' OTEL_EXPORTER_OTLP_PROTOCOL).
+    #[arg(long, env = "WAYPOINT_OTLP_PROTOCOL", default_value = "grpc", value_parser = ["grpc", "http/protobuf"])]
+    waypoint_otlp_protocol: String,
+
+    /// Share of new traces the waypoints sample, 0 to 1 (their OTEL_TRACES_SAMPLER_ARG).
+    #[arg(long, env = "WAYPOINT_TRACE_SAMPLING", default_value = "0.01", value_parser = parse_ratio)]
+    waypoint_trace_sampling: String,
+
     /// gRPC over TLS (delta xDS, certificates), Istio's 15012.
     #[arg(long, env = "GRPC_ADDRESS", default_value = "0.0.0.0:15012")]
     grpc_address: SocketAddr,
@@ -200,6 +214,14 @@ impl Settings {
 /// `30m`, `10s`, `1h30m`, `500ms`, `0s` (Gateway API's duration form).
 fn duration(s: &str) -> Result<Duration, String> {
     meshcore::l7::duration::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// A sampling ratio, kept as written for the waypoints' environment.
+fn parse_ratio(s: &str) -> Result<String, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(s.to_owned()),
+        _ => Err(format!("{s}: want a ratio from 0 to 1")),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -334,6 +356,20 @@ async fn run(s: Settings) -> Result<(), String> {
                 discovery_address: s.discovery_address.clone(),
                 info: info.clone(),
                 root_pem: ca.root_pem().to_owned(),
+                tracing: s
+                    .waypoint_otlp_endpoint
+                    .iter()
+                    .flat_map(|endpoint| {
+                        [
+                            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+                            (
+                                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                                s.waypoint_otlp_protocol.clone(),
+                            ),
+                            ("OTEL_TRACES_SAMPLER_ARG", s.waypoint_trace_sampling.clone()),
+                        ]
+                    })
+                    .collect(),
             });
             let options = KubeOptions {
                 write_status: !s.no_status,

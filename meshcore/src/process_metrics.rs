@@ -74,6 +74,8 @@ pub fn render() -> String {
             lim.rlim_cur as f64,
         );
     }
+    // Span export counts, when this process traces.
+    out.push_str(&crate::otel::render());
     out
 }
 

@@ -8,3 +8,4 @@ pub mod demo;
 pub mod echo;
 pub mod inspect;
 pub mod observe;
+pub mod otlp;

@@ -211,6 +211,24 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Receives OTLP traces (gRPC on 4317, HTTP/protobuf on 4318, as a collector or Jaeger
+    /// does) and prints each span the proxies export, one line each: point ztunnels and
+    /// waypoints at it with OTEL_EXPORTER_OTLP_ENDPOINT (and OTEL_TRACES_SAMPLER_ARG=1 to see
+    /// every new trace). See docs/observability.md.
+    Traces {
+        /// OTLP/gRPC listen address.
+        #[arg(long, default_value = "127.0.0.1:4317")]
+        grpc: SocketAddr,
+        /// OTLP/HTTP listen address (`POST /v1/traces`).
+        #[arg(long, default_value = "127.0.0.1:4318")]
+        http: SocketAddr,
+        /// `table` (a line per span) or `json` (an object per line).
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Stop after this many spans.
+        #[arg(long, value_name = "N")]
+        count: Option<usize>,
+    },
     /// A live web view of the local cluster's mesh: the service graph (workloads and Services;
     /// edges are the recent flows with mutual TLS or not, connections and bytes, and a
     /// waypoint's request and error rates), denied flows in red with the deciding policy, and
@@ -480,6 +498,12 @@ fn cluster_command(command: Command) -> Result<(), String> {
                 Err("some checks failed".into())
             }
         }
+        Command::Traces {
+            grpc,
+            http,
+            output,
+            count,
+        } => meshctl::otlp::run(grpc, http, matches!(output, Output::Json), count),
         Command::Observe {
             follow,
             from,

@@ -45,6 +45,20 @@ pub struct Waypoint {
     drain_timeout: Duration,
 }
 
+/// Span export as the settings say, with the pod's name and namespace on every span.
+fn start_tracing(settings: &Settings) -> Result<meshcore::otel::Tracing, String> {
+    let mut resource = Vec::new();
+    for (key, var) in [
+        ("k8s.pod.name", "POD_NAME"),
+        ("k8s.namespace.name", "POD_NAMESPACE"),
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            resource.push(meshcore::otel::KeyValue::new(key, v));
+        }
+    }
+    meshcore::otel::Tracing::start(&settings.tracing, "waypoint", resource)
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
     TcpListener::bind(addr)
         .await
@@ -191,19 +205,22 @@ pub async fn start(
         certs.clone(),
         identity.clone(),
     );
-    let proxy = Arc::new(Proxy::new(
-        store,
-        upstream,
-        Arc::new(Metrics::new()),
-        ProxySettings {
-            cluster: settings.cluster_id.clone(),
-            access_log: settings.access_log,
-            forward_client_cert: settings.forward_client_cert,
-            detection_timeout: settings.protocol_detection_timeout,
-            header_timeout: settings.request_header_timeout,
-        },
-        identity.clone(),
-    ));
+    let proxy = Arc::new(
+        Proxy::new(
+            store,
+            upstream,
+            Arc::new(Metrics::new()),
+            ProxySettings {
+                cluster: settings.cluster_id.clone(),
+                access_log: settings.access_log,
+                forward_client_cert: settings.forward_client_cert,
+                detection_timeout: settings.protocol_detection_timeout,
+                header_timeout: settings.request_header_timeout,
+            },
+            identity.clone(),
+        )
+        .with_tracing(start_tracing(&settings)?),
+    );
     proxy.flows.set_enabled(settings.flow_records);
     // Istio's waypoint accepts up to 100 streams per client connection.
     let server = HboneServer::new(
@@ -323,6 +340,7 @@ impl Waypoint {
             );
         }
         let _ = self.shutdown.send(true);
+        self.proxy.tracing.shutdown(Duration::from_secs(2)).await;
         tracing::info!("waypoint stopped");
     }
 }

@@ -107,6 +107,10 @@ pub struct Settings {
     #[arg(long, env = "FLOW_RECORDS", default_value_t = true, action = clap::ArgAction::Set)]
     pub flow_records: bool,
 
+    /// OTLP span export of each request (off unless an endpoint is set).
+    #[command(flatten)]
+    pub tracing: meshcore::otel::TracingSettings,
+
     /// Send the original client's identity upstream in `x-forwarded-client-cert`
     /// (`By=<waypoint>;URI=<client>`), as Envoy's SANITIZE_SET does.
     #[arg(long, env = "FORWARD_CLIENT_CERT", default_value_t = false, action = clap::ArgAction::Set)]

@@ -117,7 +117,7 @@ pub async fn start(
     );
 
     let mark = (settings.socket_mark != 0).then_some(settings.socket_mark);
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new().traced(crate::metrics::start_tracing(&settings)?));
     metrics.flows.set_enabled(settings.flow_records);
     let proxy = Arc::new(Proxy {
         workload,
@@ -206,9 +206,13 @@ impl Ztunnel {
             );
         }
         drain.close();
+        self.proxy.metrics.tracing.shutdown(SPAN_FLUSH).await;
         tracing::info!("ztunnel stopped");
     }
 }
+
+/// How long a stopping ztunnel waits to send its last spans.
+pub const SPAN_FLUSH: Duration = Duration::from_secs(2);
 
 /// What every mode needs: the config view (local file or xDS) and the certificate manager.
 pub struct Shared {

@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
 use crate::flows::{Event, Flow, FlowLog, Kind, Peer};
 use crate::state::{ServiceEntry, WorkloadEntry};
+use meshcore::otel::{Hop, KeyValue, SpanKind, Tracing};
 
 pub const OPENED: &str = "istio_tcp_connections_opened_total";
 pub const CLOSED: &str = "istio_tcp_connections_closed_total";
@@ -27,6 +28,23 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     /// Every connection's open, close, denial and failure, for `/flows`.
     pub flows: FlowLog,
+    /// OTLP span export of connections (off unless configured).
+    pub tracing: Tracing,
+}
+
+/// The process's span export, as its settings say.
+pub fn start_tracing(settings: &crate::settings::Settings) -> Result<Tracing, String> {
+    let mut resource = Vec::new();
+    for (key, var) in [
+        ("k8s.pod.name", "POD_NAME"),
+        ("k8s.namespace.name", "POD_NAMESPACE"),
+        ("k8s.node.name", "NODE_NAME"),
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            resource.push(KeyValue::new(key, v));
+        }
+    }
+    Tracing::start(&settings.tracing, "ztunnel", resource)
 }
 
 impl Default for Metrics {
@@ -65,7 +83,13 @@ impl Metrics {
         Self {
             recorder,
             flows: FlowLog::default(),
+            tracing: Tracing::off(),
         }
+    }
+
+    /// The same metrics, exporting connection spans through `tracing`.
+    pub fn traced(self, tracing: Tracing) -> Self {
+        Self { tracing, ..self }
     }
 
     /// Prometheus text exposition of everything recorded so far.
@@ -92,6 +116,7 @@ impl Metrics {
             labels,
             flow,
             started: Instant::now(),
+            hop: None,
         }
     }
 
@@ -128,11 +153,50 @@ pub struct ConnectionRecord {
     /// `None` when flow records are off.
     flow: Option<Arc<Flow>>,
     started: Instant,
+    /// The connection's span, ended with the close (`None` when tracing is off).
+    hop: Option<(Hop, &'static str, SpanKind)>,
+}
+
+/// Span names: ztunnel's two hops of a connection.
+pub const OUTBOUND_SPAN: &str = "ztunnel outbound";
+pub const INBOUND_SPAN: &str = "ztunnel inbound";
+
+/// Ends a connection's span that never opened: `flag` and `reason` say why.
+pub fn hop_failed(
+    hop: Option<Hop>,
+    name: &'static str,
+    kind: SpanKind,
+    flag: &str,
+    reason: String,
+) {
+    if let Some(hop) = hop {
+        hop.finish(
+            name,
+            kind,
+            vec![KeyValue::new("istio.response_flags", flag.to_owned())],
+            Some(reason),
+        );
+    }
 }
 
 impl ConnectionRecord {
+    /// Ends `hop` as `name` when the connection closes, with its labels and bytes.
+    pub fn with_span(mut self, hop: Option<Hop>, name: &'static str, kind: SpanKind) -> Self {
+        self.hop = hop.map(|h| (h, name, kind));
+        self
+    }
+
     /// `received`: client → server bytes; `sent`: server → client bytes.
     pub fn closed(self, received: u64, sent: u64) {
+        if let Some((hop, name, kind)) = self.hop.filter(|(h, _, _)| h.sampled()) {
+            let mut attributes = meshcore::otel::attributes(
+                "istio.",
+                self.labels.iter().map(|l| (l.key(), l.value())),
+            );
+            attributes.push(KeyValue::new("istio.received_bytes", received as i64));
+            attributes.push(KeyValue::new("istio.sent_bytes", sent as i64));
+            hop.finish(name, kind, attributes, None);
+        }
         self.metrics
             .counter(RECEIVED, &self.labels)
             .increment(received);

@@ -103,6 +103,10 @@ pub struct Settings {
     #[arg(long, env = "FLOW_RECORDS", default_value_t = true, action = clap::ArgAction::Set)]
     pub flow_records: bool,
 
+    /// OTLP trace export of each connection's hop (off unless an endpoint is set).
+    #[command(flatten)]
+    pub tracing: meshcore::otel::TracingSettings,
+
     /// Serve SOCKS5 on 15080 (localhost only), as Istio's `UNSTABLE_ENABLE_SOCKS5`. Off by
     /// default: every local process that can reach it gets the served workload's identity.
     #[arg(long, env = "UNSTABLE_ENABLE_SOCKS5", default_value_t = false, action = clap::ArgAction::Set)]

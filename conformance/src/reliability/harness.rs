@@ -116,6 +116,9 @@ pub struct Options {
     pub drain_timeout: Option<&'static str>,
     /// The ztunnels reach istiod-lite through the suite's relay on [`RELAY_PORT`].
     pub via_relay: bool,
+    /// Export every new trace: the client's ztunnel over OTLP/gRPC to the first address, the
+    /// server's over OTLP/HTTP to the second.
+    pub otlp: Option<(SocketAddr, SocketAddr)>,
 }
 
 pub struct Mesh {
@@ -286,6 +289,16 @@ fn spawn_ztunnel(
     }
     if let Some(d) = opts.drain_timeout {
         cmd.env("DRAIN_TIMEOUT", d);
+    }
+    if let Some((grpc, http)) = opts.otlp {
+        let (endpoint, protocol) = if ip == CLIENT {
+            (grpc, "grpc")
+        } else {
+            (http, "http/protobuf")
+        };
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{endpoint}"))
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+            .env("OTEL_TRACES_SAMPLER_ARG", "1");
     }
     let name = workload.rsplit('/').next().unwrap_or("ztunnel");
     Process::spawn(cmd, dir.join(format!("ztunnel-{name}.log")))

@@ -15,6 +15,7 @@ pub mod identities;
 pub mod lifecycle;
 pub mod load;
 pub mod scale;
+pub mod traces;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -241,6 +242,21 @@ fn cases() -> Vec<Case<Suite>> {
                     ),
                     r,
                 );
+                Ok(())
+            },
+        },
+        Case {
+            name: "tracing: a connection is one trace across both ztunnels, over OTLP",
+            run: |s| {
+                let (collector, grpc, http) = s.rt.block_on(traces::receiver())?;
+                let opts = Options {
+                    otlp: Some((grpc, http)),
+                    ..Options::default()
+                };
+                let r = s.with_mesh("traces", opts, async |m, _| {
+                    traces::one_connection_one_trace(m, &collector).await
+                })?;
+                s.row("tracing", "one connection, sampling 1".into(), "—", r);
                 Ok(())
             },
         },

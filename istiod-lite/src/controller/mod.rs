@@ -37,6 +37,8 @@ pub struct DeploySettings {
     pub info: ClusterInfo,
     /// The mesh root, published in `istio-ca-root-cert`.
     pub root_pem: String,
+    /// The waypoints' span export settings (`OTEL_*` variables); empty: no tracing.
+    pub tracing: Vec<(&'static str, String)>,
 }
 
 /// Whether every field of `desired` is in `observed` with the same value: objects field by

@@ -256,20 +256,25 @@ fn pod_spec(gateway: &str, service_account: &str, s: &DeploySettings) -> PodSpec
             port("metrics", METRICS_PORT),
             port("status-port", STATUS_PORT),
         ]),
-        env: Some(vec![
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            field_env("POD_NAME", "metadata.name"),
-            field_env("INSTANCE_IP", "status.podIP"),
-            field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
-            env("WAYPOINT_NAME", gateway),
-            env("TRUST_DOMAIN", &s.info.trust_domain),
-            env("CLUSTER_ID", &s.info.cluster_id),
-            env("ROOT_NAMESPACE", &s.info.root_namespace),
-            env("XDS_ADDRESS", &s.discovery_address),
-            env("CA_ADDRESS", &s.discovery_address),
-            env("CA_TOKEN_FILE", &format!("{TOKEN_DIR}/{TOKEN_FILE}")),
-            env("XDS_ROOT_CA", &format!("{ROOT_CERT_DIR}/{ROOT_CERT_KEY}")),
-        ]),
+        env: Some(
+            vec![
+                field_env("POD_NAMESPACE", "metadata.namespace"),
+                field_env("POD_NAME", "metadata.name"),
+                field_env("INSTANCE_IP", "status.podIP"),
+                field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+                env("WAYPOINT_NAME", gateway),
+                env("TRUST_DOMAIN", &s.info.trust_domain),
+                env("CLUSTER_ID", &s.info.cluster_id),
+                env("ROOT_NAMESPACE", &s.info.root_namespace),
+                env("XDS_ADDRESS", &s.discovery_address),
+                env("CA_ADDRESS", &s.discovery_address),
+                env("CA_TOKEN_FILE", &format!("{TOKEN_DIR}/{TOKEN_FILE}")),
+                env("XDS_ROOT_CA", &format!("{ROOT_CERT_DIR}/{ROOT_CERT_KEY}")),
+            ]
+            .into_iter()
+            .chain(s.tracing.iter().map(|(name, value)| env(name, value)))
+            .collect(),
+        ),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/healthz/ready".into()),

@@ -469,6 +469,7 @@ pub(crate) fn start_controller(
     let options = istiod_lite::sources::kube::KubeOptions {
         write_status: true,
         deploy: Some(istiod_lite::controller::DeploySettings {
+            tracing: Vec::new(),
             image: "waypoint:test".into(),
             discovery_address: "istiod.istio-system.svc:15012".into(),
             info: ClusterInfo::default(),

@@ -86,7 +86,8 @@ pub struct ConnectRequest {
     /// Where the TCP connection is made from; the proxy's own namespace when `None`.
     pub dialer: Option<Arc<dyn Dial>>,
     pub baggage: Option<Baggage>,
-    /// Continue this trace; a new one is started when absent.
+    /// The trace context to send (the caller's span: the receiver's span is its child); a new
+    /// unsampled one when absent.
     pub trace: Option<TraceParent>,
 }
 
@@ -450,10 +451,7 @@ impl HboneClient {
 }
 
 fn build_connect(req: &ConnectRequest) -> Result<Request<()>, HboneError> {
-    let trace = req
-        .trace
-        .map(|t| t.child())
-        .unwrap_or_else(TraceParent::random);
+    let trace = req.trace.unwrap_or_else(TraceParent::random);
     let mut builder = Request::builder()
         .method(Method::CONNECT)
         .uri(req.target.to_string())

@@ -73,6 +73,14 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
     id
 }
 
+/// Sends `context` (this hop's span) upstream as the request's `traceparent`.
+pub fn set_trace(headers: &mut HeaderMap, context: TraceParent) {
+    headers.insert(
+        TRACEPARENT,
+        HeaderValue::from_str(&context.encode()).expect("hex"),
+    );
+}
+
 /// Continues the client's trace with a new span for this hop, or starts one; returns the trace id.
 pub fn continue_trace(headers: &mut HeaderMap) -> u128 {
     let next = headers

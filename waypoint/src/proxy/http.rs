@@ -30,6 +30,7 @@ use crate::config::{Snapshot, Target};
 use crate::metrics::{Peer, RequestLabels, RouteLabels};
 use crate::route::{Backend, CompiledRule, Lookup, RequestHead};
 use crate::traffic::balance;
+use meshcore::hbone::TraceParent;
 
 /// Serves HTTP on one accepted tunnel until the client closes it.
 pub async fn serve<S>(proxy: Arc<Proxy>, stream: S, client: Client, destination: SocketAddr)
@@ -82,6 +83,14 @@ async fn handle(
         start,
         request_bytes,
         flow: FlowFacts::default(),
+        // The client's context (if any) continues here; this span's goes upstream.
+        hop: proxy.tracing.hop(
+            parts
+                .headers
+                .get(&headers::TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceParent::parse),
+        ),
     };
     outcome.entry.request_id = headers::ensure_request_id(&mut parts.headers);
     let result = route_and_forward(
@@ -466,7 +475,12 @@ async fn route_and_forward(
     let upgrade = parts.headers.contains_key(UPGRADE) && version == Version::Http1;
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::set_forwarded_proto(&mut parts.headers);
-    headers::continue_trace(&mut parts.headers);
+    match &outcome.hop {
+        Some(hop) => headers::set_trace(&mut parts.headers, hop.context),
+        None => {
+            headers::continue_trace(&mut parts.headers);
+        }
+    }
     if proxy.settings.forward_client_cert {
         headers::set_client_cert(
             &mut parts.headers,

@@ -72,6 +72,8 @@ pub struct Proxy {
     denials: Mutex<VecDeque<Denial>>,
     /// One record per HTTP request, for `/flows` (`crate::flows`).
     pub flows: crate::flows::RequestLog,
+    /// OTLP span export of requests (off unless configured).
+    pub tracing: meshcore::otel::Tracing,
 }
 
 impl Proxy {
@@ -90,7 +92,13 @@ impl Proxy {
             identity,
             denials: Mutex::new(VecDeque::new()),
             flows: crate::flows::RequestLog::default(),
+            tracing: meshcore::otel::Tracing::off(),
         }
+    }
+
+    /// The same proxy, exporting a span per request through `tracing`.
+    pub fn with_tracing(self, tracing: meshcore::otel::Tracing) -> Self {
+        Self { tracing, ..self }
     }
 
     /// Serves one CONNECT stream to its end.

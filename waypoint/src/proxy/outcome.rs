@@ -1,11 +1,13 @@
 //! What a request leaves behind when its response body ends: the Istio request metrics (and
-//! per-route ones), the access log line and the flow record, all
+//! per-route ones), the access log line, the span (with tracing on) and the flow record, all
 //! from one `Outcome` filled in as the request goes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+use meshcore::otel::{Hop, KeyValue, SpanKind};
 
 use super::body::BodyDone;
 use super::Proxy;
@@ -25,6 +27,8 @@ pub(super) struct Outcome {
     pub(super) request_bytes: Arc<AtomicU64>,
     /// For the request's flow record (`crate::flows`).
     pub(super) flow: FlowFacts,
+    /// The request's span (`None` when tracing is off).
+    pub(super) hop: Option<Hop>,
 }
 
 /// What a request's flow record needs beyond the metrics labels and the access log entry.
@@ -106,6 +110,54 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// Ends the request's span: what Envoy's spans carry (method, URL, status, response flags,
+    /// route, upstream, request id, the peers) in OpenTelemetry's HTTP names where they exist.
+    fn finish_span(&self, hop: Hop) {
+        let e = &self.entry;
+        let mut a = vec![
+            KeyValue::new("http.request.method", e.method.clone()),
+            KeyValue::new("url.path", e.path.clone()),
+            KeyValue::new("server.address", e.authority.clone()),
+            KeyValue::new("http.response.status_code", i64::from(e.status)),
+            KeyValue::new("istio.response_flags", e.flag),
+            KeyValue::new("istio.request_id", e.request_id.clone()),
+            KeyValue::new("istio.source_principal", e.source_principal.clone()),
+            KeyValue::new(
+                "istio.destination_service",
+                self.labels.destination_service.clone(),
+            ),
+        ];
+        if let Some(g) = e.grpc_status {
+            a.push(KeyValue::new("rpc.grpc.status_code", i64::from(g)));
+        }
+        if !e.source_address.is_empty() {
+            a.push(KeyValue::new("client.address", e.source_address.clone()));
+        }
+        if !e.upstream.is_empty() {
+            a.push(KeyValue::new("istio.upstream", e.upstream.clone()));
+        }
+        if let Some(r) = &self.route {
+            a.push(KeyValue::new("http.route", r.route.to_string()));
+            a.push(KeyValue::new("istio.route_backend", r.backend.to_string()));
+        } else if !e.route.is_empty() {
+            a.push(KeyValue::new("http.route", e.route.clone()));
+        }
+        // The deciding policy, when one refused the request.
+        if !e.policy.is_empty() && !e.policy.starts_with("allowed") {
+            a.push(KeyValue::new("istio.policy", e.policy.clone()));
+        }
+        // As Envoy marks them: 5xx and the waypoint's own refusals are errors, 4xx from the
+        // application are not.
+        let error = (e.status >= 500 || e.status == 0 || (e.flag != "-" && e.status >= 400))
+            .then(|| format!("{} {}", e.status, e.flag));
+        hop.finish(WAYPOINT_SPAN, SpanKind::Server, a, error);
+    }
+}
+
+/// The waypoint's span for each request.
+pub const WAYPOINT_SPAN: &str = "waypoint request";
+
 impl BodyDone for Outcome {
     fn done(mut self, bytes: u64, grpc_status: Option<u32>, _complete: bool) {
         let duration = self.start.elapsed();
@@ -136,6 +188,9 @@ impl BodyDone for Outcome {
                 .route(route, !failed, self.entry.duration_ms);
         }
         crate::access_log::write(self.proxy.settings.access_log, &self.entry);
+        if let Some(hop) = self.hop.take().filter(Hop::sampled) {
+            self.finish_span(hop);
+        }
         if self.proxy.flows.enabled() {
             let record = self.record(duration);
             self.proxy.flows.record(record);

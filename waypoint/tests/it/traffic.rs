@@ -422,3 +422,87 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     assert!(read.is_ok(), "still open 5 s after a 300 ms header timeout");
     w.shutdown().await;
 }
+
+/// With tracing on, each request is a server span continuing the client's `traceparent`, whose
+/// own context is what the application receives; spans reach an OTLP receiver.
+#[tokio::test]
+async fn requests_are_spans_continuing_the_callers_trace() {
+    let m = Mesh::new();
+    m.endpoint(11, "shop", "echo", "echo-v1-a").await;
+    m.endpoint(12, "shop", "echo", "echo-v2-a").await;
+    m.plain_endpoint(13, "legacy-1").await;
+    let (collector, grpc, _) = meshctl::otlp::start(Some("127.0.0.1:0".parse().unwrap()), None)
+        .await
+        .unwrap();
+    let w = m
+        .waypoint_with("shop", &config(&m), |s| {
+            s.tracing.endpoint = Some(format!("http://{}", grpc.unwrap()));
+            s.tracing.sampling = 1.0;
+        })
+        .await;
+    let mut c = m.http1("shop", "frontend", vip(&m, 100, 80)).await;
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let a = c
+        .send(
+            "GET",
+            "/anything",
+            &[("version", "v2"), ("traceparent", caller)],
+            "",
+        )
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let sent_on = a
+        .request_header("traceparent")
+        .expect("traceparent")
+        .to_owned();
+    let parts: Vec<&str> = sent_on.split('-').collect();
+    assert_eq!(
+        parts[1], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "same trace: {sent_on}"
+    );
+    assert_ne!(parts[2], "00f067aa0ba902b7", "a new span: {sent_on}");
+    assert_eq!(parts[3], "01", "still sampled: {sent_on}");
+    // A request that starts no trace of its own gets one (sampling 1) whose flag says so.
+    let b = c.send("POST", "/denied-or-not", &[], "x").await;
+    let fresh = b.request_header("traceparent").map(str::to_owned);
+
+    let span = collector
+        .wait_for(Duration::from_secs(10), |s| {
+            s.iter().find(|s| s.span_id == parts[2]).cloned()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (span.name.as_str(), span.kind, span.service.as_str()),
+        ("waypoint request", "server", "waypoint")
+    );
+    assert_eq!(span.parent_span_id, "00f067aa0ba902b7");
+    for (key, want) in [
+        ("http.request.method", "GET"),
+        ("url.path", "/anything"),
+        ("http.response.status_code", "200"),
+        (
+            "istio.source_principal",
+            "spiffe://cluster.local/ns/shop/sa/frontend",
+        ),
+        (
+            "istio.destination_service",
+            "echo-v2.shop.svc.cluster.local",
+        ),
+        ("http.route", "shop/echo-routes"),
+    ] {
+        assert_eq!(span.attribute(key), Some(want), "{key}: {}", span.line());
+    }
+    if let Some(fresh) = fresh {
+        assert!(fresh.ends_with("-01"), "{fresh}");
+        let id = fresh.split('-').nth(2).unwrap().to_owned();
+        let other = collector
+            .wait_for(Duration::from_secs(10), |s| {
+                s.iter().find(|s| s.span_id == id).cloned()
+            })
+            .await
+            .unwrap();
+        assert_eq!(other.parent_span_id, "", "a new trace: {}", other.line());
+    }
+    drop(w);
+}

@@ -62,7 +62,7 @@ pub async fn start_node(
         certs,
     } = shared_parts(&settings, node_id, &drain)?;
     let mark = (settings.socket_mark != 0).then_some(settings.socket_mark);
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new().traced(crate::metrics::start_tracing(&settings)?));
     metrics.flows.set_enabled(settings.flow_records);
     let pods = Arc::new(Pods::new(NodeContext {
         trust_domain: settings.trust_domain.clone(),
@@ -136,6 +136,7 @@ impl NodeZtunnel {
             proxy.drain.close();
         }
         self.drain.close();
+        self.metrics.tracing.shutdown(crate::app::SPAN_FLUSH).await;
         tracing::info!("ztunnel stopped");
     }
 }

@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use meshcore::copy::{copy_bidirectional_idle, Transferred};
-use meshcore::hbone::InboundConnect;
+use meshcore::hbone::{InboundConnect, TraceParent};
 use meshcore::identity::SpiffeId;
+use meshcore::otel::SpanKind;
 use meshcore::policy::{Connection, Reason};
 use tokio::net::TcpStream;
 
 use super::revalidate::{Admitted, Registration};
 use super::{ConnectionGuard, Proxy, CONNECT_TIMEOUT};
-use crate::metrics::{ConnectionLabels, ConnectionRecord, Reporter};
+use crate::metrics::{hop_failed, ConnectionLabels, ConnectionRecord, Reporter, INBOUND_SPAN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {
@@ -34,6 +35,15 @@ pub enum InboundError {
 }
 
 impl InboundError {
+    /// Istio's response flag for it, as in the connection's metrics.
+    fn flag(&self) -> &'static str {
+        match self {
+            InboundError::Denied(_) => "DENY",
+            InboundError::Connect { .. } => "CONNECT",
+            _ => "NR",
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             InboundError::Denied(_) => StatusCode::UNAUTHORIZED,
@@ -144,8 +154,16 @@ pub async fn handle_hbone(proxy: Arc<Proxy>, req: InboundConnect, _guard: Connec
     let peer = req.peer.clone();
     let client = req.forwarded_for();
     let dst = req.destination;
+    // The sender's context continues here: this hop is a child of its outbound span.
+    let parent = req
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let hop = proxy.metrics.tracing.hop(parent);
     match authorize_and_connect(&proxy, req.peer_addr.ip(), client, Some(&peer), dst).await {
         Ok((mut admitted, record)) => {
+            let record = record.with_span(hop, INBOUND_SPAN, SpanKind::Server);
             let Ok(tunnel) = req.accept() else {
                 record.closed(0, 0);
                 return;
@@ -163,6 +181,7 @@ pub async fn handle_hbone(proxy: Arc<Proxy>, req: InboundConnect, _guard: Connec
             record.closed(t.b_to_a, t.a_to_b);
         }
         Err(e) => {
+            hop_failed(hop, INBOUND_SPAN, SpanKind::Server, e.flag(), e.to_string());
             if !matches!(e, InboundError::Denied(_)) {
                 tracing::warn!(peer = %peer, %dst, "inbound tunnel refused: {e}");
             }
@@ -187,8 +206,10 @@ pub async fn handle_plaintext(
         }
     };
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+    let hop = proxy.metrics.tracing.hop(None);
     match authorize_and_connect(&proxy, client.ip(), Some(client), None, dst).await {
         Ok((mut admitted, record)) => {
+            let record = record.with_span(hop, INBOUND_SPAN, SpanKind::Server);
             let (t, _) = until_cut(
                 copy_bidirectional_idle(&mut tcp, &mut admitted.app, proxy.relay_idle),
                 &admitted.registration,
@@ -197,8 +218,12 @@ pub async fn handle_plaintext(
             drop(admitted);
             record.closed(t.a_to_b, t.b_to_a);
         }
-        Err(InboundError::Denied(_)) => {}
-        Err(e) => tracing::warn!(%client, %dst, "plaintext inbound refused: {e}"),
+        Err(e) => {
+            hop_failed(hop, INBOUND_SPAN, SpanKind::Server, e.flag(), e.to_string());
+            if !matches!(e, InboundError::Denied(_)) {
+                tracing::warn!(%client, %dst, "plaintext inbound refused: {e}");
+            }
+        }
     }
 }
 

@@ -7,13 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use meshcore::copy::copy_bidirectional_idle;
-use meshcore::hbone::{Baggage, ConnectRequest, H2Stream, HboneError, HBONE_PORT};
+use meshcore::hbone::{Baggage, ConnectRequest, H2Stream, HboneError, TraceParent, HBONE_PORT};
 use meshcore::identity::SpiffeId;
+use meshcore::otel::{KeyValue, SpanKind};
 use tokio::net::TcpStream;
 
 use super::own::DialGuard;
 use super::{ConnectionGuard, Proxy, CONNECT_TIMEOUT};
-use crate::metrics::{ConnectionLabels, ConnectionRecord, Reporter};
+use crate::metrics::{hop_failed, ConnectionLabels, ConnectionRecord, Reporter, OUTBOUND_SPAN};
 use crate::state::{Destination, Protocol, WaypointHop, WaypointLookup, WorkloadEntry};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,11 +76,44 @@ pub struct Opened {
     pub dial: Option<DialGuard>,
 }
 
-/// Resolves `dst` and opens the upstream side for a connection from `client`.
+/// Resolves `dst` and opens the upstream side for a connection from `client`; with tracing
+/// on, the connection is a span whose context the HBONE CONNECT carries to the next hop.
 pub async fn open(
     proxy: &Proxy,
     client: SocketAddr,
     dst: SocketAddr,
+) -> Result<Opened, OutboundError> {
+    let Some(mut hop) = proxy.metrics.tracing.hop(None) else {
+        return resolve_and_open(proxy, client, dst, None).await;
+    };
+    hop.add(|| KeyValue::new("client.address", client.to_string()));
+    hop.add(|| KeyValue::new("server.address", dst.to_string()));
+    match resolve_and_open(proxy, client, dst, Some(hop.context)).await {
+        Ok(opened) => Ok(Opened {
+            record: opened
+                .record
+                .with_span(Some(hop), OUTBOUND_SPAN, SpanKind::Client),
+            ..opened
+        }),
+        Err(e) => {
+            let flag = e.response_flag();
+            hop_failed(
+                Some(hop),
+                OUTBOUND_SPAN,
+                SpanKind::Client,
+                flag,
+                e.to_string(),
+            );
+            Err(e)
+        }
+    }
+}
+
+async fn resolve_and_open(
+    proxy: &Proxy,
+    client: SocketAddr,
+    dst: SocketAddr,
+    trace: Option<TraceParent>,
 ) -> Result<Opened, OutboundError> {
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
     let snap = proxy.state.load();
@@ -101,9 +135,9 @@ pub async fn open(
                 proxy,
                 source.as_deref(),
                 service.map(|s| s.as_ref()),
-                client,
-                dst,
+                (client, dst),
                 hop,
+                trace,
             )
             .await;
         }
@@ -175,15 +209,23 @@ pub async fn open(
                 ));
             }
             let hbone = SocketAddr::new(target.ip(), HBONE_PORT);
-            tunnel(proxy, source.as_deref(), client, target, hbone, expected)
-                .await
-                .map(|s| {
-                    (
-                        Upstream::Hbone(s),
-                        None,
-                        format!("{target} via HBONE as {}", w.identity),
-                    )
-                })
+            tunnel(
+                proxy,
+                source.as_deref(),
+                client,
+                target,
+                hbone,
+                expected,
+                trace,
+            )
+            .await
+            .map(|s| {
+                (
+                    Upstream::Hbone(s),
+                    None,
+                    format!("{target} via HBONE as {}", w.identity),
+                )
+            })
         }
         Some(w) => {
             let target = SocketAddr::new(workload_ip(w, dst)?, port);
@@ -228,9 +270,9 @@ async fn via_waypoint(
     proxy: &Proxy,
     source: Option<&WorkloadEntry>,
     service: Option<&crate::state::ServiceEntry>,
-    client: SocketAddr,
-    dst: SocketAddr,
+    (client, dst): (SocketAddr, SocketAddr),
     hop: WaypointHop,
+    trace: Option<TraceParent>,
 ) -> Result<Opened, OutboundError> {
     let principal = hop.expected.first().map(|id| id.to_string());
     let labels = |mtls: bool| ConnectionLabels {
@@ -245,7 +287,7 @@ async fn via_waypoint(
         source_addr: Some(client),
         destination_addr: Some(dst),
     };
-    match tunnel(proxy, source, client, dst, hop.hbone, hop.expected).await {
+    match tunnel(proxy, source, client, dst, hop.hbone, hop.expected, trace).await {
         Ok(stream) => Ok(Opened {
             upstream: Upstream::Hbone(stream),
             record: proxy.metrics.opened(labels(true)),
@@ -317,6 +359,7 @@ async fn tunnel(
     target: SocketAddr,
     hbone_addr: SocketAddr,
     expected: Vec<SpiffeId>,
+    trace: Option<TraceParent>,
 ) -> Result<H2Stream, OutboundError> {
     let credentials = proxy
         .certs
@@ -349,7 +392,7 @@ async fn tunnel(
             .clone()
             .map(|n| n as Arc<dyn meshcore::hbone::client::Dial>),
         baggage,
-        trace: None,
+        trace,
     };
     proxy.hbone.connect(&req).await.map_err(|e| match e {
         HboneError::Refused { status, .. } if status == http::StatusCode::UNAUTHORIZED => {

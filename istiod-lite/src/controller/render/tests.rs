@@ -14,6 +14,7 @@ fn settings() -> DeploySettings {
             ..ClusterInfo::default()
         },
         root_pem: "ROOT".into(),
+        tracing: Vec::new(),
     }
 }
 
@@ -110,6 +111,33 @@ fn deployment() {
                 {"name": "istiod-ca-cert", "configMap": {"name": "istio-ca-root-cert"}},
               ],
             }}}})
+    );
+}
+
+#[test]
+fn tracing_settings_reach_the_waypoint_environment() {
+    let s = DeploySettings {
+        tracing: vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317".into()),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5".into()),
+        ],
+        ..settings()
+    };
+    let r = render(&gateway(WP), &s).unwrap();
+    let pod = r.deployment.spec.template.spec.unwrap();
+    let env: Vec<_> = pod.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.name.starts_with("OTEL_"))
+        .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5")
+        ]
     );
 }
 
