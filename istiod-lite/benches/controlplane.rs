@@ -3,6 +3,11 @@
 //! one-pod change ≤ 50 ms, ≤ 256 MB).
 //!
 //!     cargo bench -p istiod-lite --bench controlplane
+//!     CONTROLPLANE_PODS=50000 CONTROLPLANE_FROM_DIR=1 cargo bench -p istiod-lite --bench controlplane
+//!
+//! The second is the large profile: 50k pods read from a manifest directory the way
+//! `istiod-lite --config-dir` reads it at start (files parsed, then the pipeline built), with
+//! the targets for that size (ready and full push ≤ 5 s, ≤ 1 GiB).
 //!
 //! Measures translation, encoding, time until every subscriber holds the full set, time from a
 //! one-pod change (incremental re-translation included) until every subscriber has it, and the
@@ -21,13 +26,18 @@ use istiod_lite::pipeline::{Object, Pipeline};
 use istiod_lite::translate::{translate, ClusterInfo};
 use istiod_lite::xds::{grpc, ResourceSet, XdsServer};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use meshcore::api::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use meshcore::api::discovery::{DeltaDiscoveryRequest, Node};
 use meshcore::api::type_url;
 use meshcore::pki::{CertificateAuthority, Validity};
 use tokio::sync::{mpsc, watch};
 
-const PODS: usize = 10_000;
+/// `CONTROLPLANE_PODS`, default 10k.
+fn pods() -> usize {
+    std::env::var("CONTROLPLANE_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
 const SERVICES: usize = 1_000;
 const POLICIES: usize = 1_000;
 const NAMESPACES: usize = 100;
@@ -38,9 +48,13 @@ fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
 }
 
 fn pod(i: usize, ip_offset: usize) -> Pod {
+    yaml(&pod_yaml(i, ip_offset))
+}
+
+fn pod_yaml(i: usize, ip_offset: usize) -> String {
     let ns = i % NAMESPACES;
     let ip = i + ip_offset;
-    yaml(&format!(
+    format!(
         "metadata: {{name: pod-{i}, namespace: ns-{ns}, labels: {{app: app-{}}}}}\n\
          spec: {{serviceAccountName: sa-{}, nodeName: node-{}, containers: [{{name: c, image: i}}]}}\n\
          status: {{phase: Running, podIP: 10.{}.{}.{}, conditions: [{{type: Ready, status: \"True\"}}]}}",
@@ -50,49 +64,90 @@ fn pod(i: usize, ip_offset: usize) -> Pod {
         ip / 65536 + 1,
         (ip / 256) % 256,
         ip % 256
-    ))
+    )
+}
+
+fn namespace_yaml(n: usize) -> String {
+    format!("metadata: {{name: ns-{n}, labels: {{istio.io/dataplane-mode: ambient}}}}")
+}
+
+/// Service s selects the pods labelled app-s (pods 10s..10s+9, spread over namespaces, so it
+/// lands on the pods of its own namespace only).
+fn service_yaml(s: usize) -> String {
+    format!(
+        "metadata: {{name: svc-{s}, namespace: ns-{}}}\n\
+         spec: {{clusterIP: 10.96.{}.{}, selector: {{app: app-{s}}}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}",
+        (s * 10) % NAMESPACES,
+        s / 256,
+        s % 256
+    )
+}
+
+fn policy_yaml(p: usize) -> String {
+    format!(
+        "metadata: {{name: policy-{p}, namespace: ns-{}}}\n\
+         spec: {{selector: {{matchLabels: {{app: app-{}}}}}, rules: [{{from: [{{source: {{principals: [cluster.local/ns/ns-{}/sa/sa-{}]}}}}], to: [{{operation: {{ports: ['8080']}}}}]}}]}}",
+        p % NAMESPACES,
+        p % SERVICES,
+        (p + 1) % NAMESPACES,
+        p % 50
+    )
 }
 
 fn cluster() -> Cluster {
-    let namespaces = (0..NAMESPACES)
-        .map(|n| {
-            yaml::<Namespace>(&format!(
-                "metadata: {{name: ns-{n}, labels: {{istio.io/dataplane-mode: ambient}}}}"
-            ))
-        })
-        .collect();
-    let pods = (0..PODS).map(|i| pod(i, 0)).collect();
-    // Service s selects the 10 pods labelled app-s (pods 10s..10s+9, spread over namespaces,
-    // so it lands on the pods of its own namespace only).
-    let services = (0..SERVICES)
-        .map(|s| {
-            yaml::<Service>(&format!(
-                "metadata: {{name: svc-{s}, namespace: ns-{}}}\n\
-                 spec: {{clusterIP: 10.96.{}.{}, selector: {{app: app-{s}}}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}",
-                (s * 10) % NAMESPACES,
-                s / 256,
-                s % 256
-            ))
-        })
-        .collect();
-    let authorization_policies = (0..POLICIES)
-        .map(|p| {
-            yaml::<AuthorizationPolicy>(&format!(
-                "metadata: {{name: policy-{p}, namespace: ns-{}}}\n\
-                 spec: {{selector: {{matchLabels: {{app: app-{}}}}}, rules: [{{from: [{{source: {{principals: [cluster.local/ns/ns-{}/sa/sa-{}]}}}}], to: [{{operation: {{ports: ['8080']}}}}]}}]}}",
-                p % NAMESPACES,
-                p % SERVICES,
-                (p + 1) % NAMESPACES,
-                p % 50
-            ))
-        })
-        .collect();
     Cluster {
-        namespaces,
-        pods,
-        services,
-        authorization_policies,
+        namespaces: (0..NAMESPACES)
+            .map(|n| yaml::<Namespace>(&namespace_yaml(n)))
+            .collect(),
+        pods: (0..pods()).map(|i| pod(i, 0)).collect(),
+        services: (0..SERVICES)
+            .map(|s| yaml::<Service>(&service_yaml(s)))
+            .collect(),
+        authorization_policies: (0..POLICIES)
+            .map(|p| yaml::<AuthorizationPolicy>(&policy_yaml(p)))
+            .collect(),
         ..Default::default()
+    }
+}
+
+/// The same cluster as manifest files (one per kind, pods in files of 1,000), as a user's
+/// `--config-dir` holds it.
+fn write_manifests(dir: &std::path::Path) {
+    let docs = |kind: &str, api: &str, bodies: Vec<String>| {
+        bodies
+            .iter()
+            .map(|b| format!("apiVersion: {api}\nkind: {kind}\n{b}\n"))
+            .collect::<Vec<_>>()
+            .join("---\n")
+    };
+    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+    write(
+        "namespaces.yaml",
+        docs(
+            "Namespace",
+            "v1",
+            (0..NAMESPACES).map(namespace_yaml).collect(),
+        ),
+    );
+    write(
+        "services.yaml",
+        docs("Service", "v1", (0..SERVICES).map(service_yaml).collect()),
+    );
+    write(
+        "policies.yaml",
+        docs(
+            "AuthorizationPolicy",
+            "security.istio.io/v1",
+            (0..POLICIES).map(policy_yaml).collect(),
+        ),
+    );
+    let n = pods();
+    for chunk in 0..n.div_ceil(1000) {
+        let range = chunk * 1000..((chunk + 1) * 1000).min(n);
+        write(
+            &format!("pods-{chunk:03}.yaml"),
+            docs("Pod", "v1", range.map(|i| pod_yaml(i, 0)).collect()),
+        );
     }
 }
 
@@ -123,11 +178,11 @@ fn main() {
     }
 }
 
-async fn run() {
-    let info = ClusterInfo::default();
+/// The cluster built in memory: translation and encoding timed alone, then the pipeline.
+fn in_memory(info: &ClusterInfo) -> (Pipeline, ResourceSet, usize, f64) {
     let c = cluster();
     let t0 = Instant::now();
-    let translation = translate(&c, &info);
+    let translation = translate(&c, info);
     let translate_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t0 = Instant::now();
     let set = ResourceSet::from_translation(&translation, 1);
@@ -145,12 +200,41 @@ async fn run() {
     pipeline.replace_all(c);
     let t0 = Instant::now();
     let set = pipeline.build().unwrap();
-    let pipeline_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let rss_config = rss_mib("VmRSS");
-    assert_eq!(
-        set.count(type_url::ADDRESS) + set.count(type_url::AUTHORIZATION),
-        total
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    (pipeline, set, total, ms)
+}
+
+/// The cluster as `--config-dir` starts from it: files read and parsed, the pipeline built.
+fn from_dir(info: &ClusterInfo) -> (Pipeline, ResourceSet, usize, f64) {
+    let dir = std::env::temp_dir().join(format!("controlplane-manifests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    write_manifests(&dir);
+    let t0 = Instant::now();
+    let c = istiod_lite::manifests::load_dir(&dir).expect("manifests load");
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut pipeline = Pipeline::new(info.clone());
+    pipeline.replace_all(c);
+    let set = pipeline.build().unwrap();
+    let ready_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let total = set.count(type_url::ADDRESS) + set.count(type_url::AUTHORIZATION);
+    println!(
+        "{} pods, {SERVICES} services, {POLICIES} policies from a manifest directory ({total} resources): read + parse {load_ms:.0} ms, ready (pipeline built) {ready_ms:.0} ms",
+        pods()
     );
+    (pipeline, set, total, ready_ms)
+}
+
+async fn run() {
+    let info = ClusterInfo::default();
+    let large = pods() > 10_000;
+    let (mut pipeline, set, total, pipeline_ms) =
+        if std::env::var_os("CONTROLPLANE_FROM_DIR").is_some() {
+            from_dir(&info)
+        } else {
+            in_memory(&info)
+        };
+    let rss_config = rss_mib("VmRSS");
 
     let ca =
         CertificateAuthority::generate_root("cluster.local", Duration::from_secs(3600)).unwrap();
@@ -209,7 +293,7 @@ async fn run() {
     let mut changes = Vec::new();
     let mut builds = Vec::new();
     for round in 1..=5 {
-        let moved = pod(7, 50_000 + round);
+        let moved = pod(7, pods() + round);
         let t0 = Instant::now();
         pipeline.apply(Object::Pod(moved));
         let set = pipeline.build().unwrap().with_delta_from(&publish.borrow());
@@ -231,24 +315,36 @@ async fn run() {
     );
     changes.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let peak = rss_mib("VmHWM");
+    // The brief's targets at 10k pods; the large profile's (issue 17) at 50k.
+    let (push_limit, rss_limit) = if large {
+        (5_000.0, 1024.0)
+    } else {
+        (2_000.0, 256.0)
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let push_ms = full_push.as_secs_f64() * 1e3;
+    let median = changes[changes.len() / 2];
     println!();
     println!("{:<52} {:>10}   target", "measure", "result");
+    if large {
+        println!(
+            "{:<52} {:>7.0} ms   <= 5000 ms: {}",
+            "ready (read, parse, translate, encode)",
+            pipeline_ms,
+            verdict(pipeline_ms <= 5_000.0)
+        );
+    }
     println!(
-        "{:<52} {:>7.0} ms   <= 2000 ms: {}",
+        "{:<52} {:>7.0} ms   <= {push_limit:.0} ms: {}",
         "full push to 100 ztunnels (connect + TLS + send)",
-        full_push.as_secs_f64() * 1e3,
-        if full_push <= Duration::from_secs(2) {
-            "met"
-        } else {
-            "NOT met"
-        }
+        push_ms,
+        verdict(push_ms <= push_limit)
     );
-    let median = changes[changes.len() / 2];
     println!(
         "{:<52} {:>7.0} ms   <= 50 ms: {} (runs: {})",
         "one-pod change to all 100 (median of 5)",
         median,
-        if median <= 50.0 { "met" } else { "NOT met" },
+        verdict(median <= 50.0),
         changes
             .iter()
             .map(|m| format!("{m:.0}"))
@@ -256,10 +352,10 @@ async fn run() {
             .join(", ")
     );
     println!(
-        "{:<52} {:>7.0} MiB  <= 256 MiB: {} (after push: {rss_after_push:.0} MiB)",
+        "{:<52} {:>7.0} MiB  <= {rss_limit:.0} MiB: {} (after push: {rss_after_push:.0} MiB)",
         "istiod-lite peak RSS (subscribers in another process)",
         peak,
-        if peak <= 256.0 { "met" } else { "NOT met" }
+        verdict(peak <= rss_limit)
     );
 }
 
@@ -283,7 +379,8 @@ async fn subscribers(args: String) {
         let channel = control.channel().unwrap();
         let (full, seen_tx) = (full.clone(), seen_tx.clone());
         tokio::spawn(async move {
-            let mut client = AggregatedDiscoveryServiceClient::new(channel);
+            // As ztunnel's: tonic's default 4 MiB limit is a first response of ~16k pods.
+            let mut client = meshcore::control::ads_client(channel);
             let (tx, rx) = mpsc::channel(8);
             for t in [type_url::ADDRESS, type_url::AUTHORIZATION] {
                 tx.send(DeltaDiscoveryRequest {
@@ -307,7 +404,15 @@ async fn subscribers(args: String) {
                 .into_inner();
             let mut held: BTreeMap<String, usize> = BTreeMap::new();
             let mut complete = false;
-            while let Ok(Some(r)) = responses.message().await {
+            loop {
+                let r = match responses.message().await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e) => {
+                        eprintln!("subscriber {i}: {e}");
+                        break;
+                    }
+                };
                 // Only updates after the full initial set count as "the change arrived".
                 if complete && r.resources.iter().any(|x| x.name == WATCHED) {
                     let _ = seen_tx.send(i);
