@@ -26,8 +26,15 @@ struct Ztunnel {
 
 impl Ztunnel {
     fn spawn(dir: &std::path::Path, ip: [u8; 4], workload: &str) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_ztunnel"))
-            .env_clear()
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ztunnel"));
+        cmd.env_clear();
+        // Knobs passed through: the HBONE windows under measurement.
+        for knob in ["HBONE_STREAM_WINDOW", "HBONE_CONNECTION_WINDOW"] {
+            if let Ok(v) = std::env::var(knob) {
+                cmd.env(knob, v);
+            }
+        }
+        let child = cmd
             .env("PROXY_WORKLOAD_INFO", workload)
             .env("LOCAL_XDS_PATH", dir.join("mesh.yaml"))
             .env("CA_DIR", dir.join("ca"))
@@ -373,6 +380,14 @@ fn main() {
             "CPU-s/GB",
             "<= 1.0",
             cpu_per_gb <= 1.0,
+        );
+        let peak_kib = za.mem_kib("VmHWM").max(zb.mem_kib("VmHWM"));
+        r.single(
+            "ztunnel peak RSS",
+            peak_kib as f64 / 1024.0,
+            "MiB",
+            "<= 16 MiB",
+            peak_kib <= 16 * 1024,
         );
         return;
     }

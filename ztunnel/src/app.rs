@@ -113,7 +113,10 @@ pub async fn start(
     let server_creds = certs.credentials(&identity).await?;
     let hbone_server = HboneServer::new(
         meshcore::tls::server_config(server_creds),
-        ServerSettings::default(),
+        ServerSettings {
+            windows: settings.hbone_windows(),
+            ..ServerSettings::default()
+        },
     );
 
     let mark = (settings.socket_mark != 0).then_some(settings.socket_mark);
@@ -127,6 +130,7 @@ pub async fn start(
         certs: certs.clone(),
         hbone: HboneClient::new(ClientSettings {
             socket_mark: mark,
+            windows: settings.hbone_windows(),
             ..ClientSettings::default()
         }),
         metrics: metrics.clone(),

@@ -103,6 +103,17 @@ pub struct Settings {
     #[arg(long, env = "FLOW_RECORDS", default_value_t = true, action = clap::ArgAction::Set)]
     pub flow_records: bool,
 
+    /// HTTP/2 flow-control window of each HBONE tunnel, in bytes (`4194304`, `1Mi`, `512Ki`):
+    /// how much a tunnel may have in flight unread. Istio's 4 MiB by default; smaller bounds
+    /// what a ztunnel holds for a slow application, at some cost to one tunnel's bulk rate.
+    #[arg(long, env = "HBONE_STREAM_WINDOW", default_value = "4Mi", value_parser = parse_window)]
+    pub hbone_stream_window: u32,
+
+    /// HTTP/2 flow-control window of each HBONE connection (all its tunnels), in bytes;
+    /// Istio's 16 MiB by default.
+    #[arg(long, env = "HBONE_CONNECTION_WINDOW", default_value = "16Mi", value_parser = parse_window)]
+    pub hbone_connection_window: u32,
+
     /// OTLP trace export of each connection's hop (off unless an endpoint is set).
     #[command(flatten)]
     pub tracing: meshcore::otel::TracingSettings,
@@ -237,6 +248,38 @@ fn parse_workload_info(s: &str) -> Result<WorkloadInfo, String> {
     }
 }
 
+/// A flow-control window: bytes, or with a `Ki`/`Mi` suffix; HTTP/2 allows 65,535 to 2^31-1.
+fn parse_window(s: &str) -> Result<u32, String> {
+    let (digits, unit) = match s.strip_suffix("Mi") {
+        Some(d) => (d, 1 << 20),
+        None => match s.strip_suffix("Ki") {
+            Some(d) => (d, 1 << 10),
+            None => (s, 1),
+        },
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{s}: want bytes, e.g. 4194304, 4Mi or 512Ki"))?;
+    if !(65_535..=(i32::MAX as u64)).contains(&bytes) {
+        return Err(format!(
+            "{s}: an HTTP/2 window is 65535 to 2147483647 bytes"
+        ));
+    }
+    Ok(bytes as u32)
+}
+
+impl Settings {
+    /// The HBONE flow-control windows these settings ask for.
+    pub fn hbone_windows(&self) -> meshcore::hbone::Windows {
+        meshcore::hbone::Windows {
+            stream: self.hbone_stream_window,
+            connection: self.hbone_connection_window,
+        }
+    }
+}
+
 /// `250ms`, `45s`, `90m`, `24h` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -265,6 +308,19 @@ fn parse_mark(s: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_take_bytes_or_binary_units_within_http2_limits() {
+        assert_eq!(parse_window("4Mi"), Ok(4 << 20));
+        assert_eq!(parse_window("512Ki"), Ok(512 << 10));
+        assert_eq!(parse_window("65535"), Ok(65_535));
+        for bad in ["1Ki", "4Gi", "2048Mi", "x", "-1"] {
+            assert!(parse_window(bad).is_err(), "{bad}");
+        }
+        assert!(parse_window("4MB").unwrap_err().contains("4Mi"));
+        let s = Settings::parse_from(["ztunnel"]);
+        assert_eq!(s.hbone_windows(), meshcore::hbone::Windows::default());
+    }
 
     #[test]
     fn durations_and_marks() {

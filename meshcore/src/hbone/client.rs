@@ -37,6 +37,8 @@ pub struct ClientSettings {
     /// SO_MARK for outgoing sockets, so capture rules can tell the proxy's own traffic apart
     /// (Istio uses 0x539). Needs CAP_NET_ADMIN; `None` leaves sockets unmarked.
     pub socket_mark: Option<u32>,
+    /// Flow-control windows advertised to the server.
+    pub windows: super::Windows,
 }
 
 impl Default for ClientSettings {
@@ -49,6 +51,7 @@ impl Default for ClientSettings {
             keepalive_interval: super::KEEPALIVE_INTERVAL,
             keepalive_timeout: super::KEEPALIVE_TIMEOUT,
             socket_mark: None,
+            windows: super::Windows::default(),
         }
     }
 }
@@ -336,8 +339,8 @@ impl HboneClient {
             let peer =
                 peer_identity(session).expect("the server verifier admits only SPIFFE identities");
             let (sender, connection) = h2::client::Builder::new()
-                .initial_window_size(settings::STREAM_WINDOW)
-                .initial_connection_window_size(settings::CONNECTION_WINDOW)
+                .initial_window_size(self.inner.settings.windows.stream)
+                .initial_connection_window_size(self.inner.settings.windows.connection)
                 .max_frame_size(settings::MAX_FRAME_SIZE)
                 .max_header_list_size(settings::CLIENT_MAX_HEADER_LIST)
                 .enable_push(false)

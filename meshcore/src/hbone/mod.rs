@@ -20,6 +20,24 @@ use std::time::Duration;
 /// The HBONE port.
 pub const HBONE_PORT: u16 = 15008;
 
+/// HTTP/2 flow-control windows of HBONE connections: how much one tunnel (stream) and one
+/// connection may have in flight unread. Istio's 4 MiB / 16 MiB by default; smaller windows
+/// bound what a receiver holds for a slow application at some cost to bulk throughput.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    pub stream: u32,
+    pub connection: u32,
+}
+
+impl Default for Windows {
+    fn default() -> Self {
+        Self {
+            stream: settings::STREAM_WINDOW,
+            connection: settings::CONNECTION_WINDOW,
+        }
+    }
+}
+
 /// HTTP/2 settings Istio uses for HBONE.
 pub mod settings {
     /// Per-stream flow-control window.

@@ -32,6 +32,8 @@ pub struct ServerSettings {
     /// A connection with no open stream for this long is sent GOAWAY (its peer reconnects when
     /// it needs to): a peer cannot park connections forever.
     pub idle_timeout: Duration,
+    /// Flow-control windows advertised to clients.
+    pub windows: super::Windows,
 }
 
 impl Default for ServerSettings {
@@ -44,6 +46,7 @@ impl Default for ServerSettings {
             max_concurrent_streams: 100,
             max_connections: 16_384,
             idle_timeout: Duration::from_secs(600),
+            windows: super::Windows::default(),
         }
     }
 }
@@ -286,8 +289,8 @@ impl HboneServer {
             source,
         };
         let h2_handshake = h2::server::Builder::new()
-            .initial_window_size(settings::STREAM_WINDOW)
-            .initial_connection_window_size(settings::CONNECTION_WINDOW)
+            .initial_window_size(self.settings.windows.stream)
+            .initial_connection_window_size(self.settings.windows.connection)
             .max_frame_size(settings::MAX_FRAME_SIZE)
             .max_header_list_size(settings::SERVER_MAX_HEADER_LIST)
             .max_concurrent_streams(self.settings.max_concurrent_streams)

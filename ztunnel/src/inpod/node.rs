@@ -72,12 +72,14 @@ pub async fn start_node(
         certs: certs.clone(),
         hbone: HboneClient::new(ClientSettings {
             socket_mark: mark,
+            windows: settings.hbone_windows(),
             ..ClientSettings::default()
         }),
         metrics: metrics.clone(),
         socket_mark: mark,
         relay_idle: settings.relay_idle_timeout,
         socks5: settings.enable_socks5,
+        windows: settings.hbone_windows(),
         dns_upstreams: settings.dns_proxy.then(|| {
             crate::dns::upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
         }),

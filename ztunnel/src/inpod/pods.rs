@@ -43,6 +43,8 @@ pub struct NodeContext {
     pub relay_idle: std::time::Duration,
     /// `UNSTABLE_ENABLE_SOCKS5`: SOCKS5 on each pod's 127.0.0.1:15080.
     pub socks5: bool,
+    /// `HBONE_STREAM_WINDOW` / `HBONE_CONNECTION_WINDOW` of each pod's 15008.
+    pub windows: meshcore::hbone::Windows,
 }
 
 struct Pod {
@@ -114,7 +116,10 @@ impl Pods {
         let creds = self.ctx.certs.credentials(&identity).await?;
         let hbone_server = HboneServer::new(
             meshcore::tls::server_config(creds),
-            ServerSettings::default(),
+            ServerSettings {
+                windows: self.ctx.windows,
+                ..ServerSettings::default()
+            },
         );
         let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         let mark = self.ctx.socket_mark;
