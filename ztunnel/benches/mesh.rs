@@ -26,7 +26,9 @@ struct Ztunnel {
 
 impl Ztunnel {
     fn spawn(dir: &std::path::Path, ip: [u8; 4], workload: &str) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ztunnel"));
+        // ZTUNNEL_BIN: another build of ztunnel to measure (e.g. with `--features mimalloc`).
+        let bin = std::env::var("ZTUNNEL_BIN").unwrap_or(env!("CARGO_BIN_EXE_ztunnel").into());
+        let mut cmd = Command::new(bin);
         cmd.env_clear();
         // Knobs passed through: the HBONE windows under measurement.
         for knob in ["HBONE_STREAM_WINDOW", "HBONE_CONNECTION_WINDOW"] {
