@@ -2,7 +2,7 @@
 //! at run time. TLS configurations read the current snapshot on every handshake, so rotation needs
 //! no listener restart and leaves established connections alone.
 
-use super::TlsError;
+use super::{provider, TlsError};
 use crate::identity::SpiffeId;
 use crate::pki::{
     generate_csr, inspect_cert, parse_pem_certs, CertificateAuthority, ValidatedCsr, Validity,
@@ -44,7 +44,9 @@ impl WorkloadCert {
         }
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| TlsError::Config(format!("private key: {e}")))?;
-        let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
+        let signing_key = provider()
+            .key_provider
+            .load_private_key(key)
             .map_err(|e| TlsError::Config(format!("private key: {e}")))?;
         let certified_key = CertifiedKey::new(chain, signing_key);
         certified_key.keys_match().map_err(|e| {

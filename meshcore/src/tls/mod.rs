@@ -35,7 +35,13 @@ pub enum TlsError {
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .get_or_init(|| {
+            #[cfg(feature = "aws-lc")]
+            let p = rustls::crypto::aws_lc_rs::default_provider();
+            #[cfg(not(feature = "aws-lc"))]
+            let p = rustls::crypto::ring::default_provider();
+            Arc::new(p)
+        })
         .clone()
 }
 
