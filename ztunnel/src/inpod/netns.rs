@@ -7,12 +7,16 @@
 //! and all I/O afterwards happen on tokio's threads as usual. Other work inside the namespace
 //! (running `nft`, reading addresses) uses [`Netns::run`], a short-lived thread per call. A
 //! thread per socket cost 10.2-10.7x a plain socket (76-92 µs); the socket thread costs 3.3-3.4x
-//! (25-29 µs), the rest being the hand-off between threads (`cargo bench -p ztunnel --bench
+//! (25-29 µs), the rest being the hand-off between threads. So the thread also keeps a few IPv4
+//! TCP sockets ready (the kind nearly every connection needs), refilled in the background when
+//! half are taken: taking one is a short lock, not a round trip (`cargo bench -p ztunnel --bench
 //! netns`, as root).
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -20,12 +24,23 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 /// A request to the pod's socket thread.
 type Job = Box<dyn FnOnce() + Send>;
 
+/// IPv4 TCP sockets kept ready per pod (file descriptors held while the pod is served).
+pub const READY_SOCKETS: usize = 8;
+
+/// Sockets made ahead by the socket thread, and whether a refill is queued.
+#[derive(Default)]
+struct Ready {
+    sockets: Mutex<Vec<Socket>>,
+    refilling: AtomicBool,
+}
+
 pub struct Netns {
     fd: OwnedFd,
     /// Identity of the namespace (its nsfs inode), for logs and equality.
     pub inode: u64,
     /// The socket thread's queue; the thread ends when this is dropped.
     sockets: std::sync::OnceLock<std::sync::mpsc::Sender<Job>>,
+    ready: Arc<Ready>,
 }
 
 impl std::fmt::Debug for Netns {
@@ -48,6 +63,7 @@ impl Netns {
             fd,
             inode,
             sockets: std::sync::OnceLock::new(),
+            ready: Arc::default(),
         })
     }
 
@@ -114,17 +130,61 @@ impl Netns {
         Ok(self.sockets.get().expect("just set"))
     }
 
-    /// A non-blocking socket created inside the namespace by its socket thread.
+    /// A non-blocking socket created inside the namespace by its socket thread (a ready one when
+    /// it is IPv4 TCP and one is left).
     pub fn socket(&self, domain: Domain, ty: Type, protocol: Protocol) -> io::Result<Socket> {
+        if (domain, ty, protocol) == (Domain::IPV4, Type::STREAM, Protocol::TCP) {
+            if let Some(socket) = self.take_ready()? {
+                return Ok(socket);
+            }
+        }
+        self.socket_from_thread(domain, ty, protocol)
+    }
+
+    /// A socket asked of the socket thread, waiting for its answer (no ready sockets).
+    pub fn socket_from_thread(
+        &self,
+        domain: Domain,
+        ty: Type,
+        protocol: Protocol,
+    ) -> io::Result<Socket> {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         let job: Job = Box::new(move || {
-            let socket = Socket::new(domain, ty.cloexec(), Some(protocol))
-                .and_then(|s| s.set_nonblocking(true).map(|_| s));
-            let _ = reply.send(socket);
+            let _ = reply.send(new_socket(domain, ty, protocol));
         });
         let gone = || io::Error::other("netns socket thread ended");
         self.socket_thread()?.send(job).map_err(|_| gone())?;
         answer.recv().map_err(|_| gone())?
+    }
+
+    /// A ready IPv4 TCP socket, if any; queues a refill on the socket thread once half are
+    /// taken (the first call finds none and starts the first fill).
+    fn take_ready(&self) -> io::Result<Option<Socket>> {
+        let (socket, left) = {
+            let mut ready = self.ready.sockets.lock().expect("ready sockets");
+            let socket = ready.pop();
+            (socket, ready.len())
+        };
+        if left <= READY_SOCKETS / 2 && !self.ready.refilling.swap(true, Ordering::AcqRel) {
+            let ready = self.ready.clone();
+            let job: Job = Box::new(move || {
+                let have = ready.sockets.lock().expect("ready sockets").len();
+                let made: Vec<Socket> = (have..READY_SOCKETS)
+                    .map_while(|_| new_socket(Domain::IPV4, Type::STREAM, Protocol::TCP).ok())
+                    .collect();
+                ready.sockets.lock().expect("ready sockets").extend(made);
+                ready.refilling.store(false, Ordering::Release);
+            });
+            if self.socket_thread()?.send(job).is_err() {
+                self.ready.refilling.store(false, Ordering::Release);
+            }
+        }
+        Ok(socket)
+    }
+
+    /// How many sockets are ready now (for tests).
+    pub fn ready_sockets(&self) -> usize {
+        self.ready.sockets.lock().expect("ready sockets").len()
     }
 
     fn tcp(&self, v4: bool) -> io::Result<Socket> {
@@ -212,6 +272,12 @@ impl Netns {
         meshcore::control::Keepalive::DATA_PATH.apply_tcp(&socket)?;
         Ok(socket)
     }
+}
+
+/// A non-blocking, close-on-exec socket in the calling thread's namespace.
+fn new_socket(domain: Domain, ty: Type, protocol: Protocol) -> io::Result<Socket> {
+    Socket::new(domain, ty.cloexec(), Some(protocol))
+        .and_then(|s| s.set_nonblocking(true).map(|_| s))
 }
 
 /// HBONE from a pod is dialled from inside the pod, so the destination sees the pod's address

@@ -235,3 +235,57 @@ fn agent_rules_install_idempotently_and_remove_cleanly() {
     assert!(!rules::installed(&netns));
     rules::remove(&netns).expect("removing twice is fine");
 }
+
+/// The pod's socket thread keeps IPv4 TCP sockets ready: after the first request they are
+/// handed out without a round trip, refilled in the background, and every one belongs to the
+/// pod's namespace (it can bind an address only that namespace has).
+#[test]
+fn ready_sockets_are_made_inside_the_pod() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("SKIPPED ready_sockets: needs root and `ip`; scripts/test installs them");
+        return;
+    }
+    use socket2::{Domain, Protocol, Type};
+    use ztunnel::inpod::netns::READY_SOCKETS;
+    let id = std::process::id();
+    let lab = PodNetns(format!("zt-ready-{id}"), format!("ztr{id}"));
+    run(&["ip", "netns", "add", &lab.0]);
+    run(&["ip", "-n", &lab.0, "link", "set", "lo", "up"]);
+    let only_there: std::net::SocketAddr = "10.204.7.9:0".parse().unwrap();
+    run(&[
+        "ip",
+        "-n",
+        &lab.0,
+        "addr",
+        "add",
+        "10.204.7.9/32",
+        "dev",
+        "lo",
+    ]);
+    let netns =
+        ztunnel::inpod::netns::Netns::open(std::path::Path::new(&format!("/run/netns/{}", lab.0)))
+            .unwrap();
+    let tcp = || {
+        netns
+            .socket(Domain::IPV4, Type::STREAM, Protocol::TCP)
+            .unwrap()
+    };
+    tcp()
+        .bind(&only_there.into())
+        .expect("first socket in the pod");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while netns.ready_sockets() < READY_SOCKETS {
+        assert!(std::time::Instant::now() < deadline, "never filled");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for _ in 0..3 * READY_SOCKETS {
+        tcp()
+            .bind(&only_there.into())
+            .expect("a ready socket is in the pod");
+    }
+    // Other kinds still come from the thread directly.
+    netns
+        .socket(Domain::IPV6, Type::STREAM, Protocol::TCP)
+        .expect("IPv6 socket");
+}
