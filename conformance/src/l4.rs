@@ -139,6 +139,9 @@ pub fn cases() -> Vec<Case<Suite>> {
             run: crate::observe::flows_show_who_talked_and_why_a_call_was_denied,
         },
     ]
+    .into_iter()
+    .chain(crate::cilium::cases()) // CiliumNetworkPolicy (issue 19)
+    .collect()
 }
 
 fn same_node(s: &mut Suite) -> Result<(), String> {

@@ -3,6 +3,7 @@
 //! Each case prints one line; the run ends with `N passed, N failed`.
 
 pub mod capture;
+pub mod cilium;
 pub mod inspect;
 pub mod l4;
 pub mod l7;

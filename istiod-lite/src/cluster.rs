@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+pub use crate::crd::cilium::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy};
 pub use crate::crd::gateway::{Gateway, GrpcRoute, HttpRoute};
 pub use crate::crd::linkerd::{ServiceProfile, TrafficSplit};
 pub use crate::crd::linkerd_policy::{
@@ -42,6 +43,61 @@ pub struct Cluster {
     pub linkerd_authorization_policies: Vec<LinkerdAuthorizationPolicy>,
     pub mesh_tls_authentications: Vec<MeshTlsAuthentication>,
     pub network_authentications: Vec<NetworkAuthentication>,
+    /// Cilium's policies (`cilium.io/v2`); their ingress rules become authorizations.
+    pub cilium_network_policies: Vec<CiliumNetworkPolicy>,
+    pub cilium_clusterwide_network_policies: Vec<CiliumClusterwideNetworkPolicy>,
+    /// Pods outside this view's `pods` that Cilium selectors (`fromEndpoints`) may pick: the
+    /// pipeline fills it with every other namespace's pods when a Cilium policy is translated
+    /// slice by slice; a whole-cluster view leaves it empty.
+    pub peer_pods: Vec<PodIdentity>,
+}
+
+/// What a label selector over pods reads of a pod, and its addresses.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+impl PodIdentity {
+    /// A pod that is not finished (Succeeded, Failed).
+    pub fn of(pod: &Pod) -> Option<PodIdentity> {
+        let status = pod.status.as_ref();
+        if matches!(
+            status.and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        ) {
+            return None;
+        }
+        let mut ips: Vec<std::net::IpAddr> = status
+            .into_iter()
+            .flat_map(|s| {
+                s.pod_ips
+                    .iter()
+                    .flatten()
+                    .map(|p| p.ip.as_str())
+                    .chain(s.pod_ip.as_deref())
+            })
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        Some(PodIdentity {
+            namespace: pod.metadata.namespace.clone()?,
+            name: pod.metadata.name.clone()?,
+            service_account: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".into()),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ips,
+        })
+    }
 }
 
 /// `namespace/name` of an object.

@@ -3,7 +3,8 @@
 //! PeerAuthentications, RequestAuthentications, Gateway API Gateways, HTTPRoutes and
 //! GRPCRoutes, Istio VirtualServices and DestinationRules, SMI TrafficSplits, Linkerd
 //! ServiceProfiles and Linkerd's policy (Servers, ServerAuthorizations, AuthorizationPolicies,
-//! MeshTLSAuthentications, NetworkAuthentications) are kept (also inside `kind: List`); other
+//! MeshTLSAuthentications, NetworkAuthentications) and Cilium's `cilium.io/v2`
+//! CiliumNetworkPolicies and CiliumClusterwideNetworkPolicies are kept (also inside `kind: List`); other
 //! kinds are skipped. A document that does not parse refuses the whole load, naming file,
 //! document, object and field, so the caller keeps its last good view.
 
@@ -239,6 +240,20 @@ fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<St
             cluster.network_authentications.extend(
                 typed::<crate::cluster::NetworkAuthentication>(value, &at, errors)
                     .map(default_namespace),
+            )
+        }
+        ("cilium.io/v2", "CiliumNetworkPolicy") => cluster.cilium_network_policies.extend(
+            typed::<crate::cluster::CiliumNetworkPolicy>(value, &at, errors).map(default_namespace),
+        ),
+        // Cluster-scoped: no namespace, whatever the manifest says (as the API server).
+        ("cilium.io/v2", "CiliumClusterwideNetworkPolicy") => {
+            cluster.cilium_clusterwide_network_policies.extend(
+                typed::<crate::cluster::CiliumClusterwideNetworkPolicy>(value, &at, errors).map(
+                    |mut p| {
+                        p.metadata.namespace = None;
+                        p
+                    },
+                ),
             )
         }
         ("", _) | (_, "") => errors.push(format!(

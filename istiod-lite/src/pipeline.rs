@@ -27,11 +27,11 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::cluster::{
-    AuthorizationPolicy, Cluster, DestinationRule, Gateway, GrpcRoute, HttpRoute,
-    LinkerdAuthorizationPolicy, MeshTlsAuthentication, NetworkAuthentication, PeerAuthentication,
+    AuthorizationPolicy, CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, Cluster,
+    DestinationRule, Gateway, GrpcRoute, HttpRoute, LinkerdAuthorizationPolicy,
+    MeshTlsAuthentication, NetworkAuthentication, PeerAuthentication, PodIdentity,
     RequestAuthentication, Server, ServerAuthorization, ServiceProfile, TrafficSplit,
     VirtualService,
 };
@@ -42,201 +42,6 @@ use crate::translate::waypoints::{self, View};
 use crate::translate::{translate, ClusterInfo, Note};
 use crate::xds::resources::{waypoint_resources, Encoded, Resource};
 use crate::xds::ResourceSet;
-
-/// The kinds the pipeline keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    Namespace,
-    Pod,
-    Service,
-    EndpointSlice,
-    AuthorizationPolicy,
-    PeerAuthentication,
-    RequestAuthentication,
-    Gateway,
-    HttpRoute,
-    GrpcRoute,
-    VirtualService,
-    DestinationRule,
-    TrafficSplit,
-    ServiceProfile,
-    Server,
-    ServerAuthorization,
-    /// Linkerd's (`policy.linkerd.io`), not Istio's.
-    LinkerdAuthorizationPolicy,
-    MeshTlsAuthentication,
-    NetworkAuthentication,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 19] = [
-        Kind::Namespace,
-        Kind::Pod,
-        Kind::Service,
-        Kind::EndpointSlice,
-        Kind::AuthorizationPolicy,
-        Kind::PeerAuthentication,
-        Kind::RequestAuthentication,
-        Kind::Gateway,
-        Kind::HttpRoute,
-        Kind::GrpcRoute,
-        Kind::VirtualService,
-        Kind::DestinationRule,
-        Kind::TrafficSplit,
-        Kind::ServiceProfile,
-        Kind::Server,
-        Kind::ServerAuthorization,
-        Kind::LinkerdAuthorizationPolicy,
-        Kind::MeshTlsAuthentication,
-        Kind::NetworkAuthentication,
-    ];
-
-    /// Kinds whose CRDs may not be installed: Gateway API's, Istio's networking ones,
-    /// RequestAuthentication (waypoints' only; a `base` older than it must not keep ztunnels
-    /// unserved), and Linkerd's and SMI's.
-    pub fn is_optional(self) -> bool {
-        matches!(
-            self,
-            Kind::RequestAuthentication
-                | Kind::Gateway
-                | Kind::HttpRoute
-                | Kind::GrpcRoute
-                | Kind::VirtualService
-                | Kind::DestinationRule
-                | Kind::TrafficSplit
-                | Kind::ServiceProfile
-                | Kind::Server
-                | Kind::ServerAuthorization
-                | Kind::LinkerdAuthorizationPolicy
-                | Kind::MeshTlsAuthentication
-                | Kind::NetworkAuthentication
-        )
-    }
-
-    /// Kinds only waypoints read.
-    fn waypoint_only(self) -> bool {
-        matches!(
-            self,
-            Kind::RequestAuthentication
-                | Kind::HttpRoute
-                | Kind::GrpcRoute
-                | Kind::VirtualService
-                | Kind::DestinationRule
-                | Kind::TrafficSplit
-                | Kind::ServiceProfile
-        )
-    }
-}
-
-/// One object of a kept kind. (Unboxed: each is moved once, from a watcher or the manifest
-/// reader into the pipeline's maps; a box would only add an allocation per event.)
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
-pub enum Object {
-    Namespace(Namespace),
-    Pod(Pod),
-    Service(Service),
-    EndpointSlice(EndpointSlice),
-    AuthorizationPolicy(AuthorizationPolicy),
-    PeerAuthentication(PeerAuthentication),
-    RequestAuthentication(RequestAuthentication),
-    Gateway(Gateway),
-    HttpRoute(HttpRoute),
-    GrpcRoute(GrpcRoute),
-    VirtualService(VirtualService),
-    DestinationRule(DestinationRule),
-    TrafficSplit(TrafficSplit),
-    ServiceProfile(ServiceProfile),
-    Server(Server),
-    ServerAuthorization(ServerAuthorization),
-    LinkerdAuthorizationPolicy(LinkerdAuthorizationPolicy),
-    MeshTlsAuthentication(MeshTlsAuthentication),
-    NetworkAuthentication(NetworkAuthentication),
-}
-
-impl Object {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Object::Namespace(_) => Kind::Namespace,
-            Object::Pod(_) => Kind::Pod,
-            Object::Service(_) => Kind::Service,
-            Object::EndpointSlice(_) => Kind::EndpointSlice,
-            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
-            Object::PeerAuthentication(_) => Kind::PeerAuthentication,
-            Object::RequestAuthentication(_) => Kind::RequestAuthentication,
-            Object::Gateway(_) => Kind::Gateway,
-            Object::HttpRoute(_) => Kind::HttpRoute,
-            Object::GrpcRoute(_) => Kind::GrpcRoute,
-            Object::VirtualService(_) => Kind::VirtualService,
-            Object::DestinationRule(_) => Kind::DestinationRule,
-            Object::TrafficSplit(_) => Kind::TrafficSplit,
-            Object::ServiceProfile(_) => Kind::ServiceProfile,
-            Object::Server(_) => Kind::Server,
-            Object::ServerAuthorization(_) => Kind::ServerAuthorization,
-            Object::LinkerdAuthorizationPolicy(_) => Kind::LinkerdAuthorizationPolicy,
-            Object::MeshTlsAuthentication(_) => Kind::MeshTlsAuthentication,
-            Object::NetworkAuthentication(_) => Kind::NetworkAuthentication,
-        }
-    }
-
-    pub fn meta(&self) -> &ObjectMeta {
-        match self {
-            Object::Namespace(o) => &o.metadata,
-            Object::Pod(o) => &o.metadata,
-            Object::Service(o) => &o.metadata,
-            Object::EndpointSlice(o) => &o.metadata,
-            Object::AuthorizationPolicy(o) => &o.metadata,
-            Object::PeerAuthentication(o) => &o.metadata,
-            Object::RequestAuthentication(o) => &o.metadata,
-            Object::Gateway(o) => &o.metadata,
-            Object::HttpRoute(o) => &o.metadata,
-            Object::GrpcRoute(o) => &o.metadata,
-            Object::VirtualService(o) => &o.metadata,
-            Object::DestinationRule(o) => &o.metadata,
-            Object::TrafficSplit(o) => &o.metadata,
-            Object::ServiceProfile(o) => &o.metadata,
-            Object::Server(o) => &o.metadata,
-            Object::ServerAuthorization(o) => &o.metadata,
-            Object::LinkerdAuthorizationPolicy(o) => &o.metadata,
-            Object::MeshTlsAuthentication(o) => &o.metadata,
-            Object::NetworkAuthentication(o) => &o.metadata,
-        }
-    }
-
-    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
-        match self {
-            Object::Namespace(o) => &mut o.metadata,
-            Object::Pod(o) => &mut o.metadata,
-            Object::Service(o) => &mut o.metadata,
-            Object::EndpointSlice(o) => &mut o.metadata,
-            Object::AuthorizationPolicy(o) => &mut o.metadata,
-            Object::PeerAuthentication(o) => &mut o.metadata,
-            Object::RequestAuthentication(o) => &mut o.metadata,
-            Object::Gateway(o) => &mut o.metadata,
-            Object::HttpRoute(o) => &mut o.metadata,
-            Object::GrpcRoute(o) => &mut o.metadata,
-            Object::VirtualService(o) => &mut o.metadata,
-            Object::DestinationRule(o) => &mut o.metadata,
-            Object::TrafficSplit(o) => &mut o.metadata,
-            Object::ServiceProfile(o) => &mut o.metadata,
-            Object::Server(o) => &mut o.metadata,
-            Object::ServerAuthorization(o) => &mut o.metadata,
-            Object::LinkerdAuthorizationPolicy(o) => &mut o.metadata,
-            Object::MeshTlsAuthentication(o) => &mut o.metadata,
-            Object::NetworkAuthentication(o) => &mut o.metadata,
-        }
-    }
-
-    /// The slice it belongs to: its namespace (a Namespace: its own name) and its name.
-    fn slice_key(&self) -> (String, String) {
-        let meta = self.meta();
-        let name = meta.name.clone().unwrap_or_default();
-        match self {
-            Object::Namespace(_) => (name.clone(), name),
-            _ => (meta.namespace.clone().unwrap_or_default(), name),
-        }
-    }
-}
 
 /// Everything of one namespace, and what it translated to.
 #[derive(Debug, Default)]
@@ -260,6 +65,9 @@ struct Slice {
     linkerd_policies: BTreeMap<String, LinkerdAuthorizationPolicy>,
     mesh_tls_authns: BTreeMap<String, MeshTlsAuthentication>,
     network_authns: BTreeMap<String, NetworkAuthentication>,
+    cilium_policies: BTreeMap<String, CiliumNetworkPolicy>,
+    /// In the slice of no namespace only.
+    cilium_clusterwide: BTreeMap<String, CiliumClusterwideNetworkPolicy>,
     output: Encoded,
     notes: Vec<Note>,
     dirty: bool,
@@ -286,6 +94,8 @@ impl Slice {
             && self.linkerd_policies.is_empty()
             && self.mesh_tls_authns.is_empty()
             && self.network_authns.is_empty()
+            && self.cilium_policies.is_empty()
+            && self.cilium_clusterwide.is_empty()
     }
 
     fn names(&self, kind: Kind) -> Vec<String> {
@@ -313,6 +123,10 @@ impl Slice {
             Kind::LinkerdAuthorizationPolicy => self.linkerd_policies.keys().cloned().collect(),
             Kind::MeshTlsAuthentication => self.mesh_tls_authns.keys().cloned().collect(),
             Kind::NetworkAuthentication => self.network_authns.keys().cloned().collect(),
+            Kind::CiliumNetworkPolicy => self.cilium_policies.keys().cloned().collect(),
+            Kind::CiliumClusterwideNetworkPolicy => {
+                self.cilium_clusterwide.keys().cloned().collect()
+            }
         }
     }
 }
@@ -375,7 +189,7 @@ impl Pipeline {
         self.waypoints_dirty = true;
         let cross = (namespace == self.info.root_namespace
             && matches!(kind, Kind::AuthorizationPolicy | Kind::PeerAuthentication))
-            || kind == Kind::Gateway;
+            || matches!(kind, Kind::Gateway | Kind::CiliumClusterwideNetworkPolicy);
         if kind.waypoint_only() {
             // Routes and traffic rules reach waypoints only, never ztunnels.
         } else if cross {
@@ -407,6 +221,21 @@ impl Pipeline {
         }
     }
 
+    /// A pod's namespace, labels, service account or addresses changed: Cilium's `fromEndpoints`
+    /// and `world` read every namespace's pods, so the slices holding a CiliumNetworkPolicy
+    /// (all of them while a cluster-wide one exists) are translated again.
+    fn mark_cilium_selectors(&mut self) {
+        let clusterwide = self
+            .slices
+            .get("")
+            .is_some_and(|s| !s.cilium_clusterwide.is_empty());
+        for s in self.slices.values_mut() {
+            if clusterwide || !s.cilium_policies.is_empty() {
+                s.dirty = true;
+            }
+        }
+    }
+
     /// Adds or updates an object.
     pub fn apply(&mut self, object: Object) {
         let kind = object.kind();
@@ -420,6 +249,10 @@ impl Pipeline {
         self.rejected.remove(&rejected);
         let slice = self.slices.entry(namespace.clone()).or_default();
         let key = name.clone();
+        let peer_before = match &object {
+            Object::Pod(_) => Some(slice.pods.get(&name).and_then(PodIdentity::of)),
+            _ => None,
+        };
         let changed = match object {
             Object::Namespace(o) => {
                 let changed = slice.namespace.as_ref() != Some(&o);
@@ -444,7 +277,20 @@ impl Pipeline {
             Object::LinkerdAuthorizationPolicy(o) => put(&mut slice.linkerd_policies, name, o),
             Object::MeshTlsAuthentication(o) => put(&mut slice.mesh_tls_authns, name, o),
             Object::NetworkAuthentication(o) => put(&mut slice.network_authns, name, o),
+            Object::CiliumNetworkPolicy(o) => put(&mut slice.cilium_policies, name, o),
+            Object::CiliumClusterwideNetworkPolicy(o) => {
+                put(&mut slice.cilium_clusterwide, name, o)
+            }
         };
+        if let Some(before) = peer_before {
+            let after = self.slices[&namespace]
+                .pods
+                .get(&key)
+                .and_then(PodIdentity::of);
+            if before != after {
+                self.mark_cilium_selectors();
+            }
+        }
         if changed {
             self.mark(&namespace, kind);
             self.mark_referrers(kind, &namespace, &key);
@@ -459,6 +305,9 @@ impl Pipeline {
         let Some(slice) = self.slices.get_mut(namespace) else {
             return;
         };
+        let peer_before = (kind == Kind::Pod)
+            .then(|| slice.pods.get(name).and_then(PodIdentity::of))
+            .flatten();
         let removed = match kind {
             Kind::Namespace => slice.namespace.take().is_some(),
             Kind::Pod => slice.pods.remove(name).is_some(),
@@ -479,10 +328,18 @@ impl Pipeline {
             Kind::LinkerdAuthorizationPolicy => slice.linkerd_policies.remove(name).is_some(),
             Kind::MeshTlsAuthentication => slice.mesh_tls_authns.remove(name).is_some(),
             Kind::NetworkAuthentication => slice.network_authns.remove(name).is_some(),
+            Kind::CiliumNetworkPolicy => slice.cilium_policies.remove(name).is_some(),
+            Kind::CiliumClusterwideNetworkPolicy => slice.cilium_clusterwide.remove(name).is_some(),
         };
         if !removed {
             return;
         }
+        if peer_before.is_some() {
+            self.mark_cilium_selectors();
+        }
+        let Some(slice) = self.slices.get_mut(namespace) else {
+            return;
+        };
         if slice.is_empty() {
             self.slices.remove(namespace);
             self.removed = true;
@@ -533,6 +390,9 @@ impl Pipeline {
             linkerd_authorization_policies,
             mesh_tls_authentications,
             network_authentications,
+            cilium_network_policies,
+            cilium_clusterwide_network_policies,
+            peer_pods: _,
         } = cluster;
         self.replace_kind(
             Kind::Namespace,
@@ -643,6 +503,20 @@ impl Pipeline {
                 .map(Object::NetworkAuthentication)
                 .collect(),
         );
+        self.replace_kind(
+            Kind::CiliumNetworkPolicy,
+            cilium_network_policies
+                .into_iter()
+                .map(Object::CiliumNetworkPolicy)
+                .collect(),
+        );
+        self.replace_kind(
+            Kind::CiliumClusterwideNetworkPolicy,
+            cilium_clusterwide_network_policies
+                .into_iter()
+                .map(Object::CiliumClusterwideNetworkPolicy)
+                .collect(),
+        );
     }
 
     /// Translates what changed since the last build. `None` when nothing did (after the first).
@@ -675,7 +549,24 @@ impl Pipeline {
                 .values()
                 .flat_map(|s| s.network_authns.values().cloned())
                 .collect(),
+            cilium_clusterwide: self
+                .slices
+                .get("")
+                .map(|s| s.cilium_clusterwide.values().cloned().collect())
+                .unwrap_or_default(),
+            peers: Vec::new(),
         };
+        let mut authns = authns;
+        // Cilium's selectors pick pods of any namespace.
+        let cilium = !authns.cilium_clusterwide.is_empty()
+            || self.slices.values().any(|s| !s.cilium_policies.is_empty());
+        if cilium {
+            authns.peers = self
+                .slices
+                .values()
+                .flat_map(|s| s.pods.values().filter_map(PodIdentity::of))
+                .collect();
+        }
         let results: Vec<(String, Encoded, Vec<Note>)> = dirty
             .into_iter()
             .map(|ns| {
@@ -831,6 +722,10 @@ impl Pipeline {
                 .extend(s.mesh_tls_authns.values().cloned());
             c.network_authentications
                 .extend(s.network_authns.values().cloned());
+            c.cilium_network_policies
+                .extend(s.cilium_policies.values().cloned());
+            c.cilium_clusterwide_network_policies
+                .extend(s.cilium_clusterwide.values().cloned());
         }
         c
     }
@@ -840,6 +735,10 @@ impl Pipeline {
 struct Authentications {
     mesh_tls: Vec<MeshTlsAuthentication>,
     network: Vec<NetworkAuthentication>,
+    /// And what Cilium's policies read across namespaces: the cluster-wide policies, and every
+    /// pod (only while some Cilium policy exists).
+    cilium_clusterwide: Vec<CiliumClusterwideNetworkPolicy>,
+    peers: Vec<PodIdentity>,
 }
 
 /// Translates one namespace's slice; `root` is the root namespace's slice (its policies apply
@@ -875,7 +774,20 @@ fn translate_slice(
         linkerd_authorization_policies: slice.linkerd_policies.values().cloned().collect(),
         mesh_tls_authentications: authns.mesh_tls.clone(),
         network_authentications: authns.network.clone(),
+        cilium_network_policies: slice.cilium_policies.values().cloned().collect(),
+        cilium_clusterwide_network_policies: authns.cilium_clusterwide.clone(),
+        peer_pods: Vec::new(),
     };
+    let has_cilium = !cluster.cilium_network_policies.is_empty()
+        || !cluster.cilium_clusterwide_network_policies.is_empty();
+    if has_cilium {
+        cluster.peer_pods = authns
+            .peers
+            .iter()
+            .filter(|p| p.namespace != namespace)
+            .cloned()
+            .collect();
+    }
     if let Some(root) = root {
         cluster
             .authorization_policies
@@ -893,6 +805,9 @@ fn translate_slice(
     (Encoded::from_translation(&t), t.notes)
 }
 
+mod object;
 #[cfg(test)]
 mod tests;
 mod validate;
+
+pub use object::{Kind, Object};

@@ -4,7 +4,7 @@
 //! come from the Gateway API project, not from `--print-crds`.
 
 /// Implements [`kube::Resource`] for a namespaced type whose definition is not kube-derive's
-/// (Gateway API's, Istio's networking kinds, Linkerd's and SMI's): `(type, group, version,
+/// (Gateway API's, Istio's networking kinds, Linkerd's, SMI's and Cilium's): `(type, group, version,
 /// kind, plural)`.
 macro_rules! namespaced_resource {
     ($ty:ty, $group:expr, $version:expr, $kind:literal, $plural:literal) => {
@@ -41,6 +41,7 @@ macro_rules! namespaced_resource {
     };
 }
 
+pub mod cilium;
 pub mod gateway;
 pub mod linkerd;
 pub mod linkerd_policy;

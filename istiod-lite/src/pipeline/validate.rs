@@ -12,6 +12,9 @@
 //! - VirtualService: `http[].match[].port`, destination ports (`route`, `mirror`, `mirrors`),
 //!   `redirect.port`; DestinationRule: `portLevelSettings[].port.number` (also in subsets).
 //!   All 1-65535 (they are carried as 32-bit numbers, and a waypoint routes by 16-bit ports).
+//! - CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy: what [`cilium::check`] refuses (ports
+//!   written as `toPorts[].port` instead of `toPorts[].ports[].port`, with the fix; CIDRs;
+//!   ports; protocols; selector operators).
 
 use k8s_openapi::api::core::v1::Container;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -21,7 +24,7 @@ use meshcore::l7::networking::{
 
 use super::Object;
 use crate::cluster::key;
-use crate::translate::{authz, Note};
+use crate::translate::{authz, cilium, Note};
 
 /// `Ok`, or the refusal naming the object and the field.
 pub(super) fn check(object: &Object, root_namespace: &str) -> Result<(), Note> {
@@ -94,6 +97,18 @@ pub(super) fn check(object: &Object, root_namespace: &str) -> Result<(), Note> {
         }
         Object::DestinationRule(dr) => {
             destination_rule(&dr.spec).map_err(|m| refuse("DestinationRule", m))
+        }
+        Object::CiliumNetworkPolicy(p) => {
+            cilium::check(&p.spec, &p.specs).map_err(|message| Note {
+                object: cilium::object("CiliumNetworkPolicy", &p.metadata),
+                message,
+            })
+        }
+        Object::CiliumClusterwideNetworkPolicy(p) => {
+            cilium::check(&p.spec, &p.specs).map_err(|message| Note {
+                object: cilium::object("CiliumClusterwideNetworkPolicy", &p.metadata),
+                message,
+            })
         }
         _ => Ok(()),
     }

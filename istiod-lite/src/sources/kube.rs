@@ -35,10 +35,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{
-    AuthorizationPolicy, DestinationRule, Gateway, GrpcRoute, HttpRoute,
-    LinkerdAuthorizationPolicy, MeshTlsAuthentication, NetworkAuthentication, PeerAuthentication,
-    RequestAuthentication, Server, ServerAuthorization, ServiceProfile, TrafficSplit,
-    VirtualService,
+    AuthorizationPolicy, CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, DestinationRule,
+    Gateway, GrpcRoute, HttpRoute, LinkerdAuthorizationPolicy, MeshTlsAuthentication,
+    NetworkAuthentication, PeerAuthentication, RequestAuthentication, Server, ServerAuthorization,
+    ServiceProfile, TrafficSplit, VirtualService,
 };
 use crate::controller::run::{Controller, ControllerStatus, Inputs};
 use crate::controller::DeploySettings;
@@ -120,6 +120,8 @@ fn normalise(mut object: Object) -> Object {
         Object::LinkerdAuthorizationPolicy(o) => o.status = None,
         Object::MeshTlsAuthentication(o) => o.status = None,
         Object::NetworkAuthentication(o) => o.status = None,
+        Object::CiliumNetworkPolicy(o) => o.status = None,
+        Object::CiliumClusterwideNetworkPolicy(o) => o.status = None,
         _ => {}
     }
     let meta = object.meta_mut();
@@ -295,6 +297,18 @@ impl KubeSource {
             Api::<NetworkAuthentication>::all(client.clone()),
             Kind::NetworkAuthentication,
             Object::NetworkAuthentication,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<CiliumNetworkPolicy>::all(client.clone()),
+            Kind::CiliumNetworkPolicy,
+            Object::CiliumNetworkPolicy,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<CiliumClusterwideNetworkPolicy>::all(client.clone()),
+            Kind::CiliumClusterwideNetworkPolicy,
+            Object::CiliumClusterwideNetworkPolicy,
             tx,
         );
         let status: Arc<Mutex<KubeStatus>> = Arc::default();
@@ -362,7 +376,9 @@ impl KubeSource {
                     | Kind::ServerAuthorization
                     | Kind::LinkerdAuthorizationPolicy
                     | Kind::MeshTlsAuthentication
-                    | Kind::NetworkAuthentication => format!(
+                    | Kind::NetworkAuthentication
+                    | Kind::CiliumNetworkPolicy
+                    | Kind::CiliumClusterwideNetworkPolicy => format!(
                         "{e} ({kind:?} CRD not installed, or not readable by istiod-lite? \
                          none translated until it is)"
                     ),

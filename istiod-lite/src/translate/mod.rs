@@ -3,6 +3,7 @@
 //! object and field), which the sources surface as status conditions or log lines.
 
 pub mod authz;
+pub mod cilium;
 pub mod linkerd;
 pub mod linkerd_policy;
 pub mod peer_authn;
@@ -33,6 +34,9 @@ impl Note {
         let (kind, key) = self.object.split_once(' ')?;
         if kind == "Namespace" {
             return Some(key);
+        }
+        if kind == "CiliumClusterwideNetworkPolicy" {
+            return Some(""); // cluster-scoped: reported with the objects of no namespace
         }
         Some(key.split_once('/')?.0)
     }
@@ -147,18 +151,21 @@ pub fn translate(cluster: &Cluster, info: &ClusterInfo) -> Translation {
             ))
         })
         .collect();
-    // Linkerd: the ports no Server takes, opened pod by pod where a group's policy cannot.
-    let mut openings: BTreeMap<(String, String), String> = BTreeMap::new();
-    for (opening, pods) in linkerd.openings {
+    // Linkerd: the ports no Server takes, opened pod by pod where a group's policy cannot;
+    // Cilium's policies, bound to the pods their endpointSelectors pick.
+    let cilium = cilium::policies(cluster, info);
+    out.notes.extend(cilium.notes);
+    let mut openings: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (opening, pods) in linkerd.openings.into_iter().chain(cilium.authorizations) {
         for pod in pods {
-            openings.insert(pod, opening.key());
+            openings.entry(pod).or_default().push(opening.key());
         }
         out.authorizations.push(opening);
     }
     if !openings.is_empty() {
         for w in &mut out.workloads {
             if let Some(k) = openings.remove(&(w.namespace.clone(), w.name.clone())) {
-                w.authorization_policies.push(k);
+                w.authorization_policies.extend(k);
                 w.authorization_policies.sort();
             }
         }

@@ -1,0 +1,93 @@
+//! L4 cases for Cilium's network policies (issue 19, ingress): a CiliumNetworkPolicy applied
+//! as a Cilium user writes it, enforced by ztunnel; `ingressDeny` winning over an allow. Run
+//! in the L4 suite (its cluster and pods: `client`, `other`, `server-1`, `server-2` in `apps`,
+//! `legacy` outside the mesh).
+
+use crate::l4::{with_config, Suite};
+use crate::support::*;
+use crate::Case;
+
+/// The issue's policy as written, with the suite's labels: `app: server` is the backend,
+/// `app: client` the frontend.
+const BACKEND_POLICY: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: backend-policy
+  namespace: apps
+spec:
+  endpointSelector:
+    matchLabels:
+      app: server
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    toPorts:
+    - ports:
+      - port: "8080"
+        protocol: TCP
+"#;
+
+/// Everyone may reach the servers, except pods labelled `app: other`.
+const DENY_OVER_ALLOW: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: all-but-other
+  namespace: apps
+spec:
+  endpointSelector:
+    matchLabels:
+      app: server
+  ingress:
+  - fromEntities: [all]
+  ingressDeny:
+  - fromEndpoints:
+    - matchLabels:
+        app: other
+"#;
+
+pub fn cases() -> Vec<Case<Suite>> {
+    vec![
+        Case {
+            name: "CiliumNetworkPolicy ingress: frontend allowed on its port, others refused",
+            run: backend_policy,
+        },
+        Case {
+            name: "CiliumNetworkPolicy ingressDeny wins over an allow",
+            run: deny_over_allow,
+        },
+    ]
+}
+
+fn backend_policy(s: &mut Suite) -> Result<(), String> {
+    // with_config removes the policy afterwards and checks that `other` and `legacy` are
+    // allowed again.
+    with_config(s, BACKEND_POLICY, |c| {
+        eventually(CONVERGE, || {
+            refused(c, "other", pod_addr(c, "server-1", 8080))
+        })?;
+        refused(c, "other", pod_addr(c, "server-2", 8080))?;
+        refused(c, "legacy", pod_addr(c, "server-2", 8080))?;
+        get(c, "client", pod_addr(c, "server-1", 8080))?;
+        get(c, "client", pod_addr(c, "server-2", 8080))?;
+        // Only 8080 was allowed: the echo port is closed to the frontend too.
+        let payload = b"client to server-1:9090";
+        match c.tcp_exchange("client", pod_addr(c, "server-1", 9090), payload) {
+            Ok(back) if back == payload => {
+                Err("client -> server-1:9090 was echoed: the port is not in toPorts".into())
+            }
+            _ => Ok(()),
+        }
+    })
+}
+
+fn deny_over_allow(s: &mut Suite) -> Result<(), String> {
+    with_config(s, DENY_OVER_ALLOW, |c| {
+        eventually(CONVERGE, || {
+            refused(c, "other", pod_addr(c, "server-1", 8080))
+        })?;
+        get(c, "client", pod_addr(c, "server-1", 8080))?;
+        // fromEntities: all admits the pod outside the mesh too.
+        get(c, "legacy", pod_addr(c, "server-2", 8080)).map(|_| ())
+    })
+}

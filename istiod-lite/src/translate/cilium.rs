@@ -1,0 +1,558 @@
+//! Cilium's network policies (`CiliumNetworkPolicy`, `CiliumClusterwideNetworkPolicy`) as the
+//! L4 authorizations ztunnel enforces (pure), so a Cilium user's ingress policy works as
+//! applied. Egress is a later slice (issue 19): reported, never silently dropped.
+//!
+//! Cilium's ingress model is Istio's ALLOW model: once a policy with an `ingress` (or
+//! `ingressDeny`) section selects a pod, ingress to it is refused except what some rule allows;
+//! deny rules win. So each rule set (`spec`, each `specs[i]`) becomes, per namespace of the
+//! pods its `endpointSelector` picks, one ALLOW [`Authorization`] (one rule per ingress rule;
+//! `ingress: []` allows nothing) and, with `ingressDeny`, one DENY authorization, bound to
+//! those pods by name ([`Scope::WorkloadSelector`]):
+//!
+//! - `fromEndpoints`: selectors over pods (with Cilium's own pod labels
+//!   `io.kubernetes.pod.namespace` and `io.cilium.k8s.policy.serviceaccount`; a namespaced
+//!   policy's selector without a namespace label picks its own namespace) resolved to the
+//!   principals `<td>/ns/<ns>/sa/<sa>` of the pods they pick (a selector of whole namespaces:
+//!   `namespaces`). Identity in the mesh is the service account: a pod sharing one with a
+//!   picked pod is admitted too (reported);
+//! - `fromCIDR`, `fromCIDRSet` (`except` → `notIpBlocks` of the same source);
+//! - `fromEntities`: `all` anyone, `cluster` any mesh identity, `host` the node's probe
+//!   address 169.254.7.127, `world` connections without a mesh identity from no pod's address;
+//!   others reported;
+//! - `toPorts[].ports`: TCP (or ANY) ports, `endPort` ranges up to [`MAX_RANGE`] ports, named
+//!   ports from the picked pods' container ports; UDP/SCTP reported (ztunnel is TCP).
+//!
+//! What cannot be enforced at L4 never admits more than written: an ALLOW rule with L7
+//! `rules`, `fromRequires`, `serverNames` or `listener` is dropped; a rule whose sources or
+//! ports all fail to map (ICMP only, UDP only, unknown entities) is dropped. Each is a note.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use meshcore::policy::{Action, Authorization, Match, Scope};
+
+use super::{ClusterInfo, Note};
+use crate::cluster::{Cluster, PodIdentity};
+use crate::crd::cilium::{EndpointSelector, IngressRule, PolicyRule, PortRule};
+
+/// The prefix of the authorizations standing for Cilium policies.
+pub const PREFIX: &str = "cilium-";
+/// The longest `endPort` range expanded into single ports.
+pub const MAX_RANGE: u32 = 1024;
+/// The source of connections the node opens to its pods (kubelet probes), after the node
+/// agent's SNAT (docs/node-mode.md).
+pub const HOST_ADDRESS: &str = "169.254.7.127";
+/// Cilium's label for a pod's namespace and service account.
+pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
+const NAMESPACED: &str = "CiliumNetworkPolicy";
+const CLUSTERWIDE: &str = "CiliumClusterwideNetworkPolicy";
+
+/// What the cluster's Cilium policies stand for.
+#[derive(Debug, Default)]
+pub struct Translated {
+    /// Each with the pods (`namespace`, `name`) it is bound to.
+    pub authorizations: Vec<(Authorization, Vec<(String, String)>)>,
+    pub notes: Vec<Note>,
+}
+
+/// How notes name a policy: `CiliumNetworkPolicy ns/name`, `CiliumClusterwideNetworkPolicy
+/// name`.
+pub fn object(kind: &str, meta: &ObjectMeta) -> String {
+    let name = meta.name.as_deref().unwrap_or_default();
+    match meta.namespace.as_deref().filter(|_| kind == NAMESPACED) {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+/// The rule sets of a policy, each with its field path.
+fn rule_sets<'a>(
+    spec: &'a Option<PolicyRule>,
+    specs: &'a [PolicyRule],
+) -> Vec<(String, &'a PolicyRule)> {
+    let one = spec.iter().map(|r| ("spec".to_owned(), r));
+    let many = specs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("specs[{i}]"), r));
+    one.chain(many).collect()
+}
+
+/// Values Cilium's validation refuses: ports written one level too high (with the fix),
+/// addresses that do not parse, ports out of range, unknown protocols and operators.
+pub fn check(spec: &Option<PolicyRule>, specs: &[PolicyRule]) -> Result<(), String> {
+    for (at, rule) in rule_sets(spec, specs) {
+        for s in rule.endpoint_selector.iter() {
+            check_selector(s, &format!("{at}.endpointSelector"))?;
+        }
+        let sections = [
+            ("ingress", &rule.ingress),
+            ("ingressDeny", &rule.ingress_deny),
+        ];
+        for (section, rules) in sections {
+            for (r, ir) in rules.iter().flatten().enumerate() {
+                check_rule(ir, &format!("{at}.{section}[{r}]"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_selector(s: &EndpointSelector, at: &str) -> Result<(), String> {
+    for (i, e) in s.match_expressions.iter().enumerate() {
+        if !matches!(
+            e.operator.as_str(),
+            "In" | "NotIn" | "Exists" | "DoesNotExist"
+        ) {
+            return Err(format!(
+                "{at}.matchExpressions[{i}].operator: {:?} is not In, NotIn, Exists or DoesNotExist",
+                e.operator
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_rule(rule: &IngressRule, at: &str) -> Result<(), String> {
+    for (i, s) in rule.from_endpoints.iter().flatten().enumerate() {
+        check_selector(s, &format!("{at}.fromEndpoints[{i}]"))?;
+    }
+    for (i, c) in rule.from_cidr.iter().flatten().enumerate() {
+        cidr(c).ok_or_else(|| format!("{at}.fromCIDR[{i}]: {c:?} is not a CIDR"))?;
+    }
+    for (i, set) in rule.from_cidr_set.iter().flatten().enumerate() {
+        let field = format!("{at}.fromCIDRSet[{i}]");
+        for c in set.cidr.iter() {
+            cidr(c).ok_or_else(|| format!("{field}.cidr: {c:?} is not a CIDR"))?;
+        }
+        for (e, c) in set.except.iter().enumerate() {
+            cidr(c).ok_or_else(|| format!("{field}.except[{e}]: {c:?} is not a CIDR"))?;
+        }
+    }
+    for (t, pr) in rule.to_ports.iter().flatten().enumerate() {
+        let field = format!("{at}.toPorts[{t}]");
+        misplaced(pr, &field)?;
+        for (p, pp) in pr.ports.iter().enumerate() {
+            let field = format!("{field}.ports[{p}]");
+            let protocol = pp.protocol.as_deref().unwrap_or("ANY");
+            if !matches!(
+                protocol.to_ascii_uppercase().as_str(),
+                "TCP" | "UDP" | "SCTP" | "ANY" | "ICMP" | "ICMPV6"
+            ) {
+                return Err(format!(
+                    "{field}.protocol: {protocol:?} is not TCP, UDP, SCTP or ANY"
+                ));
+            }
+            let number = match &pp.port {
+                Some(IntOrString::Int(n)) => Some(i64::from(*n)),
+                Some(IntOrString::String(s)) => s.parse::<i64>().ok(),
+                None => None,
+            };
+            if let Some(n) = number.filter(|n| !(0..=65535).contains(n)) {
+                return Err(format!("{field}.port: {n} is not a port number (0-65535)"));
+            }
+            if let Some(end) = pp.end_port {
+                if !(0..=65535).contains(&end) || number.is_some_and(|n| i64::from(end) < n) {
+                    return Err(format!(
+                        "{field}.endPort: {end} is not a port number at or above port"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `toPorts: [{port: "8080"}]`: refused with Cilium's shape.
+fn misplaced(pr: &PortRule, at: &str) -> Result<(), String> {
+    let field = match (&pr.port, &pr.protocol, &pr.end_port) {
+        (Some(_), _, _) => "port",
+        (_, Some(_), _) => "protocol",
+        (_, _, Some(_)) => "endPort",
+        _ => return Ok(()),
+    };
+    let port = match &pr.port {
+        Some(IntOrString::Int(n)) => n.to_string(),
+        Some(IntOrString::String(s)) => s.clone(),
+        None => "8080".into(),
+    };
+    let protocol = pr.protocol.as_deref().unwrap_or("TCP");
+    Err(format!(
+        "{at}: unknown field \"{field}\": Cilium's schema nests ports under toPorts[].ports: \
+         write toPorts: [{{ports: [{{port: \"{port}\", protocol: {protocol}}}]}}]"
+    ))
+}
+
+fn cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .ok()
+}
+
+/// A selector with Cilium's source prefixes removed, or the reason it cannot be evaluated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Selector {
+    /// (key, operator, values): `In` for matchLabels.
+    pub requirements: Vec<(String, String, Vec<String>)>,
+}
+
+impl Selector {
+    /// `implied_namespace`: the namespace a selector without a namespace requirement picks.
+    pub fn parse(s: &EndpointSelector, implied_namespace: Option<&str>) -> Result<Self, String> {
+        let mut requirements = Vec::new();
+        let exprs = s
+            .match_expressions
+            .iter()
+            .map(|e| (e.key.as_str(), e.operator.as_str(), e.values.clone()));
+        let labels = s
+            .match_labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), "In", vec![v.clone()]));
+        for (key, op, values) in labels.chain(exprs) {
+            requirements.push((plain_key(key)?, op.to_owned(), values));
+        }
+        if let Some(ns) = implied_namespace {
+            if !requirements.iter().any(|(k, _, _)| k == NAMESPACE_LABEL) {
+                requirements.push((NAMESPACE_LABEL.into(), "In".into(), vec![ns.into()]));
+            }
+        }
+        Ok(Selector { requirements })
+    }
+
+    pub fn picks(&self, pod: &PodIdentity) -> bool {
+        self.requirements.iter().all(|(key, op, values)| {
+            let value = match key.as_str() {
+                NAMESPACE_LABEL => Some(pod.namespace.as_str()),
+                SERVICE_ACCOUNT_LABEL => Some(pod.service_account.as_str()),
+                _ => pod.labels.get(key).map(String::as_str),
+            };
+            match op.as_str() {
+                "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+                "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
+    }
+
+    /// The namespace, when the selector says nothing but "namespace = X".
+    fn whole_namespace(&self) -> Option<&str> {
+        match self.requirements.as_slice() {
+            [(k, op, v)] if k == NAMESPACE_LABEL && op == "In" && v.len() == 1 => Some(&v[0]),
+            _ => None,
+        }
+    }
+}
+
+/// A label key without `k8s:` / `any:`; other sources (`reserved:`, ...) and Cilium's
+/// namespace labels cannot be evaluated here.
+fn plain_key(key: &str) -> Result<String, String> {
+    let plain = key
+        .strip_prefix("k8s:")
+        .or_else(|| key.strip_prefix("any:"))
+        .unwrap_or(key);
+    if let Some((source, _)) = plain.split_once(':') {
+        return Err(format!(
+            "label {key:?}: source {source:?} is not supported (only k8s: and any:)"
+        ));
+    }
+    if plain.starts_with("io.cilium.k8s.namespace.labels.") {
+        return Err(format!(
+            "label {key:?}: namespace labels are not supported (select the namespace by {NAMESPACE_LABEL})"
+        ));
+    }
+    Ok(plain.to_owned())
+}
+
+/// Everything one translation reads.
+struct Context<'a> {
+    info: &'a ClusterInfo,
+    /// Every pod a selector may pick, by (namespace, name).
+    peers: BTreeMap<(String, String), PodIdentity>,
+    /// The pods of this view (destinations), with their specs (named ports).
+    pods: BTreeMap<(String, String), &'a Pod>,
+    notes: Vec<Note>,
+}
+
+/// The authorizations standing for the cluster's Cilium policies, and notes.
+pub fn policies(cluster: &Cluster, info: &ClusterInfo) -> Translated {
+    if cluster.cilium_network_policies.is_empty()
+        && cluster.cilium_clusterwide_network_policies.is_empty()
+    {
+        return Translated::default();
+    }
+    let mut cx = Context {
+        info,
+        peers: BTreeMap::new(),
+        pods: BTreeMap::new(),
+        notes: Vec::new(),
+    };
+    for p in &cluster.pods {
+        if let Some(id) = PodIdentity::of(p) {
+            cx.pods.insert((id.namespace.clone(), id.name.clone()), p);
+            cx.peers.insert((id.namespace.clone(), id.name.clone()), id);
+        }
+    }
+    for id in &cluster.peer_pods {
+        cx.peers
+            .entry((id.namespace.clone(), id.name.clone()))
+            .or_insert_with(|| id.clone());
+    }
+    let mut out = Translated::default();
+    for p in &cluster.cilium_network_policies {
+        let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+        let obj = object(NAMESPACED, &p.metadata);
+        let name = p.metadata.name.as_deref().unwrap_or_default();
+        cx.policy(&obj, name, Some(ns), &p.spec, &p.specs, &mut out);
+    }
+    for p in &cluster.cilium_clusterwide_network_policies {
+        let obj = object(CLUSTERWIDE, &p.metadata);
+        let name = format!("ccnp-{}", p.metadata.name.as_deref().unwrap_or_default());
+        cx.policy(&obj, &name, None, &p.spec, &p.specs, &mut out);
+    }
+    cx.notes.sort();
+    cx.notes.dedup();
+    out.notes = cx.notes;
+    out
+}
+
+impl Context<'_> {
+    fn note(&mut self, object: &str, message: impl Into<String>) {
+        self.notes.push(Note {
+            object: object.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    /// One policy: `namespace` is `None` for a cluster-wide one.
+    fn policy(
+        &mut self,
+        obj: &str,
+        name: &str,
+        namespace: Option<&str>,
+        spec: &Option<PolicyRule>,
+        specs: &[PolicyRule],
+        out: &mut Translated,
+    ) {
+        let sets = rule_sets(spec, specs);
+        if sets.is_empty() {
+            self.note(obj, "no spec or specs: nothing to enforce");
+        }
+        let several = sets.len() > 1;
+        for (i, (at, rule)) in sets.into_iter().enumerate() {
+            let name = if several {
+                format!("{PREFIX}{name}-{i}")
+            } else {
+                format!("{PREFIX}{name}")
+            };
+            self.rule_set(obj, &name, &at, namespace, rule, out);
+        }
+    }
+
+    fn rule_set(
+        &mut self,
+        obj: &str,
+        name: &str,
+        at: &str,
+        namespace: Option<&str>,
+        rule: &PolicyRule,
+        out: &mut Translated,
+    ) {
+        for (field, present) in [
+            ("egress", rule.egress.is_some()),
+            ("egressDeny", rule.egress_deny.is_some()),
+        ] {
+            if present {
+                self.note(
+                    obj,
+                    format!("{at}.{field}: egress rules are not enforced yet (issue 19)"),
+                );
+            }
+        }
+        if rule.enable_default_deny.as_ref().and_then(|d| d.egress) == Some(false) {
+            self.note(
+                obj,
+                format!("{at}.enableDefaultDeny.egress: egress is not enforced yet (issue 19)"),
+            );
+        }
+        if rule.node_selector.is_some() {
+            self.note(obj, format!("{at}.nodeSelector: host policies (the node itself) are not enforced by ztunnel; not applied"));
+            return;
+        }
+        let Some(selector) = &rule.endpoint_selector else {
+            self.note(obj, format!("{at}: no endpointSelector; not applied"));
+            return;
+        };
+        if rule.ingress.is_none() && rule.ingress_deny.is_none() {
+            return; // ingress not restricted by this rule set
+        }
+        let selector = match Selector::parse(selector, namespace) {
+            Ok(s) => s,
+            Err(e) => {
+                self.note(obj, format!("{at}.endpointSelector: {e}; not applied"));
+                return;
+            }
+        };
+        // The picked pods, by namespace.
+        let mut picked: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for (k, _) in self.pods.iter() {
+            if selector.picks(&self.peers[k]) {
+                picked.entry(k.0.clone()).or_default().push(k.clone());
+            }
+        }
+        let default_deny = rule.enable_default_deny.as_ref().and_then(|d| d.ingress) != Some(false);
+        if !default_deny {
+            self.note(obj, format!("{at}.enableDefaultDeny.ingress: false: allow rules that do not deny by default have no equivalent in ztunnel; its ingress rules are not applied (ingressDeny is)"));
+        }
+        for (ns, pods) in picked {
+            if default_deny {
+                let rules = rule.ingress.as_deref().unwrap_or_default();
+                let a = self.authorization(
+                    obj, name, &ns, at, "ingress", rules, namespace, &pods, false,
+                );
+                out.authorizations.push((a, pods.clone()));
+            }
+            if let Some(deny) = rule.ingress_deny.as_deref().filter(|d| !d.is_empty()) {
+                let deny_name = name.replacen(PREFIX, &format!("{PREFIX}deny-"), 1);
+                let a = self.authorization(
+                    obj,
+                    &deny_name,
+                    &ns,
+                    at,
+                    "ingressDeny",
+                    deny,
+                    namespace,
+                    &pods,
+                    true,
+                );
+                out.authorizations.push((a, pods));
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn authorization(
+        &mut self,
+        obj: &str,
+        name: &str,
+        ns: &str,
+        at: &str,
+        section: &str,
+        rules: &[IngressRule],
+        policy_ns: Option<&str>,
+        pods: &[(String, String)],
+        deny: bool,
+    ) -> Authorization {
+        let mut out = Vec::new();
+        for (r, ir) in rules.iter().enumerate() {
+            let field = format!("{at}.{section}[{r}]");
+            if let Some(rule) = self.rule(obj, &field, ir, policy_ns, pods, deny) {
+                out.push(rule);
+            }
+        }
+        Authorization {
+            name: name.to_owned(),
+            namespace: ns.to_owned(),
+            scope: Scope::WorkloadSelector,
+            action: if deny { Action::Deny } else { Action::Allow },
+            rules: out,
+            dry_run: false,
+        }
+    }
+
+    /// One ingress rule as one authorization rule (clauses ANDed), or `None` when it admits
+    /// (denies) nobody at L4.
+    fn rule(
+        &mut self,
+        obj: &str,
+        at: &str,
+        ir: &IngressRule,
+        policy_ns: Option<&str>,
+        pods: &[(String, String)],
+        deny: bool,
+    ) -> Option<Vec<Vec<Match>>> {
+        let verb = if deny { "DENY" } else { "ALLOW" };
+        let mut drop_reasons = Vec::new();
+        if ir.from_requires.is_some() {
+            if deny {
+                self.note(
+                    obj,
+                    format!(
+                        "{at}.fromRequires: not supported; this deny rule applies regardless of it"
+                    ),
+                );
+            } else {
+                drop_reasons.push(format!("{at}.fromRequires"));
+            }
+        }
+        for (field, present) in [
+            ("fromGroups", ir.from_groups.is_some()),
+            ("fromNodes", ir.from_nodes.is_some()),
+        ] {
+            if present {
+                self.note(
+                    obj,
+                    format!("{at}.{field}: not supported; selects no source"),
+                );
+            }
+        }
+        if ir.authentication.is_some() {
+            self.note(obj, format!("{at}.authentication: not needed: every mesh connection is mutual TLS; accepted"));
+        }
+        let from = self.sources(obj, at, ir, policy_ns);
+        let ports = self.ports(obj, at, ir, pods, deny, &mut drop_reasons);
+        if !drop_reasons.is_empty() {
+            self.note(obj, format!("{at}: {} cannot be enforced by ztunnel; rule dropped from this ALLOW policy (never admits more than written)", drop_reasons.join(", ")));
+            return None;
+        }
+        let mut clauses = Vec::new();
+        match from {
+            Sources::Anyone => {}
+            Sources::Some(m) if m.is_empty() => {
+                self.note(
+                    obj,
+                    format!("{at}: selects no source at present; this {verb} rule matches nothing"),
+                );
+                return None;
+            }
+            Sources::Some(m) => clauses.push(m),
+        }
+        match ports {
+            Ports::All => {}
+            Ports::Some(p) if p.is_empty() => {
+                self.note(
+                    obj,
+                    format!("{at}.toPorts: no TCP port left; this {verb} rule matches nothing"),
+                );
+                return None;
+            }
+            Ports::Some(p) => clauses.push(vec![Match {
+                destination_ports: p.into_iter().collect(),
+                ..Match::default()
+            }]),
+        }
+        Some(clauses)
+    }
+}
+
+enum Sources {
+    Anyone,
+    Some(Vec<Match>),
+}
+
+enum Ports {
+    All,
+    Some(BTreeSet<u16>),
+}
+
+mod peers;
+
+#[cfg(test)]
+mod tests;
