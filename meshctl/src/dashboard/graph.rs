@@ -222,6 +222,8 @@ fn peer_id(v: &Value, vips: &BTreeMap<String, String>) -> String {
 #[derive(Default)]
 struct Seen {
     opened: u64,
+    /// Closed within the window (a connection opened before it shows only its close).
+    closed: u64,
     bytes: u64,
     denied: u64,
     failed: u64,
@@ -291,6 +293,7 @@ pub fn build(input: Input<'_>) -> Graph {
                 if f["event"] == "opened" {
                     seen.opened += 1;
                 } else {
+                    seen.closed += 1;
                     seen.bytes += f["bytes_received"].as_u64().unwrap_or(0)
                         + f["bytes_sent"].as_u64().unwrap_or(0);
                 }
@@ -336,7 +339,7 @@ pub fn build(input: Input<'_>) -> Graph {
                 target,
                 kind: "tcp",
                 mtls,
-                connections: max(|s| s.opened),
+                connections: max(|s| s.opened.max(s.closed)),
                 bytes: max(|s| s.bytes),
                 denied: max(|s| s.denied),
                 failed: max(|s| s.failed),
@@ -631,6 +634,19 @@ mod tests {
         let names: Vec<&str> = server.policies.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["apps/allow-client", "apps/deny-outside"]);
         assert!(server.in_mesh && server.kind == "workload");
+    }
+
+    #[test]
+    fn a_connection_opened_before_the_window_counts_by_its_close() {
+        let mut closed = flow("closed", "source", "apps/client", "apps/server-1", true);
+        closed["bytes_received"] = json!(10);
+        let g = build(Input {
+            now_ms: NOW,
+            window_ms: 60_000,
+            flows: &[closed],
+            ..Input::default()
+        });
+        assert_eq!((g.edges[0].connections, g.edges[0].bytes), (1, 10));
     }
 
     #[test]
