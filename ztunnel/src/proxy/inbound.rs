@@ -198,7 +198,7 @@ pub async fn handle_plaintext(
     client: SocketAddr,
     _guard: ConnectionGuard,
 ) {
-    let dst = match super::original_dst::original_dst(&tcp) {
+    let dst = match super::original_dst::destination(&tcp) {
         Ok(dst) => dst,
         Err(e) => {
             tracing::warn!(%client, "plaintext inbound without an original destination (not captured?): {e}");

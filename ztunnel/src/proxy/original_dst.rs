@@ -51,3 +51,15 @@ pub fn original_dst(tcp: &TcpStream) -> io::Result<SocketAddr> {
         Ok(SocketAddr::new(ip.into(), u16::from_be(addr.sin6_port)))
     }
 }
+
+/// Where a connection accepted on a capture port (15001, 15006) was going: its original
+/// destination, or, when conntrack holds no entry for it, the listener's own address. No entry
+/// means nothing redirected the connection (a client dialled the port itself, or no NAT rule
+/// exists in this namespace, so conntrack does not track it); its destination is then the
+/// port itself, which the own-listener check refuses and counts rather than dropping it unseen.
+pub fn destination(tcp: &TcpStream) -> io::Result<SocketAddr> {
+    match original_dst(tcp) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => tcp.local_addr(),
+        other => other,
+    }
+}

@@ -456,7 +456,7 @@ pub async fn handle_captured(
     client: SocketAddr,
     _guard: ConnectionGuard,
 ) {
-    let dst = match super::original_dst::original_dst(&tcp) {
+    let dst = match super::original_dst::destination(&tcp) {
         Ok(dst) => dst,
         Err(e) => {
             tracing::warn!(%client, "outbound connection without an original destination (not captured?): {e}");
