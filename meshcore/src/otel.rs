@@ -249,6 +249,18 @@ impl Tracing {
         })
     }
 
+    /// A hop continuing the `traceparent` in `headers` (a new trace without one); `None`, with
+    /// nothing parsed, when tracing is off.
+    pub fn hop_from(&self, headers: &http::HeaderMap) -> Option<Hop> {
+        self.0.as_ref()?;
+        self.hop(
+            headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceParent::parse),
+        )
+    }
+
     /// Sends what is queued (waiting up to `timeout`) and stops exporting.
     pub async fn shutdown(&self, timeout: Duration) {
         let Some(exporting) = &self.0 else { return };

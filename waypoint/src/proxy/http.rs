@@ -30,7 +30,6 @@ use crate::config::{Snapshot, Target};
 use crate::metrics::{Peer, RequestLabels, RouteLabels};
 use crate::route::{Backend, CompiledRule, Lookup, RequestHead};
 use crate::traffic::balance;
-use meshcore::hbone::TraceParent;
 
 /// Serves HTTP on one accepted tunnel until the client closes it.
 pub async fn serve<S>(proxy: Arc<Proxy>, stream: S, client: Client, destination: SocketAddr)
@@ -84,13 +83,7 @@ async fn handle(
         request_bytes,
         flow: FlowFacts::default(),
         // The client's context (if any) continues here; this span's goes upstream.
-        hop: proxy.tracing.hop(
-            parts
-                .headers
-                .get(&headers::TRACEPARENT)
-                .and_then(|v| v.to_str().ok())
-                .and_then(TraceParent::parse),
-        ),
+        hop: proxy.tracing.hop_from(&parts.headers),
     };
     outcome.entry.request_id = headers::ensure_request_id(&mut parts.headers);
     let result = route_and_forward(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use meshcore::copy::{copy_bidirectional_idle, Transferred};
-use meshcore::hbone::{InboundConnect, TraceParent};
+use meshcore::hbone::InboundConnect;
 use meshcore::identity::SpiffeId;
 use meshcore::otel::SpanKind;
 use meshcore::policy::{Connection, Reason};
@@ -155,12 +155,7 @@ pub async fn handle_hbone(proxy: Arc<Proxy>, req: InboundConnect, _guard: Connec
     let client = req.forwarded_for();
     let dst = req.destination;
     // The sender's context continues here: this hop is a child of its outbound span.
-    let parent = req
-        .headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
-    let hop = proxy.metrics.tracing.hop(parent);
+    let hop = proxy.metrics.tracing.hop_from(&req.headers);
     match authorize_and_connect(&proxy, req.peer_addr.ip(), client, Some(&peer), dst).await {
         Ok((mut admitted, record)) => {
             let record = record.with_span(hop, INBOUND_SPAN, SpanKind::Server);
