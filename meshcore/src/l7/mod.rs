@@ -12,6 +12,7 @@ pub mod authn;
 pub mod authz;
 pub mod duration;
 pub mod gateway;
+pub mod ingress;
 pub mod networking;
 pub mod service;
 
@@ -45,6 +46,10 @@ pub struct WaypointConfig {
     /// Istio DestinationRules whose `host` names one of the Services above.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destination_rules: Vec<networking::DestinationRule>,
+    /// Set for an ingress gateway (a Gateway of class `istio`): its listeners, certificates and
+    /// ReferenceGrants. Its routes are the ones above whose parentRefs name the Gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<ingress::IngressConfig>,
 }
 
 /// The part of Kubernetes' `metadata` the waypoint reads.
