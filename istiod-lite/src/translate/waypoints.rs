@@ -309,6 +309,7 @@ pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
                 request_authentications,
                 virtual_services,
                 destination_rules,
+                ingress: None,
             },
         ));
     }
