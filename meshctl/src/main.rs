@@ -248,6 +248,14 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// The local cluster's load balancer for ingress gateways (started by `up`; not for
+    /// direct use): forwards the listening sockets it inherits as descriptors 3, 4... to
+    /// these addresses, in order.
+    #[command(hide = true)]
+    Expose {
+        #[arg(long = "to", required = true)]
+        to: Vec<SocketAddr>,
+    },
     /// Echo server for tests and demos: HTTP/1.1, h2c and gRPC answered with what the server
     /// saw (its pod, the client's address, method, URL, headers); raw TCP echoed back.
     Echo {
@@ -579,6 +587,7 @@ fn cluster_command(command: Command) -> Result<(), String> {
             window,
             open: !no_open,
         }),
+        Command::Expose { to } => meshctl::cluster::expose::serve(to),
         Command::Echo { .. } => unreachable!("served by echo_main"),
     }
 }

@@ -15,6 +15,8 @@ pub const ECHO_IMAGE: &str = "meshctl/echo";
 pub const WAYPOINT_IMAGE: &str = "meshctl/waypoint";
 /// The Gateway class of waypoints.
 pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+/// The Gateway class of ingress gateways (also served by the `waypoint` binary).
+pub const INGRESS_CLASS: &str = "istio";
 
 /// A pod to create.
 #[derive(Debug, Clone)]
@@ -48,6 +50,17 @@ pub struct Plan {
     pub objects: Vec<Value>,
     /// Node names the pods ask for.
     pub named_nodes: Vec<String>,
+    /// Ingress gateways, to expose on the host once their pods run.
+    pub ingress: Vec<IngressPlan>,
+}
+
+/// An ingress gateway: its Gateway, its pod, and its listeners `(name, port, protocol)`.
+#[derive(Debug, Clone)]
+pub struct IngressPlan {
+    pub namespace: String,
+    pub name: String,
+    pub pod: String,
+    pub listeners: Vec<(String, u16, String)>,
 }
 
 /// Every YAML document of every `.yaml`/`.yml` file in `dir` (or the one file `dir` names).
@@ -254,11 +267,29 @@ pub fn plan(docs: Vec<Value>, first_vip: Ipv4Addr) -> Result<Plan, String> {
             "Gateway" if str_at(&doc, &["spec", "gatewayClassName"]) == Some(WAYPOINT_CLASS) => {
                 // What Istio's gateway deployment controller does: a Deployment (here its one
                 // pod) and a Service for the waypoint, owned by the Gateway.
-                let (pod, mut service) = waypoint_objects(&namespace, &name, &doc);
+                let (pod, mut service) = gateway_objects(&namespace, &name, &doc, false);
                 service["spec"]["clusterIP"] = json!(Ipv4Addr::from(next_vip).to_string());
                 next_vip += 1;
                 plan.pods
                     .push(pod_plan(&namespace, &format!("{name}-1"), pod)?);
+                plan.objects.push(service);
+                plan.objects.push(doc);
+            }
+            "Gateway" if str_at(&doc, &["spec", "gatewayClassName"]) == Some(INGRESS_CLASS) => {
+                // Istio's deployment controller for class `istio`: Deployment and Service
+                // `<name>-istio` (the Service a LoadBalancer: here a host address, see
+                // `expose`).
+                let (pod, mut service) = gateway_objects(&namespace, &name, &doc, true);
+                service["spec"]["clusterIP"] = json!(Ipv4Addr::from(next_vip).to_string());
+                next_vip += 1;
+                let pod_name = format!("{name}-istio-1");
+                plan.pods.push(pod_plan(&namespace, &pod_name, pod)?);
+                plan.ingress.push(IngressPlan {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    pod: pod_name,
+                    listeners: listeners(&doc),
+                });
                 plan.objects.push(service);
                 plan.objects.push(doc);
             }
@@ -275,10 +306,33 @@ pub fn plan(docs: Vec<Value>, first_vip: Ipv4Addr) -> Result<Plan, String> {
     Ok(plan)
 }
 
-/// The pod and Service of the waypoint `name`: never captured itself (`dataplane-mode: none`),
-/// its own service account (the Gateway's name unless the annotation names another), HBONE on
-/// 15008 and readiness on 15021 behind a Service named like the Gateway.
-fn waypoint_objects(namespace: &str, name: &str, gateway: &Value) -> (Value, Value) {
+/// A Gateway's listeners: `(name, port, protocol)`.
+fn listeners(gateway: &Value) -> Vec<(String, u16, String)> {
+    gateway["spec"]["listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+            Some((
+                l["name"].as_str()?.to_owned(),
+                u16::try_from(l["port"].as_u64()?).ok()?,
+                l["protocol"].as_str().unwrap_or("HTTP").to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// The pod and Service of the Gateway `name`, run by the `waypoint` binary and never captured
+/// itself (`dataplane-mode: none`). A waypoint: its own service account (the Gateway's name
+/// unless the annotation names another), HBONE on 15008 and readiness on 15021 behind a Service
+/// named like the Gateway. An ingress gateway (`ingress`): Istio's names, `<name>-istio` for
+/// the service account (unless annotated), pod and Service, whose ports are the listeners'.
+fn gateway_objects(namespace: &str, name: &str, gateway: &Value, ingress: bool) -> (Value, Value) {
+    let base = if ingress {
+        format!("{name}-istio")
+    } else {
+        name.to_owned()
+    };
     let service_account = str_at(
         gateway,
         &[
@@ -287,12 +341,11 @@ fn waypoint_objects(namespace: &str, name: &str, gateway: &Value) -> (Value, Val
             "gateway.istio.io/service-account",
         ],
     )
-    .unwrap_or(name)
-    .to_owned();
+    .map_or_else(|| base.clone(), str::to_owned);
     let labels = json!({
         "gateway.networking.k8s.io/gateway-name": name,
         "istio.io/dataplane-mode": "none",
-        "app": name,
+        "app": base,
     });
     let owner = json!([{
         "apiVersion": "gateway.networking.k8s.io/v1",
@@ -301,32 +354,56 @@ fn waypoint_objects(namespace: &str, name: &str, gateway: &Value) -> (Value, Val
         "uid": format!("{namespace}-{name}"),
         "controller": true,
     }]);
+    let (container_ports, mut service_ports) = if ingress {
+        let mut ports: Vec<(String, u16)> = listeners(gateway)
+            .into_iter()
+            .map(|(n, p, _)| (n, p))
+            .collect();
+        ports.sort_by_key(|p| p.1);
+        ports.dedup_by_key(|p| p.1);
+        (
+            ports
+                .iter()
+                .map(|(n, p)| json!({"name": n, "containerPort": p}))
+                .collect::<Vec<_>>(),
+            ports
+                .iter()
+                .map(|(n, p)| json!({"name": n, "port": p, "targetPort": p}))
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        (
+            vec![json!({"name": "mesh", "containerPort": 15008})],
+            vec![json!({"name": "mesh", "port": 15008, "targetPort": 15008})],
+        )
+    };
+    service_ports.push(json!({"name": "status-port", "port": 15021, "targetPort": 15021}));
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": format!("{name}-1"), "namespace": namespace, "labels": labels, "ownerReferences": owner},
+        "metadata": {"name": format!("{base}-1"), "namespace": namespace, "labels": labels, "ownerReferences": owner},
         "spec": {
             "serviceAccountName": service_account,
             "containers": [{
-                "name": "waypoint",
+                "name": if ingress { "istio-proxy" } else { "waypoint" },
                 "image": WAYPOINT_IMAGE,
                 "env": [{"name": "WAYPOINT_NAME", "value": name}],
-                "ports": [{"name": "mesh", "containerPort": 15008}],
+                "ports": container_ports,
             }],
         },
     });
-    let service = json!({
+    let mut service = json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": name, "namespace": namespace, "labels": {"gateway.networking.k8s.io/gateway-name": name}, "ownerReferences": owner},
+        "metadata": {"name": base, "namespace": namespace, "labels": {"gateway.networking.k8s.io/gateway-name": name}, "ownerReferences": owner},
         "spec": {
             "selector": {"gateway.networking.k8s.io/gateway-name": name},
-            "ports": [
-                {"name": "mesh", "port": 15008, "targetPort": 15008},
-                {"name": "status-port", "port": 15021, "targetPort": 15021},
-            ],
+            "ports": service_ports,
         },
     });
+    if ingress {
+        service["spec"]["type"] = json!("LoadBalancer");
+    }
     (pod, service)
 }
 
@@ -392,6 +469,37 @@ spec: {nodeName: node-3, containers: [{name: c, image: x, command: [sleep, "1000
         let running = running_pod(&plan.pods[0], "node-1", Ipv4Addr::new(10, 244, 1, 10));
         assert_eq!(running["status"]["podIP"], "10.244.1.10");
         assert_eq!(running["spec"]["nodeName"], "node-1");
+    }
+
+    #[test]
+    fn an_ingress_gateway_gets_istios_deployment_names_and_its_listener_ports() {
+        let docs = parse(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {name: gw, namespace: infra}\n\
+             spec:\n  gatewayClassName: istio\n  listeners:\n\
+             \x20 - {name: http, port: 80, protocol: HTTP}\n\
+             \x20 - {name: https, port: 443, protocol: HTTPS, hostname: '*.example.com'}\n\
+             \x20 - {name: other, port: 443, protocol: HTTPS}\n",
+        )
+        .unwrap();
+        let plan = plan(docs, Ipv4Addr::new(10, 96, 0, 10)).unwrap();
+        let pod = &plan.pods[0];
+        assert_eq!(pod.name, "gw-istio-1");
+        assert_eq!(pod.service_account, "gw-istio");
+        assert_eq!(pod.object["metadata"]["labels"]["istio.io/dataplane-mode"], "none");
+        let ports: Vec<u16> = pod.containers[0].ports.iter().map(|p| p.0).collect();
+        assert_eq!(ports, [80, 443]);
+        let service = plan
+            .objects
+            .iter()
+            .find(|o| o["kind"] == "Service")
+            .unwrap();
+        assert_eq!(service["metadata"]["name"], "gw-istio");
+        assert_eq!(service["spec"]["type"], "LoadBalancer");
+        assert_eq!(service["spec"]["ports"].as_array().unwrap().len(), 3);
+        assert_eq!(plan.ingress.len(), 1);
+        assert_eq!(plan.ingress[0].pod, "gw-istio-1");
+        assert_eq!(plan.ingress[0].listeners.len(), 3);
     }
 
     #[test]

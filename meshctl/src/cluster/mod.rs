@@ -15,6 +15,7 @@
 //! Each node routes the other nodes' pod ranges through their `eth0` address, so `vnN` is the
 //! node's link: everything a pod of node N sends to another node crosses it.
 
+pub mod expose;
 pub mod http;
 pub mod manifests;
 pub mod netns;
@@ -142,6 +143,9 @@ pub struct Cluster {
     pub control: Proc,
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
+    /// Ingress gateways and their addresses on the host.
+    #[serde(default)]
+    pub ingress: Vec<expose::Exposed>,
 }
 
 impl Cluster {

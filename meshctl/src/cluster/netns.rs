@@ -136,6 +136,39 @@ pub fn spawn(
     log: &Path,
     resolv_conf: Option<&Path>,
 ) -> Result<u32, String> {
+    spawn_with_fds(netns, argv, env, log, resolv_conf, &[])
+}
+
+/// [`spawn`], handing the child `fds` as its descriptors 3, 4... (sockets made in this
+/// namespace, used by a process living in another).
+pub fn spawn_with_fds(
+    netns: &str,
+    argv: &[String],
+    env: &[(String, String)],
+    log: &Path,
+    resolv_conf: Option<&Path>,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<u32, String> {
+    // Copies above any target number, so moving them to 3, 4... never overwrites one.
+    let high: Vec<OwnedFd> = fds
+        .iter()
+        .map(|fd| fd.try_clone_to_owned())
+        .collect::<io::Result<_>>()
+        .map_err(|e| format!("duplicating a listener: {e}"))?;
+    let high: Vec<OwnedFd> = high
+        .into_iter()
+        .map(|fd| {
+            // SAFETY: fcntl on a descriptor we own; the result is a new descriptor we own.
+            let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `n` was just returned by fcntl and is owned by nobody else.
+            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
+        })
+        .collect::<io::Result<_>>()
+        .map_err(|e| format!("duplicating a listener: {e}"))?;
+    let raw_high: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
     let resolv = resolv_conf.map(c_path).transpose()?;
     let fd = open(netns).map_err(|e| e.to_string())?;
     let out = std::fs::OpenOptions::new()
@@ -151,7 +184,7 @@ pub fn spawn(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // SAFETY: only async-signal-safe calls (setns, unshare, mount, setsid) between fork and
+    // SAFETY: only async-signal-safe calls (setns, unshare, mount, dup2, setsid) between fork and
     // exec; the C strings were made before the fork.
     unsafe {
         cmd.pre_exec(move || {
@@ -161,6 +194,12 @@ pub fn spawn(
             if let Some(resolv) = &resolv {
                 mount_resolv_conf(resolv)?;
             }
+            for (i, &fd) in raw_high.iter().enumerate() {
+                // dup2 leaves the copy without close-on-exec: the child inherits it.
+                if libc::dup2(fd, 3 + i as i32) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             libc::setsid();
             Ok(())
         });
@@ -169,6 +208,7 @@ pub fn spawn(
         .spawn()
         .map_err(|e| format!("starting {}: {e}", argv.join(" ")))?;
     drop(fd);
+    drop(high);
     Ok(child.id())
 }
 

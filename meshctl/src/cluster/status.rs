@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::{netns, Cluster};
+use super::{netns, Cluster, FABRIC};
 
 fn process_state(pid: u32) -> &'static str {
     if netns::alive(pid) {
@@ -103,6 +103,7 @@ pub fn print_status(cluster: &Cluster) -> String {
     let waypoints: Vec<_> = cluster
         .pods
         .iter()
+        .filter(|p| !cluster.ingress.iter().any(|g| g.target == p.ip))
         .filter_map(|p| Some((p, p.waypoint()?)))
         .collect();
     if !waypoints.is_empty() {
@@ -121,6 +122,30 @@ pub fn print_status(cluster: &Cluster) -> String {
                 pod.key(),
                 pod.ip,
                 if ready { "yes" } else { "no" }
+            );
+        }
+    }
+    if !cluster.ingress.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<24} {:<16} {:<13} {:<6} LISTENERS (from this machine)",
+            "INGRESS GATEWAY", "HOST ADDRESS", "POD IP", "READY"
+        );
+        for g in &cluster.ingress {
+            let ready = netns::http_get(
+                FABRIC,
+                std::net::SocketAddr::from((g.target, 15021)),
+                "/healthz/ready",
+            )
+            .is_ok_and(|(status, _)| status == 200);
+            let _ = writeln!(
+                out,
+                "{:<24} {:<16} {:<13} {:<6} {}",
+                g.gateway,
+                g.address,
+                g.target,
+                if ready { "yes" } else { "no" },
+                g.urls().join("  ")
             );
         }
     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::expose;
 use super::manifests::{self, PodPlan, ECHO_IMAGE, WAYPOINT_IMAGE};
 use super::netns::{self, ip};
 use super::stand_in::{self, StandIn};
@@ -354,6 +355,7 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
         control,
         nodes,
         pods: Vec::new(),
+        ingress: Vec::new(),
     };
     cluster.save()?;
     for node in &cluster.nodes {
@@ -488,6 +490,21 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, String> {
             service_account: plan.service_account.clone(),
             processes,
         });
+    }
+    // Ingress gateways: their listener ports on a host address each (the LoadBalancer).
+    for (i, g) in plan.ingress.iter().enumerate() {
+        let pod = cluster.pod(&format!("{}/{}", g.namespace, g.pod))?;
+        let target = pod.ip;
+        let exposed = expose::expose(
+            &cluster.bin_dir,
+            &dir.join("logs")
+                .join(format!("expose.{}.{}.log", g.namespace, g.name)),
+            format!("{}/{}", g.namespace, g.name),
+            expose::host_address(i)?,
+            g.listeners.clone(),
+            target,
+        )?;
+        cluster.ingress.push(exposed);
     }
     cluster.save()?;
     Ok(cluster)

@@ -350,6 +350,7 @@ mod tests {
             control: proc_with(&["istiod-lite", "--http-address", "172.30.0.1:15014"]),
             nodes: Vec::new(),
             pods: Vec::new(),
+            ingress: Vec::new(),
         };
         assert_eq!(cluster_istiod(&c), "172.30.0.1:15014".parse().unwrap());
         c.control = proc_with(&["istiod-lite"]);
