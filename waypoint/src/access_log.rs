@@ -70,7 +70,10 @@ impl AccessEntry {
                 })
                 .unwrap_or_default(),
             flag: "-",
-            source_principal: client.identity.to_string(),
+            source_principal: client
+                .identity
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), |i| i.to_string()),
             source_address: client.addr.map(|a| a.to_string()).unwrap_or_default(),
             destination: destination.to_string(),
             ..Default::default()

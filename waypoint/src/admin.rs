@@ -29,6 +29,8 @@ pub trait LogControl: Send + Sync {
 
 pub struct AdminContext {
     pub proxy: Arc<Proxy>,
+    /// Gateway mode's listener sockets (none bound without an ingress configuration).
+    pub gateway: Arc<crate::gateway::listeners::GatewayListeners>,
     pub certs: Arc<CertManager>,
     pub file: Option<Arc<Mutex<FileStatus>>>,
     /// The xDS source's state, when the configuration comes from the control plane.
@@ -93,7 +95,8 @@ fn route(ctx: &AdminContext, which: Endpoints, req: Request<Incoming>) -> Respon
     let text = "text/plain; charset=utf-8";
     match (which, req.method(), req.uri().path()) {
         (Endpoints::Readiness, _, "/healthz/ready") => {
-            if *ctx.ready.borrow() {
+            // Ready: a configuration in force, not draining, every gateway port bound.
+            if *ctx.ready.borrow() && ctx.gateway.ready() {
                 reply(StatusCode::OK, text, "ready\n")
             } else {
                 reply(StatusCode::SERVICE_UNAVAILABLE, text, "not ready\n")
@@ -340,6 +343,11 @@ fn config_dump(ctx: &AdminContext) -> String {
         },
         "loadedAt": meshcore::certs::rfc3339(snapshot.loaded_at),
         "services": services,
+        "gateway": snapshot.ingress.as_ref().map(|i| {
+            let mut dump = i.dump();
+            dump["sockets"] = ctx.gateway.dump();
+            dump
+        }),
         "routeTable": snapshot.routes.dump(),
         "routeStatus": routes,
         "policies": snapshot.policies.dump(),

@@ -18,6 +18,7 @@ use crate::admin::{self, AdminContext, Endpoints, LogControl};
 use crate::config::file::FileSource;
 use crate::config::xds::{XdsClient, XdsConfig};
 use crate::config::{ConfigStore, WaypointIdentity};
+use crate::gateway::listeners::GatewayListeners;
 use crate::metrics::Metrics;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Proxy, ProxySettings};
@@ -38,6 +39,8 @@ pub struct Addresses {
 pub struct Waypoint {
     pub addresses: Addresses,
     pub proxy: Arc<Proxy>,
+    /// Gateway mode: the listener ports of the configuration's ingress Gateway.
+    pub gateway: Arc<GatewayListeners>,
     server: Arc<HboneServer>,
     shutdown: watch::Sender<bool>,
     quit: Arc<Notify>,
@@ -216,6 +219,10 @@ pub async fn start(
                 forward_client_cert: settings.forward_client_cert,
                 detection_timeout: settings.protocol_detection_timeout,
                 header_timeout: settings.request_header_timeout,
+                workload: settings
+                    .pod_name
+                    .clone()
+                    .unwrap_or_else(|| settings.name.clone()),
             },
             identity.clone(),
         )
@@ -249,10 +256,15 @@ pub async fn start(
         ));
     }
 
+    // Gateway mode: the ingress Gateway's listener ports, following the configuration.
+    let gateway =
+        GatewayListeners::start(proxy.clone(), ip, open_tunnels.clone(), shutdown_rx.clone()).await;
+
     let quit = Arc::new(Notify::new());
     let ready_rx = readiness(configured, shutdown_rx.clone());
     let ctx = Arc::new(AdminContext {
         proxy: proxy.clone(),
+        gateway: gateway.clone(),
         certs,
         file: file_status,
         xds: xds_status,
@@ -282,6 +294,7 @@ pub async fn start(
     Ok(Waypoint {
         addresses,
         proxy,
+        gateway,
         server,
         shutdown,
         quit,
@@ -321,14 +334,16 @@ impl Waypoint {
         self.quit.notified().await;
     }
 
-    /// Tunnels being served now.
+    /// Tunnels (and gateway listener connections) being served now.
     pub fn open_tunnels(&self) -> usize {
         self.open_tunnels.load(Ordering::Relaxed)
     }
 
-    /// Stops accepting, sends GOAWAY, waits for open tunnels up to the drain timeout.
+    /// Stops accepting (HBONE and gateway listeners), sends GOAWAY, waits for open tunnels and
+    /// connections up to the drain timeout.
     pub async fn shutdown(self) {
         self.server.drain();
+        self.gateway.drain();
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         while self.open_tunnels() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

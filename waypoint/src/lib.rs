@@ -7,6 +7,7 @@
 //! - [`route`]: the compiled route table (pure: which rule, which backend, which filters);
 //! - [`authz`]: the L7 authorization engine (pure: Istio's AuthorizationPolicy at L7);
 //! - [`proxy`]: the data path (HBONE in, HTTP or TCP, HBONE out);
+//! - [`gateway`]: gateway mode (an ingress Gateway's listeners, TLS termination by SNI);
 //! - [`metrics`], [`access_log`], [`admin`]: what it tells; [`app`]: wiring and shutdown.
 
 pub mod access_log;
@@ -17,6 +18,7 @@ pub mod authn;
 pub mod authz;
 pub mod config;
 pub mod flows;
+pub mod gateway;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

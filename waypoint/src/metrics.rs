@@ -1,4 +1,4 @@
-//! Istio's request metrics, `reporter="waypoint"`, with Istio's names, labels and Envoy's default
+//! Istio's request metrics, `reporter="waypoint"` (`"source"` at gateway listeners), with Istio's names, labels and Envoy's default
 //! histogram buckets, so existing dashboards work; and the TCP metrics for opaque TCP through
 //! the waypoint. Each waypoint instance owns its recorder, as each ztunnel does.
 
@@ -91,9 +91,21 @@ pub struct RouteLabels {
     pub backend: Arc<str>,
 }
 
+/// Who reports a request's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Reporter {
+    /// Mesh traffic through the waypoint: `reporter="waypoint"`, mutual TLS.
+    #[default]
+    Waypoint,
+    /// A gateway listener: `reporter="source"` (as Istio's gateways report), and
+    /// `connection_security_policy="unknown"` (the client is outside the mesh).
+    Gateway,
+}
+
 /// Everything a request's metrics are labelled with.
 #[derive(Debug, Clone, Default, Hash)]
 pub struct RequestLabels {
+    pub reporter: Reporter,
     pub source: Peer,
     pub destination: Peer,
     /// Service hostname; `unknown` when workload-addressed without a service.
@@ -343,7 +355,11 @@ impl RequestLabels {
             out.push(Label::new(n.cluster, or_unknown(&self.cluster)));
         };
         let mut l = Vec::with_capacity(30);
-        l.push(Label::new("reporter", "waypoint"));
+        let (reporter, security) = match self.reporter {
+            Reporter::Waypoint => ("waypoint", "mutual_tls"),
+            Reporter::Gateway => ("source", "unknown"),
+        };
+        l.push(Label::new("reporter", reporter));
         peer(&SOURCE, &self.source, &mut l);
         peer(&DESTINATION, &self.destination, &mut l);
         l.push(Label::new(
@@ -359,7 +375,7 @@ impl RequestLabels {
             or_unknown(&self.destination_service_namespace),
         ));
         l.push(Label::new("request_protocol", self.request_protocol));
-        l.push(Label::new("connection_security_policy", "mutual_tls"));
+        l.push(Label::new("connection_security_policy", security));
         l
     }
 }

@@ -297,6 +297,8 @@ pub struct Snapshot {
     pub authn_notes: Vec<AuthnNote>,
     /// DestinationRules applied in part or not at all.
     pub traffic_notes: Vec<TrafficNote>,
+    /// Gateway mode: the ingress Gateway's listeners and certificates.
+    pub ingress: Option<crate::gateway::IngressView>,
     /// The configuration as given, for `/config_dump`.
     pub source: WaypointConfig,
     pub loaded_at: SystemTime,
@@ -316,6 +318,7 @@ impl Snapshot {
             authn: JwtAuthn::default(),
             authn_notes: Vec::new(),
             traffic_notes: Vec::new(),
+            ingress: None,
             source: WaypointConfig::default(),
             loaded_at: SystemTime::now(),
         }
@@ -371,18 +374,28 @@ impl Snapshot {
             namespace: me.namespace.clone(),
             name: me.name.clone(),
         };
-        let (routes, route_status) = RouteTable::compile_with_virtual_services(
+        let (routes, route_status) = RouteTable::compile_with_ingress(
             &config.http_routes,
             &config.grpc_routes,
             &config.virtual_services,
             &config.services,
             &waypoint,
+            config.ingress.as_ref(),
         );
+        let ingress = config
+            .ingress
+            .as_ref()
+            .map(crate::gateway::IngressView::compile);
+        // Policies target the Gateway this process serves: the ingress Gateway in gateway mode.
+        let (gateway_ns, gateway_name) = match &config.ingress {
+            Some(i) => (i.namespace.as_str(), i.name.as_str()),
+            None => (me.namespace.as_str(), me.name.as_str()),
+        };
         let (policies, policy_notes) = L7Policies::compile(
             &config.authorization_policies,
             &WaypointRef {
-                namespace: &me.namespace,
-                name: &me.name,
+                namespace: gateway_ns,
+                name: gateway_name,
             },
             &me.root_namespace,
             &me.trust_domain,
@@ -390,8 +403,8 @@ impl Snapshot {
         let (authn, authn_notes) = JwtAuthn::compile(
             &config.request_authentications,
             &WaypointRef {
-                namespace: &me.namespace,
-                name: &me.name,
+                namespace: gateway_ns,
+                name: gateway_name,
             },
             &me.root_namespace,
             jwks,
@@ -408,6 +421,7 @@ impl Snapshot {
             authn,
             authn_notes,
             traffic_notes,
+            ingress,
             source: config,
             loaded_at: SystemTime::now(),
         })
@@ -515,6 +529,8 @@ pub struct ConfigStore {
     pub me: WaypointIdentity,
     /// Remote JWT key sets, kept across configurations.
     jwks: JwksCache,
+    /// Counts installed configurations; gateway listeners follow it.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl ConfigStore {
@@ -523,7 +539,13 @@ impl ConfigStore {
             current: ArcSwap::from_pointee(Snapshot::empty()),
             me,
             jwks: JwksCache::default(),
+            changes: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Changes whenever a new configuration is installed.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn load(&self) -> Arc<Snapshot> {
@@ -549,7 +571,13 @@ impl ConfigStore {
         for note in &snapshot.traffic_notes {
             tracing::warn!(destination_rule = %note.rule, "{}", note.message);
         }
+        if let Some(ingress) = &snapshot.ingress {
+            for note in &ingress.notes {
+                tracing::warn!(gateway = %format!("{}/{}", ingress.namespace, ingress.name), "{note}");
+            }
+        }
         self.current.store(Arc::new(snapshot));
+        self.changes.send_modify(|n| *n += 1);
         Ok(())
     }
 }

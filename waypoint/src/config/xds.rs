@@ -64,7 +64,8 @@ pub enum Update {
     /// A new version of the configuration.
     Config {
         version: String,
-        config: WaypointConfig,
+        /// Boxed: a configuration is much larger than the other variants.
+        config: Box<WaypointConfig>,
     },
     /// The control plane no longer has it (the Gateway is gone).
     Removed,
@@ -108,7 +109,7 @@ pub fn decode(response: &DeltaDiscoveryResponse, resource: &str) -> Result<Updat
             .map_err(|e| format!("resource {}: config_json: {e}", r.name))?;
         update = Update::Config {
             version: r.version.clone(),
-            config,
+            config: Box::new(config),
         };
     }
     Ok(update)
@@ -263,7 +264,7 @@ impl XdsClient {
                 tracing::warn!(resource = %self.config.resource, "the control plane removed this waypoint's configuration; serving none");
                 self.install(WaypointConfig::default(), None).await
             }
-            Ok(Update::Config { version, config }) => self.install(config, Some(version)).await,
+            Ok(Update::Config { version, config }) => self.install(*config, Some(version)).await,
             Err(e) => Err(e),
         };
         let mut status = self.status.lock().expect("status lock");

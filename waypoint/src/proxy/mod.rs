@@ -5,6 +5,8 @@
 
 mod attempt;
 pub mod body;
+mod forward;
+pub mod gateway;
 pub mod headers;
 pub mod http;
 mod outcome;
@@ -37,15 +39,22 @@ pub struct ProxySettings {
     pub detection_timeout: Duration,
     /// Time an HTTP/1 client has to send a request's headers.
     pub header_timeout: Duration,
+    /// This proxy's workload name (`POD_NAME`, else the Gateway's name): the source of the
+    /// requests a gateway listener reports (`reporter="source"`).
+    pub workload: String,
 }
 
-/// The original client of a tunnel, as its ztunnel presented it.
+/// The original client of a tunnel, as its ztunnel presented it, or of a gateway listener
+/// connection.
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// Verified in the TLS handshake: the client workload's identity.
-    pub identity: Arc<SpiffeId>,
-    /// From `forwarded: for=`; the client pod's address.
+    /// Verified in the TLS handshake: the client workload's identity. `None` at a gateway
+    /// listener: the client is outside the mesh and proves nothing.
+    pub identity: Option<Arc<SpiffeId>>,
+    /// From `forwarded: for=`; the client pod's address. At a gateway: the connection's peer.
     pub addr: Option<SocketAddr>,
+    /// The TLS server name the client asked for (gateway HTTPS listeners).
+    pub sni: Option<String>,
     /// Workload metadata from `baggage` (name, app, version), for metrics.
     pub baggage: Baggage,
 }
@@ -117,8 +126,9 @@ impl Proxy {
             }
         };
         let client = Client {
-            identity: connect.peer.clone(),
+            identity: Some(connect.peer.clone()),
             addr: connect.forwarded_for(),
+            sni: None,
             baggage: connect
                 .headers
                 .get("baggage")
@@ -152,9 +162,11 @@ impl Proxy {
         }
     }
 
+    /// Keeps a denial for `/config_dump`; `source` is `None` for a client without identity
+    /// (gateway), shown as `-`.
     pub fn record_denial(
         &self,
-        source: &SpiffeId,
+        source: Option<&SpiffeId>,
         destination: SocketAddr,
         request: String,
         reason: String,
@@ -165,7 +177,7 @@ impl Proxy {
         }
         d.push_back(Denial {
             time: meshcore::certs::rfc3339(SystemTime::now()),
-            source: source.to_string(),
+            source: source.map_or_else(|| "-".to_owned(), SpiffeId::to_string),
             destination: destination.to_string(),
             request,
             reason,

@@ -61,6 +61,12 @@ impl Outcome {
             None => (None, None),
         };
         let route = self.route.take();
+        // At a gateway listener the metrics' source is the gateway itself; the record's source
+        // is the client, which has only its address.
+        let gateway = self.labels.reporter == crate::metrics::Reporter::Gateway;
+        if gateway {
+            *src = Default::default();
+        }
         RequestRecord {
             time_ms: meshcore::flow_ring::now_ms(),
             kind: "request",
@@ -81,7 +87,7 @@ impl Outcome {
             service: take(&mut flow.service),
             service_name: take(&mut flow.service_name),
             service_port: flow.service_port,
-            mtls: true,
+            mtls: !gateway,
             route: route
                 .as_ref()
                 .map(|r| r.route.clone())

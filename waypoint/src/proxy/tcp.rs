@@ -40,8 +40,16 @@ where
     let mut labels = RequestLabels {
         source: Peer {
             workload: client.baggage.workload_name.clone().unwrap_or_default(),
-            namespace: client.identity.namespace().to_owned(),
-            principal: client.identity.to_string(),
+            namespace: client
+                .identity
+                .as_deref()
+                .map(|i| i.namespace().to_owned())
+                .unwrap_or_default(),
+            principal: client
+                .identity
+                .as_deref()
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
             ..Default::default()
         },
         destination: Peer {
@@ -55,10 +63,11 @@ where
         destination_service_namespace: service.key.namespace.clone(),
         cluster: proxy.settings.cluster.clone(),
         request_protocol: "tcp",
+        reporter: crate::metrics::Reporter::Waypoint,
     };
     let decision = snapshot.policies.decide(&RequestAttrs {
         service: Some((&service.key.namespace, &service.key.name)),
-        source: Some(&client.identity),
+        source: client.identity.as_deref(),
         source_ip: client.addr.map(|a| a.ip()),
         destination_ip: destination.ip(),
         destination_port: destination.port(),
@@ -66,9 +75,9 @@ where
         http: None,
     });
     if matches!(decision.verdict, Verdict::Deny) {
-        tracing::info!(%destination, source = %client.identity, "TCP connection {}", decision.describe());
+        tracing::info!(%destination, source = ?client.identity, "TCP connection {}", decision.describe());
         proxy.record_denial(
-            &client.identity,
+            client.identity.as_deref(),
             destination,
             "TCP".into(),
             decision.describe(),

@@ -1,6 +1,7 @@
 //! From routes as written to the [`RouteTable`], with a status per route and parent.
 
 mod index;
+mod ingress;
 mod parents;
 mod values;
 pub(super) mod virtual_service;
@@ -13,6 +14,7 @@ use meshcore::l7::gateway::{
     BackendObjectReference, BackendRef, GrpcRoute, GrpcRouteRule, HttpRoute, HttpRouteRule,
     ParentReference, PathMatchType, PathModifierType, SessionPersistence,
 };
+use meshcore::l7::ingress::IngressConfig;
 use meshcore::l7::service::Service;
 
 use super::filters::{self, FilterView, Place};
@@ -59,6 +61,12 @@ enum Target {
         consumer: Option<Box<str>>,
     },
     Gateway,
+    /// A listener of the ingress Gateway (index into its listeners), with the hostnames the
+    /// route serves there.
+    Listener {
+        listener: usize,
+        hostnames: Vec<String>,
+    },
 }
 
 struct Attachment {
@@ -145,6 +153,11 @@ struct Builder<'s> {
     table: RouteTable,
     services: HashMap<(&'s str, &'s str), &'s Service>,
     waypoint: &'s ServiceKey,
+    /// The ingress Gateway this waypoint serves (gateway mode).
+    ingress: Option<&'s IngressConfig>,
+    /// Set while compiling a route attached to the ingress Gateway: its kind, for the
+    /// ReferenceGrant check of cross-namespace backends (`from` that kind).
+    grant_kind: Option<&'static str>,
     attachments: Vec<Attachment>,
     statuses: Vec<RouteStatus>,
 }
@@ -154,6 +167,7 @@ pub(super) fn compile(
     grpc: &[GrpcRoute],
     services: &[Service],
     waypoint: &ServiceKey,
+    ingress: Option<&IngressConfig>,
 ) -> (RouteTable, Vec<RouteStatus>) {
     let mut b = Builder {
         table: RouteTable::empty(),
@@ -162,6 +176,8 @@ pub(super) fn compile(
             .map(|s| ((s.namespace.as_str(), s.name.as_str()), s))
             .collect(),
         waypoint,
+        ingress,
+        grant_kind: None,
         attachments: Vec::new(),
         statuses: Vec::new(),
     };
@@ -224,6 +240,8 @@ impl<'s> Builder<'s> {
         let mut report = Report::default();
         let mut rules = Vec::new();
         let mut matches = Vec::new();
+        let on_ingress = self.names_ingress(&meta.namespace, parent_refs);
+        self.grant_kind = on_ingress.then_some(kind.as_str());
         if refused.is_none() {
             for (j, spec) in specs.iter().enumerate() {
                 let index = rules.len() as u32;
@@ -241,8 +259,22 @@ impl<'s> Builder<'s> {
                 }
             }
         }
-        note_hostnames(hostnames, &mut report);
-        let targets = self.parents(route, kind, parent_refs, refused, specs.len(), &report);
+        self.grant_kind = None;
+        if !on_ingress
+            || parent_refs
+                .iter()
+                .any(|p| !self.is_ingress(&meta.namespace, p))
+        {
+            note_hostnames(hostnames, &mut report);
+        }
+        let targets = self.parents(
+            route,
+            kind,
+            (parent_refs, hostnames),
+            refused,
+            specs.len(),
+            &report,
+        );
         if targets.is_empty() {
             return;
         }
@@ -468,6 +500,7 @@ impl<'s> Builder<'s> {
         ns: &str,
         r: &BackendObjectReference,
     ) -> Result<(ServiceKey, Option<u16>), (&'static str, String)> {
+        let route_ns = ns;
         let ns = r.namespace.as_deref().unwrap_or(ns);
         if !is_core(&r.group) || r.kind != "Service" {
             return Err((
@@ -478,6 +511,7 @@ impl<'s> Builder<'s> {
                 ),
             ));
         }
+        self.check_grant(route_ns, ns, &r.name)?;
         let Some(service) = self.services.get(&(ns, r.name.as_str())) else {
             return Err((
                 reason::BACKEND_NOT_FOUND,

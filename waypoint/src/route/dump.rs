@@ -27,9 +27,27 @@ pub(super) fn dump(table: &RouteTable) -> Value {
             })
         })
         .collect();
+    let gateway: Vec<Value> = table
+        .ingress
+        .iter()
+        .map(|(port, vhosts)| {
+            let vhosts: Vec<Value> = vhosts
+                .iter()
+                .map(|v| {
+                    json!({
+                        "hostname": &*v.hostname,
+                        "listeners": v.listeners,
+                        "matches": rule_set(table, &v.rules),
+                    })
+                })
+                .collect();
+            json!({ "port": port, "virtualHosts": vhosts })
+        })
+        .collect();
     json!({
         "services": services,
         "waypointGateway": rule_set(table, &table.gateway),
+        "gatewayListeners": gateway,
         "rules": table.rules.iter().enumerate().map(|(i, r)| rule(i, r)).collect::<Vec<_>>(),
     })
 }

@@ -62,6 +62,12 @@
 //!   other backends' shares stay exact. Cross-namespace backends need no ReferenceGrant in a mesh
 //!   (GEP-1294). A mirror to an unresolvable backend is dropped.
 //! - **Timeouts** are GEP-2257 durations; `0s` means no timeout and reads as `None`.
+//! - **Gateway mode** (an ingress Gateway, [`RouteTable::compile_with_ingress`]): a parentRef
+//!   naming the ingress Gateway attaches by `meshcore::l7::ingress::attach` to listeners, with
+//!   the hostnames the route serves there; per port those become virtual hosts, and
+//!   [`RouteTable::lookup_gateway`] tries only the rules of the most specific one covering the
+//!   request's host. Such a route's cross-namespace backends need a ReferenceGrant
+//!   (`RefNotPermitted` otherwise, answered 500 like other unresolved backends).
 
 pub mod classes;
 mod compile;
@@ -80,6 +86,25 @@ use serde::Serialize;
 
 pub use compile::virtual_service::resolve_host;
 pub use filters::{HeaderModifier, PathModifier, Redirect, Rewrite};
+
+/// A request's host as a gateway compares it with hostnames: without the port, lowercase
+/// (copied only when it has uppercase letters).
+fn gateway_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let name = match host.rsplit_once(':') {
+        // `[v6]:port`, or `name:port`; a bare IPv6 literal has several colons and no brackets.
+        Some((h, p))
+            if p.bytes().all(|b| b.is_ascii_digit()) && (h.ends_with(']') || !h.contains(':')) =>
+        {
+            h
+        }
+        _ => host,
+    };
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
 
 /// A Service (or the waypoint's own Gateway), by namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -381,6 +406,7 @@ pub mod reason {
     pub const INCOMPATIBLE_FILTERS: &str = "IncompatibleFilters";
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     pub const INVALID_KIND: &str = "InvalidKind";
+    pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
 }
 
 /// Routes compiled for lookups; see the module documentation for the semantics.
@@ -391,6 +417,17 @@ pub struct RouteTable {
     services: HashMap<ServiceKey, ServiceRoutes>,
     /// Rules attached to the waypoint's own Gateway.
     gateway: RuleSet,
+    /// Gateway mode: per listener port, its virtual hosts, most specific hostname first.
+    ingress: Vec<(u16, Vec<VirtualHost>)>,
+}
+
+/// The rules attached to a listener port under one hostname (Envoy's virtual host).
+struct VirtualHost {
+    /// A name, a `*.suffix` wildcard or `*`.
+    hostname: Box<str>,
+    /// The listeners (indices into the ingress configuration) it comes from.
+    listeners: Vec<u32>,
+    rules: RuleSet,
 }
 
 struct ServiceRoutes {
@@ -427,6 +464,7 @@ impl RouteTable {
             grpc: Vec::new(),
             services: HashMap::new(),
             gateway: RuleSet::default(),
+            ingress: Vec::new(),
         }
     }
 
@@ -441,6 +479,26 @@ impl RouteTable {
         Self::compile_with_virtual_services(http, grpc, &[], services, waypoint)
     }
 
+    /// [`Self::compile_with_virtual_services`] for a waypoint in gateway mode: routes whose
+    /// parentRefs name the ingress Gateway attach to its listeners (see [`Self::lookup_gateway`]).
+    pub fn compile_with_ingress(
+        http: &[meshcore::l7::gateway::HttpRoute],
+        grpc: &[meshcore::l7::gateway::GrpcRoute],
+        virtual_services: &[meshcore::l7::networking::VirtualService],
+        services: &[meshcore::l7::service::Service],
+        waypoint: &ServiceKey,
+        ingress: Option<&meshcore::l7::ingress::IngressConfig>,
+    ) -> (RouteTable, Vec<RouteStatus>) {
+        let (mut table, mut statuses) = compile::compile(http, grpc, services, waypoint, ingress);
+        statuses.extend(compile::virtual_service::apply(
+            &mut table,
+            virtual_services,
+            services,
+        ));
+        table.label_for_metrics();
+        (table, statuses)
+    }
+
     /// [`Self::compile`], then the VirtualServices for Services no Gateway API route covers
     /// (see `compile::virtual_service`).
     pub fn compile_with_virtual_services(
@@ -450,14 +508,7 @@ impl RouteTable {
         services: &[meshcore::l7::service::Service],
         waypoint: &ServiceKey,
     ) -> (RouteTable, Vec<RouteStatus>) {
-        let (mut table, mut statuses) = compile::compile(http, grpc, services, waypoint);
-        statuses.extend(compile::virtual_service::apply(
-            &mut table,
-            virtual_services,
-            services,
-        ));
-        table.label_for_metrics();
-        (table, statuses)
+        Self::compile_with_ingress(http, grpc, virtual_services, services, waypoint, None)
     }
 
     /// Fills the per-route metric labels once, so a request clones two `Arc`s instead of
@@ -502,6 +553,34 @@ impl RouteTable {
             None if !self.gateway.is_empty() => &self.gateway,
             None => return Lookup::NoRoutes,
         };
+        self.first_match(set, req)
+    }
+
+    /// Gateway mode: the routing decision for a request on listener port `port` with the Host /
+    /// `:authority` `host` (port and case do not matter). The most specific virtual host whose
+    /// hostname covers the host is chosen, and only its rules are tried; none: `NoMatch` (404).
+    /// Never `NoRoutes`: a gateway has no addressed Service to fall back to.
+    pub fn lookup_gateway<'a>(
+        &'a self,
+        port: u16,
+        host: &str,
+        req: &RequestHead<'_>,
+    ) -> Lookup<'a> {
+        let Some((_, vhosts)) = self.ingress.iter().find(|(p, _)| *p == port) else {
+            return Lookup::NoMatch;
+        };
+        let host = gateway_host(host);
+        match vhosts
+            .iter()
+            .find(|v| meshcore::l7::ingress::host_matches(&v.hostname, &host))
+        {
+            Some(vhost) => self.first_match(&vhost.rules, req),
+            None => Lookup::NoMatch,
+        }
+    }
+
+    /// The first match of `set` in precedence order (gRPC rules first for gRPC requests).
+    fn first_match<'a>(&'a self, set: &RuleSet, req: &RequestHead<'_>) -> Lookup<'a> {
         if req.grpc && !set.grpc.is_empty() {
             let call = matching::GrpcCall::parse(req.path);
             for &i in &set.grpc {

@@ -2,6 +2,7 @@
 
 mod attach;
 mod filters;
+mod gateway;
 mod matching;
 mod precedence;
 mod status;

@@ -3,6 +3,8 @@
 //! ztunnel (an HBONE server relaying to the echo server on the pod's address, as ztunnel's
 //! inbound does). Everything runs over real sockets, real mutual TLS and real HTTP.
 
+mod gateway;
+mod gateway_tls;
 mod jwt;
 mod settings;
 mod support;

@@ -208,7 +208,7 @@ impl Answer {
     }
 }
 
-async fn read(response: Response<hyper::body::Incoming>) -> Answer {
+pub async fn read(response: Response<hyper::body::Incoming>) -> Answer {
     let (parts, body) = response.into_parts();
     let collected = body.collect().await.expect("body");
     let trailers = collected.trailers().cloned();

@@ -17,6 +17,7 @@ impl Builder<'_> {
         }
         sort(&mut gateway, &self.table);
         self.table.gateway = gateway;
+        self.table.ingress = self.virtual_hosts();
         for service in services {
             let key = ServiceKey::new(&service.namespace, &service.name);
             let mine: Vec<&Attachment> = self
@@ -77,7 +78,7 @@ fn add(set: &mut RuleSet, a: &Attachment) {
     set.grpc.extend(a.grpc.clone());
 }
 
-fn sort(set: &mut RuleSet, table: &RouteTable) {
+pub(super) fn sort(set: &mut RuleSet, table: &RouteTable) {
     set.http.sort_by_key(|&i| (table.http[i as usize].order, i));
     set.http.dedup();
     set.grpc.sort_by_key(|&i| (table.grpc[i as usize].order, i));

@@ -12,7 +12,7 @@ impl Builder<'_> {
         &mut self,
         route: &R,
         kind: RouteKind,
-        parents: &[ParentReference],
+        (parents, hostnames): (&[ParentReference], &[String]),
         refused: Option<Invalid>,
         rule_count: usize,
         report: &Report,
@@ -87,12 +87,17 @@ impl Builder<'_> {
                     reason: invalid.reason,
                     message: invalid.message.clone(),
                 }),
-                None => self.parent(&meta.namespace, ns, parent),
+                None => match self.ingress_parent(&meta.namespace, kind, parent, hostnames) {
+                    Some(on_listeners) => on_listeners,
+                    None => self
+                        .parent(&meta.namespace, ns, parent)
+                        .map(|(target, message)| (vec![target], message)),
+                },
             };
             match attached {
-                Ok((target, message)) => {
+                Ok((attached, message)) => {
                     status(label, Ok(message));
-                    targets.push(target);
+                    targets.extend(attached);
                 }
                 Err(invalid) => status(label, Err(invalid)),
             }
