@@ -4,7 +4,8 @@
 //! header match for the canary, an L7 policy letting only the frontend GET /items*, an L4 policy
 //! admitting only the waypoint into cart, STRICT mTLS in `shop`), sends traffic between the pods
 //! from inside their network namespaces, and reports who reached whom, with which identities,
-//! which version answered, and which requests and connections the mesh refused and why.
+//! which version answered, and which requests and connections the mesh refused and why; and
+//! from this machine, HTTPS through the ingress gateway to the frontend.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -12,22 +13,28 @@ use std::path::PathBuf;
 
 use crate::cluster::{self, Cluster, UpOptions};
 
-const EXAMPLE: [(&str, &str); 4] = [
+mod ingress;
+
+const EXAMPLE: [(&str, &str); 5] = [
     (
         "namespaces.yaml",
-        include_str!("../../examples/local-cluster/namespaces.yaml"),
+        include_str!("../../../examples/local-cluster/namespaces.yaml"),
     ),
     (
         "workloads.yaml",
-        include_str!("../../examples/local-cluster/workloads.yaml"),
+        include_str!("../../../examples/local-cluster/workloads.yaml"),
     ),
     (
         "policies.yaml",
-        include_str!("../../examples/local-cluster/policies.yaml"),
+        include_str!("../../../examples/local-cluster/policies.yaml"),
     ),
     (
         "waypoint.yaml",
-        include_str!("../../examples/local-cluster/waypoint.yaml"),
+        include_str!("../../../examples/local-cluster/waypoint.yaml"),
+    ),
+    (
+        "ingress.yaml",
+        include_str!("../../../examples/local-cluster/ingress.yaml"),
     ),
 ];
 
@@ -216,6 +223,10 @@ pub fn run(state_dir: PathBuf, bin_dir: PathBuf, keep: bool) -> Result<String, S
     for (name, text) in EXAMPLE {
         std::fs::write(manifests.join(name), text).map_err(|e| e.to_string())?;
     }
+    // The ingress listener's Secret, from a CA made for this run.
+    let (ingress_ca, ingress_secret) = ingress::certificate()?;
+    std::fs::write(manifests.join("ingress-secret.yaml"), ingress_secret)
+        .map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
     let up = cluster::up(&UpOptions {
         manifests: manifests.clone(),
@@ -292,6 +303,9 @@ pub fn run(state_dir: PathBuf, bin_dir: PathBuf, keep: bool) -> Result<String, S
             );
         }
     }
+    let ca_file = cluster.dir.join("demo-ingress-ca.pem");
+    std::fs::write(&ca_file, &ingress_ca).map_err(|e| e.to_string())?;
+    ingress::traffic(&cluster, &mut out, &ca_file);
     call(&cluster, &mut out, "reports", "cart-1", "cart");
     call(&cluster, &mut out, "batch", "cart-2", "cart");
     call(&cluster, &mut out, "frontend", "batch", "batch");
