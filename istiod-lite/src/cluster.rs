@@ -6,13 +6,14 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use crate::crd::cilium::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy};
-pub use crate::crd::gateway::{Gateway, GrpcRoute, HttpRoute};
+pub use crate::crd::gateway::{Gateway, GrpcRoute, HttpRoute, ReferenceGrant};
 pub use crate::crd::linkerd::{ServiceProfile, TrafficSplit};
 pub use crate::crd::linkerd_policy::{
     LinkerdAuthorizationPolicy, MeshTlsAuthentication, NetworkAuthentication, Server,
     ServerAuthorization,
 };
 pub use crate::crd::networking::{DestinationRule, VirtualService};
+pub use crate::crd::secret::TlsSecret;
 pub use crate::crd::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// One consistent view of the cluster.
@@ -31,6 +32,11 @@ pub struct Cluster {
     pub gateways: Vec<Gateway>,
     pub http_routes: Vec<HttpRoute>,
     pub grpc_routes: Vec<GrpcRoute>,
+    /// Secrets of type `kubernetes.io/tls` (ingress gateways' certificates); others are not
+    /// kept.
+    pub secrets: Vec<TlsSecret>,
+    /// Gateway API ReferenceGrants (ingress gateways' cross-namespace references).
+    pub reference_grants: Vec<ReferenceGrant>,
     /// Istio traffic management, applied by waypoints.
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,

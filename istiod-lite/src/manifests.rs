@@ -1,7 +1,7 @@
 //! Reading Kubernetes manifests: multi-document YAML files in a directory, as `kubectl apply
-//! -f DIR` would take them. Namespaces, Pods, Services, EndpointSlices, AuthorizationPolicies,
-//! PeerAuthentications, RequestAuthentications, Gateway API Gateways, HTTPRoutes and
-//! GRPCRoutes, Istio VirtualServices and DestinationRules, SMI TrafficSplits, Linkerd
+//! -f DIR` would take them. Namespaces, Pods, Services, Secrets of type `kubernetes.io/tls`,
+//! EndpointSlices, AuthorizationPolicies, PeerAuthentications, RequestAuthentications, Gateway
+//! API Gateways, HTTPRoutes, GRPCRoutes and ReferenceGrants, Istio VirtualServices and DestinationRules, SMI TrafficSplits, Linkerd
 //! ServiceProfiles and Linkerd's policy (Servers, ServerAuthorizations, AuthorizationPolicies,
 //! MeshTLSAuthentications, NetworkAuthentications) and Cilium's `cilium.io/v2`
 //! CiliumNetworkPolicies and CiliumClusterwideNetworkPolicies are kept (also inside `kind: List`); other
@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, TlsSecret};
+use crate::crd::secret::TLS_TYPE;
 
 /// Every manifest file under `dir` (`.yaml`, `.yml`, `.json`), sorted, not recursing into
 /// hidden directories.
@@ -169,6 +170,14 @@ fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<St
         ("v1", "Service") => cluster.services.extend(
             typed::<k8s_openapi::api::core::v1::Service>(value, &at, errors).map(default_namespace),
         ),
+        // Only TLS Secrets (ingress gateways' certificates); others are skipped unread.
+        ("v1", "Secret") if value.get("type").and_then(Value::as_str) == Some(TLS_TYPE) => {
+            cluster.secrets.extend(
+                typed::<k8s_openapi::api::core::v1::Secret>(value, &at, errors)
+                    .map(default_namespace)
+                    .and_then(TlsSecret::from_secret),
+            )
+        }
         ("discovery.k8s.io/v1", "EndpointSlice") => cluster.endpoint_slices.extend(
             typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(value, &at, errors)
                 .map(default_namespace),
@@ -194,6 +203,9 @@ fn add_object(value: Value, at: &str, cluster: &mut Cluster, errors: &mut Vec<St
         (_, "GRPCRoute") if gateway_api => cluster
             .grpc_routes
             .extend(typed::<crate::cluster::GrpcRoute>(value, &at, errors).map(default_namespace)),
+        (_, "ReferenceGrant") if gateway_api => cluster.reference_grants.extend(
+            typed::<crate::cluster::ReferenceGrant>(value, &at, errors).map(default_namespace),
+        ),
         (_, "VirtualService") if networking => cluster.virtual_services.extend(
             typed::<crate::cluster::VirtualService>(value, &at, errors).map(default_namespace),
         ),
@@ -294,6 +306,47 @@ fn default_namespace<T: kube::Resource>(mut obj: T) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_secrets_and_reference_grants_are_read_strictly_other_secrets_skipped() {
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: web, namespace: shop}\n\
+                    type: kubernetes.io/tls\nstringData: {tls.crt: CERT, tls.key: KEY}\n---\n\
+                    apiVersion: v1\nkind: Secret\nmetadata: {name: opaque}\n\
+                    data: {password: '!!not base64!!'}\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+                    metadata: {name: g, namespace: certs}\n\
+                    spec: {from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: shop}], \
+                    to: [{group: \"\", kind: Secret}]}\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\n\
+                    metadata: {name: h}\nspec: {from: [], to: []}\n";
+        let mut cluster = Cluster::default();
+        let mut errors = Vec::new();
+        load_text(text, "a.yaml", &mut cluster, &mut errors);
+        assert_eq!(errors, Vec::<String>::new());
+        assert_eq!(cluster.secrets.len(), 1);
+        assert_eq!(cluster.secrets[0].cert_chain.as_deref(), Some("CERT"));
+        assert_eq!(cluster.reference_grants.len(), 2);
+        assert_eq!(
+            cluster.reference_grants[1].metadata.namespace.as_deref(),
+            Some("default")
+        );
+
+        let bad = "apiVersion: v1\nkind: Secret\nmetadata: {name: web, namespace: shop}\n\
+                   type: kubernetes.io/tls\ndata: {tls.crt: '!!'}\n---\n\
+                   apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+                   metadata: {name: g, namespace: certs}\nspec: {from: [], to: [], tos: []}\n";
+        let mut errors = Vec::new();
+        load_text(bad, "b.yaml", &mut Cluster::default(), &mut errors);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("b.yaml document 1 (Secret shop/web): "),
+            "{errors:?}"
+        );
+        assert_eq!(
+            errors[1],
+            "b.yaml document 2 (ReferenceGrant certs/g): unknown field spec.tos"
+        );
+    }
 
     #[test]
     fn a_syntax_error_ends_the_file_with_one_error() {

@@ -15,7 +15,9 @@
 //! policies from any namespace, so it is computed from the whole view (borrowed, not copied)
 //! after any change, with the status each route is owed, which costs nothing while there is no
 //! waypoint and no route. A Gateway change re-translates every slice, since Services and pods
-//! anywhere may name it.
+//! anywhere may name it. Ingress gateways (class `istio`) are computed with the waypoints; the
+//! TLS Secrets and ReferenceGrants they read reach no ztunnel, so a change to one re-translates
+//! no slice, only the gateway configurations.
 //!
 //! An object with invalid values (an AuthorizationPolicy's, or a port out of range anywhere:
 //! [`validate`]) is rejected on its own: its last good version (or nothing, if it never had
@@ -25,122 +27,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-
 use crate::cluster::{
-    AuthorizationPolicy, CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, Cluster,
-    DestinationRule, Gateway, GrpcRoute, HttpRoute, LinkerdAuthorizationPolicy,
-    MeshTlsAuthentication, NetworkAuthentication, PeerAuthentication, PodIdentity,
-    RequestAuthentication, Server, ServerAuthorization, ServiceProfile, TrafficSplit,
-    VirtualService,
+    AuthorizationPolicy, CiliumClusterwideNetworkPolicy, Cluster, Gateway, MeshTlsAuthentication,
+    NetworkAuthentication, PeerAuthentication, PodIdentity,
 };
 use crate::crd::linkerd_policy::{names_kind, GROUP as LINKERD_POLICY};
+use crate::translate::ingress::IngressStatus;
 use crate::translate::peer_authn::STATIC_STRICT;
 use crate::translate::route_status::RouteStatus;
 use crate::translate::waypoints::{self, View};
 use crate::translate::{translate, ClusterInfo, Note};
 use crate::xds::resources::{waypoint_resources, Encoded, Resource};
 use crate::xds::ResourceSet;
-
-/// Everything of one namespace, and what it translated to.
-#[derive(Debug, Default)]
-struct Slice {
-    namespace: Option<Namespace>,
-    pods: BTreeMap<String, Pod>,
-    services: BTreeMap<String, Service>,
-    endpoint_slices: BTreeMap<String, EndpointSlice>,
-    policies: BTreeMap<String, AuthorizationPolicy>,
-    peer_authns: BTreeMap<String, PeerAuthentication>,
-    request_authns: BTreeMap<String, RequestAuthentication>,
-    gateways: BTreeMap<String, Gateway>,
-    http_routes: BTreeMap<String, HttpRoute>,
-    grpc_routes: BTreeMap<String, GrpcRoute>,
-    virtual_services: BTreeMap<String, VirtualService>,
-    destination_rules: BTreeMap<String, DestinationRule>,
-    traffic_splits: BTreeMap<String, TrafficSplit>,
-    service_profiles: BTreeMap<String, ServiceProfile>,
-    servers: BTreeMap<String, Server>,
-    server_authorizations: BTreeMap<String, ServerAuthorization>,
-    linkerd_policies: BTreeMap<String, LinkerdAuthorizationPolicy>,
-    mesh_tls_authns: BTreeMap<String, MeshTlsAuthentication>,
-    network_authns: BTreeMap<String, NetworkAuthentication>,
-    cilium_policies: BTreeMap<String, CiliumNetworkPolicy>,
-    /// In the slice of no namespace only.
-    cilium_clusterwide: BTreeMap<String, CiliumClusterwideNetworkPolicy>,
-    output: Encoded,
-    notes: Vec<Note>,
-    dirty: bool,
-}
-
-impl Slice {
-    fn is_empty(&self) -> bool {
-        self.namespace.is_none()
-            && self.pods.is_empty()
-            && self.services.is_empty()
-            && self.endpoint_slices.is_empty()
-            && self.policies.is_empty()
-            && self.peer_authns.is_empty()
-            && self.request_authns.is_empty()
-            && self.gateways.is_empty()
-            && self.http_routes.is_empty()
-            && self.grpc_routes.is_empty()
-            && self.virtual_services.is_empty()
-            && self.destination_rules.is_empty()
-            && self.traffic_splits.is_empty()
-            && self.service_profiles.is_empty()
-            && self.servers.is_empty()
-            && self.server_authorizations.is_empty()
-            && self.linkerd_policies.is_empty()
-            && self.mesh_tls_authns.is_empty()
-            && self.network_authns.is_empty()
-            && self.cilium_policies.is_empty()
-            && self.cilium_clusterwide.is_empty()
-    }
-
-    fn names(&self, kind: Kind) -> Vec<String> {
-        match kind {
-            Kind::Namespace => self
-                .namespace
-                .iter()
-                .filter_map(|n| n.metadata.name.clone())
-                .collect(),
-            Kind::Pod => self.pods.keys().cloned().collect(),
-            Kind::Service => self.services.keys().cloned().collect(),
-            Kind::EndpointSlice => self.endpoint_slices.keys().cloned().collect(),
-            Kind::AuthorizationPolicy => self.policies.keys().cloned().collect(),
-            Kind::PeerAuthentication => self.peer_authns.keys().cloned().collect(),
-            Kind::RequestAuthentication => self.request_authns.keys().cloned().collect(),
-            Kind::Gateway => self.gateways.keys().cloned().collect(),
-            Kind::HttpRoute => self.http_routes.keys().cloned().collect(),
-            Kind::GrpcRoute => self.grpc_routes.keys().cloned().collect(),
-            Kind::VirtualService => self.virtual_services.keys().cloned().collect(),
-            Kind::DestinationRule => self.destination_rules.keys().cloned().collect(),
-            Kind::TrafficSplit => self.traffic_splits.keys().cloned().collect(),
-            Kind::ServiceProfile => self.service_profiles.keys().cloned().collect(),
-            Kind::Server => self.servers.keys().cloned().collect(),
-            Kind::ServerAuthorization => self.server_authorizations.keys().cloned().collect(),
-            Kind::LinkerdAuthorizationPolicy => self.linkerd_policies.keys().cloned().collect(),
-            Kind::MeshTlsAuthentication => self.mesh_tls_authns.keys().cloned().collect(),
-            Kind::NetworkAuthentication => self.network_authns.keys().cloned().collect(),
-            Kind::CiliumNetworkPolicy => self.cilium_policies.keys().cloned().collect(),
-            Kind::CiliumClusterwideNetworkPolicy => {
-                self.cilium_clusterwide.keys().cloned().collect()
-            }
-        }
-    }
-}
-
-/// Upserts into a map; whether anything changed.
-fn put<T: PartialEq>(map: &mut BTreeMap<String, T>, name: String, value: T) -> bool {
-    match map.get(&name) {
-        Some(old) if *old == value => false,
-        _ => {
-            map.insert(name, value);
-            true
-        }
-    }
-}
 
 pub struct Pipeline {
     info: ClusterInfo,
@@ -159,6 +57,8 @@ pub struct Pipeline {
     waypoint_notes: Vec<Note>,
     /// The status each route is owed, as of the last computation.
     route_statuses: Vec<RouteStatus>,
+    /// Each ingress Gateway's status (pure part), as of the last computation.
+    ingress_statuses: Vec<IngressStatus>,
     /// Bumped each time the waypoints (and route statuses) are recomputed.
     waypoint_epoch: u64,
 }
@@ -176,6 +76,7 @@ impl Pipeline {
             waypoint_identities: BTreeMap::new(),
             waypoint_notes: Vec::new(),
             route_statuses: Vec::new(),
+            ingress_statuses: Vec::new(),
             waypoint_epoch: 0,
         }
     }
@@ -281,6 +182,8 @@ impl Pipeline {
             Object::CiliumClusterwideNetworkPolicy(o) => {
                 put(&mut slice.cilium_clusterwide, name, o)
             }
+            Object::Secret(o) => put(&mut slice.secrets, name, o),
+            Object::ReferenceGrant(o) => put(&mut slice.reference_grants, name, o),
         };
         if let Some(before) = peer_before {
             let after = self.slices[&namespace]
@@ -330,6 +233,8 @@ impl Pipeline {
             Kind::NetworkAuthentication => slice.network_authns.remove(name).is_some(),
             Kind::CiliumNetworkPolicy => slice.cilium_policies.remove(name).is_some(),
             Kind::CiliumClusterwideNetworkPolicy => slice.cilium_clusterwide.remove(name).is_some(),
+            Kind::Secret => slice.secrets.remove(name).is_some(),
+            Kind::ReferenceGrant => slice.reference_grants.remove(name).is_some(),
         };
         if !removed {
             return;
@@ -392,6 +297,8 @@ impl Pipeline {
             network_authentications,
             cilium_network_policies,
             cilium_clusterwide_network_policies,
+            secrets,
+            reference_grants,
             peer_pods: _,
         } = cluster;
         self.replace_kind(
@@ -517,6 +424,17 @@ impl Pipeline {
                 .map(Object::CiliumClusterwideNetworkPolicy)
                 .collect(),
         );
+        self.replace_kind(
+            Kind::Secret,
+            secrets.into_iter().map(Object::Secret).collect(),
+        );
+        self.replace_kind(
+            Kind::ReferenceGrant,
+            reference_grants
+                .into_iter()
+                .map(Object::ReferenceGrant)
+                .collect(),
+        );
     }
 
     /// Translates what changed since the last build. `None` when nothing did (after the first).
@@ -630,6 +548,8 @@ impl Pipeline {
                 view.policies.extend(s.policies.values());
                 view.request_authentications
                     .extend(s.request_authns.values());
+                s.secrets.values().for_each(|o| view.add_secret(o));
+                view.reference_grants.extend(s.reference_grants.values());
             }
             waypoints::waypoints(&view, &self.info)
         };
@@ -644,6 +564,7 @@ impl Pipeline {
         self.waypoint_identities = t.identities;
         self.waypoint_notes = t.notes;
         self.route_statuses = t.routes;
+        self.ingress_statuses = t.ingress;
         !same
     }
 
@@ -655,6 +576,19 @@ impl Pipeline {
     /// The status each route is owed, as of the last build.
     pub fn route_statuses(&self) -> &[RouteStatus] {
         &self.route_statuses
+    }
+
+    /// Each ingress Gateway's status (pure part), as of the last build.
+    pub fn ingress_statuses(&self) -> &[IngressStatus] {
+        &self.ingress_statuses
+    }
+
+    /// The Gateways of class `istio`.
+    pub fn ingress_gateways(&self) -> impl Iterator<Item = &Gateway> {
+        self.slices
+            .values()
+            .flat_map(|s| s.gateways.values())
+            .filter(|g| g.spec.gateway_class_name == crate::crd::gateway::INGRESS_CLASS)
     }
 
     /// The Gateways of class `istio-waypoint`.
@@ -726,6 +660,9 @@ impl Pipeline {
                 .extend(s.cilium_policies.values().cloned());
             c.cilium_clusterwide_network_policies
                 .extend(s.cilium_clusterwide.values().cloned());
+            c.secrets.extend(s.secrets.values().cloned());
+            c.reference_grants
+                .extend(s.reference_grants.values().cloned());
         }
         c
     }
@@ -776,6 +713,9 @@ fn translate_slice(
         network_authentications: authns.network.clone(),
         cilium_network_policies: slice.cilium_policies.values().cloned().collect(),
         cilium_clusterwide_network_policies: authns.cilium_clusterwide.clone(),
+        // Ingress gateways' only.
+        secrets: Vec::new(),
+        reference_grants: Vec::new(),
         peer_pods: Vec::new(),
     };
     let has_cilium = !cluster.cilium_network_policies.is_empty()
@@ -806,8 +746,11 @@ fn translate_slice(
 }
 
 mod object;
+mod slice;
 #[cfg(test)]
 mod tests;
 mod validate;
+
+use slice::{put, Slice};
 
 pub use object::{Kind, Object};

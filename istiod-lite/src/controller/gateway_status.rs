@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 
 use super::render::NotDeployable;
 use crate::cluster::Gateway;
+use crate::crd::gateway::GROUP;
+use crate::translate::ingress::ListenerState;
 use crate::translate::route_status::Cond;
 
 /// What istiod-lite writes in a waypoint Gateway's status.
@@ -27,6 +29,9 @@ pub struct GatewayStatus {
     pub accepted: Cond,
     pub programmed: Cond,
     pub generation: Option<i64>,
+    /// An ingress Gateway's listeners (`None` for a waypoint: `status.listeners` is left as it
+    /// is).
+    pub listeners: Option<Vec<(ListenerState, Cond)>>,
 }
 
 fn cond(status: bool, reason: &str, message: impl Into<String>) -> Cond {
@@ -149,6 +154,7 @@ pub fn gateway_status(
         accepted: accepted(gw, not_deployable),
         programmed,
         generation: gw.metadata.generation,
+        listeners: None,
     }
 }
 
@@ -206,7 +212,56 @@ impl GatewayStatus {
                 now
             ),
         ]);
+        if let Some(listeners) = &self.listeners {
+            let before = current["listeners"].as_array();
+            out["listeners"] = listeners
+                .iter()
+                .map(|(l, programmed)| {
+                    let previous = before
+                        .into_iter()
+                        .flatten()
+                        .find(|p| p["name"] == l.name.as_str())
+                        .map(|p| &p["conditions"]);
+                    let c =
+                        |t: &str, c: &Cond| condition_json(t, c, self.generation, previous, now);
+                    json!({
+                        "name": l.name,
+                        "supportedKinds": l.supported_kinds.iter()
+                            .map(|k| json!({"group": GROUP, "kind": k}))
+                            .collect::<Vec<_>>(),
+                        "attachedRoutes": l.attached_routes,
+                        "conditions": [
+                            c("Accepted", &l.accepted),
+                            c("ResolvedRefs", &l.resolved_refs),
+                            c("Conflicted", &l.conflicted),
+                            c("Programmed", programmed),
+                        ],
+                    })
+                })
+                .collect();
+        }
         out
+    }
+
+    /// The status as `/debug/config` shows it: `gateway`, `addresses`, `conditions`,
+    /// `listeners` (ingress Gateways), without transition times.
+    pub fn debug_json(&self, gateway: &str) -> Value {
+        let mut out = self.merge_into(&Value::Null, "");
+        strip_times(&mut out);
+        out["gateway"] = json!(gateway);
+        out
+    }
+}
+
+/// Removes every `lastTransitionTime` (debug output: there is no transition to speak of).
+pub fn strip_times(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.remove("lastTransitionTime");
+            m.values_mut().for_each(strip_times);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_times),
+        _ => {}
     }
 }
 

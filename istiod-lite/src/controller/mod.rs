@@ -4,13 +4,17 @@
 //! - for each Gateway of class `istio-waypoint`, a ServiceAccount, a Deployment and a Service
 //!   ([`render`]), owned by the Gateway, applied with server-side apply and re-applied when they
 //!   drift; the `istio-ca-root-cert` ConfigMap in every namespace with a waypoint and in the root namespace (where the node DaemonSets mount it);
-//! - the Gateway's status ([`gateway_status`]): addresses, `Accepted`, `Programmed`;
+//! - for each Gateway of class `istio` (an ingress gateway), the same three objects
+//!   ([`render::ingress`]: `<name>-istio`, a LoadBalancer Service with the listener ports);
+//! - the Gateway's status ([`gateway_status`], [`ingress_status`]): addresses, `Accepted`,
+//!   `Programmed`, and an ingress Gateway's listeners;
 //! - each route's status towards the parents it names that are ours
 //!   ([`crate::translate::route_status`]).
 //!
 //! The pure parts are [`render`] and [`gateway_status`]; [`run`] talks to the API server.
 
 pub mod gateway_status;
+pub mod ingress_status;
 pub mod render;
 pub mod run;
 pub mod writes;

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
-    SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection,
+    ServicePort, ServiceSpec, Sysctl, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -127,8 +127,53 @@ pub fn owner_reference(gw: &Gateway) -> Option<OwnerReference> {
 /// The ServiceAccount, Deployment and Service of a waypoint Gateway.
 pub fn render(gw: &Gateway, settings: &DeploySettings) -> Result<Rendered, NotDeployable> {
     let name = gw.metadata.name.as_deref().unwrap_or_default();
+    let shape = Shape {
+        object_name: name.to_owned(),
+        service_account: service_account_name(gw).to_owned(),
+        service_type: "ClusterIP".into(),
+        service_ports: vec![
+            service_port("mesh", MESH_PORT),
+            service_port("status-port", STATUS_PORT),
+            service_port("metrics", METRICS_PORT),
+        ],
+        container_ports: vec![
+            container_port("mesh", MESH_PORT),
+            container_port("metrics", METRICS_PORT),
+            container_port("status-port", STATUS_PORT),
+        ],
+        extra_env: Vec::new(),
+        low_ports: false,
+        what: "waypoint",
+    };
+    render_shape(gw, &shape, settings)
+}
+
+/// How a Gateway of one class is deployed.
+pub(super) struct Shape {
+    /// The Deployment's and Service's name.
+    pub object_name: String,
+    pub service_account: String,
+    pub service_type: String,
+    pub service_ports: Vec<ServicePort>,
+    pub container_ports: Vec<ContainerPort>,
+    /// Besides the waypoints' environment.
+    pub extra_env: Vec<EnvVar>,
+    /// Ports below 1024: the pod lets unprivileged processes bind them
+    /// (`net.ipv4.ip_unprivileged_port_start=0`, as Istio's gateways).
+    pub low_ports: bool,
+    /// `waypoint` or `gateway`, for messages.
+    pub what: &'static str,
+}
+
+pub(super) fn render_shape(
+    gw: &Gateway,
+    shape: &Shape,
+    settings: &DeploySettings,
+) -> Result<Rendered, NotDeployable> {
+    let name = gw.metadata.name.as_deref().unwrap_or_default();
     let namespace = gw.metadata.namespace.as_deref().unwrap_or_default();
-    let service_account = service_account_name(gw);
+    let service_account = shape.service_account.as_str();
+    let object_name = shape.object_name.as_str();
     if !dns_subdomain(service_account) {
         return Err(NotDeployable {
             reason: "InvalidParameters",
@@ -138,12 +183,13 @@ pub fn render(gw: &Gateway, settings: &DeploySettings) -> Result<Rendered, NotDe
             ),
         });
     }
-    if !dns_label(name) {
+    if !dns_label(object_name) {
         return Err(NotDeployable {
             reason: "UnsupportedValue",
             message: format!(
-                "the waypoint's Service would be named {name:?}, which is not a valid Service \
-                 name (a DNS-1035 label); nothing deployed"
+                "the {}'s Service would be named {object_name:?}, which is not a valid Service \
+                 name (a DNS-1035 label); nothing deployed",
+                shape.what
             ),
         });
     }
@@ -173,7 +219,7 @@ pub fn render(gw: &Gateway, settings: &DeploySettings) -> Result<Rendered, NotDe
             ..Default::default()
         },
         deployment: Deployment {
-            metadata: meta(name, &pod_labels),
+            metadata: meta(object_name, &pod_labels),
             spec: DeploymentSpec {
                 replicas: Some(1),
                 selector: LabelSelector {
@@ -186,22 +232,18 @@ pub fn render(gw: &Gateway, settings: &DeploySettings) -> Result<Rendered, NotDe
                         annotations: annotations.clone(),
                         ..Default::default()
                     }),
-                    spec: Some(pod_spec(name, service_account, settings)),
+                    spec: Some(pod_spec(name, shape, settings)),
                 },
                 ..Default::default()
             },
             status: None,
         },
         service: Service {
-            metadata: meta(name, &labels),
+            metadata: meta(object_name, &labels),
             spec: Some(ServiceSpec {
-                type_: Some("ClusterIP".into()),
+                type_: Some(shape.service_type.clone()),
                 selector: Some(selector),
-                ports: Some(vec![
-                    service_port("mesh", MESH_PORT),
-                    service_port("status-port", STATUS_PORT),
-                    service_port("metrics", METRICS_PORT),
-                ]),
+                ports: Some(shape.service_ports.clone()),
                 ..Default::default()
             }),
             status: None,
@@ -209,7 +251,16 @@ pub fn render(gw: &Gateway, settings: &DeploySettings) -> Result<Rendered, NotDe
     })
 }
 
-fn service_port(name: &str, port: i32) -> ServicePort {
+pub(super) fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+pub(super) fn service_port(name: &str, port: i32) -> ServicePort {
     ServicePort {
         name: Some(name.into()),
         port,
@@ -218,7 +269,7 @@ fn service_port(name: &str, port: i32) -> ServicePort {
     }
 }
 
-fn env(name: &str, value: &str) -> EnvVar {
+pub(super) fn env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: Some(value.into()),
@@ -227,7 +278,7 @@ fn env(name: &str, value: &str) -> EnvVar {
 }
 
 /// An environment variable from the downward API.
-fn field_env(name: &str, field_path: &str) -> EnvVar {
+pub(super) fn field_env(name: &str, field_path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: None,
@@ -241,21 +292,11 @@ fn field_env(name: &str, field_path: &str) -> EnvVar {
     }
 }
 
-fn pod_spec(gateway: &str, service_account: &str, s: &DeploySettings) -> PodSpec {
-    let port = |name: &str, port: i32| ContainerPort {
-        name: Some(name.into()),
-        container_port: port,
-        protocol: Some("TCP".into()),
-        ..Default::default()
-    };
+fn pod_spec(gateway: &str, shape: &Shape, s: &DeploySettings) -> PodSpec {
     let container = Container {
         name: CONTAINER_NAME.into(),
         image: Some(s.image.clone()),
-        ports: Some(vec![
-            port("mesh", MESH_PORT),
-            port("metrics", METRICS_PORT),
-            port("status-port", STATUS_PORT),
-        ]),
+        ports: Some(shape.container_ports.clone()),
         env: Some(
             vec![
                 field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -272,6 +313,7 @@ fn pod_spec(gateway: &str, service_account: &str, s: &DeploySettings) -> PodSpec
                 env("XDS_ROOT_CA", &format!("{ROOT_CERT_DIR}/{ROOT_CERT_KEY}")),
             ]
             .into_iter()
+            .chain(shape.extra_env.iter().cloned())
             .chain(s.tracing.iter().map(|(name, value)| env(name, value)))
             .collect(),
         ),
@@ -314,7 +356,14 @@ fn pod_spec(gateway: &str, service_account: &str, s: &DeploySettings) -> PodSpec
         ..Default::default()
     };
     PodSpec {
-        service_account_name: Some(service_account.into()),
+        service_account_name: Some(shape.service_account.clone()),
+        security_context: shape.low_ports.then(|| PodSecurityContext {
+            sysctls: Some(vec![Sysctl {
+                name: "net.ipv4.ip_unprivileged_port_start".into(),
+                value: "0".into(),
+            }]),
+            ..Default::default()
+        }),
         containers: vec![container],
         volumes: Some(vec![
             Volume {
@@ -367,5 +416,6 @@ pub fn root_cert_config_map(namespace: &str, root_pem: &str) -> ConfigMap {
     }
 }
 
+pub mod ingress;
 #[cfg(test)]
 mod tests;

@@ -35,11 +35,13 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use super::gateway_status::{gateway_status, GatewayStatus};
+use super::ingress_status::ingress_gateway_status;
 use super::render::{self, NotDeployable, Rendered, ROOT_CERT_CONFIGMAP};
 use super::writes::{now, route_status_json, update_status};
 use super::{subset, DeploySettings, FIELD_MANAGER};
 use crate::cluster::{Gateway, GrpcRoute, HttpRoute};
 use crate::sources::kube::KubeStatus;
+use crate::translate::ingress::IngressStatus;
 use crate::translate::route_status::{ParentStatus, RouteStatus};
 use crate::translate::use_waypoint::GATEWAY_NAME_LABEL;
 
@@ -52,6 +54,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct Inputs {
     /// The Gateways of class `istio-waypoint`.
     pub gateways: Vec<Gateway>,
+    /// The Gateways of class `istio`, with the status the translation computed.
+    pub ingress: Vec<(Gateway, IngressStatus)>,
     /// The status each route is owed.
     pub routes: Vec<RouteStatus>,
 }
@@ -70,6 +74,9 @@ pub struct ControllerStatus {
     /// Objects whose latest apply or status write failed, and failing watches, with the error
     /// (retried).
     pub errors: BTreeMap<String, String>,
+    /// Each Gateway's status as computed (and written, with status writes on), by
+    /// `namespace/name`.
+    pub gateways: BTreeMap<String, Value>,
 }
 
 /// The kinds of objects the controller watches.
@@ -194,6 +201,14 @@ impl Controller {
     }
 }
 
+/// A Gateway, and what it is deployed as (`None`: deployment is off).
+struct Deployed<'a> {
+    gateway: &'a Gateway,
+    /// An ingress Gateway's status from the translation.
+    ingress: Option<&'a IngressStatus>,
+    rendered: Option<Result<Rendered, NotDeployable>>,
+}
+
 struct State {
     client: Client,
     deploy: Option<DeploySettings>,
@@ -260,7 +275,13 @@ impl State {
                 }
             }
             let latest = inputs.borrow_and_update().clone();
-            if latest.as_ref().map(|i| &i.gateways) != self.inputs.as_ref().map(|i| &i.gateways) {
+            let gateways = |i: &Arc<Inputs>| {
+                (
+                    i.gateways.clone(),
+                    i.ingress.iter().map(|(g, _)| g.clone()).collect::<Vec<_>>(),
+                )
+            };
+            if latest.as_ref().map(gateways) != self.inputs.as_ref().map(gateways) {
                 self.foreign.clear();
             }
             self.inputs = latest;
@@ -328,10 +349,24 @@ impl State {
             return true;
         };
         // Without deployment nothing is rendered: the status reads what someone else deployed.
-        let rendered: Vec<(&Gateway, Option<Result<Rendered, NotDeployable>>)> = inputs
+        let rendered: Vec<Deployed<'_>> = inputs
             .gateways
             .iter()
-            .map(|gw| (gw, self.deploy.as_ref().map(|s| render::render(gw, s))))
+            .map(|gw| Deployed {
+                gateway: gw,
+                ingress: None,
+                rendered: self.deploy.as_ref().map(|s| render::render(gw, s)),
+            })
+            .chain(inputs.ingress.iter().map(|(gw, status)| {
+                Deployed {
+                    gateway: gw,
+                    ingress: Some(status),
+                    rendered: self
+                        .deploy
+                        .as_ref()
+                        .map(|s| render::ingress::render_ingress(gw, s)),
+                }
+            }))
             .collect();
         let mut ok = true;
         if let Some(settings) = self.deploy.clone() {
@@ -339,16 +374,18 @@ impl State {
             // node DaemonSets (ztunnel, the node agent) mount it to verify istiod-lite.
             let mut namespaces: BTreeSet<&str> = rendered
                 .iter()
-                .filter(|(_, r)| matches!(r, Some(Ok(_))))
-                .filter_map(|(gw, _)| gw.metadata.namespace.as_deref())
+                .filter(|d| matches!(d.rendered, Some(Ok(_))))
+                .filter_map(|d| d.gateway.metadata.namespace.as_deref())
                 .collect();
             namespaces.insert(settings.info.root_namespace.as_str());
             for ns in namespaces {
                 let cm = render::root_cert_config_map(ns, &settings.root_pem);
                 ok &= self.ensure(Owned::ConfigMap, &cm).await;
             }
-            for (gw, r) in &rendered {
-                let Some(Ok(r)) = r else { continue };
+            for d in &rendered {
+                let (gw, Some(Ok(r))) = (d.gateway, &d.rendered) else {
+                    continue;
+                };
                 ok &= self.ensure_service_account(gw, &r.service_account).await;
                 ok &= self.ensure(Owned::Service, &r.service).await;
                 ok &= self.ensure(Owned::Deployment, &r.deployment).await;
@@ -364,8 +401,8 @@ impl State {
                 .waypoint_controller
                 .foreign_service_accounts = foreign;
         }
+        ok &= self.gateway_statuses(&rendered).await;
         if self.write_status {
-            ok &= self.gateway_statuses(&rendered).await;
             ok &= self.route_statuses(&inputs.routes).await;
         }
         ok
@@ -451,30 +488,61 @@ impl State {
         }
     }
 
-    async fn gateway_statuses(
-        &mut self,
-        rendered: &[(&Gateway, Option<Result<Rendered, NotDeployable>>)],
-    ) -> bool {
+    /// Computes each Gateway's status (shown in `/debug/config`) and, with status writes on,
+    /// writes those that changed.
+    async fn gateway_statuses(&mut self, rendered: &[Deployed<'_>]) -> bool {
         let resource = ApiResource::erase::<Gateway>(&());
         let mut ok = true;
         let mut current = BTreeSet::new();
-        for (gw, r) in rendered {
+        let mut shown = BTreeMap::new();
+        let mut statuses = Vec::new();
+        for d in rendered {
+            let gw = d.gateway;
             let ns = gw.metadata.namespace.clone().unwrap_or_default();
             let name = gw.metadata.name.clone().unwrap_or_default();
-            let object = format!("Gateway {ns}/{name}");
-            current.insert(object.clone());
-            let not_deployable = match r {
+            let not_deployable = match &d.rendered {
                 Some(Err(e)) => Some(e),
                 _ => None,
             };
-            let observed = |kind| self.observed.get(&(kind, ns.clone(), name.clone()));
-            let status = gateway_status(
-                gw,
-                not_deployable,
-                observed(Owned::Service),
-                observed(Owned::Deployment),
-                &self.domain,
+            let status = match d.ingress {
+                None => {
+                    let observed = |kind| self.observed.get(&(kind, ns.clone(), name.clone()));
+                    gateway_status(
+                        gw,
+                        not_deployable,
+                        observed(Owned::Service),
+                        observed(Owned::Deployment),
+                        &self.domain,
+                    )
+                }
+                Some(pure) => {
+                    let object = render::ingress::object_name(gw);
+                    let observed = |kind| self.observed.get(&(kind, ns.clone(), object.clone()));
+                    ingress_gateway_status(
+                        pure,
+                        not_deployable,
+                        observed(Owned::Service),
+                        observed(Owned::Deployment),
+                    )
+                }
+            };
+            shown.insert(
+                format!("{ns}/{name}"),
+                status.debug_json(&format!("{ns}/{name}")),
             );
+            statuses.push((ns, name, status));
+        }
+        self.status
+            .lock()
+            .expect("status lock")
+            .waypoint_controller
+            .gateways = shown;
+        if !self.write_status {
+            return true;
+        }
+        for (ns, name, status) in statuses {
+            let object = format!("Gateway {ns}/{name}");
+            current.insert(object.clone());
             if self.gateways_written.get(&object) == Some(&status) {
                 continue;
             }

@@ -1,6 +1,7 @@
 //! Gateway API objects (`gateway.networking.k8s.io/v1`) istiod-lite reads: `Gateway` (a waypoint
-//! is one of class `istio-waypoint`), and `HTTPRoute` / `GRPCRoute`, whose specs are meshcore's
-//! types, handed to waypoints exactly as written.
+//! is one of class `istio-waypoint`, an ingress gateway one of class `istio`), `HTTPRoute` /
+//! `GRPCRoute`, whose specs are meshcore's types, handed to waypoints exactly as written, and
+//! `ReferenceGrant` (`v1beta1`), which ingress gateways honour.
 //!
 //! These are not kube-derive CRDs: the Gateway API project ships their definitions (users
 //! install them, as for Istio), so `--print-crds` leaves them out. Each type implements
@@ -19,6 +20,8 @@ pub const GROUP: &str = l7::gateway::GROUP;
 pub const VERSION: &str = "v1";
 /// The GatewayClass of waypoints.
 pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+/// The GatewayClass of ingress gateways (Istio's).
+pub const INGRESS_CLASS: &str = l7::ingress::INGRESS_CLASS;
 /// The controller named in the route status entries istiod-lite writes
 /// (`status.parents[].controllerName`), Istio's.
 pub const CONTROLLER_NAME: &str = "istio.io/gateway-controller";
@@ -68,9 +71,113 @@ pub struct Listener {
     /// `HBONE` for a waypoint's mesh listener.
     pub protocol: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<ListenerTls>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_routes: Option<AllowedRoutes>,
+}
+
+/// A listener's `tls`: how an ingress gateway's HTTPS listener terminates TLS.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// `Terminate` (the default) or `Passthrough`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificate_refs: Vec<SecretObjectReference>,
+    /// Implementation-specific options: not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<BTreeMap<String, String>>,
+    /// Client certificate validation: not supported (reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend_validation: Option<serde_json::Value>,
+}
+
+/// A listener's `certificateRefs[]` entry: a Secret by default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretObjectReference {
+    /// `""` (core) by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `Secret` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+    /// The Gateway's namespace by default; another needs a ReferenceGrant there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// A `ReferenceGrant` (`gateway.networking.k8s.io/v1beta1`, also served as `v1`): lets objects
+/// of other namespaces refer to objects in its own.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrant {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: ReferenceGrantSpec,
+}
+
+namespaced_resource!(
+    ReferenceGrant,
+    GROUP,
+    "v1beta1",
+    "ReferenceGrant",
+    "referencegrants"
+);
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantSpec {
+    pub from: Vec<ReferenceGrantFrom>,
+    pub to: Vec<ReferenceGrantTo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantFrom {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantTo {
+    pub group: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ReferenceGrant {
+    /// The grant in meshcore's shape ([`l7::ingress::permits`] reads it).
+    pub fn to_l7(&self) -> l7::ingress::ReferenceGrant {
+        l7::ingress::ReferenceGrant {
+            namespace: self.metadata.namespace.clone().unwrap_or_default(),
+            from: self
+                .spec
+                .from
+                .iter()
+                .map(|f| l7::ingress::GrantFrom {
+                    group: f.group.clone(),
+                    kind: f.kind.clone(),
+                    namespace: f.namespace.clone(),
+                })
+                .collect(),
+            to: self
+                .spec
+                .to
+                .iter()
+                .map(|t| l7::ingress::GrantTo {
+                    group: t.group.clone(),
+                    kind: t.kind.clone(),
+                    name: t.name.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

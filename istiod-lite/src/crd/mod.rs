@@ -46,6 +46,7 @@ pub mod gateway;
 pub mod linkerd;
 pub mod linkerd_policy;
 pub mod networking;
+pub mod secret;
 pub mod security;
 
 use kube::CustomResourceExt;

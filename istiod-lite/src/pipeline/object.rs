@@ -8,8 +8,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::cluster::{
     AuthorizationPolicy, CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, DestinationRule,
     Gateway, GrpcRoute, HttpRoute, LinkerdAuthorizationPolicy, MeshTlsAuthentication,
-    NetworkAuthentication, PeerAuthentication, RequestAuthentication, Server, ServerAuthorization,
-    ServiceProfile, TrafficSplit, VirtualService,
+    NetworkAuthentication, PeerAuthentication, ReferenceGrant, RequestAuthentication, Server,
+    ServerAuthorization, ServiceProfile, TlsSecret, TrafficSplit, VirtualService,
 };
 
 /// The kinds the pipeline keeps.
@@ -38,10 +38,13 @@ pub enum Kind {
     /// Cilium's (`cilium.io/v2`); the cluster-wide kind is kept in the slice of no namespace.
     CiliumNetworkPolicy,
     CiliumClusterwideNetworkPolicy,
+    /// Of type `kubernetes.io/tls` only: ingress gateways' certificates.
+    Secret,
+    ReferenceGrant,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 23] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
@@ -63,11 +66,14 @@ impl Kind {
         Kind::NetworkAuthentication,
         Kind::CiliumNetworkPolicy,
         Kind::CiliumClusterwideNetworkPolicy,
+        Kind::Secret,
+        Kind::ReferenceGrant,
     ];
 
     /// Kinds whose CRDs may not be installed: Gateway API's, Istio's networking ones,
     /// RequestAuthentication (waypoints' only; a `base` older than it must not keep ztunnels
-    /// unserved), and Linkerd's and SMI's.
+    /// unserved), and Linkerd's and SMI's; and Secrets (ingress gateways' only: RBAC from an
+    /// older chart that may not list them must not keep ztunnels unserved).
     pub fn is_optional(self) -> bool {
         matches!(
             self,
@@ -86,10 +92,12 @@ impl Kind {
                 | Kind::NetworkAuthentication
                 | Kind::CiliumNetworkPolicy
                 | Kind::CiliumClusterwideNetworkPolicy
+                | Kind::Secret
+                | Kind::ReferenceGrant
         )
     }
 
-    /// Kinds only waypoints read.
+    /// Kinds only waypoints (and ingress gateways) read.
     pub(super) fn waypoint_only(self) -> bool {
         matches!(
             self,
@@ -100,6 +108,8 @@ impl Kind {
                 | Kind::DestinationRule
                 | Kind::TrafficSplit
                 | Kind::ServiceProfile
+                | Kind::Secret
+                | Kind::ReferenceGrant
         )
     }
 }
@@ -130,6 +140,8 @@ pub enum Object {
     NetworkAuthentication(NetworkAuthentication),
     CiliumNetworkPolicy(CiliumNetworkPolicy),
     CiliumClusterwideNetworkPolicy(CiliumClusterwideNetworkPolicy),
+    Secret(TlsSecret),
+    ReferenceGrant(ReferenceGrant),
 }
 
 impl Object {
@@ -156,6 +168,8 @@ impl Object {
             Object::NetworkAuthentication(_) => Kind::NetworkAuthentication,
             Object::CiliumNetworkPolicy(_) => Kind::CiliumNetworkPolicy,
             Object::CiliumClusterwideNetworkPolicy(_) => Kind::CiliumClusterwideNetworkPolicy,
+            Object::Secret(_) => Kind::Secret,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
         }
     }
 
@@ -182,6 +196,8 @@ impl Object {
             Object::NetworkAuthentication(o) => &o.metadata,
             Object::CiliumNetworkPolicy(o) => &o.metadata,
             Object::CiliumClusterwideNetworkPolicy(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
+            Object::ReferenceGrant(o) => &o.metadata,
         }
     }
 
@@ -208,6 +224,8 @@ impl Object {
             Object::NetworkAuthentication(o) => &mut o.metadata,
             Object::CiliumNetworkPolicy(o) => &mut o.metadata,
             Object::CiliumClusterwideNetworkPolicy(o) => &mut o.metadata,
+            Object::Secret(o) => &mut o.metadata,
+            Object::ReferenceGrant(o) => &mut o.metadata,
         }
     }
 

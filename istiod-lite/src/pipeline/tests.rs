@@ -390,3 +390,70 @@ fn linkerd_policy_changes_match_a_whole_translation() {
     assert_eq!(version(&gone), None);
     assert!(p.build().is_none());
 }
+
+#[test]
+fn secrets_and_grants_rebuild_the_ingress_gateways_that_use_them() {
+    let mut p = Pipeline::new(ClusterInfo::default());
+    for ns in ["gw", "certs"] {
+        p.apply(Object::Namespace(yaml(&format!(
+            "metadata: {{name: {ns}}}"
+        ))));
+    }
+    p.apply(Object::Gateway(yaml(
+        "metadata: {name: web, namespace: gw}\n\
+         spec: {gatewayClassName: istio, listeners: [{name: https, port: 443, protocol: HTTPS, \
+         tls: {certificateRefs: [{name: shared, namespace: certs}]}}]}",
+    )));
+    let set = check(&mut p);
+    assert_eq!(
+        set.waypoint_identities.get("gw/web").map(String::as_str),
+        Some("spiffe://cluster.local/ns/gw/sa/web-istio")
+    );
+    let served = |set: &ResourceSet| {
+        waypoint_config(set, "gw/web")
+            .ingress
+            .unwrap()
+            .listeners
+            .len()
+    };
+    assert_eq!(served(&set), 0, "no Secret yet");
+    let secret = crate::cluster::TlsSecret {
+        metadata: yaml("{name: shared, namespace: certs}"),
+        cert_chain: Some("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n".into()),
+        private_key: Some("-----BEGIN PRIVATE KEY-----\ny\n-----END PRIVATE KEY-----\n".into()),
+    };
+    p.apply(Object::Secret(secret));
+    assert!(
+        p.slices.values().all(|s| !s.dirty),
+        "a Secret re-translates no ztunnel slice"
+    );
+    assert!(
+        p.build().is_none(),
+        "a Secret of another namespace needs a grant: nothing served changes"
+    );
+    assert_eq!(
+        p.ingress_statuses()[0].listeners[0].resolved_refs.reason,
+        "RefNotPermitted"
+    );
+    p.apply(Object::ReferenceGrant(yaml(
+        "metadata: {name: g, namespace: certs}\n\
+         spec: {from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: gw}], \
+         to: [{group: \"\", kind: Secret}]}",
+    )));
+    assert!(p.slices.values().all(|s| !s.dirty));
+    let set = check(&mut p);
+    assert_eq!(served(&set), 1);
+    assert_eq!(
+        waypoint_config(&set, "gw/web").ingress.unwrap().listeners[0].certificates[0].secret,
+        "certs/shared"
+    );
+    p.delete(Kind::ReferenceGrant, "certs", "g");
+    let set = check(&mut p);
+    assert_eq!(served(&set), 0, "the grant's removal is seen");
+    p.replace_kind(Kind::Secret, Vec::new());
+    assert!(p.build().is_none(), "nothing served changed");
+    assert_eq!(
+        p.ingress_statuses()[0].listeners[0].resolved_refs.reason,
+        "RefNotPermitted"
+    );
+}

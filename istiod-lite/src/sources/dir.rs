@@ -18,8 +18,13 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::controller::gateway_status::strip_times;
+use crate::controller::ingress_status::published;
+use crate::controller::writes::route_status_json;
 use crate::manifests;
 use crate::pipeline::Pipeline;
+use crate::translate::ingress::IngressStatus;
+use crate::translate::route_status::RouteStatus;
 use crate::translate::ClusterInfo;
 use crate::xds::ResourceSet;
 
@@ -33,6 +38,35 @@ pub struct DirStatus {
     pub notes: Vec<String>,
     /// Why the latest change (or an object in it) was refused, if it was.
     pub refused: Vec<String>,
+    /// Each ingress Gateway's status ([`gateways_json`]): `Programmed` once published.
+    pub gateways: Vec<serde_json::Value>,
+    /// The status each route is owed towards its parents of ours ([`routes_json`]).
+    pub routes: Vec<serde_json::Value>,
+}
+
+/// Ingress Gateways' statuses for `/debug/config` with a manifest directory:
+/// `{gateway, addresses, conditions, listeners}` (what `status` would hold, without transition
+/// times), `Programmed` meaning "published".
+pub fn gateways_json(statuses: &[IngressStatus]) -> Vec<serde_json::Value> {
+    statuses
+        .iter()
+        .map(|s| published(s).debug_json(&format!("{}/{}", s.namespace, s.name)))
+        .collect()
+}
+
+/// Routes' statuses for `/debug/config`: `{route: "HTTPRoute ns/name", parents: [{parentRef,
+/// controllerName, conditions}]}`, only for routes with parents of ours.
+pub fn routes_json(routes: &[RouteStatus]) -> Vec<serde_json::Value> {
+    routes
+        .iter()
+        .filter(|r| !r.parents.is_empty())
+        .map(|r| {
+            let mut v = route_status_json(r, &serde_json::Value::Null, "");
+            strip_times(&mut v);
+            v["route"] = serde_json::json!(r.object());
+            v
+        })
+        .collect()
 }
 
 pub struct DirSource {
@@ -89,6 +123,10 @@ impl DirSource {
             .iter()
             .map(ToString::to_string)
             .collect();
+        // Statuses may change without the served resources changing (a Secret that a listener
+        // may not use yet).
+        status.gateways = gateways_json(self.pipeline.ingress_statuses());
+        status.routes = routes_json(self.pipeline.route_statuses());
         let Some(set) = built else {
             return Ok(None);
         };
@@ -139,5 +177,55 @@ impl DirSource {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_config_shows_ingress_gateway_and_route_status() {
+        let dir = std::env::temp_dir().join(format!("istiod-lite-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("ingress.yaml"),
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: cert, namespace: shop}\n\
+             type: kubernetes.io/tls\nstringData:\n  tls.crt: \"-----BEGIN CERTIFICATE-----\\nx\\n-----END CERTIFICATE-----\\n\"\n\
+             \x20 tls.key: \"-----BEGIN PRIVATE KEY-----\\nSECRETBYTES\\n-----END PRIVATE KEY-----\\n\"\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: web, namespace: shop}\n\
+             spec: {gatewayClassName: istio, listeners: [{name: https, port: 443, protocol: HTTPS, \
+             tls: {certificateRefs: [{name: cert}]}}, {name: tcp, port: 9000, protocol: TCP}]}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\n\
+             spec: {parentRefs: [{name: web}], rules: [{backendRefs: [{name: missing, port: 80}]}]}\n",
+        )
+        .unwrap();
+        let mut source = DirSource::new(&dir, ClusterInfo::default());
+        let set = source.poll().unwrap().expect("a first set");
+        assert!(set.waypoint_identities.contains_key("shop/web"));
+        let status = source.status.lock().unwrap().clone();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let shown = serde_json::to_value(&status).unwrap();
+        assert!(
+            !shown.to_string().contains("SECRETBYTES"),
+            "no key in /debug/config"
+        );
+        let gw = &shown["gateways"][0];
+        assert_eq!(gw["gateway"], "shop/web");
+        assert_eq!(gw["conditions"][0]["type"], "Accepted");
+        assert_eq!(gw["conditions"][1]["status"], "True", "{gw:#}");
+        assert_eq!(gw["conditions"][1]["reason"], "Programmed");
+        assert_eq!(gw["listeners"][0]["attachedRoutes"], 1);
+        assert_eq!(
+            gw["listeners"][1]["conditions"][0]["reason"],
+            "UnsupportedProtocol"
+        );
+        let route = &shown["routes"][0];
+        assert_eq!(route["route"], "HTTPRoute shop/r");
+        assert_eq!(route["parents"][0]["conditions"][0]["reason"], "Accepted");
+        assert_eq!(
+            route["parents"][0]["conditions"][1]["reason"],
+            "BackendNotFound"
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! The Kubernetes source: kube-rs watchers on Namespaces, Pods, Services, EndpointSlices,
 //! Istio's AuthorizationPolicy, PeerAuthentication and RequestAuthentication, and Gateway API's
 //! Gateway, HTTPRoute and GRPCRoute, Istio's VirtualService and DestinationRule, SMI's
-//! TrafficSplit, Linkerd's ServiceProfile and Linkerd's policy (Server, ServerAuthorization,
-//! AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication) feed the [`Pipeline`].
+//! TrafficSplit, Linkerd's ServiceProfile, Linkerd's policy (Server, ServerAuthorization,
+//! AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication), Cilium's policies,
+//! Secrets of type `kubernetes.io/tls` (field selector `type=kubernetes.io/tls`) and Gateway
+//! API's ReferenceGrant (`v1beta1`) feed the [`Pipeline`].
 //!
 //! - Each kind has its own watcher (list, then watch from the list's resourceVersion, resumed
 //!   after timeouts, relisted after `410 Gone`, with backoff on errors). A relist replaces that
@@ -25,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -37,12 +39,13 @@ use tokio::sync::{mpsc, watch};
 use crate::cluster::{
     AuthorizationPolicy, CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, DestinationRule,
     Gateway, GrpcRoute, HttpRoute, LinkerdAuthorizationPolicy, MeshTlsAuthentication,
-    NetworkAuthentication, PeerAuthentication, RequestAuthentication, Server, ServerAuthorization,
-    ServiceProfile, TrafficSplit, VirtualService,
+    NetworkAuthentication, PeerAuthentication, ReferenceGrant, RequestAuthentication, Server,
+    ServerAuthorization, ServiceProfile, TlsSecret, TrafficSplit, VirtualService,
 };
 use crate::controller::run::{Controller, ControllerStatus, Inputs};
 use crate::controller::DeploySettings;
 use crate::crd::gateway::RouteStatusSeen;
+use crate::crd::secret::TLS_TYPE;
 use crate::pipeline::{Kind, Object, Pipeline};
 use crate::sources::status::StatusWriter;
 use crate::translate::ClusterInfo;
@@ -70,6 +73,9 @@ pub struct KubeStatus {
     pub refused: Vec<String>,
     /// The waypoints' deployment controller and Gateway API status writer.
     pub waypoint_controller: ControllerStatus,
+    /// The status each route is owed towards its parents of ours (see `docs/istiod-lite.md`,
+    /// "Ingress gateways"); the Gateways' own are `waypointController.gateways`.
+    pub routes: Vec<serde_json::Value>,
 }
 
 /// What cluster mode does besides serving.
@@ -134,8 +140,20 @@ fn spawn_watcher<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object, tx: mpsc::Se
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
+    spawn_watcher_with(api, watcher::Config::default(), kind, wrap, tx)
+}
+
+fn spawn_watcher_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: Kind,
+    wrap: fn(K) -> Object,
+    tx: mpsc::Sender<Update>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
     tokio::spawn(async move {
-        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        let stream = watcher::watcher(api, config).default_backoff();
         futures_util::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             let update = match event {
@@ -156,6 +174,16 @@ where
             }
         }
     });
+}
+
+/// A Secret as the pipeline keeps it (a Secret of another type, which the field selector
+/// keeps away, is kept as one without certificate data).
+fn tls_secret(s: Secret) -> Object {
+    let metadata = s.metadata.clone();
+    Object::Secret(TlsSecret::from_secret(s).unwrap_or(TlsSecret {
+        metadata,
+        ..Default::default()
+    }))
 }
 
 pub struct KubeSource {
@@ -309,6 +337,21 @@ impl KubeSource {
             Api::<CiliumClusterwideNetworkPolicy>::all(client.clone()),
             Kind::CiliumClusterwideNetworkPolicy,
             Object::CiliumClusterwideNetworkPolicy,
+            tx.clone(),
+        );
+        // Only TLS Secrets are listed (the API server filters by type); the key never leaves
+        // the pipeline but for the gateway configurations that use it.
+        spawn_watcher_with(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().fields(&format!("type={TLS_TYPE}")),
+            Kind::Secret,
+            tls_secret,
+            tx.clone(),
+        );
+        spawn_watcher(
+            Api::<ReferenceGrant>::all(client.clone()),
+            Kind::ReferenceGrant,
+            Object::ReferenceGrant,
             tx,
         );
         let status: Arc<Mutex<KubeStatus>> = Arc::default();
@@ -342,8 +385,24 @@ impl KubeSource {
             return;
         }
         self.controller_epoch = self.pipeline.waypoint_epoch();
+        let statuses = self.pipeline.ingress_statuses();
+        let ingress = self
+            .pipeline
+            .ingress_gateways()
+            .filter_map(|gw| {
+                let (ns, name) = (
+                    gw.metadata.namespace.as_deref(),
+                    gw.metadata.name.as_deref(),
+                );
+                let status = statuses
+                    .iter()
+                    .find(|s| Some(s.namespace.as_str()) == ns && Some(s.name.as_str()) == name)?;
+                Some((gw.clone(), status.clone()))
+            })
+            .collect();
         controller.update(Inputs {
             gateways: self.pipeline.waypoint_gateways().cloned().collect(),
+            ingress,
             routes: self.pipeline.route_statuses().to_vec(),
         });
     }
@@ -371,6 +430,16 @@ impl KubeSource {
                     Kind::Gateway | Kind::HttpRoute | Kind::GrpcRoute => format!(
                         "{e} (Gateway API CRDs not installed, or not readable by istiod-lite? \
                          no waypoints until they are)"
+                    ),
+                    Kind::ReferenceGrant => format!(
+                        "{e} (Gateway API's ReferenceGrant v1beta1 not installed, or not readable \
+                         by istiod-lite? cross-namespace references from ingress gateways' \
+                         listeners and routes are refused until it is)"
+                    ),
+                    Kind::Secret => format!(
+                        "{e} (Secrets not readable by istiod-lite: its RBAC needs secrets \
+                         get/list/watch; ingress gateways' HTTPS listeners have no certificate \
+                         until it is)"
                     ),
                     Kind::Server
                     | Kind::ServerAuthorization
@@ -457,6 +526,15 @@ impl KubeSource {
             let rejected = self.pipeline.rejected();
             {
                 let mut status = self.status.lock().expect("status lock");
+                status.routes = crate::sources::dir::routes_json(self.pipeline.route_statuses());
+                if self.controller.is_none() {
+                    // No controller observes deployments: what the translation knows.
+                    status.waypoint_controller.gateways =
+                        crate::sources::dir::gateways_json(self.pipeline.ingress_statuses())
+                            .into_iter()
+                            .map(|g| (g["gateway"].as_str().unwrap_or_default().to_owned(), g))
+                            .collect();
+                }
                 status.generation = set.generation;
                 status.notes = notes.iter().map(ToString::to_string).collect();
                 status.refused = rejected.iter().map(ToString::to_string).collect();

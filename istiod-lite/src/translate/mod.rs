@@ -4,6 +4,7 @@
 
 pub mod authz;
 pub mod cilium;
+pub mod ingress;
 pub mod linkerd;
 pub mod linkerd_policy;
 pub mod peer_authn;

@@ -4,8 +4,14 @@
 //! waypoint configurations come from.
 //!
 //! - **Which parents are ours.** A core `Service` parentRef (the mesh's), and a `Gateway`
-//!   parentRef naming a Gateway of class `istio-waypoint`. Others (an ingress Gateway of another
-//!   class, a Gateway that does not exist) belong to another controller and get no entry.
+//!   parentRef naming a Gateway of class `istio-waypoint` or `istio` (an ingress gateway). Others
+//!   (a Gateway of another class, a Gateway that does not exist) belong to another controller
+//!   and get no entry.
+//! - **Towards an ingress Gateway**, `Accepted` is what [`meshcore::l7::ingress::attach`] (the
+//!   gateway's own rule) says: attached to some listener, or its refusal's reason
+//!   (`NoMatchingParent`, `NotAllowedByListeners`, `NoMatchingListenerHostname`);
+//!   `ResolvedRefs` also refuses a backend of another namespace that no ReferenceGrant there
+//!   permits (`RefNotPermitted`).
 //! - **Accepted** towards a Service: it exists, is bound to a waypoint (`istio.io/use-waypoint`,
 //!   see [`super::use_waypoint`]) and has a TCP port; `port` / `sectionName` name one of its
 //!   ports. Otherwise `False`, `NoMatchingParent`. A route in another namespace than the
@@ -23,6 +29,7 @@ use meshcore::l7::gateway::{
     BackendObjectReference, ParentReference, RequestMirrorFilter, RouteFilter, RouteRule,
 };
 
+use super::ingress::Ingress;
 use super::use_waypoint::{Bindings, Waypoints};
 use super::waypoints::View;
 use crate::crd::gateway::{RouteStatusSeen, GROUP};
@@ -35,6 +42,7 @@ pub mod reason {
     pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     pub const INVALID_KIND: &str = "InvalidKind";
+    pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
 }
 
 /// One condition, without its bookkeeping (generation, transition time).
@@ -91,11 +99,14 @@ fn core_group(group: &str) -> bool {
 
 /// The route-wide facts each parent's conditions need.
 struct Route<'a> {
+    kind: &'static str,
     namespace: &'a str,
     parents: &'a [ParentReference],
-    has_hostnames: bool,
+    hostnames: &'a [String],
     /// `(reason, message)` per reference that does not resolve.
     unresolved: Vec<(&'static str, String)>,
+    /// Towards ingress Gateways: cross-namespace backends no ReferenceGrant permits.
+    not_permitted: Vec<(&'static str, String)>,
 }
 
 /// Every route's status towards its parents of ours; routes without such parents are left out
@@ -104,6 +115,7 @@ pub fn route_statuses(
     view: &View<'_>,
     waypoints: &Waypoints<'_>,
     bindings: &Bindings,
+    ingress: &Ingress<'_>,
 ) -> Vec<RouteStatus> {
     let mut out = Vec::new();
     for r in &view.http_routes {
@@ -114,7 +126,7 @@ pub fn route_statuses(
             &r.spec.parent_refs,
             &r.spec.hostnames,
             &r.spec.rules,
-            (view, waypoints, bindings),
+            (view, waypoints, bindings, ingress),
         ));
     }
     for r in &view.grpc_routes {
@@ -125,7 +137,7 @@ pub fn route_statuses(
             &r.spec.parent_refs,
             &r.spec.hostnames,
             &r.spec.rules,
-            (view, waypoints, bindings),
+            (view, waypoints, bindings, ingress),
         ));
     }
     out.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
@@ -152,15 +164,75 @@ fn backend(
 /// The status of one route (HTTPRoute or GRPCRoute): its backends and mirrors checked, then
 /// each parentRef judged.
 fn route_status<R: RouteRule>(
-    kind: &'static str,
+    kind_name: &'static str,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     has_ours: bool,
     parents: &[ParentReference],
     hostnames: &[String],
     rules: &[R],
-    (view, waypoints, bindings): (&View<'_>, &Waypoints<'_>, &Bindings),
+    (view, waypoints, bindings, ingress): (&View<'_>, &Waypoints<'_>, &Bindings, &Ingress<'_>),
 ) -> Option<RouteStatus> {
     let ns = meta.namespace.as_deref().unwrap_or_default();
+    let mut not_permitted = Vec::new();
+    let to_ingress = !ingress.is_empty()
+        && parents.iter().any(|p| {
+            p.group == GROUP
+                && p.kind == "Gateway"
+                && ingress
+                    .get(p.namespace.as_deref().unwrap_or(ns), &p.name)
+                    .is_some()
+        });
+    if to_ingress {
+        for (j, rule) in rules.iter().enumerate() {
+            let backends = rule.backend_refs().iter().enumerate().map(|(i, b)| {
+                let place = format!("rules[{j}].backendRefs[{i}]");
+                (
+                    place,
+                    b.group.as_str(),
+                    b.kind.as_str(),
+                    b.namespace.as_deref(),
+                    b.name.as_str(),
+                )
+            });
+            let mirrors = rule.filters().iter().enumerate().filter_map(|(k, f)| {
+                let m = &f.request_mirror()?.backend_ref;
+                let place = format!("rules[{j}].filters[{k}]: mirror");
+                Some((
+                    place,
+                    m.group.as_str(),
+                    m.kind.as_str(),
+                    m.namespace.as_deref(),
+                    m.name.as_str(),
+                ))
+            });
+            for (place, group, kind, to_ns, name) in backends.chain(mirrors) {
+                let to_ns = to_ns.unwrap_or(ns);
+                let permitted = !core_group(group)
+                    || kind != "Service"
+                    || meshcore::l7::ingress::permits(
+                        &ingress.grants,
+                        meshcore::l7::ingress::Reference {
+                            from_group: GROUP,
+                            from_kind: kind_name,
+                            from_namespace: ns,
+                            to_group: "",
+                            to_kind: "Service",
+                            to_namespace: to_ns,
+                            to_name: name,
+                        },
+                    );
+                if !permitted {
+                    not_permitted.push((
+                        reason::REF_NOT_PERMITTED,
+                        format!(
+                            "{place}: Service {to_ns}/{name} is in another namespace and no \
+                             ReferenceGrant there lets {kind_name}s of namespace {ns} refer to it"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     let mut unresolved = Vec::new();
     for (j, rule) in rules.iter().enumerate() {
         for (i, b) in rule.backend_refs().iter().enumerate() {
@@ -176,12 +248,14 @@ fn route_status<R: RouteRule>(
         mirrors(view, ns, filters, j, &mut unresolved);
     }
     let route = Route {
+        kind: kind_name,
         namespace: ns,
         parents,
-        has_hostnames: !hostnames.is_empty(),
+        hostnames,
         unresolved,
+        not_permitted,
     };
-    status(kind, meta, has_ours, &route, view, waypoints, bindings)
+    status(meta, has_ours, &route, view, (waypoints, bindings, ingress))
 }
 
 fn mirrors<'f>(
@@ -246,35 +320,66 @@ fn check(
     }
 }
 
-fn status(
-    kind: &'static str,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    has_ours: bool,
-    route: &Route<'_>,
-    view: &View<'_>,
-    waypoints: &Waypoints<'_>,
-    bindings: &Bindings,
-) -> Option<RouteStatus> {
-    let resolved_refs = match route.unresolved.first() {
+/// `problems` as one `ResolvedRefs` condition.
+fn resolved(problems: &[(&'static str, String)]) -> Cond {
+    match problems.first() {
         None => Cond::new(true, reason::RESOLVED_REFS, "all references resolved"),
         Some((why, _)) => Cond::new(
             false,
             why,
-            route
-                .unresolved
+            problems
                 .iter()
                 .map(|(_, m)| m.as_str())
                 .collect::<Vec<_>>()
                 .join("; "),
         ),
-    };
+    }
+}
+
+fn status(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    has_ours: bool,
+    route: &Route<'_>,
+    view: &View<'_>,
+    (waypoints, bindings, ingress): (&Waypoints<'_>, &Bindings, &Ingress<'_>),
+) -> Option<RouteStatus> {
+    let resolved_refs = resolved(&route.unresolved);
     let mut parents = Vec::new();
     for p in route.parents {
         let ns = p.namespace.as_deref().unwrap_or(route.namespace);
-        let outcome = if core_group(&p.group) && p.kind == "Service" {
-            service_parent(view, bindings, route.namespace, ns, p)
-        } else if p.group == GROUP && p.kind == "Gateway" && waypoints.get(ns, &p.name).is_some() {
-            gateway_parent(route.namespace, ns, p)
+        let is_gateway = p.group == GROUP && p.kind == "Gateway";
+        let (outcome, mesh) = if core_group(&p.group) && p.kind == "Service" {
+            (service_parent(view, bindings, route.namespace, ns, p), true)
+        } else if is_gateway && waypoints.get(ns, &p.name).is_some() {
+            (gateway_parent(route.namespace, ns, p), true)
+        } else if let Some(gw) = ingress.get(ns, &p.name).filter(|_| is_gateway) {
+            let outcome = match meshcore::l7::ingress::attach(
+                &gw.config,
+                route.namespace,
+                route.kind,
+                p,
+                route.hostnames,
+            ) {
+                Some(Ok(attached)) => {
+                    let names: Vec<&str> = attached
+                        .iter()
+                        .map(|a| gw.config.listeners[a.listener].name.as_str())
+                        .collect();
+                    Ok(format!(
+                        "attached to listener(s) {} of Gateway {ns}/{}",
+                        names.join(", "),
+                        p.name
+                    ))
+                }
+                Some(Err(refused)) => match gw.unserved(p) {
+                    Some(why) if refused.reason == reason::NO_MATCHING_PARENT => {
+                        Err((reason::NO_MATCHING_PARENT, why))
+                    }
+                    _ => Err((refused.reason, refused.message)),
+                },
+                None => continue,
+            };
+            (outcome, false)
         } else {
             continue; // another controller's parent
         };
@@ -282,19 +387,28 @@ fn status(
             Ok(message) => Cond::new(true, reason::ACCEPTED, message),
             Err((why, message)) => Cond::new(false, why, message),
         };
-        if route.has_hostnames {
+        if mesh && !route.hostnames.is_empty() {
             accepted.message.push_str(
                 "; hostnames are ignored: mesh routes match the Service a request is addressed to",
             );
         }
+        let resolved_refs = if mesh || route.not_permitted.is_empty() {
+            resolved_refs.clone()
+        } else {
+            let mut all = route.unresolved.clone();
+            all.extend(route.not_permitted.iter().cloned());
+            // RefNotPermitted first: a backend of another namespace is refused before it is looked up.
+            all.sort_by_key(|(why, _)| *why != reason::REF_NOT_PERMITTED);
+            resolved(&all)
+        };
         parents.push(ParentStatus {
             parent_ref: p.clone(),
             accepted,
-            resolved_refs: resolved_refs.clone(),
+            resolved_refs,
         });
     }
     (!parents.is_empty() || has_ours).then(|| RouteStatus {
-        kind,
+        kind: route.kind,
         namespace: route.namespace.to_owned(),
         name: meta.name.clone().unwrap_or_default(),
         generation: meta.generation,

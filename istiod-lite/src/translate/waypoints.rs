@@ -17,6 +17,9 @@
 //!   `hosts` name a bound Service (their destinations and mirrors join the services), and the
 //!   DestinationRules whose `host` names any of the services sent, kept as written.
 //!
+//! Ingress gateways (Gateways of class `istio`) get their configuration here too, from
+//! [`super::ingress`], so both kinds are computed (and diffed) together.
+//!
 //! Everything is sorted, so equal views give byte-equal configurations (and versions).
 
 pub mod services;
@@ -29,13 +32,14 @@ use meshcore::l7::gateway::{BackendObjectReference, ParentReference, RouteFilter
 pub use meshcore::l7::networking::host_service;
 use meshcore::l7::{self, WaypointConfig};
 
+use super::ingress::{Ingress, IngressStatus};
 use super::route_status::{route_statuses, RouteStatus};
 use super::use_waypoint::{bind, ObjectKey, Waypoint, Waypoints};
 use super::workloads::selects;
 use super::{ClusterInfo, Note};
 use crate::cluster::{
-    AuthorizationPolicy, Cluster, DestinationRule, Gateway, GrpcRoute, HttpRoute,
-    RequestAuthentication, ServiceProfile, TrafficSplit, VirtualService,
+    AuthorizationPolicy, Cluster, DestinationRule, Gateway, GrpcRoute, HttpRoute, ReferenceGrant,
+    RequestAuthentication, ServiceProfile, TlsSecret, TrafficSplit, VirtualService,
 };
 use crate::crd::gateway::{l7_meta, GROUP, WAYPOINT_CLASS};
 use crate::crd::security::PolicyTargetReference;
@@ -60,6 +64,9 @@ pub struct View<'a> {
     pub destination_rules: Vec<&'a DestinationRule>,
     pub traffic_splits: Vec<&'a TrafficSplit>,
     pub service_profiles: Vec<&'a ServiceProfile>,
+    /// TLS Secrets by (namespace, name): ingress gateways' certificates.
+    pub secrets: BTreeMap<(&'a str, &'a str), &'a TlsSecret>,
+    pub reference_grants: Vec<&'a ReferenceGrant>,
 }
 
 fn ns_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
@@ -89,6 +96,11 @@ impl<'a> View<'a> {
         self.pods.entry(ns_of(&p.metadata)).or_default().push(p);
     }
 
+    pub fn add_secret(&mut self, s: &'a TlsSecret) {
+        let name = s.metadata.name.as_deref().unwrap_or_default();
+        self.secrets.insert((ns_of(&s.metadata), name), s);
+    }
+
     pub fn add_endpoint_slice(&mut self, e: &'a EndpointSlice) {
         self.endpoint_slices
             .entry(ns_of(&e.metadata))
@@ -113,6 +125,8 @@ impl<'a> View<'a> {
         v.destination_rules = c.destination_rules.iter().collect();
         v.traffic_splits = c.traffic_splits.iter().collect();
         v.service_profiles = c.service_profiles.iter().collect();
+        c.secrets.iter().for_each(|s| v.add_secret(s));
+        v.reference_grants = c.reference_grants.iter().collect();
         v
     }
 }
@@ -128,11 +142,17 @@ pub struct WaypointTranslation {
     pub notes: Vec<Note>,
     /// The status each route is owed (see [`super::route_status`]).
     pub routes: Vec<RouteStatus>,
+    /// Each ingress Gateway's status (see [`super::ingress`]), sorted.
+    pub ingress: Vec<IngressStatus>,
 }
 
-/// Every waypoint's configuration.
+/// Every waypoint's configuration, and every ingress gateway's ([`super::ingress`]).
 pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
     let mut out = WaypointTranslation::default();
+    let ingress = Ingress::resolve(view);
+    if !ingress.is_empty() {
+        super::ingress::configs(view, info, &ingress, &mut out);
+    }
     let all = Waypoints::new(view.gateways.iter().copied());
     // Binding notes belong to the Address translation, which reports them.
     let bindings = if all.is_empty() {
@@ -145,11 +165,11 @@ pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
             view.pods.values().flatten().copied(),
         )
     };
-    out.routes = route_statuses(view, &all, &bindings);
+    out.routes = route_statuses(view, &all, &bindings, &ingress);
     if all.is_empty() {
         return out;
     }
-    let mut notes = BTreeSet::new();
+    let mut notes: BTreeSet<Note> = out.notes.drain(..).collect();
     // Linkerd's and SMI's objects, as VirtualServices, next to the users' own.
     let (linkerd, linkerd_notes) = super::linkerd::virtual_services(
         &view.traffic_splits,
@@ -314,6 +334,7 @@ pub fn waypoints(view: &View<'_>, info: &ClusterInfo) -> WaypointTranslation {
         ));
     }
     out.notes = notes.into_iter().collect();
+    out.configs.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     out
 }
 
@@ -390,7 +411,7 @@ fn mirrors<'a, F: RouteFilter>(
 }
 
 /// Services a route's rules send to: backends and mirrors, at rule and backend level.
-fn backends<R: RouteRule>(rules: &[R], ns: &str) -> Vec<ObjectKey> {
+pub(super) fn backends<R: RouteRule>(rules: &[R], ns: &str) -> Vec<ObjectKey> {
     let mut out = Vec::new();
     for rule in rules {
         out.extend(mirrors(rule.filters(), ns));

@@ -1,9 +1,11 @@
 //! Who may read what over xDS. ztunnel's resources (Address, Authorization) go to any
-//! authenticated caller. A waypoint's configuration is subscribed to by name,
-//! `<namespace>/<gateway name>`, and is served only to a caller that may act as that waypoint's
-//! identity, the Gateway's service account (`gateway.istio.io/service-account`, else the
-//! Gateway's name) in the Gateway's namespace: by the same rule as certificates, the identity
-//! itself, or a node's token (its ztunnel's) where a pod runs as that identity.
+//! authenticated caller. A waypoint's or ingress gateway's configuration is subscribed to by
+//! name, `<namespace>/<gateway name>`, and is served only to a caller that may act as that
+//! Gateway's identity, its service account (`gateway.istio.io/service-account`, else the
+//! Gateway's name for a waypoint, `<name>-istio` for an ingress gateway) in the Gateway's
+//! namespace: by the same rule as certificates, the identity itself, or a node's token (its
+//! ztunnel's) where a pod runs as that identity. (An ingress gateway's configuration carries
+//! its listeners' private keys: this check is what keeps them to the gateway.)
 
 use meshcore::api::type_url;
 use tonic::Status;
@@ -19,7 +21,7 @@ pub fn by_name_only(type_url: &str) -> bool {
 /// The refusal of a wildcard subscription to a by-name type.
 pub fn wildcard_refused(type_url: &str) -> Status {
     Status::invalid_argument(format!(
-        "{type_url} is served by name only: subscribe to `<namespace>/<waypoint gateway name>`"
+        "{type_url} is served by name only: subscribe to `<namespace>/<gateway name>`"
     ))
 }
 
@@ -40,7 +42,7 @@ pub fn may_read_waypoint(
     };
     let Some(allowed) = set.waypoint_identities.get(name) else {
         return Err(Status::not_found(format!(
-            "no waypoint {name}: no Gateway of class istio-waypoint by that name"
+            "no waypoint or gateway {name}: no Gateway of class istio-waypoint or istio by that name"
         )));
     };
     if caller.identity.as_deref() == Some(allowed.as_str()) {

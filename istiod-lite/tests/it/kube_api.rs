@@ -12,7 +12,7 @@
 //! - get, create (409 when it exists), merge-patch of `/status`, and TokenReview answering from
 //!   a table of tokens;
 //! - `labelSelector` (`k`, `!k`, `k=v`, `k!=v`) and `fieldSelector` (`metadata.name`,
-//!   `metadata.namespace`) on list and watch (a watch filters each event by the object it
+//!   `metadata.namespace`, and a Secret's `type`) on list and watch (a watch filters each event by the object it
 //!   carries; the real server also turns "stopped matching" into DELETED);
 //! - server-side apply (`PATCH` with `application/apply-patch+yaml`, `fieldManager` required):
 //!   creates, or removes what that manager applied before and no longer applies and merges what
@@ -122,7 +122,7 @@ fn type_of(collection: &str) -> (String, String) {
     (api_version.to_owned(), kind.to_owned())
 }
 
-const KINDS: [(&str, &str); 25] = [
+const KINDS: [(&str, &str); 26] = [
     ("Namespace", "namespaces"),
     ("Pod", "pods"),
     ("Service", "services"),
@@ -135,6 +135,7 @@ const KINDS: [(&str, &str); 25] = [
     ("Gateway", "gateways"),
     ("HTTPRoute", "httproutes"),
     ("GRPCRoute", "grpcroutes"),
+    ("ReferenceGrant", "referencegrants"),
     // policy.linkerd.io (its AuthorizationPolicy shares the plural above, in its own group).
     ("Server", "servers"),
     ("ServerAuthorization", "serverauthorizations"),

@@ -5,6 +5,7 @@ mod hardening;
 mod keepalive;
 mod kube;
 mod kube_api;
+mod kube_ingress;
 mod large_push;
 mod linkerd_policy;
 mod max_age;

@@ -207,3 +207,114 @@ fn the_root_cert_config_map() {
                "data": {"root-cert.pem": "ROOT"}})
     );
 }
+
+const INGRESS: &str = "metadata: {name: web, namespace: gw, uid: 7a2b}\n\
+    spec:\n  gatewayClassName: istio\n  listeners:\n\
+    \x20 - {name: http, port: 80, protocol: HTTP}\n\
+    \x20 - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: c}]}}\n\
+    \x20 - {name: https-b, port: 443, protocol: HTTPS, hostname: b.example, tls: {certificateRefs: [{name: c}]}}\n\
+    \x20 - {name: tcp, port: 9000, protocol: TCP}\n\
+    \x20 - {name: alt, port: 8080, protocol: HTTP}";
+
+#[test]
+fn an_ingress_gateway_is_a_load_balancer_service_and_a_gateway_deployment() {
+    let r = ingress::render_ingress(&gateway(INGRESS), &settings()).unwrap();
+    let labels = json!({"gateway.networking.k8s.io/gateway-name": "web"});
+    let owner = json!([{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                        "name": "web", "uid": "7a2b", "controller": true}]);
+    assert_eq!(
+        serde_json::to_value(&r.service_account).unwrap(),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": "web-istio", "namespace": "gw", "labels": labels,
+                            "ownerReferences": owner}})
+    );
+    assert_eq!(
+        serde_json::to_value(&r.service).unwrap(),
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "web-istio", "namespace": "gw", "labels": labels,
+                            "ownerReferences": owner},
+               "spec": {"type": "LoadBalancer",
+                        "selector": {"gateway.networking.k8s.io/gateway-name": "web"},
+                        "ports": [{"name": "http-80", "port": 80, "protocol": "TCP"},
+                                  {"name": "https-443", "port": 443, "protocol": "TCP"},
+                                  {"name": "http-8080", "port": 8080, "protocol": "TCP"},
+                                  {"name": "status-port", "port": 15021, "protocol": "TCP"}]}})
+    );
+    let d = serde_json::to_value(&r.deployment).unwrap();
+    assert_eq!(d["metadata"]["name"], "web-istio");
+    assert_eq!(d["metadata"]["labels"]["istio.io/dataplane-mode"], "none");
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "web-istio");
+    assert_eq!(
+        pod["securityContext"],
+        json!({"sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]}),
+        "uid 1337 binds ports 80 and 443"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["image"], "registry.example/waypoint:1.2");
+    assert_eq!(
+        c["ports"],
+        json!([{"name": "http-80", "containerPort": 80, "protocol": "TCP"},
+               {"name": "https-443", "containerPort": 443, "protocol": "TCP"},
+               {"name": "http-8080", "containerPort": 8080, "protocol": "TCP"},
+               {"name": "metrics", "containerPort": 15020, "protocol": "TCP"},
+               {"name": "status-port", "containerPort": 15021, "protocol": "TCP"}])
+    );
+    let env: Vec<(String, String)> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let v = e["value"].as_str().map(str::to_owned).unwrap_or_else(|| {
+                format!(
+                    "<{}>",
+                    e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap()
+                )
+            });
+            (e["name"].as_str().unwrap().to_owned(), v)
+        })
+        .collect();
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("WAYPOINT_NAME"), Some("web"));
+    assert_eq!(get("POD_NAMESPACE"), Some("<metadata.namespace>"));
+    assert_eq!(get("SERVICE_ACCOUNT"), Some("<spec.serviceAccountName>"));
+    assert_eq!(get("BIND_ADDRESS"), Some("<status.podIP>"));
+    assert_eq!(get("XDS_ADDRESS"), Some("istiod.istio-system.svc:15012"));
+    assert_eq!(get("CA_ADDRESS"), Some("istiod.istio-system.svc:15012"));
+    assert_eq!(get("TRUST_DOMAIN"), Some("td.example"));
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], 15021);
+}
+
+#[test]
+fn an_ingress_gateways_service_type_and_account_follow_its_annotations() {
+    let gw = gateway(
+        "metadata: {name: web, namespace: gw, uid: u, annotations: \
+         {networking.istio.io/service-type: ClusterIP, gateway.istio.io/service-account: edge}}\n\
+         spec: {gatewayClassName: istio, listeners: [{name: http, port: 8080, protocol: HTTP}]}",
+    );
+    let mut s = settings();
+    s.tracing = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4317".into())];
+    let r = ingress::render_ingress(&gw, &s).unwrap();
+    assert_eq!(
+        r.service.spec.as_ref().unwrap().type_.as_deref(),
+        Some("ClusterIP")
+    );
+    assert_eq!(r.service_account.metadata.name.as_deref(), Some("edge"));
+    let pod = r.deployment.spec.template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("edge"));
+    assert_eq!(pod.security_context, None, "no port below 1024");
+    let env = pod.containers[0].env.clone().unwrap();
+    assert!(env.iter().any(|e| e.name == "OTEL_EXPORTER_OTLP_ENDPOINT"));
+
+    let long = gateway(&format!(
+        "metadata: {{name: {}, namespace: gw, uid: u}}\nspec: {{gatewayClassName: istio}}",
+        "a".repeat(60)
+    ));
+    let e = ingress::render_ingress(&long, &settings()).unwrap_err();
+    assert_eq!(e.reason, "UnsupportedValue");
+    assert!(
+        e.message
+            .starts_with("the gateway's Service would be named"),
+        "{e:?}"
+    );
+}

@@ -26,7 +26,7 @@ apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: ingress, namespace: shop}
 spec:
-  gatewayClassName: istio
+  gatewayClassName: example.com/other
   listeners: [{name: http, port: 80, protocol: HTTP}]
 ---
 apiVersion: v1

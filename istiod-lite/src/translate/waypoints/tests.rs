@@ -415,10 +415,12 @@ fn each_waypoint_gets_its_services_routes_and_policies() {
         .iter()
         .map(|(ns, n, _)| format!("{ns}/{n}"))
         .collect();
+    // shop/ingress (class istio) is an ingress gateway: see `translate::ingress`.
     assert_eq!(
         keys,
         [
             "infra/shared",
+            "shop/ingress",
             "shop/shop-wp",
             "shop/svc-only",
             "shop/wl-wp"

@@ -106,12 +106,14 @@ impl Selector {
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = &obj["metadata"]["labels"];
         let label = |k: &str| labels[k].as_str().map(str::to_owned);
-        // Only the fields every kind supports: metadata.name and metadata.namespace.
+        // The fields every kind supports, metadata.name and metadata.namespace, and a
+        // Secret's `type`.
         let field = |k: &str| match k {
             "metadata.name" | "metadata.namespace" => {
                 let f = k.trim_start_matches("metadata.");
                 Some(obj["metadata"][f].as_str().unwrap_or_default().to_owned())
             }
+            "type" => Some(obj["type"].as_str().unwrap_or("Opaque").to_owned()),
             other => panic!("field selector on {other:?} not modelled by the stand-in"),
         };
         self.labels.iter().all(|t| holds(t, label)) && self.fields.iter().all(|t| holds(t, field))
