@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod cilium;
+pub mod ingress;
 pub mod inspect;
 pub mod l4;
 pub mod l7;

@@ -1,4 +1,4 @@
-//! `conformance [l4|l7|samples|reliability] [--keep] [--long]`: runs the suites (all by
+//! `conformance [l4|l7|ingress|samples|reliability] [--keep] [--long]`: runs the suites (all by
 //! default, L4 first) against a fresh local cluster each and removes it afterwards; the
 //! reliability suite runs its own processes on loopback, with the full figures under `--long`.
 //! Needs root; the mesh's binaries are looked for beside this one (or in `MESH_BIN_DIR`).
@@ -28,9 +28,10 @@ fn main() -> std::process::ExitCode {
     let mut failed = 0;
     type Suite =
         fn(std::path::PathBuf, std::path::PathBuf, bool) -> Result<conformance::Outcome, String>;
-    let suites: [(&str, Suite); 3] = [
+    let suites: [(&str, Suite); 4] = [
         ("l4", conformance::l4::run),
         ("l7", conformance::l7::run),
+        ("ingress", conformance::ingress::run),
         ("samples", conformance::samples::run),
     ];
     for (name, run) in suites {

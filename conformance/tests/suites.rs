@@ -1,4 +1,4 @@
-//! The conformance suites in CI, L4, L7, then Istio's samples (one at a time: one local cluster
+//! The conformance suites in CI, L4, L7, ingress, then Istio's samples (one at a time: one local cluster
 //! per machine), as root, against a local cluster of the binaries built from this workspace
 //! (`scripts/test` builds them first), then the reliability suite's bounded profile (its own
 //! processes on loopback; `conformance reliability --long` for the full figures). Without root
@@ -27,11 +27,13 @@ fn conformance_suites() {
         conformance::l4::run(state.clone(), bin_dir.clone(), false).expect("the L4 cluster starts");
     let l7 =
         conformance::l7::run(state.clone(), bin_dir.clone(), false).expect("the L7 cluster starts");
+    let ingress = conformance::ingress::run(state.clone(), bin_dir.clone(), false)
+        .expect("the ingress cluster starts");
     let samples = conformance::samples::run(state, bin_dir.clone(), false)
         .expect("the samples cluster starts");
     let reliability = conformance::reliability::run(bin_dir, conformance::reliability::Profile::CI)
         .expect("the reliability suite starts");
-    let all = [&l4, &l7, &samples, &reliability];
+    let all = [&l4, &l7, &ingress, &samples, &reliability];
     println!(
         "conformance: {} passed, {} failed",
         all.iter().map(|o| o.passed).sum::<usize>(),

@@ -486,7 +486,10 @@ spec: {nodeName: node-3, containers: [{name: c, image: x, command: [sleep, "1000
         let pod = &plan.pods[0];
         assert_eq!(pod.name, "gw-istio-1");
         assert_eq!(pod.service_account, "gw-istio");
-        assert_eq!(pod.object["metadata"]["labels"]["istio.io/dataplane-mode"], "none");
+        assert_eq!(
+            pod.object["metadata"]["labels"]["istio.io/dataplane-mode"],
+            "none"
+        );
         let ports: Vec<u16> = pod.containers[0].ports.iter().map(|p| p.0).collect();
         assert_eq!(ports, [80, 443]);
         let service = plan

@@ -169,6 +169,11 @@ impl Cluster {
         std::fs::write(Self::state_file(&self.dir), text).map_err(|e| e.to_string())
     }
 
+    /// Whether `pod` is an ingress gateway's (it runs the waypoint binary too).
+    pub fn is_ingress(&self, pod: &Pod) -> bool {
+        self.ingress.iter().any(|g| g.target == pod.ip)
+    }
+
     /// The directory istiod-lite reads the cluster's objects from.
     pub fn config_dir(&self) -> PathBuf {
         self.dir.join("config")

@@ -103,7 +103,7 @@ pub fn print_status(cluster: &Cluster) -> String {
     let waypoints: Vec<_> = cluster
         .pods
         .iter()
-        .filter(|p| !cluster.ingress.iter().any(|g| g.target == p.ip))
+        .filter(|p| !cluster.is_ingress(p))
         .filter_map(|p| Some((p, p.waypoint()?)))
         .collect();
     if !waypoints.is_empty() {

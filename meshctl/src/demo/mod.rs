@@ -198,7 +198,10 @@ fn version_of(pod: &str) -> String {
 
 /// The latest denial the waypoint recorded (its admin endpoint, on the pod's localhost).
 fn waypoint_denial(cluster: &Cluster) -> Option<String> {
-    let pod = cluster.pods.iter().find(|p| p.waypoint().is_some())?;
+    let pod = cluster
+        .pods
+        .iter()
+        .find(|p| p.waypoint().is_some() && !cluster.is_ingress(p))?;
     let (_, body) = cluster::netns::http_get(
         &pod.netns,
         SocketAddr::from(([127, 0, 0, 1], 15000)),

@@ -50,7 +50,8 @@ fn exact_beats_wildcards_and_longer_wildcards_beat_shorter() {
 #[test]
 fn hostname_intersection_follows_gateway_api() {
     // (listener, route hostnames, served)
-    let table: &[(Option<&str>, &[&str], Option<&[&str]>)] = &[
+    type Row<'a> = (Option<&'a str>, &'a [&'a str], Option<&'a [&'a str]>);
+    let table: &[Row] = &[
         (None, &[], Some(&["*"])),
         (None, &["a.example.com"], Some(&["a.example.com"])),
         (Some("a.example.com"), &[], Some(&["a.example.com"])),
