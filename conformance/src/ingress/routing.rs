@@ -48,6 +48,10 @@ pub fn cases() -> Vec<Case<Suite>> {
             run: weight,
         },
         Case {
+            name: "GRPCRoute at the gateway: method match, h2c, grpc-status",
+            run: grpc_route,
+        },
+        Case {
             name: "mesh policy allowing only the gateway's principal, checked from outside",
             run: only_the_gateway,
         },
@@ -483,6 +487,61 @@ fn metrics(s: &mut Suite) -> Result<(), String> {
     )) && !line.contains("source_workload=\"gw-istio")
     {
         return Err(format!("the gateway is not named as the source: {line}"));
+    }
+    Ok(())
+}
+
+fn grpc_route(s: &mut Suite) -> Result<(), String> {
+    use meshctl::cluster::http::{send_here, Request};
+    s.apply(
+        "grpc",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\n\
+         metadata: {name: grpc, namespace: infra}\n\
+         spec:\n  parentRefs: [{name: gw, sectionName: http}]\n  hostnames: [grpc.test]\n  rules:\n\
+         \x20 - matches: [{method: {service: grpc.echo.Echo, method: Call}}]\n\
+         \x20   backendRefs: [{name: infra-backend-v2, port: 8080}]\n\
+         \x20 - backendRefs: [{name: infra-backend-v1, port: 8080}]\n",
+    )?;
+    let call = |path: &'static str| {
+        let req = Request {
+            method: "POST",
+            path,
+            host: Some("grpc.test"),
+            headers: &[("content-type", "application/grpc"), ("te", "trailers")],
+            body: b"\x00\x00\x00\x00\x00",
+            http2: true,
+        };
+        send_here(std::net::SocketAddr::from((s.address, 80)), &req)
+            .map_err(|e| format!("gRPC {path} through the gateway: {e}"))
+    };
+    // The echo's description travels inside the gRPC message: find its Hostname line.
+    let answered_by = |a: &meshctl::cluster::http::Answer| {
+        a.body
+            .split("Hostname=")
+            .nth(1)
+            .and_then(|rest| rest.split(['\n', '\r']).next())
+            .unwrap_or("")
+            .to_owned()
+    };
+    eventually(Duration::from_secs(15), || {
+        let a = call("/grpc.echo.Echo/Call")?;
+        let ok = a.status == 200
+            && a.trailer("grpc-status") == Some("0")
+            && answered_by(&a).starts_with("infra-backend-v2");
+        ok.then_some(()).ok_or(format!(
+            "HTTP {} trailers {:?} from {}",
+            a.status,
+            a.trailers,
+            answered_by(&a)
+        ))
+    })?;
+    let a = call("/grpc.echo.Echo/Other")?;
+    if a.trailer("grpc-status") != Some("0") || !answered_by(&a).starts_with("infra-backend-v1") {
+        return Err(format!(
+            "another method: trailers {:?} from {}",
+            a.trailers,
+            answered_by(&a)
+        ));
     }
     Ok(())
 }

@@ -76,12 +76,27 @@ impl<'a> Request<'a> {
 
 /// Sends `req` to `dst` from inside `netns` and reads the whole answer (5 s limit).
 pub fn send(netns: &str, dst: SocketAddr, req: &Request<'_>) -> std::io::Result<Answer> {
-    let tcp = netns::run_in(netns, move || {
-        let s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(3))?;
-        s.set_nodelay(true)?;
-        s.set_nonblocking(true)?;
-        Ok(s)
-    })?;
+    let tcp = netns::run_in(netns, move || connect(dst))?;
+    send_on(tcp, dst, req)
+}
+
+/// [`send`] from this process's own network namespace (a client outside the cluster).
+pub fn send_here(dst: SocketAddr, req: &Request<'_>) -> std::io::Result<Answer> {
+    send_on(connect(dst)?, dst, req)
+}
+
+fn connect(dst: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    let s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(3))?;
+    s.set_nodelay(true)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+fn send_on(
+    tcp: std::net::TcpStream,
+    dst: SocketAddr,
+    req: &Request<'_>,
+) -> std::io::Result<Answer> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
