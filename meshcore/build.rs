@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/discovery.proto",
         "proto/zds.proto",
         "proto/waypoint.proto",
+        "proto/egress.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

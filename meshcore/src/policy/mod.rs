@@ -11,6 +11,7 @@
 //! Pure code: no sockets, no clocks. [`engine`] compiles the policies that apply to one workload
 //! into an index so a decision is a few hash lookups however many policies exist.
 
+pub mod egress;
 pub mod engine;
 pub mod explain;
 #[cfg(test)]
