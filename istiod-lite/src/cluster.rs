@@ -56,6 +56,27 @@ pub struct Cluster {
     /// pipeline fills it with every other namespace's pods when a Cilium policy is translated
     /// slice by slice; a whole-cluster view leaves it empty.
     pub peer_pods: Vec<PodIdentity>,
+    /// Likewise the Services of other namespaces a Cilium `toServices[].k8sServiceSelector`
+    /// may pick.
+    pub peer_services: Vec<ServiceIdentity>,
+}
+
+/// What a Cilium `k8sServiceSelector` reads of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl ServiceIdentity {
+    pub fn of(service: &Service) -> Option<ServiceIdentity> {
+        Some(ServiceIdentity {
+            namespace: service.metadata.namespace.clone()?,
+            name: service.metadata.name.clone()?,
+            labels: service.metadata.labels.clone().unwrap_or_default(),
+        })
+    }
 }
 
 /// What a label selector over pods reads of a pod, and its addresses.
@@ -66,6 +87,9 @@ pub struct PodIdentity {
     pub service_account: String,
     pub labels: std::collections::BTreeMap<String, String>,
     pub ips: Vec<std::net::IpAddr>,
+    /// Named container ports (name, number): what a Cilium egress rule's named port resolves
+    /// to on the destination pods.
+    pub named_ports: Vec<(String, i32)>,
 }
 
 impl PodIdentity {
@@ -102,8 +126,23 @@ impl PodIdentity {
                 .unwrap_or_else(|| "default".into()),
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             ips,
+            named_ports: named_ports(pod),
         })
     }
+}
+
+/// A pod's named container ports, sorted.
+fn named_ports(pod: &Pod) -> Vec<(String, i32)> {
+    let mut ports: Vec<(String, i32)> = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| Some((p.name.clone()?, p.container_port)))
+        .collect();
+    ports.sort();
+    ports.dedup();
+    ports
 }
 
 /// `namespace/name` of an object.

@@ -1,7 +1,8 @@
 //! istiod-lite's plain HTTP port: `/ready`, `/metrics` (Prometheus text) and the debug
 //! endpoints `/debug/clients` (connected ztunnels and waypoints, what each was last sent and
 //! what it acknowledged or rejected, per type),
-//! `/debug/resources` (what is being served) and `/debug/config` (the source's status: objects
+//! `/debug/resources` (what is being served; egress policies in full, as `egressPolicies`) and
+//! `/debug/config` (the source's status: objects
 //! honoured only in part, and why the latest change was refused, if it was).
 //!
 //! The debug endpoints show every workload, policy and client of the mesh: they answer
@@ -232,6 +233,7 @@ fn route(ctx: &HttpContext, debug: bool, req: Request<Incoming>) -> Response<Ful
                     (t.to_string(), json!(list))
                 })
                 .collect::<serde_json::Map<_, _>>(),
+            "egressPolicies": egress_policies(&set),
         })),
         "/debug/config" => json_reply(ctx.source.json()),
         _ => reply(
@@ -240,6 +242,23 @@ fn route(ctx: &HttpContext, debug: bool, req: Request<Incoming>) -> Response<Ful
             "/ready /metrics /debug/clients /debug/resources /debug/config\n".into(),
         ),
     }
+}
+
+/// The egress policies served, decoded from their resources (the JSON ztunnel gets).
+fn egress_policies(set: &ResourceSet) -> Vec<serde_json::Value> {
+    use meshcore::api::{discovery, egress};
+    use prost::Message;
+    let Some(resources) = set.by_type.get(meshcore::api::type_url::EGRESS_POLICY) else {
+        return Vec::new();
+    };
+    resources
+        .values()
+        .filter_map(|r| {
+            let wire = discovery::Resource::decode(r.encoded.as_ref()).ok()?;
+            let policy = egress::EgressPolicy::decode(wire.resource?.value.as_slice()).ok()?;
+            serde_json::from_str(&policy.policy_json).ok()
+        })
+        .collect()
 }
 
 fn json_reply(v: serde_json::Value) -> Response<Full<Bytes>> {
@@ -276,5 +295,31 @@ mod tests {
             assert!(debug_allowed(ip(peer), &allowed), "{peer}");
         }
         assert!(!debug_allowed(ip("192.0.2.2"), &allowed));
+    }
+
+    /// `/debug/resources` shows the egress policies served, in full.
+    #[test]
+    fn egress_policies_are_shown_decoded() {
+        use meshcore::policy::egress::{EgressPolicy, EgressRule, Entity, Peer};
+        let policy = EgressPolicy {
+            name: "cilium-egress-p".into(),
+            namespace: "shop".into(),
+            workloads: vec!["Kubernetes//Pod/shop/backend".into()],
+            action: meshcore::policy::Action::Allow,
+            default_deny: true,
+            rules: vec![EgressRule {
+                to: vec![Peer::Entity(Entity::World)],
+                ports: vec![],
+            }],
+        };
+        let t = crate::translate::Translation {
+            egress_policies: vec![policy.clone()],
+            ..Default::default()
+        };
+        let set = ResourceSet::from_translation(&t, 1);
+        assert_eq!(
+            egress_policies(&set),
+            [serde_json::to_value(&policy).unwrap()]
+        );
     }
 }

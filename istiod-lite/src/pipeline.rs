@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use crate::cluster::{
     AuthorizationPolicy, CiliumClusterwideNetworkPolicy, Cluster, Gateway, MeshTlsAuthentication,
-    NetworkAuthentication, PeerAuthentication, PodIdentity,
+    NetworkAuthentication, PeerAuthentication, PodIdentity, ServiceIdentity,
 };
 use crate::crd::linkerd_policy::{names_kind, GROUP as LINKERD_POLICY};
 use crate::translate::ingress::IngressStatus;
@@ -122,21 +122,6 @@ impl Pipeline {
         }
     }
 
-    /// A pod's namespace, labels, service account or addresses changed: Cilium's `fromEndpoints`
-    /// and `world` read every namespace's pods, so the slices holding a CiliumNetworkPolicy
-    /// (all of them while a cluster-wide one exists) are translated again.
-    fn mark_cilium_selectors(&mut self) {
-        let clusterwide = self
-            .slices
-            .get("")
-            .is_some_and(|s| !s.cilium_clusterwide.is_empty());
-        for s in self.slices.values_mut() {
-            if clusterwide || !s.cilium_policies.is_empty() {
-                s.dirty = true;
-            }
-        }
-    }
-
     /// Adds or updates an object.
     pub fn apply(&mut self, object: Object) {
         let kind = object.kind();
@@ -152,6 +137,10 @@ impl Pipeline {
         let key = name.clone();
         let peer_before = match &object {
             Object::Pod(_) => Some(slice.pods.get(&name).and_then(PodIdentity::of)),
+            _ => None,
+        };
+        let service_before = match &object {
+            Object::Service(_) => Some(slice.services.get(&name).and_then(ServiceIdentity::of)),
             _ => None,
         };
         let changed = match object {
@@ -192,6 +181,15 @@ impl Pipeline {
                 .and_then(PodIdentity::of);
             if before != after {
                 self.mark_cilium_selectors();
+            }
+        }
+        if let Some(before) = service_before {
+            let after = self.slices[&namespace]
+                .services
+                .get(&key)
+                .and_then(ServiceIdentity::of);
+            if before != after {
+                self.mark_cilium_services();
             }
         }
         if changed {
@@ -241,6 +239,9 @@ impl Pipeline {
         }
         if peer_before.is_some() {
             self.mark_cilium_selectors();
+        }
+        if kind == Kind::Service {
+            self.mark_cilium_services();
         }
         let Some(slice) = self.slices.get_mut(namespace) else {
             return;
@@ -300,6 +301,7 @@ impl Pipeline {
             secrets,
             reference_grants,
             peer_pods: _,
+            peer_services: _,
         } = cluster;
         self.replace_kind(
             Kind::Namespace,
@@ -473,6 +475,7 @@ impl Pipeline {
                 .map(|s| s.cilium_clusterwide.values().cloned().collect())
                 .unwrap_or_default(),
             peers: Vec::new(),
+            services: Vec::new(),
         };
         let mut authns = authns;
         // Cilium's selectors pick pods of any namespace.
@@ -483,6 +486,11 @@ impl Pipeline {
                 .slices
                 .values()
                 .flat_map(|s| s.pods.values().filter_map(PodIdentity::of))
+                .collect();
+            authns.services = self
+                .slices
+                .values()
+                .flat_map(|s| s.services.values().filter_map(ServiceIdentity::of))
                 .collect();
         }
         let results: Vec<(String, Encoded, Vec<Note>)> = dirty
@@ -676,6 +684,8 @@ struct Authentications {
     /// pod (only while some Cilium policy exists).
     cilium_clusterwide: Vec<CiliumClusterwideNetworkPolicy>,
     peers: Vec<PodIdentity>,
+    /// Every Service (`toServices[].k8sServiceSelector`), likewise.
+    services: Vec<ServiceIdentity>,
 }
 
 /// Translates one namespace's slice; `root` is the root namespace's slice (its policies apply
@@ -717,6 +727,7 @@ fn translate_slice(
         secrets: Vec::new(),
         reference_grants: Vec::new(),
         peer_pods: Vec::new(),
+        peer_services: Vec::new(),
     };
     let has_cilium = !cluster.cilium_network_policies.is_empty()
         || !cluster.cilium_clusterwide_network_policies.is_empty();
@@ -725,6 +736,12 @@ fn translate_slice(
             .peers
             .iter()
             .filter(|p| p.namespace != namespace)
+            .cloned()
+            .collect();
+        cluster.peer_services = authns
+            .services
+            .iter()
+            .filter(|s| s.namespace != namespace)
             .cloned()
             .collect();
     }
@@ -741,10 +758,12 @@ fn translate_slice(
     // derived for this slice's workloads are kept (equal ones merge into one resource).
     t.authorizations
         .retain(|a| a.namespace == namespace || a.name.starts_with(STATIC_STRICT));
+    t.egress_policies.retain(|p| p.namespace == namespace);
     t.notes.retain(|n| n.namespace() == Some(namespace));
     (Encoded::from_translation(&t), t.notes)
 }
 
+mod cilium;
 mod object;
 mod slice;
 #[cfg(test)]

@@ -4,8 +4,10 @@
 //! authorizations ztunnel enforces.
 //!
 //! Not CRDs of ours (Cilium ships them): [`kube::Resource`] by hand. Unknown fields are refused
-//! by the manifest reader; fields Cilium knows but ztunnel cannot enforce (egress, L7 `rules`,
-//! `icmps`, `fromRequires`, ...) are accepted as JSON values and reported by the translation.
+//! by the manifest reader; fields Cilium knows but ztunnel cannot enforce (L7 `rules`, `icmps`,
+//! `fromRequires`, `toGroups`, ...) are accepted as JSON values and reported by the translation.
+//! Egress rules ([`EgressRule`]) are typed like ingress rules; their translation is
+//! [`crate::translate::cilium::egress`].
 //! `toPorts[].port` / `protocol` / `endPort` (a port written one level too high, a common
 //! mistake) are accepted here so validation can refuse the object with the fix.
 
@@ -100,11 +102,12 @@ pub struct PolicyRule {
     pub ingress: Option<Vec<IngressRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress_deny: Option<Vec<IngressRule>>,
-    /// Egress is a later slice (issue 19): reported by name.
+    /// `None`: no egress section; `Some([])`: selected pods get egress default deny and
+    /// nothing allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub egress: Option<Value>,
+    pub egress: Option<Vec<EgressRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub egress_deny: Option<Value>,
+    pub egress_deny: Option<Vec<EgressRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_default_deny: Option<DefaultDeny>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,6 +174,79 @@ pub struct IngressRule {
     pub icmps: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<Value>,
+}
+
+/// An egress (or egressDeny) rule: where (`to*`, ORed) the selected pods may connect, on which
+/// ports (`toPorts`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_endpoints: Option<Vec<EndpointSelector>>,
+    #[serde(default, rename = "toCIDR", skip_serializing_if = "Option::is_none")]
+    pub to_cidr: Option<Vec<String>>,
+    #[serde(default, rename = "toCIDRSet", skip_serializing_if = "Option::is_none")]
+    pub to_cidr_set: Option<Vec<CidrRule>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_entities: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_services: Option<Vec<ServiceRef>>,
+    /// Not in `egressDeny` (Cilium's EgressDenyRule has none): refused there.
+    #[serde(default, rename = "toFQDNs", skip_serializing_if = "Option::is_none")]
+    pub to_fqdns: Option<Vec<FqdnSelector>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_ports: Option<Vec<PortRule>>,
+    /// Not translated (reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_requires: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_groups: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_nodes: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmps: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<Value>,
+}
+
+/// `toServices[]`: a Service by name, or Services by their labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_service: Option<K8sService>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_service_selector: Option<K8sServiceSelector>,
+}
+
+/// `k8sService`: `namespace` defaults to the policy's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct K8sService {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// `k8sServiceSelector`: Services whose labels match `selector`, in `namespace` (the policy's
+/// by default; every namespace for a cluster-wide policy).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct K8sServiceSelector {
+    pub selector: EndpointSelector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// `toFQDNs[]`: exactly one of `matchName`, `matchPattern`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FqdnSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_pattern: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

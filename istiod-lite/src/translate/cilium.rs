@@ -1,6 +1,6 @@
 //! Cilium's network policies (`CiliumNetworkPolicy`, `CiliumClusterwideNetworkPolicy`) as the
-//! L4 authorizations ztunnel enforces (pure), so a Cilium user's ingress policy works as
-//! applied. Egress is a later slice (issue 19): reported, never silently dropped.
+//! L4 authorizations ztunnel enforces (pure), so a Cilium user's policy works as applied:
+//! ingress rules here (with [`peers`]), egress rules in [`egress`].
 //!
 //! Cilium's ingress model is Istio's ALLOW model: once a policy with an `ingress` (or
 //! `ingressDeny`) section selects a pod, ingress to it is refused except what some rule allows;
@@ -33,10 +33,11 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use meshcore::policy::egress::EgressPolicy;
 use meshcore::policy::{Action, Authorization, Match, Scope};
 
 use super::{ClusterInfo, Note};
-use crate::cluster::{Cluster, PodIdentity};
+use crate::cluster::{Cluster, PodIdentity, ServiceIdentity};
 use crate::crd::cilium::{EndpointSelector, IngressRule, PolicyRule, PortRule};
 
 /// The prefix of the authorizations standing for Cilium policies.
@@ -57,6 +58,8 @@ const CLUSTERWIDE: &str = "CiliumClusterwideNetworkPolicy";
 pub struct Translated {
     /// Each with the pods (`namespace`, `name`) it is bound to.
     pub authorizations: Vec<(Authorization, Vec<(String, String)>)>,
+    /// The egress policies (`egress`, `egressDeny`), bound to their pods by workload uid.
+    pub egress: Vec<EgressPolicy>,
     pub notes: Vec<Note>,
 }
 
@@ -99,8 +102,27 @@ pub fn check(spec: &Option<PolicyRule>, specs: &[PolicyRule]) -> Result<(), Stri
                 check_rule(ir, &format!("{at}.{section}[{r}]"))?;
             }
         }
+        let sections = [("egress", &rule.egress), ("egressDeny", &rule.egress_deny)];
+        for (section, rules) in sections {
+            for (r, er) in rules.iter().flatten().enumerate() {
+                egress::check_rule(er, &format!("{at}.{section}[{r}]"), section == "egressDeny")?;
+            }
+        }
     }
     Ok(())
+}
+
+/// Whether a policy resolves `toServices[].k8sServiceSelector` (its translation depends on
+/// Services' labels).
+pub fn uses_service_selectors(spec: &Option<PolicyRule>, specs: &[PolicyRule]) -> bool {
+    rule_sets(spec, specs).iter().any(|(_, r)| {
+        r.egress
+            .iter()
+            .chain(&r.egress_deny)
+            .flatten()
+            .flat_map(|e| e.to_services.iter().flatten())
+            .any(|s| s.k8s_service_selector.is_some())
+    })
 }
 
 fn check_selector(s: &EndpointSelector, at: &str) -> Result<(), String> {
@@ -134,7 +156,12 @@ fn check_rule(rule: &IngressRule, at: &str) -> Result<(), String> {
             cidr(c).ok_or_else(|| format!("{field}.except[{e}]: {c:?} is not a CIDR"))?;
         }
     }
-    for (t, pr) in rule.to_ports.iter().flatten().enumerate() {
+    check_ports(rule.to_ports.as_deref().unwrap_or_default(), at)
+}
+
+/// `toPorts` of an ingress or egress rule.
+fn check_ports(to_ports: &[PortRule], at: &str) -> Result<(), String> {
+    for (t, pr) in to_ports.iter().enumerate() {
         let field = format!("{at}.toPorts[{t}]");
         misplaced(pr, &field)?;
         for (p, pp) in pr.ports.iter().enumerate() {
@@ -226,12 +253,25 @@ impl Selector {
     }
 
     pub fn picks(&self, pod: &PodIdentity) -> bool {
+        self.matches(|key| match key {
+            NAMESPACE_LABEL => Some(pod.namespace.as_str()),
+            SERVICE_ACCOUNT_LABEL => Some(pod.service_account.as_str()),
+            _ => pod.labels.get(key).map(String::as_str),
+        })
+    }
+
+    /// A Service (`k8sServiceSelector`): its labels, and its namespace as
+    /// `io.kubernetes.pod.namespace`.
+    pub fn picks_service(&self, service: &ServiceIdentity) -> bool {
+        self.matches(|key| match key {
+            NAMESPACE_LABEL => Some(service.namespace.as_str()),
+            _ => service.labels.get(key).map(String::as_str),
+        })
+    }
+
+    fn matches<'a>(&self, value_of: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.requirements.iter().all(|(key, op, values)| {
-            let value = match key.as_str() {
-                NAMESPACE_LABEL => Some(pod.namespace.as_str()),
-                SERVICE_ACCOUNT_LABEL => Some(pod.service_account.as_str()),
-                _ => pod.labels.get(key).map(String::as_str),
-            };
+            let value = value_of(key);
             match op.as_str() {
                 "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
                 "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
@@ -278,6 +318,8 @@ struct Context<'a> {
     peers: BTreeMap<(String, String), PodIdentity>,
     /// The pods of this view (destinations), with their specs (named ports).
     pods: BTreeMap<(String, String), &'a Pod>,
+    /// Every Service a `k8sServiceSelector` may pick.
+    services: Vec<ServiceIdentity>,
     notes: Vec<Note>,
 }
 
@@ -292,8 +334,18 @@ pub fn policies(cluster: &Cluster, info: &ClusterInfo) -> Translated {
         info,
         peers: BTreeMap::new(),
         pods: BTreeMap::new(),
+        services: Vec::new(),
         notes: Vec::new(),
     };
+    cx.services = cluster
+        .services
+        .iter()
+        .filter_map(ServiceIdentity::of)
+        .chain(cluster.peer_services.iter().cloned())
+        .collect();
+    cx.services.sort();
+    cx.services
+        .dedup_by(|a, b| (&a.namespace, &a.name) == (&b.namespace, &b.name));
     for p in &cluster.pods {
         if let Some(id) = PodIdentity::of(p) {
             cx.pods.insert((id.namespace.clone(), id.name.clone()), p);
@@ -314,9 +366,10 @@ pub fn policies(cluster: &Cluster, info: &ClusterInfo) -> Translated {
     }
     for p in &cluster.cilium_clusterwide_network_policies {
         let obj = object(CLUSTERWIDE, &p.metadata);
-        let name = format!("ccnp-{}", p.metadata.name.as_deref().unwrap_or_default());
-        cx.policy(&obj, &name, None, &p.spec, &p.specs, &mut out);
+        let name = p.metadata.name.as_deref().unwrap_or_default();
+        cx.policy(&obj, name, None, &p.spec, &p.specs, &mut out);
     }
+    out.egress.sort_by_key(EgressPolicy::key);
     cx.notes.sort();
     cx.notes.dedup();
     out.notes = cx.notes;
@@ -331,7 +384,9 @@ impl Context<'_> {
         });
     }
 
-    /// One policy: `namespace` is `None` for a cluster-wide one.
+    /// One policy: `namespace` is `None` for a cluster-wide one. Its rule sets are named
+    /// `cilium-<name>` (ingress) and `cilium-egress-<name>` (egress), `cilium-ccnp-<name>` and
+    /// `cilium-ccnp-egress-<name>` for a cluster-wide policy, `-<i>` appended for `specs[i]`.
     fn policy(
         &mut self,
         obj: &str,
@@ -346,42 +401,34 @@ impl Context<'_> {
             self.note(obj, "no spec or specs: nothing to enforce");
         }
         let several = sets.len() > 1;
+        let (ingress, egress) = match namespace {
+            Some(_) => (name.to_owned(), format!("egress-{name}")),
+            None => (format!("ccnp-{name}"), format!("ccnp-egress-{name}")),
+        };
         for (i, (at, rule)) in sets.into_iter().enumerate() {
-            let name = if several {
-                format!("{PREFIX}{name}-{i}")
+            let suffix = if several {
+                format!("-{i}")
             } else {
-                format!("{PREFIX}{name}")
+                String::new()
             };
-            self.rule_set(obj, &name, &at, namespace, rule, out);
+            let names = (
+                format!("{PREFIX}{ingress}{suffix}"),
+                format!("{PREFIX}{egress}{suffix}"),
+            );
+            self.rule_set(obj, &names, &at, namespace, rule, out);
         }
     }
 
+    /// One rule set; `names`: its ingress and egress ALLOW policies' names.
     fn rule_set(
         &mut self,
         obj: &str,
-        name: &str,
+        names: &(String, String),
         at: &str,
         namespace: Option<&str>,
         rule: &PolicyRule,
         out: &mut Translated,
     ) {
-        for (field, present) in [
-            ("egress", rule.egress.is_some()),
-            ("egressDeny", rule.egress_deny.is_some()),
-        ] {
-            if present {
-                self.note(
-                    obj,
-                    format!("{at}.{field}: egress rules are not enforced yet (issue 19)"),
-                );
-            }
-        }
-        if rule.enable_default_deny.as_ref().and_then(|d| d.egress) == Some(false) {
-            self.note(
-                obj,
-                format!("{at}.enableDefaultDeny.egress: egress is not enforced yet (issue 19)"),
-            );
-        }
         if rule.node_selector.is_some() {
             self.note(obj, format!("{at}.nodeSelector: host policies (the node itself) are not enforced by ztunnel; not applied"));
             return;
@@ -390,8 +437,10 @@ impl Context<'_> {
             self.note(obj, format!("{at}: no endpointSelector; not applied"));
             return;
         };
-        if rule.ingress.is_none() && rule.ingress_deny.is_none() {
-            return; // ingress not restricted by this rule set
+        let ingress = rule.ingress.is_some() || rule.ingress_deny.is_some();
+        let egress = rule.egress.is_some() || rule.egress_deny.is_some();
+        if !ingress && !egress {
+            return; // nothing restricted by this rule set
         }
         let selector = match Selector::parse(selector, namespace) {
             Ok(s) => s,
@@ -407,6 +456,26 @@ impl Context<'_> {
                 picked.entry(k.0.clone()).or_default().push(k.clone());
             }
         }
+        if egress {
+            self.egress(obj, &names.1, at, namespace, rule, &picked, out);
+        }
+        if ingress {
+            self.ingress(obj, &names.0, at, namespace, rule, picked, out);
+        }
+    }
+
+    /// The ingress part of a rule set, for the pods it picks (by namespace).
+    #[allow(clippy::too_many_arguments)]
+    fn ingress(
+        &mut self,
+        obj: &str,
+        name: &str,
+        at: &str,
+        namespace: Option<&str>,
+        rule: &PolicyRule,
+        picked: BTreeMap<String, Vec<(String, String)>>,
+        out: &mut Translated,
+    ) {
         let default_deny = rule.enable_default_deny.as_ref().and_then(|d| d.ingress) != Some(false);
         if !default_deny {
             self.note(obj, format!("{at}.enableDefaultDeny.ingress: false: allow rules that do not deny by default have no equivalent in ztunnel; its ingress rules are not applied (ingressDeny is)"));
@@ -479,6 +548,24 @@ impl Context<'_> {
         deny: bool,
     ) -> Option<Vec<Vec<Match>>> {
         let verb = if deny { "DENY" } else { "ALLOW" };
+        // `{}`: no peer field and no port: Cilium's documented default-deny form selects no
+        // source (allowing everyone is `fromEntities: [all]`).
+        let empty = ir.from_endpoints.is_none()
+            && ir.from_cidr.is_none()
+            && ir.from_cidr_set.is_none()
+            && ir.from_entities.is_none()
+            && ir.to_ports.is_none()
+            && ir.from_requires.is_none()
+            && ir.from_groups.is_none()
+            && ir.from_nodes.is_none()
+            && ir.icmps.is_none();
+        if empty {
+            self.note(
+                obj,
+                format!("{at}: an empty rule selects no source (Cilium's default-deny form); this {verb} rule matches nothing; write fromEntities: [all] to admit everyone"),
+            );
+            return None;
+        }
         let mut drop_reasons = Vec::new();
         if ir.from_requires.is_some() {
             if deny {
@@ -552,7 +639,10 @@ enum Ports {
     Some(BTreeSet<u16>),
 }
 
+pub mod egress;
 mod peers;
 
+#[cfg(test)]
+mod egress_tests;
 #[cfg(test)]
 mod tests;

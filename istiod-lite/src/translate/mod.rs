@@ -16,6 +16,7 @@ pub mod workloads;
 use std::collections::BTreeMap;
 
 use meshcore::api::workload as wire;
+use meshcore::policy::egress::EgressPolicy;
 use meshcore::policy::Authorization;
 
 use crate::cluster::{key, Cluster};
@@ -55,6 +56,8 @@ pub struct Translation {
     pub workloads: Vec<wire::Workload>,
     pub services: Vec<wire::Service>,
     pub authorizations: Vec<Authorization>,
+    /// Egress policies (Cilium's egress rules), checked by the source workload's ztunnel.
+    pub egress_policies: Vec<EgressPolicy>,
     /// Partly honoured objects.
     pub notes: Vec<Note>,
     /// Objects with invalid values, left out entirely.
@@ -156,6 +159,7 @@ pub fn translate(cluster: &Cluster, info: &ClusterInfo) -> Translation {
     // Cilium's policies, bound to the pods their endpointSelectors pick.
     let cilium = cilium::policies(cluster, info);
     out.notes.extend(cilium.notes);
+    out.egress_policies = cilium.egress;
     let mut openings: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for (opening, pods) in linkerd.openings.into_iter().chain(cilium.authorizations) {
         for pod in pods {

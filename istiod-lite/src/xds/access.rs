@@ -1,6 +1,6 @@
-//! Who may read what over xDS. ztunnel's resources (Address, Authorization) go to any
-//! authenticated caller. A waypoint's or ingress gateway's configuration is subscribed to by
-//! name, `<namespace>/<gateway name>`, and is served only to a caller that may act as that
+//! Who may read what over xDS. ztunnel's resources (Address, Authorization, EgressPolicy) go
+//! to any authenticated caller. A waypoint's or ingress gateway's configuration is subscribed
+//! to by name, `<namespace>/<gateway name>`, and is served only to a caller that may act as that
 //! Gateway's identity, its service account (`gateway.istio.io/service-account`, else the
 //! Gateway's name for a waypoint, `<name>-istio` for an ingress gateway) in the Gateway's
 //! namespace: by the same rule as certificates, the identity itself, or a node's token (its

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use meshcore::api::discovery::Resource as WireResource;
-use meshcore::api::{security, type_url, waypoint, workload as wire};
+use meshcore::api::{egress, security, type_url, waypoint, workload as wire};
 use meshcore::l7::WaypointConfig;
 use prost::Message;
 
@@ -88,6 +88,8 @@ fn resource(name: String, type_url: &str, value: Vec<u8>) -> Arc<Resource> {
 pub struct Encoded {
     pub addresses: BTreeMap<String, Arc<Resource>>,
     pub authorizations: BTreeMap<String, Arc<Resource>>,
+    /// Egress policies, `namespace/name`.
+    pub egress: BTreeMap<String, Arc<Resource>>,
     /// (node, SPIFFE ID) of each scheduled pod.
     pub identities: Vec<(String, String)>,
 }
@@ -103,11 +105,13 @@ impl Encoded {
         }
         same(&self.addresses, &other.addresses)
             && same(&self.authorizations, &other.authorizations)
+            && same(&self.egress, &other.egress)
             && self.identities == other.identities
     }
 
     /// Workloads are named by uid, services `namespace/hostname`, policies `namespace/name`,
-    /// as Istio's ztunnel expects.
+    /// as Istio's ztunnel expects; egress policies `namespace/name`, carrying the policy as
+    /// JSON (`meshcore::policy::egress::EgressPolicy`).
     pub fn from_translation(t: &Translation) -> Self {
         let mut out = Self::default();
         for w in &t.workloads {
@@ -133,6 +137,23 @@ impl Encoded {
             let value = security::Authorization::from(a).encode_to_vec();
             out.authorizations
                 .insert(a.key(), resource(a.key(), type_url::AUTHORIZATION, value));
+        }
+        for p in &t.egress_policies {
+            let policy_json = match serde_json::to_string(p) {
+                Ok(json) => json,
+                Err(e) => {
+                    tracing::error!(policy = %p.key(), "egress policy not encodable: {e}");
+                    continue;
+                }
+            };
+            let value = egress::EgressPolicy {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                policy_json,
+            }
+            .encode_to_vec();
+            out.egress
+                .insert(p.key(), resource(p.key(), type_url::EGRESS_POLICY, value));
         }
         out.identities = t
             .workloads
@@ -187,6 +208,7 @@ impl ResourceSet {
     pub fn merge<'a>(parts: impl IntoIterator<Item = &'a Encoded>, generation: u64) -> Self {
         let mut addresses = BTreeMap::new();
         let mut authorizations = BTreeMap::new();
+        let mut egress = BTreeMap::new();
         let mut identities_by_node: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for part in parts {
             addresses.extend(part.addresses.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -195,6 +217,7 @@ impl ResourceSet {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone())),
             );
+            egress.extend(part.egress.iter().map(|(k, v)| (k.clone(), v.clone())));
             for (node, id) in &part.identities {
                 identities_by_node
                     .entry(node.clone())
@@ -205,6 +228,7 @@ impl ResourceSet {
         let mut by_type = BTreeMap::new();
         by_type.insert(type_url::ADDRESS, addresses);
         by_type.insert(type_url::AUTHORIZATION, authorizations);
+        by_type.insert(type_url::EGRESS_POLICY, egress);
         by_type.insert(type_url::WAYPOINT_CONFIG, BTreeMap::new());
         Self {
             by_type,

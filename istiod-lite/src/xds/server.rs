@@ -8,6 +8,10 @@
 //! the client's error, counted, and does not hold anything up; what was NACKed is not sent again
 //! until it changes.
 //!
+//! Egress policies (`mesh.egress.v1.EgressPolicy`) are served like authorizations: wildcard,
+//! to any authenticated caller; a client that never subscribes to them (Istio's ztunnel) is
+//! never sent one.
+//!
 //! A waypoint's configuration (`mesh.waypoint.v1.WaypointConfig`) is the one type served by
 //! name only: the client names `<namespace>/<gateway>`, the name is checked against its
 //! authenticated identity ([`super::access`]) when subscribed and again whenever the resource
@@ -161,10 +165,11 @@ const MAX_NACK_MESSAGE_BYTES: usize = 1024;
 /// What is kept of an acknowledged nonce (ours are `<client>-<n>`).
 const MAX_NONCE_BYTES: usize = 64;
 /// The type URLs served; requests for any other are ignored.
-const SERVED_TYPES: [&str; 3] = [
+const SERVED_TYPES: [&str; 4] = [
     type_url::ADDRESS,
     type_url::AUTHORIZATION,
     type_url::WAYPOINT_CONFIG,
+    type_url::EGRESS_POLICY,
 ];
 
 /// `s` cut to at most `max` bytes, on a character boundary.

@@ -1,6 +1,7 @@
 //! istiod-lite's integration tests: one binary, modules by concern.
 
 mod chart;
+mod egress_xds;
 mod hardening;
 mod keepalive;
 mod kube;

@@ -205,19 +205,23 @@ fn the_articles_malformed_to_ports_is_refused_with_the_fix() {
 #[test]
 fn default_deny_empty_rule_and_empty_ingress() {
     let sel = "  endpointSelector: {matchLabels: {app: backend}}\n";
-    // `ingress: [{}]`: everyone.
-    let (t, _) = run(&cnp(&format!("{sel}  ingress: [{{}}]\n")));
+    // `ingress: [{}]`: Cilium's default-deny form, nobody (everyone is `fromEntities: [all]`).
+    let (t, notes) = run(&cnp(&format!("{sel}  ingress: [{{}}]\n")));
+    assert!(!allowed(&t, "backend", None, "10.9.9.9", 1234));
+    assert!(!allowed(&t, "backend", FRONTEND, "10.244.0.10", 8080));
+    assert!(notes.iter().any(|n| n.contains("empty rule")), "{notes:?}");
+    let (t, _) = run(&cnp(&format!(
+        "{sel}  ingress: [{{fromEntities: [all]}}]\n"
+    )));
     assert!(allowed(&t, "backend", None, "10.9.9.9", 1234));
     // `ingress: []`: selected, nothing allowed.
     let (t, _) = run(&cnp(&format!("{sel}  ingress: []\n")));
     assert!(!allowed(&t, "backend", FRONTEND, "10.244.0.10", 8080));
-    // Egress only: ingress untouched, egress reported by name.
+    // Egress only: ingress untouched; the egress part is an egress policy.
     let (t, notes) = run(&cnp(&format!("{sel}  egress: [{{toEntities: [world]}}]\n")));
     assert!(allowed(&t, "backend", None, "10.9.9.9", 8080));
-    assert_eq!(
-        notes,
-        ["CiliumNetworkPolicy shop/p: spec.egress: egress rules are not enforced yet (issue 19)"]
-    );
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(t.egress_policies.len(), 1);
 }
 
 #[test]
@@ -362,10 +366,10 @@ fn l7_rules_drop_an_allow_rule_and_unsupported_fields_are_named() {
         "spec.ingress[0]: spec.ingress[0].toPorts[0].rules cannot be enforced by ztunnel; rule dropped",
         "spec.ingress[1]: spec.ingress[1].fromRequires cannot be enforced",
         "spec.ingress[2].icmps: ICMP is not carried by ztunnel",
-        "spec.egressDeny: egress rules are not enforced yet (issue 19)",
     ] {
         assert!(all.contains(want), "missing {want:?} in\n{all}");
     }
+    assert!(!all.contains("issue 19"), "{all}");
 }
 
 #[test]
@@ -399,6 +403,7 @@ fn the_pipeline_follows_pods_of_other_namespaces() {
     // A namespaced policy admitting pods of another namespace: that namespace's pods change.
     let policy = cnp("  endpointSelector: {matchLabels: {app: backend}}
   ingress: [{fromEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: ops, app: frontend}}]}]
+  egress: [{toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: ops}}]}]
 ");
     let mut full = load(&policy);
     let mut pipe = crate::pipeline::Pipeline::new(ClusterInfo::default());
@@ -411,6 +416,8 @@ fn the_pipeline_follows_pods_of_other_namespaces() {
         .find(|p| p.metadata.name.as_deref() == Some("probe"))
         .unwrap();
     probe.spec.as_mut().unwrap().service_account_name = Some("probe-2".into());
+    // ... and address: shop's egress policy must follow too.
+    probe.status.as_mut().unwrap().pod_ip = Some("10.244.1.11".into());
     pipe.replace_all(full.clone());
     let set = pipe.build().expect("a push");
     let whole = translate(&full, &ClusterInfo::default());
@@ -423,8 +430,15 @@ fn the_pipeline_follows_pods_of_other_namespaces() {
         a.rules[0][0][0].principals,
         [StringMatch::Exact("cluster.local/ns/ops/sa/probe-2".into())]
     );
+    assert_eq!(
+        whole.egress_policies[0].rules[0].to,
+        [meshcore::policy::egress::Peer::Workloads(vec![
+            "10.244.1.11".parse().unwrap()
+        ])]
+    );
     // The incremental result equals a whole translation.
     let whole = crate::xds::ResourceSet::from_translation(&whole, 0);
+    assert_eq!(whole.count(meshcore::api::type_url::EGRESS_POLICY), 1);
     let versions = |s: &crate::xds::ResourceSet| -> Vec<(String, String)> {
         s.by_type
             .values()
