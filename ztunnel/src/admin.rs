@@ -414,6 +414,26 @@ struct PodDump {
     identity: String,
     netns: String,
     active_connections: usize,
+    /// Egress policies selecting the pod as a source.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    egress_policies: Vec<String>,
+    /// (name, address) pairs it resolved that FQDN peers may allow.
+    #[serde(skip_serializing_if = "is_zero")]
+    resolved_names: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The egress policies selecting a workload, in evaluation order.
+fn egress_keys(
+    snap: &crate::state::Snapshot,
+    w: Option<&crate::state::WorkloadEntry>,
+) -> Vec<String> {
+    w.and_then(|w| snap.egress_for(w))
+        .map(|c| c.policies().iter().map(|p| p.key()).collect())
+        .unwrap_or_default()
 }
 
 #[derive(Serialize)]
@@ -434,6 +454,14 @@ struct ConfigDump {
     policies: Vec<meshcore::policy::Authorization>,
     /// Policies that apply to the served workload, in evaluation order.
     served_policies: Vec<String>,
+    /// Egress policies in force (every one the config holds).
+    egress_policies: Vec<meshcore::policy::egress::EgressPolicy>,
+    /// Dedicated mode: the egress policies selecting the served workload.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    served_egress_policies: Vec<String>,
+    /// Dedicated mode: names it resolved through the DNS proxy, unexpired (name → addresses).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    resolved_names: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
     certificates: Vec<crate::certs::CertStatus>,
     recent_denials: Vec<Denial>,
     active_connections: usize,
@@ -451,6 +479,7 @@ fn config_dump(ctx: &AdminContext) -> ConfigDump {
     let (state, proxies, pods) = match &ctx.served {
         Served::Workload(proxy) => (proxy.state.clone(), vec![proxy.clone()], None),
         Served::Node { pods, state } => {
+            let snap = state.load();
             let list = pods.list();
             let dump = list
                 .iter()
@@ -464,6 +493,8 @@ fn config_dump(ctx: &AdminContext) -> ConfigDump {
                         .map(|n| format!("{n:?}"))
                         .unwrap_or_default(),
                     active_connections: proxy.drain.active(),
+                    egress_policies: egress_keys(&snap, proxy.served(&snap).as_deref()),
+                    resolved_names: proxy.resolved.len(),
                 })
                 .collect();
             (
@@ -510,13 +541,19 @@ fn config_dump(ctx: &AdminContext) -> ConfigDump {
             .collect(),
         policies: snap.config.policies.clone(),
         served_policies: served
+            .as_ref()
             .map(|w| {
-                snap.policies_for(&w)
+                snap.policies_for(w)
                     .policies()
                     .iter()
                     .map(|p| p.key())
                     .collect()
             })
+            .unwrap_or_default(),
+        egress_policies: snap.config.egress_policies.clone(),
+        served_egress_policies: egress_keys(&snap, served.as_deref()),
+        resolved_names: dedicated
+            .map(|p| p.resolved.dump(std::time::Instant::now()))
             .unwrap_or_default(),
         certificates: ctx.certs.status(),
         recent_denials: proxies.iter().flat_map(|p| p.denials.recent()).collect(),

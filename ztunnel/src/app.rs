@@ -144,6 +144,9 @@ pub async fn start(
         relay_idle: settings.relay_idle_timeout,
         socks5: settings.enable_socks5,
         own_dials: Default::default(),
+        resolved: Arc::new(crate::dns::resolved::ResolvedNames::new(
+            settings.egress_fqdn_min_ttl,
+        )),
     });
 
     let quit = Arc::new(Notify::new());

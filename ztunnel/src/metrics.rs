@@ -80,6 +80,11 @@ impl Metrics {
             Unit::Bytes,
             "Bytes sent by the destination (server to client)",
         );
+        describe(
+            crate::proxy::egress::DENIED,
+            Unit::Count,
+            "Outbound connections refused at the source by an egress policy (by source workload and deciding policy)",
+        );
         Self {
             recorder,
             flows: FlowLog::default(),
@@ -143,6 +148,20 @@ impl Metrics {
         }
         let labels = labels.into_labels(flag);
         self.counter(FAILED, &labels).increment(1);
+    }
+}
+
+impl Metrics {
+    /// Counts an outbound connection refused by egress policy `policy` (the deciding policy,
+    /// or the default-deny policies, as the config names them).
+    pub fn egress_denied(&self, namespace: &str, workload: &str, policy: &str) {
+        let labels = [
+            Label::new("source_workload", workload.to_owned()),
+            Label::new("source_workload_namespace", namespace.to_owned()),
+            Label::new("policy", policy.to_owned()),
+        ];
+        self.counter(crate::proxy::egress::DENIED, &labels)
+            .increment(1);
     }
 }
 

@@ -98,6 +98,11 @@ pub struct Settings {
     #[arg(long, env = "RELAY_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     pub relay_idle_timeout: Duration,
 
+    /// Egress policies' FQDN peers: a name the DNS proxy answered allows its addresses for at
+    /// least this long, whatever the answer's TTL (Cilium's `tofqdns-min-ttl`).
+    #[arg(long, env = "EGRESS_FQDN_MIN_TTL", default_value = "3600s", value_parser = parse_duration)]
+    pub egress_fqdn_min_ttl: Duration,
+
     /// Keep a record of each connection (opened, closed, denied, failed) for `/flows` on the
     /// admin port and `meshctl observe`: one allocation per open and per close.
     #[arg(long, env = "FLOW_RECORDS", default_value_t = true, action = clap::ArgAction::Set)]

@@ -1,10 +1,12 @@
 //! Istio ztunnel's local config file (`LOCAL_XDS_PATH`): workloads, services and policies in
 //! YAML. Parsing is strict: an unknown key, a bad address or a dangling reference refuses the
 //! whole file with a message naming the entry and the field, and the caller keeps what it had.
+//! Beyond Istio's shape: `egressPolicies` ([`EgressPolicy`], this mesh's egress rules).
 
 use std::collections::{HashMap, HashSet};
 
 use meshcore::identity::SpiffeId;
+use meshcore::policy::egress::EgressPolicy;
 use meshcore::policy::Authorization;
 use serde::Deserialize;
 
@@ -19,6 +21,10 @@ struct LocalConfig {
     services: Vec<Service>,
     #[serde(default)]
     policies: Vec<Authorization>,
+    /// Read as plain data, then as JSON: the same shape as the xDS resource's `policy_json`
+    /// (`- workloads: [...]`, `- cidr: {...}`), not YAML tags.
+    #[serde(default)]
+    egress_policies: Vec<serde_yaml_ng::Value>,
 }
 
 /// Parses and checks a local config file's text. `trust_domain` fills workloads naming none.
@@ -36,11 +42,14 @@ pub fn parse(yaml: &str, trust_domain: &str) -> Result<MeshConfig, String> {
     check_policies(&raw.policies, &mut errors);
     check_services(&raw.services, &mut errors);
     check_workloads(&workloads, &raw.services, &raw.policies, &mut errors);
+    let egress_policies = egress_policies(raw.egress_policies, &mut errors);
+    check_egress(&egress_policies, &workloads, &mut errors);
     if errors.is_empty() {
         Ok(MeshConfig {
             workloads,
             services: raw.services,
             policies: raw.policies,
+            egress_policies,
         })
     } else {
         Err(errors.join("; "))
@@ -149,6 +158,42 @@ fn check_policies(policies: &[Authorization], errors: &mut Vec<String>) {
         }
         if let Some(other) = keys.insert(p.key(), i) {
             errors.push(format!("{at}: also defined by policies[{other}]"));
+        }
+    }
+}
+
+/// Each `egressPolicies` entry through JSON into the model (strict: unknown fields refused).
+fn egress_policies(raw: Vec<serde_yaml_ng::Value>, errors: &mut Vec<String>) -> Vec<EgressPolicy> {
+    raw.into_iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let parsed = serde_json::to_value(&v)
+                .map_err(|e| e.to_string())
+                .and_then(|j| serde_json::from_value::<EgressPolicy>(j).map_err(|e| e.to_string()));
+            parsed
+                .map_err(|e| errors.push(format!("egressPolicies[{i}]: {e}")))
+                .ok()
+        })
+        .collect()
+}
+
+/// Egress policies: valid, one per key, selecting workloads that exist (a dangling uid would
+/// silently leave a workload unrestricted).
+fn check_egress(policies: &[EgressPolicy], workloads: &[Workload], errors: &mut Vec<String>) {
+    let uids: HashSet<&str> = workloads.iter().map(|w| w.uid.as_str()).collect();
+    let mut keys = HashMap::new();
+    for (i, p) in policies.iter().enumerate() {
+        let at = format!("egressPolicies[{i}] ({})", p.key());
+        if let Err(e) = p.validate() {
+            errors.push(format!("{at}: {e}"));
+        }
+        if let Some(other) = keys.insert(p.key(), i) {
+            errors.push(format!("{at}: also defined by egressPolicies[{other}]"));
+        }
+        for uid in &p.workloads {
+            if !uids.contains(uid.as_str()) {
+                errors.push(format!("{at}: workloads: {uid:?} is no workload's uid"));
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The delta xDS client: subscribes to `istio.workload.Address` and `istio.security.Authorization`
-//! on istiod(-lite), keeps the resources it was sent, and hands the store a complete view after
-//! each response. A response that cannot be decoded or applied is NACKed with the reason and
+//! on istiod(-lite), and to this mesh's egress policies (`mesh.egress.v1.EgressPolicy`, which
+//! Istio's istiod never answers: nothing waits for them), keeps the resources it was sent, and
+//! hands the store a complete view after each response. A response that cannot be decoded or applied is NACKed with the reason and
 //! nothing of it is applied; the last good view stays. Lost connections are retried with capped
 //! backoff (starting over after a session that stayed up 30 s), resubscribing with the versions held, so the server sends only what changed.
 
@@ -13,6 +14,7 @@ use meshcore::api::discovery::{
     DeltaDiscoveryResponse, Node, Status as WireStatus,
 };
 use meshcore::api::type_url;
+use meshcore::policy::egress::EgressPolicy;
 use meshcore::policy::Authorization;
 use tokio::sync::mpsc;
 
@@ -37,6 +39,7 @@ pub struct XdsConfig {
 struct Held {
     addresses: BTreeMap<String, (String, Address)>,
     authorizations: BTreeMap<String, (String, Authorization)>,
+    egress: BTreeMap<String, (String, EgressPolicy)>,
 }
 
 impl Held {
@@ -53,6 +56,7 @@ impl Held {
             .values()
             .map(|(_, a)| a.clone())
             .collect();
+        config.egress_policies = self.egress.values().map(|(_, p)| p.clone()).collect();
         config
     }
 
@@ -60,6 +64,11 @@ impl Held {
         match type_url {
             type_url::ADDRESS => self
                 .addresses
+                .iter()
+                .map(|(k, (v, _))| (k.clone(), v.clone()))
+                .collect(),
+            type_url::EGRESS_POLICY => self
+                .egress
                 .iter()
                 .map(|(k, (v, _))| (k.clone(), v.clone()))
                 .collect(),
@@ -74,11 +83,18 @@ impl Held {
 
 pub struct XdsClient {
     config: XdsConfig,
+    view: View,
+}
+
+/// What the client holds between responses, and where it applies them.
+struct View {
     store: Arc<StateStore>,
     status: Arc<Mutex<SourceStatus>>,
     held: Held,
-    /// Types whose first response arrived. Until both have, nothing reaches the store: serving
-    /// workloads before their policies arrived would run them without DENY or STRICT.
+    /// Types whose first response arrived. Until Address and Authorization have, nothing
+    /// reaches the store: serving workloads before their policies arrived would run them
+    /// without DENY or STRICT. Egress policies are not waited for: Istio's istiod never
+    /// answers for them, and a ztunnel must become ready against it.
     initial: std::collections::BTreeSet<String>,
 }
 
@@ -91,10 +107,12 @@ impl XdsClient {
         status.lock().expect("status lock").xds_address = Some(config.control.address.clone());
         Self {
             config,
-            store,
-            status,
-            held: Held::default(),
-            initial: Default::default(),
+            view: View {
+                store,
+                status,
+                held: Held::default(),
+                initial: Default::default(),
+            },
         }
     }
 
@@ -114,7 +132,7 @@ impl XdsClient {
                 result = session => result,
                 _ = &mut shutdown => return,
             };
-            self.status.lock().expect("status lock").connected = false;
+            self.view.status.lock().expect("status lock").connected = false;
             let (wait, next) =
                 meshcore::control::next_backoff(backoff, started.elapsed(), answered);
             let address = &self.config.control.address;
@@ -154,11 +172,15 @@ impl XdsClient {
             id: self.config.node_id.clone(),
             ..Default::default()
         };
-        for t in [type_url::ADDRESS, type_url::AUTHORIZATION] {
+        for t in [
+            type_url::ADDRESS,
+            type_url::AUTHORIZATION,
+            type_url::EGRESS_POLICY,
+        ] {
             let request = DeltaDiscoveryRequest {
                 node: Some(node.clone()),
                 type_url: t.to_owned(),
-                initial_resource_versions: self.held.versions(t).into_iter().collect(),
+                initial_resource_versions: self.view.held.versions(t).into_iter().collect(),
                 ..Default::default()
             };
             tx.send(request)
@@ -181,7 +203,7 @@ impl XdsClient {
             .await
             .map_err(|e| format!("xDS stream: {e}"))?
         {
-            let ack = self.apply(&response).await;
+            let ack = self.view.apply(&response).await;
             let error_detail = ack.err().map(|message| {
                 tracing::error!(type_url = %response.type_url, "xDS update refused, keeping the last good view: {message}");
                 WireStatus {
@@ -202,7 +224,9 @@ impl XdsClient {
         }
         Ok(())
     }
+}
 
+impl View {
     /// Decodes the response onto the view held; applies the resources that decode (when the
     /// resulting view is accepted by the store) and refuses, by name, those that do not, as
     /// Istio's ztunnel does: one bad resource does not hold back the others (a first
@@ -221,7 +245,9 @@ impl XdsClient {
             return Err(refused.unwrap_or_default());
         }
         self.initial.insert(response.type_url.clone());
-        if self.initial.len() < 2 {
+        if !(self.initial.contains(type_url::ADDRESS)
+            && self.initial.contains(type_url::AUTHORIZATION))
+        {
             self.held = next;
             return refused.map_or(Ok(()), Err);
         }
@@ -266,6 +292,7 @@ fn decode(held: &Held, response: &DeltaDiscoveryResponse) -> Result<(Held, Vec<S
     let mut next = Held {
         addresses: held.addresses.clone(),
         authorizations: held.authorizations.clone(),
+        egress: held.egress.clone(),
     };
     let mut bad = Vec::new();
     fn body(r: &meshcore::api::discovery::Resource) -> Result<&[u8], String> {
@@ -301,6 +328,19 @@ fn decode(held: &Held, response: &DeltaDiscoveryResponse) -> Result<(Held, Vec<S
             }
             for name in &response.removed_resources {
                 next.authorizations.remove(name);
+            }
+        }
+        type_url::EGRESS_POLICY => {
+            for r in &response.resources {
+                match body(r).and_then(|b| xds_convert::egress_policy(&r.name, b)) {
+                    Ok(p) => {
+                        next.egress.insert(r.name.clone(), (r.version.clone(), p));
+                    }
+                    Err(e) => bad.push(format!("{}: {e}", r.name)),
+                }
+            }
+            for name in &response.removed_resources {
+                next.egress.remove(name);
             }
         }
         other => return Err(format!("unexpected type {other}")),
@@ -349,10 +389,7 @@ mod decode_tests {
             ],
             ..Default::default()
         };
-        let held = Held {
-            addresses: BTreeMap::new(),
-            authorizations: BTreeMap::new(),
-        };
+        let held = Held::default();
         let (next, bad) = decode(&held, &response).unwrap();
         assert_eq!(next.addresses.len(), 1, "the good one is kept");
         assert_eq!(bad.len(), 1);
@@ -360,5 +397,113 @@ mod decode_tests {
             bad[0].starts_with("Kubernetes//Pod/shop/broken: "),
             "{bad:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod egress_tests {
+    use super::*;
+    use meshcore::api::discovery::Resource;
+
+    fn response(type_url: &str, resources: Vec<(&str, Vec<u8>)>) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            type_url: type_url.into(),
+            resources: resources
+                .into_iter()
+                .map(|(name, value)| Resource {
+                    name: name.into(),
+                    version: "1".into(),
+                    resource: Some(prost_types::Any {
+                        type_url: type_url.into(),
+                        value,
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn egress(ns: &str, name: &str, json: &str) -> Vec<u8> {
+        prost::Message::encode_to_vec(&meshcore::api::egress::EgressPolicy {
+            namespace: ns.into(),
+            name: name.into(),
+            policy_json: json.into(),
+        })
+    }
+
+    fn view() -> View {
+        View {
+            store: Arc::new(StateStore::new("cluster.local")),
+            status: Default::default(),
+            held: Held::default(),
+            initial: Default::default(),
+        }
+    }
+
+    const GOOD: &str = r#"{"name": "deny-ssh", "namespace": "shop", "workloads": ["shop/a"], "action": "Deny", "rules": [{"ports": [{"port": 22}]}]}"#;
+
+    #[tokio::test]
+    async fn the_view_starts_without_egress_policies() {
+        // Istio's istiod never answers for egress policies: Address and Authorization suffice.
+        let mut v = view();
+        v.apply(&response(type_url::ADDRESS, vec![])).await.unwrap();
+        assert_eq!(v.store.load().version, 0, "not before Authorization");
+        v.apply(&response(type_url::AUTHORIZATION, vec![]))
+            .await
+            .unwrap();
+        assert_eq!(v.store.load().version, 1, "applied with no egress answer");
+        v.apply(&response(
+            type_url::EGRESS_POLICY,
+            vec![("shop/deny-ssh", egress("shop", "deny-ssh", GOOD))],
+        ))
+        .await
+        .unwrap();
+        let snap = v.store.load();
+        assert_eq!(snap.config.egress_policies.len(), 1);
+        assert_eq!(snap.config.egress_policies[0].key(), "shop/deny-ssh");
+    }
+
+    #[tokio::test]
+    async fn a_bad_egress_policy_is_nacked_by_name_and_the_last_good_kept() {
+        let mut v = view();
+        v.apply(&response(type_url::ADDRESS, vec![])).await.unwrap();
+        v.apply(&response(type_url::AUTHORIZATION, vec![]))
+            .await
+            .unwrap();
+        v.apply(&response(
+            type_url::EGRESS_POLICY,
+            vec![("shop/deny-ssh", egress("shop", "deny-ssh", GOOD))],
+        ))
+        .await
+        .unwrap();
+        let bad_json = GOOD.replace("\"port\": 22", "\"port\": 22, \"endPort\": 1");
+        let cases = [
+            (
+                egress("shop", "deny-ssh", &bad_json),
+                "shop/deny-ssh: egress policy shop/deny-ssh: rules[0].ports[0]: endPort 1 is below port 22",
+            ),
+            (
+                egress("shop", "deny-ssh", "{not json"),
+                "shop/deny-ssh: egress policy shop/deny-ssh: policy_json: ",
+            ),
+            (
+                egress("shop", "other", GOOD),
+                "the resource names shop/other but its policy_json is shop/deny-ssh",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = v
+                .apply(&response(
+                    type_url::EGRESS_POLICY,
+                    vec![("shop/deny-ssh", body)],
+                ))
+                .await
+                .unwrap_err();
+            assert!(e.contains(want), "{e}\nwanted: {want}");
+            let snap = v.store.load();
+            assert_eq!(snap.config.egress_policies.len(), 1, "last good kept");
+            assert_eq!(snap.config.egress_policies[0].rules[0].ports[0].port, 22);
+        }
     }
 }

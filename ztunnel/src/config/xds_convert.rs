@@ -1,5 +1,5 @@
-//! The ambient xDS resources (`istio.workload.Address`, `istio.security.Authorization`) into
-//! ztunnel's model. Pure; an unusable resource is an error naming it, which the client NACKs.
+//! The ambient xDS resources (`istio.workload.Address`, `istio.security.Authorization`, and
+//! this mesh's `mesh.egress.v1.EgressPolicy`) into ztunnel's model. Pure; an unusable resource is an error naming it, which the client NACKs.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +12,29 @@ use crate::state::{
     GatewayAddress, GatewayDestination, HealthStatus, NamespacedHostname, NetworkAddress, PortMap,
     Protocol, Service, Workload,
 };
+
+/// Decodes a `mesh.egress.v1.EgressPolicy` resource named `name` (`<namespace>/<name>`): its
+/// `policy_json` must parse strictly, validate, and name the same policy as the resource.
+pub fn egress_policy(
+    name: &str,
+    bytes: &[u8],
+) -> Result<meshcore::policy::egress::EgressPolicy, String> {
+    let wire = meshcore::api::egress::EgressPolicy::decode(bytes)
+        .map_err(|e| format!("egress policy {name}: {e}"))?;
+    let policy: meshcore::policy::egress::EgressPolicy = serde_json::from_str(&wire.policy_json)
+        .map_err(|e| format!("egress policy {name}: policy_json: {e}"))?;
+    let key = policy.key();
+    if key != name || wire.namespace != policy.namespace || wire.name != policy.name {
+        return Err(format!(
+            "egress policy {name}: the resource names {}/{} but its policy_json is {key}",
+            wire.namespace, wire.name
+        ));
+    }
+    policy
+        .validate()
+        .map_err(|e| format!("egress policy {name}: {e}"))?;
+    Ok(policy)
+}
 
 /// One decoded Address resource.
 #[derive(Debug, Clone, PartialEq)]

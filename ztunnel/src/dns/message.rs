@@ -168,6 +168,15 @@ pub fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
 
 /// The addresses in an answer's A/AAAA records (tests, and anyone checking an answer).
 pub fn answer_ips(msg: &[u8]) -> Result<(u16, Vec<IpAddr>), ParseError> {
+    answer_records(msg)
+        .map(|(rcode, records)| (rcode, records.into_iter().map(|(ip, _)| ip).collect()))
+}
+
+/// The A/AAAA records of an answer (class IN) with their TTLs in seconds, and its rcode. The
+/// message is outside input (a forwarded upstream's answer): every offset is checked, record
+/// names may be compression pointers (skipped, not followed), and a truncated record ends the
+/// parse with an error rather than a guess.
+pub fn answer_records(msg: &[u8]) -> Result<(u16, Vec<(IpAddr, u32)>), ParseError> {
     if msg.len() < HEADER {
         return Err(ParseError::Short);
     }
@@ -191,13 +200,21 @@ pub fn answer_ips(msg: &[u8]) -> Result<(u16, Vec<IpAddr>), ParseError> {
             at += 1;
         }
         let rtype = u16_at(msg, at).ok_or(ParseError::BadName)?;
+        let class = u16_at(msg, at + 2).ok_or(ParseError::BadName)?;
+        let ttl = u32::from(u16_at(msg, at + 4).ok_or(ParseError::BadName)?) << 16
+            | u32::from(u16_at(msg, at + 6).ok_or(ParseError::BadName)?);
         let len = u16_at(msg, at + 8).ok_or(ParseError::BadName)? as usize;
         let data = msg.get(at + 10..at + 10 + len).ok_or(ParseError::BadName)?;
         match (rtype, len) {
-            (TYPE_A, 4) => ips.push(IpAddr::from(<[u8; 4]>::try_from(data).expect("4 bytes"))),
-            (TYPE_AAAA, 16) => {
-                ips.push(IpAddr::from(<[u8; 16]>::try_from(data).expect("16 bytes")))
-            }
+            _ if class != CLASS_IN => {}
+            (TYPE_A, 4) => ips.push((
+                IpAddr::from(<[u8; 4]>::try_from(data).expect("4 bytes")),
+                ttl,
+            )),
+            (TYPE_AAAA, 16) => ips.push((
+                IpAddr::from(<[u8; 16]>::try_from(data).expect("16 bytes")),
+                ttl,
+            )),
             _ => {}
         }
         at += 10 + len;
@@ -233,6 +250,37 @@ mod tests {
         let mx = query(8, "cart.shop.svc.cluster.local", 15);
         let a = answer(&mx, &parse_query(&mx).unwrap(), &ips);
         assert_eq!(answer_ips(&a).unwrap(), (rcode::NOERROR, vec![]));
+        // TTLs come with the records.
+        assert_eq!(
+            answer_records(&a6).unwrap().1,
+            vec![("fd00::10".parse::<IpAddr>().unwrap(), TTL)]
+        );
+    }
+
+    #[test]
+    fn forwarded_answers_are_read_defensively() {
+        // A CNAME then an A record whose name is a compression pointer, TTL 0x01020304.
+        let q = query(9, "www.example.com", TYPE_A);
+        let mut a = q.clone();
+        a[2] |= 0x80;
+        a[7] = 2; // two answers
+        a.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 2, 0xc0, 12]);
+        a.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 1, 2, 3, 4, 0, 4, 192, 0, 2, 7]);
+        assert_eq!(
+            answer_records(&a).unwrap(),
+            (
+                rcode::NOERROR,
+                vec![("192.0.2.7".parse().unwrap(), 0x01020304)]
+            )
+        );
+        // Cut anywhere inside the records: an error, never a panic or a partial guess.
+        for cut in q.len()..a.len() {
+            assert!(answer_records(&a[..cut]).is_err(), "cut at {cut}");
+        }
+        // More answers announced than present.
+        let mut more = a.clone();
+        more[7] = 200;
+        assert!(answer_records(&more).is_err());
     }
 
     #[test]

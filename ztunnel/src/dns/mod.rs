@@ -1,10 +1,12 @@
 //! ztunnel's DNS proxy (port 15053, in each pod in node mode): when the node agent captures a
 //! pod's DNS, names of the mesh's Services are answered from the config view (their VIPs, no
 //! round trip to the cluster's DNS), and every other query is forwarded, from inside the pod,
-//! to the upstream resolvers of ztunnel's own `resolv.conf`.
+//! to the upstream resolvers of ztunnel's own `resolv.conf`. While an egress policy with an
+//! FQDN peer selects the pod, every A/AAAA answer it gets is remembered ([`resolved`]).
 
 pub mod message;
 pub mod names;
+pub mod resolved;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -42,6 +44,25 @@ pub struct DnsProxy {
     pub namespace: Option<String>,
     /// The cluster's DNS suffix (`cluster.local`).
     pub domain: String,
+    /// Where the pod's answers are remembered for egress FQDN peers.
+    pub remember: Option<Remember>,
+}
+
+/// The served workload whose answers are remembered, and its names.
+pub struct Remember {
+    pub namespace: String,
+    pub name: String,
+    pub names: Arc<resolved::ResolvedNames>,
+}
+
+impl Remember {
+    /// Only while some egress policy with an FQDN peer selects the workload.
+    fn wanted(&self, state: &StateStore) -> bool {
+        let snap = state.load();
+        snap.workload_by_name(&self.namespace, &self.name)
+            .and_then(|w| snap.egress_for(w))
+            .is_some_and(|c| c.has_fqdn())
+    }
 }
 
 /// The `nameserver` lines of a `resolv.conf`, on port 53. Loopback resolvers (a node's
@@ -60,7 +81,7 @@ impl DnsProxy {
     /// The mesh's answer for `name`, in any form Kubernetes' DNS and the pod's search list
     /// give it (see [`names`]): a Service's VIPs, or for a headless Service its endpoints'
     /// addresses, and a headless Service's pod records (`<pod>.<service>.<ns>.svc.<domain>`).
-    fn lookup(&self, name: &str) -> Option<Vec<IpAddr>> {
+    fn lookup(&self, name: &str) -> Option<(String, Vec<IpAddr>)> {
         let snap = self.state.load();
         for candidate in names::service_candidates(name, self.namespace.as_deref(), &self.domain) {
             let services = snap.services_by_host(&candidate);
@@ -69,7 +90,7 @@ impl DnsProxy {
                 .flat_map(|s| s.service.vips.iter().map(|v| v.ip))
                 .collect();
             if !vips.is_empty() {
-                return Some(vips);
+                return Some((candidate, vips));
             }
             let endpoints: Vec<IpAddr> = services
                 .iter()
@@ -77,7 +98,7 @@ impl DnsProxy {
                 .flat_map(|e| e.workload.workload.workload_ips.iter().copied())
                 .collect();
             if !endpoints.is_empty() {
-                return Some(endpoints);
+                return Some((candidate, endpoints));
             }
         }
         let (pod, service) = names::pod_record(name, &self.domain)?;
@@ -89,7 +110,7 @@ impl DnsProxy {
             .filter(|e| e.workload.workload.name == pod)
             .flat_map(|e| e.workload.workload.workload_ips.iter().copied())
             .collect();
-        (!ips.is_empty()).then_some(ips)
+        (!ips.is_empty()).then(|| (name.to_owned(), ips))
     }
 
     /// The response to one query; `None` for a message that gets none (a response).
@@ -106,16 +127,40 @@ impl DnsProxy {
     }
 
     async fn resolve_question(&self, query: &[u8], q: &message::Question) -> Vec<u8> {
-        if let Some(ips) = self.lookup(&q.name) {
-            return answer(query, q, &ips);
+        let remember = self.remember.as_ref().filter(|r| r.wanted(&self.state));
+        if let Some((found, ips)) = self.lookup(&q.name) {
+            let reply = answer(query, q, &ips);
+            if let Some(r) = remember {
+                self.keep(r, &q.name, &reply);
+                if found != q.name {
+                    self.keep(r, &found, &reply);
+                }
+            }
+            return reply;
         }
         for upstream in &self.upstreams {
             match self.forward(query, *upstream).await {
-                Ok(reply) => return reply,
+                Ok(reply) => {
+                    if let Some(r) = remember {
+                        self.keep(r, &q.name, &reply);
+                    }
+                    return reply;
+                }
                 Err(e) => tracing::debug!(name = %q.name, %upstream, "DNS forward: {e}"),
             }
         }
         error(query, Some(q), rcode::SERVFAIL)
+    }
+
+    /// Remembers the A/AAAA records of `reply` (ours or an upstream's) under `name`.
+    fn keep(&self, r: &Remember, name: &str, reply: &[u8]) {
+        match message::answer_records(reply) {
+            Ok((rcode::NOERROR, records)) => {
+                r.names.remember(name, &records, std::time::Instant::now())
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(name, "DNS answer not remembered: {e}"),
+        }
     }
 
     async fn forward(&self, query: &[u8], upstream: SocketAddr) -> std::io::Result<Vec<u8>> {
@@ -254,6 +299,7 @@ mod tests {
             upstreams: Vec::new(),
             netns: None,
             mark: None,
+            remember: None,
         };
         let a = proxy
             .resolve(&query(1, "cart.shop.svc.cluster.local", TYPE_A))
@@ -357,6 +403,7 @@ mod tests {
             upstreams: vec![at],
             netns: None,
             mark: None,
+            remember: None,
         };
         let q = query(77, "example.com", TYPE_A);
         let reply = proxy.resolve(&q).await.unwrap();

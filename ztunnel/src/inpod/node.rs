@@ -80,6 +80,7 @@ pub async fn start_node(
         relay_idle: settings.relay_idle_timeout,
         socks5: settings.enable_socks5,
         windows: settings.hbone_windows(),
+        fqdn_min_ttl: settings.egress_fqdn_min_ttl,
         dns_upstreams: settings.dns_proxy.then(|| {
             crate::dns::upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
         }),

@@ -20,6 +20,7 @@ use meshcore::zds::{Conn, Request};
 use super::netns::Netns;
 use crate::app::ports;
 use crate::certs::CertManager;
+use crate::dns::resolved::ResolvedNames;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Drain, Listeners, Proxy};
 use crate::settings::WorkloadInfo;
@@ -45,6 +46,8 @@ pub struct NodeContext {
     pub socks5: bool,
     /// `HBONE_STREAM_WINDOW` / `HBONE_CONNECTION_WINDOW` of each pod's 15008.
     pub windows: meshcore::hbone::Windows,
+    /// `EGRESS_FQDN_MIN_TTL`: how long a resolved name allows its addresses at least.
+    pub fqdn_min_ttl: std::time::Duration,
 }
 
 struct Pod {
@@ -166,6 +169,7 @@ impl Pods {
             relay_idle: self.ctx.relay_idle,
             socks5: self.ctx.socks5,
             own_dials: Default::default(),
+            resolved: Arc::new(ResolvedNames::new(self.ctx.fqdn_min_ttl)),
         });
         self.ctx
             .state
@@ -179,6 +183,11 @@ impl Pods {
                 mark,
                 namespace: Some(workload.namespace.clone()),
                 domain: self.ctx.cluster_domain.clone(),
+                remember: Some(crate::dns::Remember {
+                    namespace: workload.namespace.clone(),
+                    name: workload.name.clone(),
+                    names: proxy.resolved.clone(),
+                }),
             });
             tokio::spawn(crate::dns::serve_udp(udp, dns.clone(), proxy.drain.clone()));
             tokio::spawn(crate::dns::serve_tcp(tcp, dns, proxy.drain.clone()));

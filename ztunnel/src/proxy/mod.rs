@@ -4,6 +4,7 @@
 //! - inbound (15008 HBONE, 15006 plaintext): [`inbound::authorize_and_connect`] decides with
 //!   the L4 policy engine, then connects to the local application.
 
+pub mod egress;
 pub mod inbound;
 pub mod original_dst;
 pub mod outbound;
@@ -57,6 +58,8 @@ pub struct Proxy {
     pub socks5: bool,
     /// The plain connections ztunnel dialled, so one that NAT brings back is recognised.
     pub own_dials: Arc<own::OwnDials>,
+    /// Names the workload resolved through the DNS proxy, for egress FQDN peers.
+    pub resolved: Arc<crate::dns::resolved::ResolvedNames>,
 }
 
 impl Proxy {

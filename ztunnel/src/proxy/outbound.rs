@@ -1,7 +1,9 @@
 //! Outbound: from the served workload to wherever it connects. A workload that speaks HBONE
 //! is reached through a tunnel to `<its ip>:15008` with the served workload's certificate,
 //! expecting the destination's service account (plus the service's subjectAltNames); anything
-//! else gets plain TCP, and addresses outside the mesh's view pass through untouched.
+//! else gets plain TCP, and addresses outside the mesh's view pass through untouched. Egress
+//! policies selecting the served workload decide once the destination is resolved, before
+//! anything is opened ([`super::egress`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use meshcore::identity::SpiffeId;
 use meshcore::otel::{KeyValue, SpanKind};
 use tokio::net::TcpStream;
 
+use super::egress::{self, Target};
 use super::own::DialGuard;
 use super::{ConnectionGuard, Proxy, CONNECT_TIMEOUT};
 use crate::metrics::{hop_failed, ConnectionLabels, ConnectionRecord, Reporter, OUTBOUND_SPAN};
@@ -35,6 +38,9 @@ pub enum OutboundError {
     Certificate(SpiffeId, String),
     #[error("denied by the destination's authorization policy (HBONE 401)")]
     Denied,
+    /// Refused at the source by an egress policy (the reason names it).
+    #[error("{0}")]
+    EgressDenied(meshcore::policy::egress::EgressReason),
     /// The destination requires a waypoint and none can take the connection.
     #[error("{0}")]
     NoWaypoint(String),
@@ -51,7 +57,7 @@ impl OutboundError {
     /// Istio's `response_flags` for the failure.
     pub fn response_flag(&self) -> &'static str {
         match self {
-            OutboundError::Denied => "DENY",
+            OutboundError::Denied | OutboundError::EgressDenied(_) => "DENY",
             OutboundError::NoHealthyEndpoint(_) | OutboundError::UnknownServicePort { .. } => "NR",
             OutboundError::NoWaypoint(_) => "UH",
             _ => "CONNECT",
@@ -131,6 +137,41 @@ async fn resolve_and_open(
         WaypointLookup::Direct => {}
         WaypointLookup::Via(hop) => {
             let service = snap.service_by_vip("", dst.ip());
+            // Decided on the original destination: the Service (and its port mapping), or
+            // the workload dialled.
+            let decided = egress::check(proxy, &snap, source.as_deref(), client, || {
+                let workload = snap.workload_by_ip("", dst.ip()).map(|w| w.as_ref());
+                Target {
+                    dialled: dst,
+                    service: service.map(|s| s.as_ref()),
+                    endpoint: workload,
+                    endpoint_ip: workload.map(|_| dst.ip()),
+                    target_port: match service {
+                        Some(s) => s.service.ports.get(&dst.port()).map(|&t| match t {
+                            0 => dst.port(),
+                            t => t,
+                        }),
+                        None => Some(dst.port()),
+                    },
+                }
+            });
+            if let Err(d) = decided {
+                let labels = ConnectionLabels {
+                    reporter: Reporter::Source,
+                    cluster: &proxy.cluster_id,
+                    source: source.as_deref(),
+                    source_principal: Some(proxy.identity.to_string()),
+                    destination: None,
+                    destination_service: service.map(|s| s.as_ref()),
+                    destination_principal: None,
+                    mutual_tls: false,
+                    source_addr: Some(client),
+                    destination_addr: Some(dst),
+                };
+                let e = OutboundError::EgressDenied(d.reason);
+                proxy.metrics.failed(labels, e.response_flag(), &e);
+                return Err(e);
+            }
             return via_waypoint(
                 proxy,
                 source.as_deref(),
@@ -195,6 +236,21 @@ async fn resolve_and_open(
         source_addr: Some(client),
         destination_addr: Some(dst),
     };
+    let decided = egress::check(proxy, &snap, source.as_deref(), client, || match workload {
+        Some(w) => Target {
+            dialled: dst,
+            service: service.map(|s| s.as_ref()),
+            endpoint: Some(w),
+            endpoint_ip: workload_ip(w, dst).ok(),
+            target_port: Some(port),
+        },
+        None => Target::passthrough(dst),
+    });
+    if let Err(d) = decided {
+        let e = OutboundError::EgressDenied(d.reason);
+        proxy.metrics.failed(labels(false), e.response_flag(), &e);
+        return Err(e);
+    }
     let result = match workload {
         Some(w) if w.workload.protocol == Protocol::HBONE => {
             let expected = expected_identities(w, service.map(|s| &s.service.subject_alt_names));
@@ -477,6 +533,11 @@ pub async fn handle_captured(
     }
     match open(&proxy, client, dst).await {
         Ok(opened) => relay(tcp, opened).await,
+        Err(OutboundError::EgressDenied(_)) => {
+            // Already logged with the policy. Reset, not a clean close: the application
+            // sees "connection reset" at once, not an empty reply.
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+        }
         Err(e) => {
             tracing::info!(%client, %dst, flag = e.response_flag(), "outbound connection failed: {e}")
         }

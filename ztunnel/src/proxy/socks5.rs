@@ -174,7 +174,10 @@ async fn reply<S: tokio::io::AsyncWrite + Unpin>(tcp: &mut S, code: u8) -> std::
 
 fn reply_code(e: &OutboundError) -> u8 {
     match e {
-        OutboundError::Denied | OutboundError::Loop(_) | OutboundError::Looped(_) => NOT_ALLOWED,
+        OutboundError::Denied
+        | OutboundError::EgressDenied(_)
+        | OutboundError::Loop(_)
+        | OutboundError::Looped(_) => NOT_ALLOWED,
         OutboundError::NoHealthyEndpoint(_) | OutboundError::NoAddress(_) => HOST_UNREACHABLE,
         OutboundError::Connect { source, .. }
             if source.kind() == std::io::ErrorKind::ConnectionRefused =>
@@ -214,7 +217,9 @@ pub async fn handle(
             }
         }
         Err(e) => {
-            tracing::info!(%client, %dst, flag = e.response_flag(), "outbound connection failed: {e}");
+            if !matches!(e, OutboundError::EgressDenied(_)) {
+                tracing::info!(%client, %dst, flag = e.response_flag(), "outbound connection failed: {e}");
+            }
             let _ = reply(&mut tcp, reply_code(&e)).await;
         }
     }

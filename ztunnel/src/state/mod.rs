@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use meshcore::identity::SpiffeId;
+use meshcore::policy::egress::{CompiledEgress, EgressPolicy};
 use meshcore::policy::{Authorization, CompiledPolicies, Scope};
 use serde::Serialize;
 
@@ -30,6 +31,8 @@ pub struct MeshConfig {
     pub workloads: Vec<Workload>,
     pub services: Vec<Service>,
     pub policies: Vec<Authorization>,
+    /// Egress policies (Cilium's egress rules), each selecting source workloads by uid.
+    pub egress_policies: Vec<EgressPolicy>,
 }
 
 /// A workload with what the data path derives from it.
@@ -39,6 +42,17 @@ pub struct WorkloadEntry {
     pub identity: SpiffeId,
     /// Compiled on first use: only workloads this ztunnel serves ever need it.
     policies: OnceLock<Arc<CompiledPolicies>>,
+    /// Whether some egress policy selects this workload (the outbound fast path's one check).
+    egress_selected: bool,
+    /// The egress policies selecting it, compiled on first use.
+    egress: OnceLock<Arc<CompiledEgress>>,
+}
+
+impl WorkloadEntry {
+    /// Whether some egress policy selects this workload as a source.
+    pub fn egress_selected(&self) -> bool {
+        self.egress_selected
+    }
 }
 
 /// One endpoint of a service: a workload and its port map for that service.
@@ -95,6 +109,8 @@ pub struct Snapshot {
     /// Policy keys that apply mesh-wide, and by namespace.
     global_policies: Vec<String>,
     namespace_policies: HashMap<String, Vec<String>>,
+    /// Egress policies by the workload uids they select, in key order.
+    egress_by_uid: HashMap<String, Vec<Arc<EgressPolicy>>>,
     /// Bumped on every swap; shown by the admin dump.
     pub version: u64,
 }
@@ -131,15 +147,31 @@ impl Snapshot {
             version,
             ..Default::default()
         };
+        let mut egress: Vec<Arc<EgressPolicy>> = config
+            .egress_policies
+            .iter()
+            .map(|p| Arc::new(p.clone()))
+            .collect();
+        egress.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        for p in &egress {
+            for uid in &p.workloads {
+                let list = snap.egress_by_uid.entry(uid.clone()).or_default();
+                if !list.iter().any(|q| Arc::ptr_eq(q, p)) {
+                    list.push(p.clone());
+                }
+            }
+        }
         for w in &config.workloads {
             let mut w = w.clone();
             fill_workload_defaults(&mut w, trust_domain);
             let identity = SpiffeId::new(&w.trust_domain, &w.namespace, &w.service_account)
                 .map_err(|e| format!("workload {}/{}: {e}", w.namespace, w.name))?;
             let entry = Arc::new(WorkloadEntry {
+                egress_selected: snap.egress_by_uid.contains_key(&w.uid),
                 workload: w,
                 identity,
                 policies: OnceLock::new(),
+                egress: OnceLock::new(),
             });
             for ip in &entry.workload.workload_ips {
                 snap.by_ip.entry(*ip).or_default().push(entry.clone());
@@ -307,6 +339,48 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// The egress policies selecting `w` as a source, compiled once per snapshot; `None` when
+    /// none does (one field read: the outbound fast path).
+    pub fn egress_for(&self, w: &WorkloadEntry) -> Option<Arc<CompiledEgress>> {
+        if !w.egress_selected {
+            return None;
+        }
+        Some(
+            w.egress
+                .get_or_init(|| {
+                    let list = self
+                        .egress_by_uid
+                        .get(&w.workload.uid)
+                        .cloned()
+                        .unwrap_or_default();
+                    Arc::new(CompiledEgress::new(list))
+                })
+                .clone(),
+        )
+    }
+
+    /// The Services (namespace, name) workload `w` backs, for egress Service peers.
+    pub fn services_backed(&self, w: &WorkloadEntry, each: &mut dyn FnMut(&str, &str)) {
+        for key in w.workload.services.keys() {
+            let Some((ns, host)) = key.split_once('/') else {
+                continue;
+            };
+            for s in self.services_by_host(host) {
+                if s.service.namespace == ns {
+                    each(&s.service.namespace, &s.service.name);
+                }
+            }
+        }
+    }
+
+    /// Whether an address is one ztunnel knows (a workload's or a Service VIP), for egress
+    /// `cluster` / `world` entities.
+    pub fn knows(&self, ip: IpAddr) -> bool {
+        self.by_ip.contains_key(&ip) || self.services_by_vip.contains_key(&ip)
+    }
+}
+
 /// Istio's defaults for fields a config may leave empty.
 pub fn fill_workload_defaults(w: &mut Workload, trust_domain: &str) {
     if w.uid.is_empty() {
@@ -354,6 +428,7 @@ impl StateStore {
         let snap = self.current.load();
         if let Some(w) = snap.workload_by_name(namespace, name) {
             snap.policies_for(w);
+            snap.egress_for(w);
         }
     }
 
@@ -368,6 +443,7 @@ impl StateStore {
         for (ns, name) in self.served.lock().expect("served lock").iter() {
             if let Some(w) = snap.workload_by_name(ns, name) {
                 snap.policies_for(w);
+                snap.egress_for(w);
             }
         }
         self.current.store(Arc::new(snap));

@@ -2,7 +2,8 @@
 //! client's namespace redirecting its outbound TCP to ztunnel's 15001 (ztunnel's own sockets
 //! carry mark 0x539 and pass), and in the server's namespace redirecting inbound TCP (except
 //! 15008) to 15006. A plain `connect()` from the client is carried over HBONE; a plaintext
-//! connection into the server is held to the policies (STRICT refuses it).
+//! connection into the server is held to the policies (STRICT refuses it); a captured
+//! connection the client's egress policy refuses is reset by the client's own ztunnel.
 //!
 //! Without root, or without `ip`/`nft`, the test says SKIPPED loudly and passes.
 
@@ -147,6 +148,8 @@ workloads:
 policies:
 - {{name: strict, namespace: istio-system, scope: WorkloadSelector, action: Deny,
    rules: [[[{{notPrincipals: [!Presence []]}}]]]}}
+egressPolicies:
+- {{name: no-9090, namespace: default, workloads: [default/client], action: Deny, rules: [{{ports: [{{port: 9090}}]}}]}}
 "#
     ));
     let log_dir = mesh.dir.clone();
@@ -248,6 +251,28 @@ policies:
     ];
     assert_eq!(
         metric_line_count(&metrics, "istio_tcp_connections_failed_total", &denied),
+        1,
+        "{metrics}"
+    );
+
+    // The client's egress policy refuses 9090: its own ztunnel resets the captured connection
+    // (ECONNRESET, not a clean close) before anything reaches the server's node.
+    let reset = in_netns(&c, || {
+        let mut tcp = TcpStream::connect((SERVER_IP, 9090)).expect("captured connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = tcp.write_all(b"x");
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).map_err(|e| e.kind())
+    });
+    assert_eq!(reset, Err(std::io::ErrorKind::ConnectionReset));
+    let client_stats: SocketAddr = "127.0.0.1:15020".parse().unwrap();
+    let metrics = in_netns(&c, move || http_get(client_stats, "/metrics")).unwrap();
+    assert_eq!(
+        metric_line_count(
+            &metrics,
+            "ztunnel_egress_denied_total",
+            &["policy=\"default/no-9090\"", "source_workload=\"client\""]
+        ),
         1,
         "{metrics}"
     );

@@ -2,6 +2,7 @@
 
 mod agent;
 mod capture;
+mod egress;
 mod flows;
 mod hardening;
 mod inpod;

@@ -110,3 +110,62 @@ fn empty_file_is_an_empty_mesh() {
     let c = parse("  \n", "cluster.local").unwrap();
     assert!(c.workloads.is_empty() && c.services.is_empty() && c.policies.is_empty());
 }
+
+const EGRESS: &str = r#"
+workloads:
+- {name: client, namespace: shop, workloadIps: ["10.1.0.2"]}
+egressPolicies:
+- name: cilium-egress-client
+  namespace: shop
+  workloads: [shop/client]
+  action: Allow
+  rules:
+  - to:
+    - workloads: ["10.1.0.5"]
+    - cidr: {cidr: 192.0.2.0/24, except: [192.0.2.128/25]}
+    - service: {namespace: shop, name: cart}
+    - fqdn: {matchPattern: "*.example.com"}
+    - entity: world
+    ports: [{port: 80}, {port: 9000, endPort: 9010}]
+- {name: no-ssh, namespace: shop, workloads: [shop/client], action: Deny, rules: [{ports: [{port: 22}]}]}
+"#;
+
+#[test]
+fn egress_policies_parse_in_the_local_file() {
+    let c = parse(EGRESS, "cluster.local").unwrap();
+    assert_eq!(c.egress_policies.len(), 2);
+    assert!(
+        c.egress_policies[0].default_deny,
+        "true unless written false"
+    );
+    assert_eq!(c.egress_policies[0].rules[0].to.len(), 5);
+}
+
+#[test]
+fn bad_egress_policies_are_refused_by_entry_and_field() {
+    let err = |yaml: &str| parse(yaml, "cluster.local").unwrap_err();
+    let e = err(&EGRESS.replace("endPort: 9010", "endPort: 8000"));
+    assert!(
+        e.contains("egressPolicies[0] (shop/cilium-egress-client): rules[0].ports[1]: endPort 8000 is below port 9000"),
+        "{e}"
+    );
+    let e = err(&EGRESS.replace(
+        "workloads: [shop/client], action: Deny",
+        "workloads: [shop/gone], action: Deny",
+    ));
+    assert!(
+        e.contains(
+            "egressPolicies[1] (shop/no-ssh): workloads: \"shop/gone\" is no workload's uid"
+        ),
+        "{e}"
+    );
+    let e = err(&EGRESS.replace("matchPattern", "matchPatern"));
+    assert!(e.contains("matchPatern"), "{e}");
+    let e = err(&EGRESS.replace(
+        "action: Deny, rules",
+        "action: Deny, defaultDeny: false, rulez",
+    ));
+    assert!(e.contains("rulez"), "{e}");
+    let e = err(&EGRESS.replace("name: no-ssh", "name: cilium-egress-client"));
+    assert!(e.contains("also defined by egressPolicies[0]"), "{e}");
+}
