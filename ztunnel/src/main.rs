@@ -141,6 +141,10 @@ fn node_agent() -> std::process::ExitCode {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async move {
+        // Before starting: a SIGTERM during start-up (the host rules are written then) must
+        // still stop the agent through its clean-up, not kill it with the rules left behind.
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         let agent = match start_agent(settings).await {
             Ok(a) => a,
             Err(e) => {
@@ -149,8 +153,6 @@ fn node_agent() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM received"),
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
