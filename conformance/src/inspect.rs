@@ -290,7 +290,7 @@ pub fn check_passes_and_names_a_stopped_agent(s: &mut Suite) -> Result<(), Strin
     })?;
     for want in [
         "√ istiod-lite is ready",
-        "√ node-1: ztunnel has the latest config: Address and Authorization synced",
+        "√ node-1: ztunnel has the latest config: Address, Authorization and EgressPolicy synced",
         "√ node-2: workload certificates are valid",
         "√ node-1: every enrolled pod is served and captured",
     ] {

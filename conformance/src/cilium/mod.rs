@@ -1,7 +1,9 @@
-//! L4 cases for Cilium's network policies (issue 19, ingress): a CiliumNetworkPolicy applied
+//! L4 cases for Cilium's network policies (issue 19; egress in [`egress`]): a CiliumNetworkPolicy applied
 //! as a Cilium user writes it, enforced by ztunnel; `ingressDeny` winning over an allow. Run
 //! in the L4 suite (its cluster and pods: `client`, `other`, `server-1`, `server-2` in `apps`,
 //! `legacy` outside the mesh).
+
+mod egress;
 
 use crate::l4::{with_config, Suite};
 use crate::support::*;
@@ -47,6 +49,12 @@ spec:
 "#;
 
 pub fn cases() -> Vec<Case<Suite>> {
+    let mut cases = ingress_cases();
+    cases.extend(egress::cases());
+    cases
+}
+
+fn ingress_cases() -> Vec<Case<Suite>> {
     vec![
         Case {
             name: "CiliumNetworkPolicy ingress: frontend allowed on its port, others refused",

@@ -137,7 +137,7 @@ pub fn judge(seen: &Seen) -> Vec<Outcome> {
                             .filter(|t| t.status == SYNCED)
                             .map(|t| t.short.as_str())
                             .collect();
-                        Ok(format!("{} synced", types.join(" and ")))
+                        Ok(format!("{} synced", and_list(&types)))
                     } else {
                         Err((
                             behind.join(", "),
@@ -305,6 +305,15 @@ pub fn text(outcomes: &[Outcome]) -> String {
         outcomes.len() - failed
     ));
     out
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
 }
 
 #[cfg(test)]
