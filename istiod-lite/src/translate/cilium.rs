@@ -320,6 +320,9 @@ struct Context<'a> {
     pods: BTreeMap<(String, String), &'a Pod>,
     /// Every Service a `k8sServiceSelector` may pick.
     services: Vec<ServiceIdentity>,
+    /// The pods of this view some rule set puts in ingress default deny (it has an ingress
+    /// part and does not say `enableDefaultDeny.ingress: false`).
+    ingress_default_deny: BTreeSet<(String, String)>,
     notes: Vec<Note>,
 }
 
@@ -335,6 +338,7 @@ pub fn policies(cluster: &Cluster, info: &ClusterInfo) -> Translated {
         peers: BTreeMap::new(),
         pods: BTreeMap::new(),
         services: Vec::new(),
+        ingress_default_deny: BTreeSet::new(),
         notes: Vec::new(),
     };
     cx.services = cluster
@@ -357,6 +361,21 @@ pub fn policies(cluster: &Cluster, info: &ClusterInfo) -> Translated {
             .entry((id.namespace.clone(), id.name.clone()))
             .or_insert_with(|| id.clone());
     }
+    let all_sets = cluster
+        .cilium_network_policies
+        .iter()
+        .map(|p| (p.metadata.namespace.as_deref(), &p.spec, &p.specs))
+        .chain(
+            cluster
+                .cilium_clusterwide_network_policies
+                .iter()
+                .map(|p| (None, &p.spec, &p.specs)),
+        );
+    for (ns, spec, specs) in all_sets {
+        for (_, rule) in rule_sets(spec, specs) {
+            cx.mark_ingress_default_deny(ns, rule);
+        }
+    }
     let mut out = Translated::default();
     for p in &cluster.cilium_network_policies {
         let ns = p.metadata.namespace.as_deref().unwrap_or_default();
@@ -377,6 +396,29 @@ pub fn policies(cluster: &Cluster, info: &ClusterInfo) -> Translated {
 }
 
 impl Context<'_> {
+    /// Adds the pods `rule` puts in ingress default deny to [`Context::ingress_default_deny`].
+    fn mark_ingress_default_deny(&mut self, namespace: Option<&str>, rule: &PolicyRule) {
+        let has_ingress = rule.ingress.is_some() || rule.ingress_deny.is_some();
+        let opted_out = rule.enable_default_deny.as_ref().and_then(|d| d.ingress) == Some(false);
+        if !has_ingress || opted_out || rule.node_selector.is_some() {
+            return;
+        }
+        let Some(Ok(selector)) = rule
+            .endpoint_selector
+            .as_ref()
+            .map(|s| Selector::parse(s, namespace))
+        else {
+            return;
+        };
+        let picked: Vec<(String, String)> = self
+            .pods
+            .keys()
+            .filter(|k| selector.picks(&self.peers[*k]))
+            .cloned()
+            .collect();
+        self.ingress_default_deny.extend(picked);
+    }
+
     fn note(&mut self, object: &str, message: impl Into<String>) {
         self.notes.push(Note {
             object: object.to_owned(),
@@ -477,16 +519,39 @@ impl Context<'_> {
         out: &mut Translated,
     ) {
         let default_deny = rule.enable_default_deny.as_ref().and_then(|d| d.ingress) != Some(false);
-        if !default_deny {
-            self.note(obj, format!("{at}.enableDefaultDeny.ingress: false: allow rules that do not deny by default have no equivalent in ztunnel; its ingress rules are not applied (ingressDeny is)"));
-        }
         for (ns, pods) in picked {
-            if default_deny {
-                let rules = rule.ingress.as_deref().unwrap_or_default();
-                let a = self.authorization(
-                    obj, name, &ns, at, "ingress", rules, namespace, &pods, false,
-                );
-                out.authorizations.push((a, pods.clone()));
+            // Without default deny, the allow rules add to what other policies allow: they
+            // count only for pods another rule set puts in default deny (for the others every
+            // source is allowed anyway, and an ALLOW authorization would deny by default).
+            let allowed_pods: Vec<(String, String)> = if default_deny {
+                pods.clone()
+            } else {
+                let denying: Vec<_> = pods
+                    .iter()
+                    .filter(|p| self.ingress_default_deny.contains(*p))
+                    .cloned()
+                    .collect();
+                if rule.ingress.is_some() {
+                    self.note(obj, format!("{at}.enableDefaultDeny.ingress: false: its ingress rules apply to the {} of {} selected pods in {ns} that another policy puts in default deny; the others stay open", denying.len(), pods.len()));
+                }
+                denying
+            };
+            if rule.ingress.is_some() || default_deny {
+                if !allowed_pods.is_empty() {
+                    let rules = rule.ingress.as_deref().unwrap_or_default();
+                    let a = self.authorization(
+                        obj,
+                        name,
+                        &ns,
+                        at,
+                        "ingress",
+                        rules,
+                        namespace,
+                        &allowed_pods,
+                        false,
+                    );
+                    out.authorizations.push((a, allowed_pods));
+                }
             }
             if let Some(deny) = rule.ingress_deny.as_deref().filter(|d| !d.is_empty()) {
                 let deny_name = name.replacen(PREFIX, &format!("{PREFIX}deny-"), 1);

@@ -447,3 +447,39 @@ fn the_pipeline_follows_pods_of_other_namespaces() {
     };
     assert_eq!(versions(&set), versions(&whole));
 }
+
+#[test]
+fn allow_rules_without_default_deny_add_to_another_policys_default_deny() {
+    // Alone, `enableDefaultDeny.ingress: false` leaves the pod open: its allow rules have
+    // nothing to add to.
+    let extra = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n\
+                 metadata: {name: admin-extra, namespace: shop}\n\
+                 spec:\n  endpointSelector: {matchLabels: {app: backend}}\n  \
+                 enableDefaultDeny: {ingress: false}\n  \
+                 ingress: [{fromEndpoints: [{matchLabels: {app: frontend-admin}}]}]\n";
+    let (t, notes) = run(extra);
+    assert!(allowed(&t, "backend", PROBE, "10.244.1.10", 9090));
+    assert!(allowed(&t, "backend", ADMIN, "10.244.0.12", 9090));
+    assert!(
+        notes.iter().any(|n| n.contains("0 of 1 selected pods")),
+        "{notes:?}"
+    );
+    // With the issue's policy putting the backend in default deny, they add the admin.
+    let (t, notes) = run(&format!("{ISSUE}---\n{extra}"));
+    assert!(allowed(&t, "backend", FRONTEND, "10.244.0.10", 8080));
+    assert!(allowed(&t, "backend", ADMIN, "10.244.0.12", 9090));
+    assert!(!allowed(&t, "backend", PROBE, "10.244.1.10", 8080));
+    assert!(
+        notes.iter().any(|n| n.contains("1 of 1 selected pods")),
+        "{notes:?}"
+    );
+    // Its ingressDeny applies either way.
+    let deny_only = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n\
+                     metadata: {name: no-probe, namespace: shop}\n\
+                     spec:\n  endpointSelector: {matchLabels: {app: backend}}\n  \
+                     enableDefaultDeny: {ingress: false}\n  \
+                     ingressDeny: [{fromEndpoints: [{matchLabels: {app: frontend, k8s:io.kubernetes.pod.namespace: ops}}]}]\n";
+    let (t, _) = run(deny_only);
+    assert!(!allowed(&t, "backend", PROBE, "10.244.1.10", 8080));
+    assert!(allowed(&t, "backend", ADMIN, "10.244.0.12", 8080));
+}
