@@ -536,22 +536,20 @@ impl Context<'_> {
                 }
                 denying
             };
-            if rule.ingress.is_some() || default_deny {
-                if !allowed_pods.is_empty() {
-                    let rules = rule.ingress.as_deref().unwrap_or_default();
-                    let a = self.authorization(
-                        obj,
-                        name,
-                        &ns,
-                        at,
-                        "ingress",
-                        rules,
-                        namespace,
-                        &allowed_pods,
-                        false,
-                    );
-                    out.authorizations.push((a, allowed_pods));
-                }
+            if (rule.ingress.is_some() || default_deny) && !allowed_pods.is_empty() {
+                let rules = rule.ingress.as_deref().unwrap_or_default();
+                let a = self.authorization(
+                    obj,
+                    name,
+                    &ns,
+                    at,
+                    "ingress",
+                    rules,
+                    namespace,
+                    &allowed_pods,
+                    false,
+                );
+                out.authorizations.push((a, allowed_pods));
             }
             if let Some(deny) = rule.ingress_deny.as_deref().filter(|d| !d.is_empty()) {
                 let deny_name = name.replacen(PREFIX, &format!("{PREFIX}deny-"), 1);
