@@ -105,6 +105,14 @@ pub fn xds(data: &[u8]) {
     }
 }
 
+/// An egress policy resource (`mesh.egress.v1.EgressPolicy`) as ztunnel receives it: the
+/// protobuf, then the JSON policy inside, strictly parsed and validated.
+pub fn egress_policy(data: &[u8]) {
+    if let Err(e) = ztunnel::config::xds_convert::egress_policy("apps/p", data) {
+        assert!(!e.is_empty(), "a refusal says why");
+    }
+}
+
 /// A node-agent (ZDS) `WorkloadRequest` as ztunnel decodes it.
 pub fn zds(data: &[u8]) {
     use meshcore::zds::{decode_request, Request};

@@ -14,6 +14,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("cni", mesh_fuzz::cni),
     ("csr", mesh_fuzz::csr),
     ("dns", mesh_fuzz::dns),
+    ("egress_policy", mesh_fuzz::egress_policy),
     ("hbone_headers", mesh_fuzz::hbone_headers),
     ("jwt", mesh_fuzz::jwt),
     ("local_config", mesh_fuzz::local_config),
