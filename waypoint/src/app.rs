@@ -354,6 +354,14 @@ impl Waypoint {
                 "drain timeout: closing remaining tunnels"
             );
         }
+        // Ended tunnels' last bytes are written by their HBONE connections, which close after
+        // GOAWAY: wait for them too, or the process cuts those bytes.
+        if tokio::time::timeout_at(deadline, self.server.connections_closed())
+            .await
+            .is_err()
+        {
+            tracing::info!("drain timeout: HBONE connections still open");
+        }
         let _ = self.shutdown.send(true);
         self.proxy.tracing.shutdown(Duration::from_secs(2)).await;
         tracing::info!("waypoint stopped");

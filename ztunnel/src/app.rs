@@ -205,12 +205,20 @@ impl Ztunnel {
         tracing::info!(open = drain.active(), deadline = ?self.drain_timeout, "draining");
         drain.start();
         self.hbone_server.drain();
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
         let left = drain.wait_idle(self.drain_timeout).await;
         if left > 0 {
             tracing::warn!(
                 open = left,
                 "drain deadline passed; closing remaining connections"
             );
+        }
+        // Tunnels that ended have handed their last bytes to HTTP/2: let the HBONE connections
+        // write them and close (GOAWAY was sent) before the process goes.
+        let flushed =
+            tokio::time::timeout_at(deadline, self.hbone_server.connections_closed()).await;
+        if flushed.is_err() {
+            tracing::warn!("drain deadline passed with HBONE connections still open");
         }
         drain.close();
         self.proxy.metrics.tracing.shutdown(SPAN_FLUSH).await;

@@ -157,6 +157,25 @@ pub struct HboneServer {
     counters: Arc<ServerCounters>,
     /// Set once by [`Self::drain`]; every connection task watches it.
     draining: tokio::sync::watch::Sender<bool>,
+    /// Connection tasks still running (their TLS and HTTP/2 state included), for
+    /// [`Self::connections_closed`].
+    live: tokio::sync::watch::Sender<usize>,
+}
+
+/// Counts one connection task in [`HboneServer::live`] while it lives.
+struct Live<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl<'a> Live<'a> {
+    fn new(live: &'a tokio::sync::watch::Sender<usize>) -> Self {
+        live.send_modify(|n| *n += 1);
+        Self(live)
+    }
+}
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 impl HboneServer {
@@ -166,7 +185,17 @@ impl HboneServer {
             settings,
             counters: Arc::default(),
             draining: tokio::sync::watch::Sender::new(false),
+            live: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Completes once no connection task is left. A tunnel's handler returns as soon as it has
+    /// handed its last bytes to HTTP/2; they reach the peer only when the connection task has
+    /// written them and closed after GOAWAY. A process that stops must wait for this too, or it
+    /// cuts the end of every tunnel that finished during its drain.
+    pub async fn connections_closed(&self) {
+        let mut live = self.live.subscribe();
+        let _ = live.wait_for(|n| *n == 0).await;
     }
 
     /// Starts a graceful drain: the accept loop stops, and every connection sends GOAWAY, so
@@ -234,6 +263,7 @@ impl HboneServer {
         H: Fn(InboundConnect) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
+        let _live = Live::new(&self.live);
         let peer_addr = tcp.peer_addr().map_err(|source| HboneError::Connect {
             addr: ([0, 0, 0, 0], 0).into(),
             source,

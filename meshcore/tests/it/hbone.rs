@@ -453,12 +453,25 @@ async fn drain_keeps_open_tunnels_and_pool_moves_to_a_new_server() {
     assert_eq!(replacement.counters().streams.load(Ordering::Relaxed), 1);
     assert_eq!(pool.stats().connections_opened.load(Ordering::Relaxed), 2);
 
+    // While that tunnel is open, the drained server still has its connection.
+    let closed = tokio::time::timeout(Duration::from_millis(200), old.server.connections_closed());
+    assert!(
+        closed.await.is_err(),
+        "a connection with an open tunnel counts as open"
+    );
+
     // The tunnel opened before the drain still works to its end.
     long_lived.write_all(b" after drain").await.unwrap();
     long_lived.shutdown().await.unwrap();
     let mut back = Vec::new();
     long_lived.read_to_end(&mut back).await.unwrap();
     assert_eq!(back, b"before drain; after drain");
+    drop(long_lived);
+    // Then the connection closes (GOAWAY was sent, no stream left), and a stopping process
+    // waiting on this knows every byte was written.
+    tokio::time::timeout(Duration::from_secs(5), old.server.connections_closed())
+        .await
+        .expect("the drained server's connections close once their tunnels end");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

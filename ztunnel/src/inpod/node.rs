@@ -131,11 +131,19 @@ impl NodeZtunnel {
     pub async fn shutdown(self) {
         self.drain.start();
         let pods = self.pods.list();
+        let servers = self.pods.servers();
         self.pods.remove_all();
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
-        for (_, proxy) in pods {
+        for (_, proxy) in &pods {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             proxy.drain.wait_idle(left).await;
+        }
+        // Ended tunnels' last bytes go out with their HBONE connections (see
+        // `HboneServer::connections_closed`).
+        for server in servers {
+            let _ = tokio::time::timeout_at(deadline, server.connections_closed()).await;
+        }
+        for (_, proxy) in pods {
             proxy.drain.close();
         }
         self.drain.close();

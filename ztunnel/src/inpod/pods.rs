@@ -88,6 +88,16 @@ impl Pods {
             .collect()
     }
 
+    /// Every pod's HBONE server (shutdown waits for their connections to close).
+    pub fn servers(&self) -> Vec<Arc<HboneServer>> {
+        self.pods
+            .lock()
+            .expect("pods lock")
+            .values()
+            .map(|p| p.hbone_server.clone())
+            .collect()
+    }
+
     /// Stops every pod (shutdown): listeners close, connections drain.
     pub fn remove_all(&self) {
         for uid in self.uids() {

@@ -1,12 +1,13 @@
 //! The real binary: settings from the environment, readiness, run-time log level, and both
 //! ways to stop it (SIGTERM, `/quitquitquit`); a broken config at start is refused by name.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 
 fn spawn(mesh: &Mesh, last: u8, workload: &str) -> Child {
+    let log = std::fs::File::create(log_path(mesh, last)).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_ztunnel"))
         .env_clear()
         .env("PROXY_WORKLOAD_INFO", workload)
@@ -16,10 +17,14 @@ fn spawn(mesh: &Mesh, last: u8, workload: &str) -> Child {
         .env("SOCKET_MARK", "0")
         .env("DRAIN_TIMEOUT", "3s")
         .env("UNSTABLE_ENABLE_SOCKS5", "true")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
+        .env(
+            "RUST_LOG",
+            std::env::var("ZT_TEST_LOG").unwrap_or("info".into()),
+        )
         // A file, not a pipe nobody reads: at debug level a full pipe would stall the child.
-        .stderr(std::fs::File::create(log_path(mesh, last)).expect("log file"))
+        // ztunnel logs to stdout; stderr carries panics.
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
         .spawn()
         .expect("spawn ztunnel")
 }
