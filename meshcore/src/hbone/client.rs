@@ -21,7 +21,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
 /// Bytes h2 may buffer per stream before asking the writer to wait (h2's default is 400 KiB).
-pub(crate) const SEND_BUFFER: usize = 1024 * 1024;
+/// 256 KiB took ~1 MiB off the bench's peak RSS against 1 MiB with bulk rates within the
+/// runs' noise (docs/performance.md, "HTTP/2 send buffer").
+pub(crate) const SEND_BUFFER: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
