@@ -207,6 +207,7 @@ pub fn jwt(data: &[u8]) {
             &waypoint::authz::WaypointRef {
                 namespace: "ns",
                 name: "waypoint",
+                class: Some("istio-waypoint"),
             },
             "istio-system",
             &JwksCache::default(),

@@ -19,6 +19,9 @@ use meshcore::l7::authz::{PolicyTargetReference, WorkloadSelector};
 pub struct WaypointRef<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
+    /// The GatewayClass whose root-namespace policies apply (`istio-waypoint` for a waypoint);
+    /// `None` for an ingress gateway, which no GatewayClass-wide policy reaches.
+    pub class: Option<&'a str>,
 }
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -92,8 +95,8 @@ pub fn attachment(
                     targets.push(Target::Waypoint);
                 }
             }
-            // Another GatewayClass: not a waypoint's.
-            (GATEWAY_GROUP, "GatewayClass") if r.name != WAYPOINT_CLASS => {}
+            // Another GatewayClass: not this waypoint's.
+            (GATEWAY_GROUP, "GatewayClass") if waypoint.class != Some(r.name.as_str()) => {}
             (GATEWAY_GROUP, "GatewayClass") => {
                 if ns == root_namespace {
                     targets.push(Target::Waypoint);

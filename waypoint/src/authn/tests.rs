@@ -67,6 +67,7 @@ fn compile(policies: &[RequestAuthentication]) -> (JwtAuthn, Vec<AuthnNote>) {
         &WaypointRef {
             namespace: "ns",
             name: "waypoint",
+            class: Some("istio-waypoint"),
         },
         "istio-system",
         &JwksCache::default(),
@@ -384,6 +385,7 @@ async fn remote_key_sets_are_fetched_and_discovered() {
     let waypoint = WaypointRef {
         namespace: "ns",
         name: "waypoint",
+        class: Some("istio-waypoint"),
     };
     let issuer = format!("http://{addr}");
     let mut c = claims("dave");

@@ -12,6 +12,7 @@ mod fields;
 const WAYPOINT: WaypointRef<'static> = WaypointRef {
     namespace: "ns",
     name: "waypoint",
+    class: Some("istio-waypoint"),
 };
 const GATEWAY_REF: &str =
     "targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]";

@@ -387,15 +387,20 @@ impl Snapshot {
             .as_ref()
             .map(crate::gateway::IngressView::compile);
         // Policies target the Gateway this process serves: the ingress Gateway in gateway mode.
-        let (gateway_ns, gateway_name) = match &config.ingress {
-            Some(i) => (i.namespace.as_str(), i.name.as_str()),
-            None => (me.namespace.as_str(), me.name.as_str()),
+        let (gateway_ns, gateway_name, class) = match &config.ingress {
+            Some(i) => (i.namespace.as_str(), i.name.as_str(), None),
+            None => (
+                me.namespace.as_str(),
+                me.name.as_str(),
+                Some(crate::attach::WAYPOINT_CLASS),
+            ),
         };
         let (policies, policy_notes) = L7Policies::compile(
             &config.authorization_policies,
             &WaypointRef {
                 namespace: gateway_ns,
                 name: gateway_name,
+                class,
             },
             &me.root_namespace,
             &me.trust_domain,
@@ -405,6 +410,7 @@ impl Snapshot {
             &WaypointRef {
                 namespace: gateway_ns,
                 name: gateway_name,
+                class,
             },
             &me.root_namespace,
             jwks,

@@ -65,6 +65,14 @@ fn attachment() {
     assert!(p.is_empty());
     assert_eq!(notes.len(), 1);
     assert!(notes[0].message.contains("root namespace"), "{}", notes[0]);
+    // An ingress gateway (no GatewayClass of its own for policies): not reached by it.
+    let gateway = WaypointRef {
+        class: None,
+        ..WAYPOINT
+    };
+    let policies = [parse(&class("istio-system"))];
+    let (p, notes) = L7Policies::compile(&policies, &gateway, "istio-system", "cluster.local");
+    assert!(p.is_empty() && notes.is_empty(), "{notes:?}");
 
     // Another waypoint's Gateway, or the same name in another namespace: silently not ours.
     let other = |ns: &str, name: &str| {
