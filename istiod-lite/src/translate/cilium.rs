@@ -704,6 +704,7 @@ enum Ports {
 
 pub mod egress;
 mod peers;
+mod ports;
 
 #[cfg(test)]
 mod egress_tests;

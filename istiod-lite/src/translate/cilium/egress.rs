@@ -32,11 +32,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use meshcore::policy::egress::{EgressPolicy, EgressRule as Rule, Entity, Peer, PortRange};
 use meshcore::policy::Action;
-use serde_json::Value;
 
+use super::ports::{PortRanges, PortRules};
 use super::{check_ports, check_selector, cidr, Context, Selector, Translated};
 use crate::crd::cilium::{EgressRule, PolicyRule};
 use crate::translate::workloads::pod_uid;
@@ -426,6 +425,7 @@ impl Context<'_> {
     }
 
     /// The TCP ports of an egress rule; every port when it has no `toPorts` (or a port 0).
+    /// Named ports are the destination pods' (those `toEndpoints` picks).
     fn egress_ports(
         &mut self,
         obj: &str,
@@ -435,110 +435,40 @@ impl Context<'_> {
         deny: bool,
         drop: &mut Vec<String>,
     ) -> Ports {
-        if er.icmps.is_some() {
-            self.note(
-                obj,
-                format!("{at}.icmps: ICMP is not carried by ztunnel (TCP only); ignored"),
-            );
-        }
-        let Some(to_ports) = &er.to_ports else {
-            if er.icmps.is_some() {
-                return Ports::Some(Vec::new()); // an ICMP-only rule allows no TCP
+        let has_endpoints = er.to_endpoints.is_some();
+        let named = |cx: &Context<'_>, s: &str| {
+            let found = cx.named(destination_pods, s);
+            if !found.is_empty() {
+                return Ok(found);
             }
-            return Ports::All;
+            Err(if has_endpoints {
+                format!("no destination pod picked by toEndpoints has a container port named {s:?}; left out")
+            } else {
+                "a named port needs toEndpoints to resolve against; left out".to_owned()
+            })
         };
-        let mut all = false;
-        let mut out: Vec<PortRange> = Vec::new();
-        for (t, pr) in to_ports.iter().enumerate() {
-            let field = format!("{at}.toPorts[{t}]");
-            if let Some(rules) = &pr.rules {
-                if deny {
-                    self.note(obj, format!("{field}.rules: L7, not checked by ztunnel; taken as satisfied in this deny rule"));
-                } else if dns_only(rules) {
-                    self.note(obj, format!("{field}.rules: DNS queries are answered by ztunnel's DNS proxy and are not subject to egress policy; the rule's L4 part is kept"));
-                } else {
-                    drop.push(format!("{field}.rules"));
-                }
-            }
-            for (name, present) in [
-                ("listener", pr.listener.is_some()),
-                ("serverNames", pr.server_names.is_some()),
-            ] {
-                if present {
-                    if deny {
-                        self.note(obj, format!("{field}.{name}: L7, not checked by ztunnel; taken as satisfied in this deny rule"));
-                    } else {
-                        drop.push(format!("{field}.{name}"));
-                    }
-                }
-            }
-            for (name, present) in [
-                ("originatingTLS", pr.originating_tls.is_some()),
-                ("terminatingTLS", pr.terminating_tls.is_some()),
-            ] {
-                if present {
-                    self.note(
-                        obj,
-                        format!("{field}.{name}: TLS interception is not done by ztunnel; ignored"),
-                    );
-                }
-            }
-            if pr.ports.is_empty() {
-                all = true;
-            }
-            for (p, pp) in pr.ports.iter().enumerate() {
-                let field = format!("{field}.ports[{p}]");
-                let protocol = pp.protocol.as_deref().unwrap_or("ANY").to_ascii_uppercase();
-                if !matches!(protocol.as_str(), "TCP" | "ANY") {
-                    self.note(obj, format!("{field}.protocol: {protocol} is not carried by ztunnel (TCP only); ignored"));
-                    continue;
-                }
-                let start = match &pp.port {
-                    None => 0,
-                    Some(IntOrString::Int(n)) => *n,
-                    Some(IntOrString::String(s)) => match s.parse::<i32>() {
-                        Ok(n) => n,
-                        Err(_) => {
-                            let found = self.named(destination_pods, s);
-                            if found.is_empty() {
-                                let why = if er.to_endpoints.is_none() {
-                                    "a named port needs toEndpoints to resolve against".to_owned()
-                                } else {
-                                    format!("no destination pod picked by toEndpoints has a container port named {s:?}")
-                                };
-                                self.note(obj, format!("{field}.port: {why}; left out"));
-                            }
-                            out.extend(found.into_iter().map(|port| PortRange {
-                                port,
-                                end_port: None,
-                            }));
-                            continue;
-                        }
-                    },
-                };
-                let Ok(start) = u16::try_from(start) else {
-                    continue; // refused by validation
-                };
-                if start == 0 {
-                    all = true;
-                    continue;
-                }
-                let end_port = pp
-                    .end_port
-                    .and_then(|e| u16::try_from(e).ok())
-                    .filter(|&e| e > start);
-                out.push(PortRange {
-                    port: start,
-                    end_port,
-                });
+        let rules = PortRules {
+            to_ports: er.to_ports.as_deref(),
+            icmps: er.icmps.is_some(),
+            deny,
+            keep_dns_rules: true,
+            max_range: None,
+        };
+        match self.port_ranges(obj, at, rules, &named, drop) {
+            PortRanges::All => Ports::All,
+            PortRanges::Some(ranges) => {
+                let mut out: Vec<PortRange> = ranges
+                    .into_iter()
+                    .map(|(port, end)| PortRange {
+                        port,
+                        end_port: (end > port).then_some(end),
+                    })
+                    .collect();
+                out.sort_by_key(|r| (r.port, r.end_port));
+                out.dedup();
+                Ports::Some(out)
             }
         }
-        if all {
-            return Ports::All;
-        }
-        out.sort_by_key(|r| (r.port, r.end_port));
-        out.dedup();
-        Ports::Some(out)
     }
 
     /// The numbers of the container port `name` on the destination pods.
@@ -553,16 +483,5 @@ impl Context<'_> {
         found.sort();
         found.dedup();
         found
-    }
-}
-
-/// Whether a port rule's L7 `rules` hold DNS rules only.
-fn dns_only(rules: &Value) -> bool {
-    match rules {
-        Value::Object(kinds) => kinds.iter().all(|(kind, v)| {
-            kind == "dns" || v.is_null() || v.as_array().is_some_and(Vec::is_empty)
-        }),
-        Value::Null => true,
-        _ => false,
     }
 }

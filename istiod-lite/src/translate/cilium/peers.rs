@@ -3,9 +3,9 @@
 use std::collections::BTreeSet;
 
 use ipnet::IpNet;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use meshcore::policy::{Match, StringMatch};
 
+use super::ports::{PortRanges, PortRules};
 use super::{cidr, Context, Ports, Selector, Sources, HOST_ADDRESS, MAX_RANGE};
 use crate::crd::cilium::IngressRule;
 use crate::translate::workloads::named_port;
@@ -160,7 +160,8 @@ impl Context<'_> {
         }]
     }
 
-    /// The TCP ports of a rule; every port when it has no `toPorts` (or a port 0).
+    /// The TCP ports of a rule, one by one; every port when it has no `toPorts` (or a port 0).
+    /// Named ports are the selected pods' own.
     pub(super) fn ports(
         &mut self,
         obj: &str,
@@ -170,91 +171,32 @@ impl Context<'_> {
         deny: bool,
         drop: &mut Vec<String>,
     ) -> Ports {
-        if ir.icmps.is_some() {
-            self.note(
-                obj,
-                format!("{at}.icmps: ICMP is not carried by ztunnel (TCP only); ignored"),
-            );
-        }
-        let Some(to_ports) = &ir.to_ports else {
-            if ir.icmps.is_some() {
-                // An ICMP-only rule admits no TCP.
-                return Ports::Some(BTreeSet::new());
+        let named = |cx: &Context<'_>, s: &str| {
+            let found: Vec<u16> = pods
+                .iter()
+                .filter_map(|k| named_port(cx.pods.get(k)?, s))
+                .filter_map(|n| u16::try_from(n).ok())
+                .collect();
+            if found.is_empty() {
+                Err(format!(
+                    "no pod picked has a container port named {s:?}; ignored"
+                ))
+            } else {
+                Ok(found)
             }
-            return Ports::All;
         };
-        let mut all = false;
-        let mut out = BTreeSet::new();
-        for (t, pr) in to_ports.iter().enumerate() {
-            let field = format!("{at}.toPorts[{t}]");
-            for (name, present) in [
-                ("rules", pr.rules.is_some()),
-                ("listener", pr.listener.is_some()),
-                ("serverNames", pr.server_names.is_some()),
-            ] {
-                if present {
-                    if deny {
-                        self.note(obj, format!("{field}.{name}: L7, not checked by ztunnel; taken as satisfied in this deny rule"));
-                    } else {
-                        drop.push(format!("{field}.{name}"));
-                    }
-                }
+        let rules = PortRules {
+            to_ports: ir.to_ports.as_deref(),
+            icmps: ir.icmps.is_some(),
+            deny,
+            keep_dns_rules: false,
+            max_range: Some(MAX_RANGE),
+        };
+        match self.port_ranges(obj, at, rules, &named, drop) {
+            PortRanges::All => Ports::All,
+            PortRanges::Some(ranges) => {
+                Ports::Some(ranges.into_iter().flat_map(|(a, b)| a..=b).collect())
             }
-            for (name, present) in [
-                ("originatingTLS", pr.originating_tls.is_some()),
-                ("terminatingTLS", pr.terminating_tls.is_some()),
-            ] {
-                if present {
-                    self.note(
-                        obj,
-                        format!("{field}.{name}: TLS interception is not done by ztunnel; ignored"),
-                    );
-                }
-            }
-            if pr.ports.is_empty() {
-                all = true;
-            }
-            for (p, pp) in pr.ports.iter().enumerate() {
-                let field = format!("{field}.ports[{p}]");
-                let protocol = pp.protocol.as_deref().unwrap_or("ANY").to_ascii_uppercase();
-                if !matches!(protocol.as_str(), "TCP" | "ANY") {
-                    self.note(obj, format!("{field}.protocol: {protocol} is not carried by ztunnel (TCP only); ignored"));
-                    continue;
-                }
-                let start = match &pp.port {
-                    None => 0,
-                    Some(IntOrString::Int(n)) => *n,
-                    Some(IntOrString::String(s)) => match s.parse::<i32>() {
-                        Ok(n) => n,
-                        Err(_) => {
-                            let found: BTreeSet<i32> = pods
-                                .iter()
-                                .filter_map(|k| named_port(self.pods.get(k)?, s))
-                                .collect();
-                            if found.is_empty() {
-                                self.note(obj, format!("{field}.port: no pod picked has a container port named {s:?}; ignored"));
-                            }
-                            out.extend(found.into_iter().filter_map(|n| u16::try_from(n).ok()));
-                            continue;
-                        }
-                    },
-                };
-                if start == 0 {
-                    all = true;
-                    continue;
-                }
-                let end = pp.end_port.filter(|&e| e > start).unwrap_or(start);
-                if (end - start) as u32 >= MAX_RANGE {
-                    self.note(obj, format!("{field}.endPort: the range {start}-{end} is wider than {MAX_RANGE} ports; ignored"));
-                    continue;
-                }
-                out.extend((start..=end).filter_map(|n| u16::try_from(n).ok()));
-            }
-        }
-        if all {
-            Ports::All
-        } else {
-            Ports::Some(out)
         }
     }
 }
