@@ -64,7 +64,61 @@ fn ingress_cases() -> Vec<Case<Suite>> {
             name: "CiliumNetworkPolicy ingressDeny wins over an allow",
             run: deny_over_allow,
         },
+        Case {
+            name: "CiliumNetworkPolicy fromEntities: cluster vs world",
+            run: from_entities,
+        },
     ]
+}
+
+/// The servers admit only `entity`.
+fn entities_policy(entity: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n\
+         metadata: {{name: from-{entity}, namespace: apps}}\n\
+         spec:\n  endpointSelector: {{matchLabels: {{app: server}}}}\n  \
+         ingress: [{{fromEntities: [{entity}]}}]\n"
+    )
+}
+
+/// A request to `to` from the cluster's fabric (outside the cluster: no pod, no node): `Ok`
+/// when answered, `Err` naming what happened otherwise.
+fn from_outside(to: std::net::SocketAddr) -> Result<(), String> {
+    match meshctl::cluster::netns::http_get(meshctl::cluster::FABRIC, to, "/") {
+        Ok((200, _)) => Ok(()),
+        Ok((status, _)) => Err(format!("outside -> {to}: HTTP {status}")),
+        Err(e) => Err(format!("outside -> {to}: {e}")),
+    }
+}
+
+fn refused_from_outside(to: std::net::SocketAddr) -> Result<(), String> {
+    match meshctl::cluster::netns::http_get(meshctl::cluster::FABRIC, to, "/") {
+        Err(e) if closed_by_peer(&e) => Ok(()),
+        other => Err(format!("outside -> {to}: {other:?}, want refused")),
+    }
+}
+
+fn from_entities(s: &mut Suite) -> Result<(), String> {
+    // Before: the outside reaches a server (PERMISSIVE, no policy).
+    eventually(CONVERGE, || {
+        from_outside(pod_addr(&s.cluster, "server-1", 8080))
+    })?;
+    // `cluster`: mesh identities (narrower than Cilium: not pods outside the mesh).
+    with_config(s, &entities_policy("cluster"), |c| {
+        eventually(CONVERGE, || {
+            refused_from_outside(pod_addr(c, "server-1", 8080))?;
+            get(c, "client", pod_addr(c, "server-1", 8080)).map(|_| ())
+        })?;
+        refused(c, "legacy", pod_addr(c, "server-2", 8080))
+    })?;
+    // `world`: only what comes from outside the cluster.
+    with_config(s, &entities_policy("world"), |c| {
+        eventually(CONVERGE, || {
+            refused(c, "client", pod_addr(c, "server-1", 8080))?;
+            from_outside(pod_addr(c, "server-1", 8080))
+        })?;
+        refused(c, "legacy", pod_addr(c, "server-2", 8080))
+    })
 }
 
 fn backend_policy(s: &mut Suite) -> Result<(), String> {
