@@ -395,7 +395,53 @@ pub fn policies(cluster: &Cluster, info: &ClusterInfo) -> Translated {
     out
 }
 
+/// A rule's peer fields ztunnel cannot enforce, the same in both directions (`from*` for
+/// ingress, `to*` for egress).
+struct UnenforcedPeers {
+    direction: &'static str,
+    peer: &'static str,
+    requires: bool,
+    groups: bool,
+    nodes: bool,
+    authentication: bool,
+}
+
 impl Context<'_> {
+    /// `*Requires` narrows the peers: it drops an ALLOW rule (never admitting more than
+    /// written) and is ignored in a deny rule; `*Groups` and `*Nodes` select no peer;
+    /// `authentication` is what every mesh connection does already.
+    fn unenforced_peer_fields(
+        &mut self,
+        obj: &str,
+        at: &str,
+        f: UnenforcedPeers,
+        deny: bool,
+        drop: &mut Vec<String>,
+    ) {
+        let dir = f.direction;
+        if f.requires {
+            if deny {
+                self.note(
+                    obj,
+                    format!("{at}.{dir}Requires: not supported; this deny rule applies regardless of it"),
+                );
+            } else {
+                drop.push(format!("{at}.{dir}Requires"));
+            }
+        }
+        for (field, present) in [("Groups", f.groups), ("Nodes", f.nodes)] {
+            if present {
+                self.note(
+                    obj,
+                    format!("{at}.{dir}{field}: not supported; selects no {}", f.peer),
+                );
+            }
+        }
+        if f.authentication {
+            self.note(obj, format!("{at}.authentication: not needed: every mesh connection is mutual TLS; accepted"));
+        }
+    }
+
     /// Adds the pods `rule` puts in ingress default deny to [`Context::ingress_default_deny`].
     fn mark_ingress_default_deny(&mut self, namespace: Option<&str>, rule: &PolicyRule) {
         let has_ingress = rule.ingress.is_some() || rule.ingress_deny.is_some();
@@ -630,32 +676,20 @@ impl Context<'_> {
             return None;
         }
         let mut drop_reasons = Vec::new();
-        if ir.from_requires.is_some() {
-            if deny {
-                self.note(
-                    obj,
-                    format!(
-                        "{at}.fromRequires: not supported; this deny rule applies regardless of it"
-                    ),
-                );
-            } else {
-                drop_reasons.push(format!("{at}.fromRequires"));
-            }
-        }
-        for (field, present) in [
-            ("fromGroups", ir.from_groups.is_some()),
-            ("fromNodes", ir.from_nodes.is_some()),
-        ] {
-            if present {
-                self.note(
-                    obj,
-                    format!("{at}.{field}: not supported; selects no source"),
-                );
-            }
-        }
-        if ir.authentication.is_some() {
-            self.note(obj, format!("{at}.authentication: not needed: every mesh connection is mutual TLS; accepted"));
-        }
+        self.unenforced_peer_fields(
+            obj,
+            at,
+            UnenforcedPeers {
+                direction: "from",
+                peer: "source",
+                requires: ir.from_requires.is_some(),
+                groups: ir.from_groups.is_some(),
+                nodes: ir.from_nodes.is_some(),
+                authentication: ir.authentication.is_some(),
+            },
+            deny,
+            &mut drop_reasons,
+        );
         let from = self.sources(obj, at, ir, policy_ns);
         let ports = self.ports(obj, at, ir, pods, deny, &mut drop_reasons);
         if !drop_reasons.is_empty() {

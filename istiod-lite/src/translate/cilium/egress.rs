@@ -36,7 +36,7 @@ use meshcore::policy::egress::{EgressPolicy, EgressRule as Rule, Entity, Peer, P
 use meshcore::policy::Action;
 
 use super::ports::{PortRanges, PortRules};
-use super::{check_ports, check_selector, cidr, Context, Selector, Translated};
+use super::{check_ports, check_selector, cidr, Context, Selector, Translated, UnenforcedPeers};
 use crate::crd::cilium::{EgressRule, PolicyRule};
 use crate::translate::workloads::pod_uid;
 
@@ -251,32 +251,20 @@ impl Context<'_> {
             return None;
         }
         let mut drop_reasons = Vec::new();
-        if er.to_requires.is_some() {
-            if deny {
-                self.note(
-                    obj,
-                    format!(
-                        "{at}.toRequires: not supported; this deny rule applies regardless of it"
-                    ),
-                );
-            } else {
-                drop_reasons.push(format!("{at}.toRequires"));
-            }
-        }
-        for (field, present) in [
-            ("toGroups", er.to_groups.is_some()),
-            ("toNodes", er.to_nodes.is_some()),
-        ] {
-            if present {
-                self.note(
-                    obj,
-                    format!("{at}.{field}: not supported; selects no destination"),
-                );
-            }
-        }
-        if er.authentication.is_some() {
-            self.note(obj, format!("{at}.authentication: not needed: every mesh connection is mutual TLS; accepted"));
-        }
+        self.unenforced_peer_fields(
+            obj,
+            at,
+            UnenforcedPeers {
+                direction: "to",
+                peer: "destination",
+                requires: er.to_requires.is_some(),
+                groups: er.to_groups.is_some(),
+                nodes: er.to_nodes.is_some(),
+                authentication: er.authentication.is_some(),
+            },
+            deny,
+            &mut drop_reasons,
+        );
         let (to, destination_pods) = if peers_written {
             self.destinations(obj, at, er, policy_ns)
         } else {
