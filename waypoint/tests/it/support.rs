@@ -17,18 +17,35 @@ use meshcore::hbone::{ClientSettings, ConnectRequest, HboneClient, ServerSetting
 use meshcore::identity::SpiffeId;
 use waypoint::{Settings, Waypoint};
 
-static NEXT_NET: AtomicU8 = AtomicU8::new(1);
+static NEXT_NET: AtomicU8 = AtomicU8::new(0);
 
 /// One test's corner of loopback (`127.77.<n>.x`) and its CA.
 pub struct Mesh {
     pub net: u8,
     pub dir: PathBuf,
     pub certs: Arc<CertManager>,
+    /// Held while the test runs: `127.77.<n>.254:1` bound marks the corner as taken, so tests
+    /// in other processes (nextest runs one per process) pick another.
+    _claim: std::net::TcpListener,
+}
+
+/// A free corner: starting from one derived from the process id, the first whose claim
+/// address binds.
+fn claim_net() -> (u8, std::net::TcpListener) {
+    let start = std::process::id() % 250;
+    for _ in 0..250 {
+        let step = u32::from(NEXT_NET.fetch_add(1, Ordering::Relaxed));
+        let net = 1 + ((start + step) % 250) as u8;
+        if let Ok(claim) = std::net::TcpListener::bind((Ipv4Addr::new(127, 77, net, 254), 1)) {
+            return (net, claim);
+        }
+    }
+    panic!("no free 127.77.n.0/24 corner of loopback for a test mesh");
 }
 
 impl Mesh {
     pub fn new() -> Self {
-        let net = NEXT_NET.fetch_add(1, Ordering::Relaxed);
+        let (net, claim) = claim_net();
         let dir = std::env::temp_dir().join(format!("waypoint-it-{}-{net}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -38,6 +55,7 @@ impl Mesh {
             net,
             dir,
             certs: CertManager::new(Arc::new(ca)),
+            _claim: claim,
         }
     }
 

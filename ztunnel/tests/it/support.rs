@@ -5,27 +5,49 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use ztunnel::{Settings, Ztunnel};
 
-static NEXT_SUBNET: AtomicU8 = AtomicU8::new(0);
+static NEXT_SUBNET: AtomicU32 = AtomicU32::new(0);
 
 /// One test's private corner of loopback, config file and CA.
 pub struct Mesh {
     pub dir: PathBuf,
     pub config: PathBuf,
     prefix: [u8; 3],
+    /// Held while the test runs: `127.a.b.254:1` bound marks the corner as taken, so a test in
+    /// another process (nextest runs one per process) picks another.
+    _claim: std::net::TcpListener,
+}
+
+/// A free `127.a.b.0/24`: starting from one derived from the process id, the first whose claim
+/// address binds.
+fn claim_prefix() -> ([u8; 3], std::net::TcpListener) {
+    let start = std::process::id() % 200;
+    for _ in 0..2000 {
+        let n = NEXT_SUBNET.fetch_add(1, Ordering::Relaxed);
+        let prefix = [127, 40 + (n % 10) as u8, ((start + n / 10) % 200) as u8 + 1];
+        let [a, b, c] = prefix;
+        if let Ok(claim) = std::net::TcpListener::bind((std::net::Ipv4Addr::new(a, b, c, 254), 1)) {
+            return (prefix, claim);
+        }
+    }
+    panic!("no free 127.a.b.0/24 corner of loopback for a test mesh");
 }
 
 impl Mesh {
     pub fn new() -> Self {
-        let n = NEXT_SUBNET.fetch_add(1, Ordering::Relaxed);
-        let prefix = [127, 40 + n, (std::process::id() % 200) as u8 + 1];
-        let dir = std::env::temp_dir().join(format!("zt-it-{}-{n}", std::process::id()));
+        let (prefix, claim) = claim_prefix();
+        let dir = std::env::temp_dir().join(format!(
+            "zt-it-{}-{}-{}",
+            std::process::id(),
+            prefix[1],
+            prefix[2]
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("mesh.yaml");
@@ -34,6 +56,7 @@ impl Mesh {
             dir,
             config,
             prefix,
+            _claim: claim,
         }
     }
 
