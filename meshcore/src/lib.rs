@@ -16,6 +16,7 @@ pub mod otel;
 pub mod pki;
 pub mod policy;
 pub mod process_metrics;
+pub mod prom_text;
 pub mod refusals;
 pub mod rlimit;
 pub mod settings;

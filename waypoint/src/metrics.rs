@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Mutex};
 
+use meshcore::prom_text::Family;
 use metrics::{
     Counter, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit,
 };
@@ -25,6 +26,60 @@ pub const ROUTE_REQUESTS: &str = "waypoint_route_requests_total";
 pub const ROUTE_DURATION: &str = "waypoint_route_request_duration_milliseconds";
 
 /// Envoy's default histogram buckets (milliseconds), which Istio's dashboards assume.
+/// Every family the waypoint exports, declared from the first scrape.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: REQUESTS,
+        kind: "counter",
+        help: "Requests handled by the waypoint",
+    },
+    Family {
+        name: ROUTE_REQUESTS,
+        kind: "counter",
+        help: "Requests by route rule, backend and classification (failure: 5xx, or a gRPC status other than OK)",
+    },
+    Family {
+        name: TCP_OPENED,
+        kind: "counter",
+        help: "TCP connections opened",
+    },
+    Family {
+        name: TCP_CLOSED,
+        kind: "counter",
+        help: "TCP connections closed",
+    },
+    Family {
+        name: TCP_RECEIVED,
+        kind: "counter",
+        help: "Bytes received from clients over TCP",
+    },
+    Family {
+        name: TCP_SENT,
+        kind: "counter",
+        help: "Bytes sent to clients over TCP",
+    },
+    Family {
+        name: DURATION,
+        kind: "histogram",
+        help: "Request duration",
+    },
+    Family {
+        name: ROUTE_DURATION,
+        kind: "histogram",
+        help: "Request duration by route rule and backend",
+    },
+    Family {
+        name: REQUEST_BYTES,
+        kind: "histogram",
+        help: "Request body sizes",
+    },
+    Family {
+        name: RESPONSE_BYTES,
+        kind: "histogram",
+        help: "Response body sizes",
+    },
+];
+
 const DURATION_BUCKETS: &[f64] = &[
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
@@ -132,42 +187,22 @@ impl Metrics {
             })
             .expect("static buckets are valid")
             .build_recorder();
-        let describe_counter = |name: &'static str, unit, help: &'static str| {
-            recorder.describe_counter(
-                KeyName::from_const_str(name),
-                Some(unit),
-                SharedString::const_str(help),
+        for f in FAMILIES {
+            let unit = match f.name {
+                DURATION | ROUTE_DURATION => Unit::Milliseconds,
+                REQUEST_BYTES | RESPONSE_BYTES | TCP_RECEIVED | TCP_SENT => Unit::Bytes,
+                _ => Unit::Count,
+            };
+            let (name, help) = (
+                KeyName::from_const_str(f.name),
+                SharedString::const_str(f.help),
             );
-        };
-        describe_counter(REQUESTS, Unit::Count, "Requests handled by the waypoint");
-        describe_counter(
-            ROUTE_REQUESTS,
-            Unit::Count,
-            "Requests by route rule, backend and classification (failure: 5xx, or a gRPC status other than OK)",
-        );
-        describe_counter(TCP_OPENED, Unit::Count, "TCP connections opened");
-        describe_counter(TCP_CLOSED, Unit::Count, "TCP connections closed");
-        describe_counter(
-            TCP_RECEIVED,
-            Unit::Bytes,
-            "Bytes received from clients over TCP",
-        );
-        describe_counter(TCP_SENT, Unit::Bytes, "Bytes sent to clients over TCP");
-        let describe_histogram = |name: &'static str, unit, help: &'static str| {
-            recorder.describe_histogram(
-                KeyName::from_const_str(name),
-                Some(unit),
-                SharedString::const_str(help),
-            );
-        };
-        describe_histogram(DURATION, Unit::Milliseconds, "Request duration");
-        describe_histogram(
-            ROUTE_DURATION,
-            Unit::Milliseconds,
-            "Request duration by route rule and backend",
-        );
-        describe_histogram(REQUEST_BYTES, Unit::Bytes, "Request body sizes");
-        describe_histogram(RESPONSE_BYTES, Unit::Bytes, "Response body sizes");
+            if f.kind == "histogram" {
+                recorder.describe_histogram(name, Some(unit), help);
+            } else {
+                recorder.describe_counter(name, Some(unit), help);
+            }
+        }
         Self {
             recorder,
             series: Mutex::new(HashMap::new()),
@@ -176,8 +211,11 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
+    /// Families nothing was recorded in yet are declared too, as Istio's proxies do.
     pub fn render(&self) -> String {
-        self.recorder.handle().render()
+        let mut text = self.recorder.handle().render();
+        meshcore::prom_text::declare_unrecorded(&mut text, FAMILIES);
+        text
     }
 
     /// Records one finished request.

@@ -15,12 +15,47 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use crate::flows::{Event, Flow, FlowLog, Kind, Peer};
 use crate::state::{ServiceEntry, WorkloadEntry};
 use meshcore::otel::{Hop, KeyValue, SpanKind, Tracing};
+use meshcore::prom_text::Family;
 
 pub const OPENED: &str = "istio_tcp_connections_opened_total";
 pub const CLOSED: &str = "istio_tcp_connections_closed_total";
 pub const FAILED: &str = "istio_tcp_connections_failed_total";
 pub const RECEIVED: &str = "istio_tcp_received_bytes_total";
 pub const SENT: &str = "istio_tcp_sent_bytes_total";
+
+/// Every counter family ztunnel exports, declared from the first scrape.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: OPENED,
+        kind: "counter",
+        help: "TCP connections opened",
+    },
+    Family {
+        name: CLOSED,
+        kind: "counter",
+        help: "TCP connections closed",
+    },
+    Family {
+        name: FAILED,
+        kind: "counter",
+        help: "TCP connections that failed (denied by policy, upstream unreachable)",
+    },
+    Family {
+        name: RECEIVED,
+        kind: "counter",
+        help: "Bytes received by the destination (client to server)",
+    },
+    Family {
+        name: SENT,
+        kind: "counter",
+        help: "Bytes sent by the destination (server to client)",
+    },
+    Family {
+        name: crate::proxy::egress::DENIED,
+        kind: "counter",
+        help: "Outbound connections refused at the source by an egress policy (by source workload and deciding policy)",
+    },
+];
 
 static META: Metadata<'static> = Metadata::new("ztunnel", Level::INFO, Some(module_path!()));
 
@@ -56,35 +91,18 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new().build_recorder();
-        let describe = |name: &'static str, unit, help: &'static str| {
+        for f in FAMILIES {
+            let unit = if f.name.ends_with("_bytes_total") {
+                Unit::Bytes
+            } else {
+                Unit::Count
+            };
             recorder.describe_counter(
-                KeyName::from_const_str(name),
+                KeyName::from_const_str(f.name),
                 Some(unit),
-                SharedString::const_str(help),
+                SharedString::const_str(f.help),
             );
-        };
-        describe(OPENED, Unit::Count, "TCP connections opened");
-        describe(CLOSED, Unit::Count, "TCP connections closed");
-        describe(
-            FAILED,
-            Unit::Count,
-            "TCP connections that failed (denied by policy, upstream unreachable)",
-        );
-        describe(
-            RECEIVED,
-            Unit::Bytes,
-            "Bytes received by the destination (client to server)",
-        );
-        describe(
-            SENT,
-            Unit::Bytes,
-            "Bytes sent by the destination (server to client)",
-        );
-        describe(
-            crate::proxy::egress::DENIED,
-            Unit::Count,
-            "Outbound connections refused at the source by an egress policy (by source workload and deciding policy)",
-        );
+        }
         Self {
             recorder,
             flows: FlowLog::default(),
@@ -98,8 +116,11 @@ impl Metrics {
     }
 
     /// Prometheus text exposition of everything recorded so far.
+    /// Families nothing was recorded in yet are declared too, as Istio's ztunnel does.
     pub fn render(&self) -> String {
-        self.recorder.handle().render()
+        let mut text = self.recorder.handle().render();
+        meshcore::prom_text::declare_unrecorded(&mut text, FAMILIES);
+        text
     }
 
     fn counter(&self, name: &'static str, labels: &[Label]) -> Counter {
