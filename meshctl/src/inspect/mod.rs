@@ -195,11 +195,26 @@ pub fn check_report(state_dir: &Path, output: Output) -> Result<(String, bool), 
     let fabric = From::Netns(cluster::FABRIC.to_owned());
     let istiod = cluster_istiod(&cluster);
     let control_ready = fetch::get(&fabric, istiod, "/ready").map(|_| ());
-    let clients = fetch::get(&fabric, istiod, "/debug/clients")
-        .ok()
-        .and_then(|body| serde_json::from_str::<Vec<ClientIn>>(&body).ok())
-        .map(|c| proxy_status::rows(&c, &placement(&cluster)))
-        .unwrap_or_default();
+    let fetch_clients = || {
+        fetch::get(&fabric, istiod, "/debug/clients")
+            .ok()
+            .and_then(|body| serde_json::from_str::<Vec<ClientIn>>(&body).ok())
+            .map(|c| proxy_status::rows(&c, &placement(&cluster)))
+            .unwrap_or_default()
+    };
+    // A push in flight shows as STALE until the proxy acknowledges it, usually within
+    // milliseconds: look again for up to 2 s before reporting a proxy as behind.
+    let mut clients = fetch_clients();
+    for _ in 0..10 {
+        let in_flight = clients
+            .iter()
+            .any(|c| c.types.iter().any(|t| t.status == proxy_status::STALE));
+        if !in_flight {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        clients = fetch_clients();
+    }
     let log_dir = cluster.dir.join("logs").display().to_string();
     let nodes = cluster
         .nodes
