@@ -5,6 +5,11 @@
 //! are read from /proc. Every phase is bounded in bytes, requests and seconds. Prints a table
 //! of ratios and writes it as JSON (`target/bench-mesh.json`, or the path in BENCH_JSON).
 //!
+//! Rows marked `(ref.)` and `floor` measure, in the same run, what the mesh path cannot go
+//! below on this machine: the same bytes and requests through ztunnel A alone as a plain relay
+//! (one userspace hop, no TLS or HTTP/2; the mesh path is two), AES-GCM sealing and opening,
+//! and the client and sink's own cost on the direct path.
+//!
 //!     cargo bench -p ztunnel --bench mesh
 
 use std::net::{IpAddr, SocketAddr};
@@ -61,17 +66,7 @@ impl Ztunnel {
 
     /// User + system CPU seconds so far.
     fn cpu(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        // After "pid (comm)", utime and stime are the 12th and 13th fields.
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // SAFETY: sysconf has no preconditions.
-        ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+        process_cpu(&self.pid().to_string())
     }
 
     /// A /proc status field in KiB (`VmRSS`, `VmHWM`).
@@ -83,6 +78,21 @@ impl Ztunnel {
             .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
             .unwrap()
     }
+}
+
+/// User + system CPU seconds of `/proc/<pid>` so far (`self` for this process).
+fn process_cpu(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // After "pid (comm)", utime and stime are the 12th and 13th fields.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 impl Drop for Ztunnel {
@@ -136,9 +146,24 @@ async fn connect(path: Path, port: u16) -> TcpStream {
 }
 
 async fn servers() {
-    let sink = TcpListener::bind(SocketAddr::from((B, SINK_PORT)))
-        .await
-        .unwrap();
+    for ip in [B, OUTSIDE] {
+        sink_server(
+            TcpListener::bind(SocketAddr::from((ip, SINK_PORT)))
+                .await
+                .unwrap(),
+        );
+    }
+    for ip in [B, OUTSIDE] {
+        echo_server(
+            TcpListener::bind(SocketAddr::from((ip, ECHO_PORT)))
+                .await
+                .unwrap(),
+        );
+    }
+}
+
+/// Reads everything, then answers with the byte count.
+fn sink_server(sink: TcpListener) {
     tokio::spawn(async move {
         loop {
             let (mut t, _) = sink.accept().await.unwrap();
@@ -155,13 +180,6 @@ async fn servers() {
             });
         }
     });
-    for ip in [B, OUTSIDE] {
-        echo_server(
-            TcpListener::bind(SocketAddr::from((ip, ECHO_PORT)))
-                .await
-                .unwrap(),
-        );
-    }
 }
 
 fn echo_server(echo: TcpListener) {
@@ -256,6 +274,98 @@ async fn new_conns(path: Path, workers: usize, secs: f64) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
+/// CPU seconds per GB to seal and then open 16 KiB TLS records with `alg` (ring, as the
+/// ztunnels use it) on this thread: what the tunnel's AES-GCM costs per GB, both ends together.
+fn aead_cpu_per_gb(alg: &'static ring::aead::Algorithm) -> f64 {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
+    const RECORD: usize = 16 * 1024;
+    const RECORDS: usize = 16 * 1024; // 256 MiB each way
+    let key = LessSafeKey::new(UnboundKey::new(alg, &[7u8; 32][..alg.key_len()]).unwrap());
+    let mut record = vec![0x5au8; RECORD + alg.tag_len()];
+    let nonce = |i: usize| {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&(i as u64).to_be_bytes());
+        Nonce::assume_unique_for_key(n)
+    };
+    let aad = || Aad::from([23u8, 3, 3, 0x40, 0x11]);
+    let t0 = thread_cpu();
+    for i in 0..RECORDS {
+        let (plain, tag_space) = record.split_at_mut(RECORD);
+        let tag = key
+            .seal_in_place_separate_tag(nonce(i), aad(), plain)
+            .unwrap();
+        tag_space.copy_from_slice(tag.as_ref());
+        key.open_in_place(nonce(i), aad(), &mut record).unwrap();
+    }
+    (thread_cpu() - t0) / ((RECORD * RECORDS) as f64 / 1e9)
+}
+
+/// This thread's CPU seconds so far.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// CPU per GB through the mesh against its floor: the mesh's two ztunnels do two plain relay
+/// hops' worth of socket work plus AES-GCM once each way (TLS 1.3 negotiates AES-256-GCM with
+/// ring's default order). With the client and sink's own cost (`direct`, CPU-s/GB) and every
+/// core busy, the floor also bounds the bulk ratio: cores / (direct + floor) GB/s at best.
+fn bulk_cpu_rows(r: &mut Report, mesh: f64, relay: f64, direct: f64, direct_mbps: f64) {
+    r.single(
+        "CPU per GB, both ztunnels",
+        mesh,
+        "CPU-s/GB",
+        "<= 1.0",
+        mesh <= 1.0,
+    );
+    r.single("  one plain relay hop (ref.)", relay, "CPU-s/GB", "-", true);
+    let aes128 = aead_cpu_per_gb(&ring::aead::AES_128_GCM);
+    let aes256 = aead_cpu_per_gb(&ring::aead::AES_256_GCM);
+    r.single(
+        "  AES-128-GCM seal + open (ref.)",
+        aes128,
+        "CPU-s/GB",
+        "-",
+        true,
+    );
+    r.single(
+        "  AES-256-GCM seal + open (ref.)",
+        aes256,
+        "CPU-s/GB",
+        "-",
+        true,
+    );
+    let floor = 2.0 * relay + aes256;
+    r.single(
+        "  floor: 2 relay hops + AES-256",
+        floor,
+        "CPU-s/GB",
+        "-",
+        true,
+    );
+    r.single(
+        "  client + sink, direct (ref.)",
+        direct,
+        "CPU-s/GB",
+        "-",
+        true,
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let bound = cores / (direct + floor) * 1e3 / direct_mbps;
+    r.single(
+        "  bulk ratio at the floor, at best",
+        bound,
+        "x direct",
+        "-",
+        true,
+    );
+}
+
 struct Report {
     rows: Vec<serde_json::Value>,
 }
@@ -348,11 +458,15 @@ fn main() {
     }
     const BULK: u64 = 512 << 20;
     let mbps = |t: Duration, bytes: u64| bytes as f64 / t.as_secs_f64() / 1e6;
+    let own0 = process_cpu("self");
     let d = rt.block_on(bulk(Path::Direct, 1, BULK));
+    // The client and the sink: the one TCP leg the direct path is, both ends.
+    let direct_cpu_per_gb = (process_cpu("self") - own0) / (BULK as f64 / 1e9);
     let c0 = cpu();
     let m = rt.block_on(bulk(Path::Mesh, 1, BULK));
     let cpu_bulk = cpu() - c0;
     let (dm, mm) = (mbps(d, BULK), mbps(m, BULK));
+    let dm_single = dm;
     r.ratio(
         "bulk throughput, 1 stream",
         "MB/s",
@@ -374,14 +488,27 @@ fn main() {
         ">= 0.40x",
         mm / dm >= 0.40,
     );
+    // The floor under both: the same bytes through ztunnel A alone as a plain relay (one
+    // userspace hop, no TLS or HTTP/2). The mesh path is two such hops plus TLS and HTTP/2.
+    let a0 = za.cpu();
+    let p = rt.block_on(bulk(Path::Passthrough, 1, BULK));
+    let relay_cpu_per_gb = (za.cpu() - a0) / (BULK as f64 / 1e9);
+    r.ratio(
+        "  bulk via one plain relay (ref.)",
+        "MB/s",
+        dm_single,
+        mbps(p, BULK),
+        "-",
+        true,
+    );
+    let cpu_per_gb = cpu_bulk / (BULK as f64 / 1e9);
     if std::env::var_os("BENCH_BULK_ONLY").is_some() {
-        let cpu_per_gb = cpu_bulk / (BULK as f64 / 1e9);
-        r.single(
-            "CPU per GB, both ztunnels",
+        bulk_cpu_rows(
+            &mut r,
             cpu_per_gb,
-            "CPU-s/GB",
-            "<= 1.0",
-            cpu_per_gb <= 1.0,
+            relay_cpu_per_gb,
+            direct_cpu_per_gb,
+            dm_single,
         );
         let peak_kib = za.mem_kib("VmHWM").max(zb.mem_kib("VmHWM"));
         r.single(
@@ -407,7 +534,9 @@ fn main() {
         "-",
         true,
     );
+    let a0 = za.cpu();
     let lp = rt.block_on(latency(Path::Passthrough, 1000, REQS));
+    let relay_cpu_reqs = za.cpu() - a0;
     r.ratio(
         "  p50 via one plain relay (ref.)",
         "us",
@@ -456,15 +585,15 @@ fn main() {
     let per_conn_kib = after.saturating_sub(before) as f64 / HELD as f64;
 
     println!();
-    let cpu_per_gb = cpu_bulk / (BULK as f64 / 1e9);
     let cpu_us_per_req = cpu_reqs / REQS as f64 * 1e6;
+    let relay_us_per_req = relay_cpu_reqs / REQS as f64 * 1e6;
     let peak_kib = za.mem_kib("VmHWM").max(zb.mem_kib("VmHWM"));
-    r.single(
-        "CPU per GB, both ztunnels",
+    bulk_cpu_rows(
+        &mut r,
         cpu_per_gb,
-        "CPU-s/GB",
-        "<= 1.0",
-        cpu_per_gb <= 1.0,
+        relay_cpu_per_gb,
+        direct_cpu_per_gb,
+        dm_single,
     );
     r.single(
         "CPU per request, both ztunnels",
@@ -472,6 +601,20 @@ fn main() {
         "us",
         "<= 50",
         cpu_us_per_req <= 50.0,
+    );
+    r.single(
+        "  one plain relay hop (ref.)",
+        relay_us_per_req,
+        "us",
+        "-",
+        true,
+    );
+    r.single(
+        "  floor: 2 relay hops",
+        2.0 * relay_us_per_req,
+        "us",
+        "-",
+        true,
     );
     r.single(
         "CPU per 1000 requests",
