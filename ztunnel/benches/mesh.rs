@@ -603,7 +603,7 @@ fn main() {
         cpu_us_per_req <= 50.0,
     );
     r.single(
-        "  one plain relay hop (ref.)",
+        "  one relay hop per request (ref.)",
         relay_us_per_req,
         "us",
         "-",
