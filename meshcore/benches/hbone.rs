@@ -4,14 +4,16 @@
 //!   - connection setup rate: TCP connect vs a new HBONE connection (TCP + TLS 1.3 mutual
 //!     handshake + HTTP/2 handshake + one CONNECT).
 //!
-//! After criterion's report, prints the ratios HBONE / plain TCP.
+//! After criterion's report, prints the ratios HBONE / plain TCP, then one upload through a
+//! path with a 20 ms round trip (a delay line in front of the HBONE server) with Istio's 4 MiB /
+//! 16 MiB windows and with 512 KiB / 2 MiB ones: what smaller windows cost across zones.
 //!
 //! Run: `cargo bench -p meshcore --bench hbone`
 
 use criterion::{Criterion, Throughput};
 use meshcore::copy::copy_bidirectional;
 use meshcore::hbone::server::HboneServer;
-use meshcore::hbone::{ClientSettings, ConnectRequest, HboneClient, ServerSettings};
+use meshcore::hbone::{ClientSettings, ConnectRequest, HboneClient, ServerSettings, Windows};
 use meshcore::pki::{CertificateAuthority, Validity};
 use meshcore::tls::{server_config, Credentials, TrustRoots, WorkloadCert};
 use std::collections::BTreeMap;
@@ -22,7 +24,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 
+#[path = "support/delay_line.rs"]
+mod delay_line;
+
 const BULK_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes sent over the slow path per window setting.
+const SLOW_BYTES: usize = 32 * 1024 * 1024;
 
 /// Per benchmark: (units of work, time) summed over all criterion iterations.
 static TOTALS: Mutex<BTreeMap<&'static str, (f64, Duration)>> = Mutex::new(BTreeMap::new());
@@ -64,7 +71,7 @@ async fn sink() -> SocketAddr {
     addr
 }
 
-async fn fixture() -> Fixture {
+async fn fixture(windows: Windows) -> Fixture {
     let ca =
         CertificateAuthority::generate_root("cluster.local", Duration::from_secs(3600)).unwrap();
     let roots = TrustRoots::from_pem(ca.root_pem()).unwrap();
@@ -83,7 +90,10 @@ async fn fixture() -> Fixture {
     let hbone = listener.local_addr().unwrap();
     let server = HboneServer::new(
         server_config(server_creds.clone()),
-        ServerSettings::default(),
+        ServerSettings {
+            windows,
+            ..ServerSettings::default()
+        },
     );
     tokio::spawn(server.serve(
         listener,
@@ -114,9 +124,16 @@ async fn fixture() -> Fixture {
 }
 
 /// Streams BULK_BYTES and half-closes, then waits for the sink's one-byte acknowledgement.
-async fn stream_bulk<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
+async fn stream_bulk<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: S) {
+    stream_bytes(s, BULK_BYTES).await
+}
+
+async fn stream_bytes<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    bytes: usize,
+) {
     let chunk = vec![0x5au8; 256 * 1024];
-    let mut left = BULK_BYTES;
+    let mut left = bytes;
     while left > 0 {
         let n = left.min(chunk.len());
         s.write_all(&chunk[..n]).await.unwrap();
@@ -167,6 +184,21 @@ fn bench_throughput(c: &mut Criterion, rt: &Runtime, fx: &Fixture) {
         })
     });
     group.finish();
+}
+
+/// One upload of SLOW_BYTES over a 20 ms round trip with `windows` at both ends: MB/s.
+async fn slow_path_rate(windows: Windows) -> f64 {
+    let fx = fixture(windows).await;
+    let mut request = fx.request.clone();
+    request.hbone_addr =
+        delay_line::delay_line(fx.request.hbone_addr, Duration::from_millis(10)).await;
+    let client = HboneClient::new(ClientSettings {
+        windows,
+        ..ClientSettings::default()
+    });
+    let start = Instant::now();
+    stream_bytes(client.connect(&request).await.unwrap(), SLOW_BYTES).await;
+    SLOW_BYTES as f64 / start.elapsed().as_secs_f64() / 1e6
 }
 
 fn bench_connections(c: &mut Criterion, rt: &Runtime, fx: &Fixture) {
@@ -224,7 +256,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let fx = rt.block_on(fixture());
+    let fx = rt.block_on(fixture(Windows::default()));
     let mut c = Criterion::default().configure_from_args();
     bench_throughput(&mut c, &rt, &fx);
     bench_connections(&mut c, &rt, &fx);
@@ -244,6 +276,22 @@ fn main() {
             hbone / 1e6,
             hbone / tcp
         );
+    }
+    if has("bulk/hbone") {
+        let mi = 1024 * 1024;
+        let windows = |stream, connection| Windows { stream, connection };
+        let istio = rt.block_on(slow_path_rate(windows(4 * mi, 16 * mi)));
+        let small = rt.block_on(slow_path_rate(windows(mi / 2, 2 * mi)));
+        println!(
+            "upload over a 20 ms round trip, {} MiB:",
+            SLOW_BYTES / mi as usize
+        );
+        for (name, r) in [
+            ("4 MiB / 16 MiB (Istio's, default)", istio),
+            ("512 KiB / 2 MiB", small),
+        ] {
+            println!("  {name:<32} {r:>7.0} MB/s, ratio {:.2}x", r / istio);
+        }
     }
     if has("connect/plain_tcp") {
         let tcp = rate("connect/plain_tcp");

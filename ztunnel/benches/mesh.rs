@@ -10,6 +10,10 @@
 //! (one userspace hop, no TLS or HTTP/2; the mesh path is two), AES-GCM sealing and opening,
 //! and the client and sink's own cost on the direct path.
 //!
+//! Last, 16 tunnels push into applications that read slowly (a third ztunnel, C, so that its
+//! HBONE connection from A is fresh): what the receiving ztunnel then holds is bounded by the
+//! HBONE windows.
+//!
 //!     cargo bench -p ztunnel --bench mesh
 
 use std::net::{IpAddr, SocketAddr};
@@ -22,8 +26,15 @@ use tokio::net::{TcpListener, TcpStream};
 
 const A: [u8; 4] = [127, 77, 0, 2];
 const B: [u8; 4] = [127, 77, 0, 3];
+/// A third ztunnel, reached only by the slow readers: a fresh HBONE connection from A.
+const C: [u8; 4] = [127, 77, 0, 5];
 const SINK_PORT: u16 = 9000;
 const ECHO_PORT: u16 = 9001;
+/// A sink that reads slowly, as an application behind a full socket does.
+const SLOW_PORT: u16 = 9002;
+/// Slow readers held at once, and how long.
+const SLOW_READERS: usize = 16;
+const SLOW_HOLD: Duration = Duration::from_millis(1500);
 
 struct Ztunnel {
     child: Child,
@@ -126,23 +137,26 @@ async fn connect(path: Path, port: u16) -> TcpStream {
             t.set_nodelay(true).unwrap();
             t
         }
-        Path::Mesh => {
-            let mut t = TcpStream::connect(SocketAddr::from((A, 15080)))
-                .await
-                .unwrap();
-            t.set_nodelay(true).unwrap();
-            // Greeting and CONNECT in one write; the replies are 2 + 10 bytes.
-            let mut req = vec![5, 1, 0, 5, 1, 0, 1];
-            req.extend_from_slice(&ip);
-            req.extend_from_slice(&port.to_be_bytes());
-            t.write_all(&req).await.unwrap();
-            let mut reply = [0u8; 12];
-            t.read_exact(&mut reply).await.unwrap();
-            assert_eq!(reply[3], 0, "SOCKS5 CONNECT refused");
-            t
-        }
+        Path::Mesh => through_a(ip, port).await,
         Path::Passthrough => unreachable!("mapped above"),
     }
+}
+
+/// A connection to `ip:port` through ztunnel A's SOCKS5 port.
+async fn through_a(ip: [u8; 4], port: u16) -> TcpStream {
+    let mut t = TcpStream::connect(SocketAddr::from((A, 15080)))
+        .await
+        .unwrap();
+    t.set_nodelay(true).unwrap();
+    // Greeting and CONNECT in one write; the replies are 2 + 10 bytes.
+    let mut req = vec![5, 1, 0, 5, 1, 0, 1];
+    req.extend_from_slice(&ip);
+    req.extend_from_slice(&port.to_be_bytes());
+    t.write_all(&req).await.unwrap();
+    let mut reply = [0u8; 12];
+    t.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[3], 0, "SOCKS5 CONNECT refused");
+    t
 }
 
 async fn servers() {
@@ -160,6 +174,65 @@ async fn servers() {
                 .unwrap(),
         );
     }
+}
+
+/// Reads 16 KiB every 5 ms (about 3 MB/s) until `stop`, then drops the connection.
+fn slow_sink_server(sink: TcpListener, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    tokio::spawn(async move {
+        loop {
+            let (mut t, _) = sink.accept().await.unwrap();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match t.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// What the receiving ztunnel holds for applications that read slowly: SLOW_READERS tunnels
+/// from A pushing as fast as they may into slow sinks behind ztunnel C (its first HBONE
+/// connection, so no earlier transfer has sized its windows) for SLOW_HOLD; C's RSS growth in
+/// MiB. The windows bound it: what a sender may have unread at the receiver is queued there.
+fn slow_readers(rt: &tokio::runtime::Runtime, zc: &Ztunnel) -> f64 {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let before = zc.mem_kib("VmRSS");
+    let grown = rt.block_on(async {
+        slow_sink_server(
+            TcpListener::bind(SocketAddr::from((C, SLOW_PORT)))
+                .await
+                .unwrap(),
+            stop.clone(),
+        );
+        let writers: Vec<_> = (0..SLOW_READERS)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut t = through_a(C, SLOW_PORT).await;
+                    let buf = vec![0x5au8; 64 * 1024];
+                    let until = tokio::time::Instant::now() + SLOW_HOLD;
+                    while tokio::time::timeout_at(until, t.write_all(&buf))
+                        .await
+                        .is_ok_and(|w| w.is_ok())
+                    {}
+                    t
+                })
+            })
+            .collect();
+        let mut held = Vec::new();
+        for w in writers {
+            held.push(w.await.unwrap());
+        }
+        let grown = zc.mem_kib("VmRSS").saturating_sub(before);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(held);
+        grown
+    });
+    grown as f64 / 1024.0
 }
 
 /// Reads everything, then answers with the byte count.
@@ -366,6 +439,17 @@ fn bulk_cpu_rows(r: &mut Report, mesh: f64, relay: f64, direct: f64, direct_mbps
     );
 }
 
+fn slow_readers_row(r: &mut Report, rt: &tokio::runtime::Runtime, zc: &Ztunnel) {
+    let held = slow_readers(rt, zc);
+    r.single(
+        "held for 16 slow readers",
+        held,
+        "MiB, receiving ztunnel",
+        "-",
+        true,
+    );
+}
+
 struct Report {
     rows: Vec<serde_json::Value>,
 }
@@ -403,9 +487,11 @@ fn main() {
         format!(
             "workloads:\n\
              - {{name: client, namespace: bench, serviceAccount: client, workloadIps: [{}], protocol: HBONE}}\n\
-             - {{name: server, namespace: bench, serviceAccount: server, workloadIps: [{}], protocol: HBONE}}\n",
+             - {{name: server, namespace: bench, serviceAccount: server, workloadIps: [{}], protocol: HBONE}}\n\
+             - {{name: slow, namespace: bench, serviceAccount: slow, workloadIps: [{}], protocol: HBONE}}\n",
             IpAddr::from(A),
-            IpAddr::from(B)
+            IpAddr::from(B),
+            IpAddr::from(C)
         ),
     )
     .unwrap();
@@ -418,12 +504,16 @@ fn main() {
     let za = Ztunnel::spawn(&dir, A, "bench/client/client");
     std::thread::sleep(Duration::from_millis(300)); // A writes the shared development CA
     let zb = Ztunnel::spawn(&dir, B, "bench/server/server");
+    let zc = Ztunnel::spawn(&dir, C, "bench/slow/slow");
     rt.block_on(async {
         for _ in 0..200 {
             if TcpStream::connect(SocketAddr::from((A, 15080)))
                 .await
                 .is_ok()
                 && TcpStream::connect(SocketAddr::from((B, 15008)))
+                    .await
+                    .is_ok()
+                && TcpStream::connect(SocketAddr::from((C, 15008)))
                     .await
                     .is_ok()
             {
@@ -518,6 +608,7 @@ fn main() {
             "<= 16 MiB",
             peak_kib <= 16 * 1024,
         );
+        slow_readers_row(&mut r, &rt, &zc);
         return;
     }
 
@@ -651,6 +742,7 @@ fn main() {
         "<= 32",
         per_conn_kib <= 32.0,
     );
+    slow_readers_row(&mut r, &rt, &zc);
 
     let out = std::env::var("BENCH_JSON").unwrap_or_else(|_| {
         concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-mesh.json").to_owned()
@@ -660,6 +752,6 @@ fn main() {
         json!({"benchmark": "ztunnel mesh path vs direct TCP", "cores": cores, "results": r.rows});
     std::fs::write(&out, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     println!("\nwrote {out}");
-    drop((za, zb));
+    drop((za, zb, zc));
     let _ = std::fs::remove_dir_all(&dir);
 }
