@@ -89,6 +89,18 @@ fn boot_time() -> Option<f64> {
         .ok()
 }
 
+/// User + system CPU seconds `/proc/<pid>` (`self` for this process) has used so far; what
+/// the benchmarks read for the processes they measure.
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After "pid (comm) ": utime and stime are fields 11 and 12.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let num = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((num(11)? + num(12)?) / ticks)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

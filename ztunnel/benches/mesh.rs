@@ -93,17 +93,7 @@ impl Ztunnel {
 
 /// User + system CPU seconds of `/proc/<pid>` so far (`self` for this process).
 fn process_cpu(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    // After "pid (comm)", utime and stime are the 12th and 13th fields.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    meshcore::process_metrics::cpu_seconds(pid).expect("/proc/<pid>/stat")
 }
 
 impl Drop for Ztunnel {

@@ -88,17 +88,7 @@ impl Drop for Proc {
 }
 
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    // After "pid (comm)", utime and stime are the 12th and 13th fields.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    meshcore::process_metrics::cpu_seconds(&pid.to_string()).expect("/proc/<pid>/stat")
 }
 
 pub(crate) fn status_kib(pid: u32, field: &str) -> u64 {
