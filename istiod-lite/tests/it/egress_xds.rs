@@ -17,7 +17,6 @@ use meshcore::api::discovery::aggregated_discovery_service_client::AggregatedDis
 use meshcore::api::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
 use meshcore::api::{egress, type_url};
 use meshcore::control::ControlPlane;
-use meshcore::pki::Validity;
 use meshcore::policy::egress::{EgressPolicy, Peer};
 use prost::Message;
 use tokio::net::TcpListener;
@@ -141,14 +140,7 @@ async fn a_ztunnel_subscriber_gets_egress_policies_and_their_updates() {
     let ca =
         meshcore::certs::LocalCa::from_dir(&ca_dir, "cluster.local", Duration::from_secs(3600))
             .unwrap();
-    let (chain, key) = ca
-        .authority()
-        .issue_server_cert(
-            &["istiod.istio-system.svc"],
-            Validity::from_now(Duration::from_secs(3600)),
-        )
-        .unwrap();
-    let tls = meshcore::tls::control::control_server_config(&chain.to_pem(), &key).unwrap();
+    let tls = crate::support::control_tls(ca.authority());
     let mut source = DirSource::new(&dir, ClusterInfo::default());
     let first = source.poll().unwrap().expect("first read");
     assert_eq!(first.count(type_url::EGRESS_POLICY), 1);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use istiod_lite::xds::{grpc, ResourceSet, XdsServer};
 use meshcore::api::discovery::DeltaDiscoveryRequest;
 use meshcore::control::{ControlPlane, Keepalive};
-use meshcore::pki::{CertificateAuthority, Validity};
+use meshcore::pki::CertificateAuthority;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -70,13 +70,7 @@ async fn pump(
 async fn a_silent_partition_is_noticed_by_the_keepalive() {
     let ca =
         CertificateAuthority::generate_root("cluster.local", Duration::from_secs(3600)).unwrap();
-    let (chain, key) = ca
-        .issue_server_cert(
-            &["istiod.istio-system.svc"],
-            Validity::from_now(Duration::from_secs(3600)),
-        )
-        .unwrap();
-    let tls = meshcore::tls::control::control_server_config(&chain.to_pem(), &key).unwrap();
+    let tls = crate::support::control_tls(&ca);
     let (_publish, resources) = tokio::sync::watch::channel(Arc::new(ResourceSet::default()));
     let listener = TcpListener::bind((ip(1), 0)).await.unwrap();
     let server = listener.local_addr().unwrap();

@@ -12,7 +12,6 @@ use istiod_lite::xds::{grpc, ResourceSet, XdsServer};
 use meshcore::api::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use meshcore::api::discovery::DeltaDiscoveryRequest;
 use meshcore::api::type_url;
-use meshcore::pki::Validity;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use ztunnel::control::ControlPlane;
@@ -54,14 +53,7 @@ async fn serve(
     let ca_dir = root_dir.join("ca");
     let ca = ztunnel::certs::LocalCa::from_dir(&ca_dir, "cluster.local", Duration::from_secs(3600))
         .unwrap();
-    let (chain, key) = ca
-        .authority()
-        .issue_server_cert(
-            &["istiod.istio-system.svc"],
-            Validity::from_now(Duration::from_secs(3600)),
-        )
-        .unwrap();
-    let tls = meshcore::tls::control::control_server_config(&chain.to_pem(), &key).unwrap();
+    let tls = crate::support::control_tls(ca.authority());
     let (publish, resources) = watch::channel(Arc::new(set));
     let listener = TcpListener::bind((ip(1), 0)).await.unwrap();
     let address = listener.local_addr().unwrap().to_string();

@@ -15,7 +15,7 @@ use istiod_lite::xds::{ResourceSet, XdsServer};
 use meshcore::api::ca::{IstioCertificateRequest, IstioCertificateResponse};
 use meshcore::api::discovery::DeltaDiscoveryRequest;
 use meshcore::control::ControlPlane;
-use meshcore::pki::{generate_csr, CertificateAuthority, Validity};
+use meshcore::pki::{generate_csr, CertificateAuthority};
 use tokio::net::{TcpListener, TcpStream};
 
 const IDENTITY: &str = "spiffe://cluster.local/ns/shop/sa/wp";
@@ -74,13 +74,7 @@ struct Served {
 async fn serve(host: u8) -> Served {
     let ca =
         CertificateAuthority::generate_root("cluster.local", Duration::from_secs(3600)).unwrap();
-    let (chain, key) = ca
-        .issue_server_cert(
-            &["istiod.istio-system.svc"],
-            Validity::from_now(Duration::from_secs(3600)),
-        )
-        .unwrap();
-    let tls = meshcore::tls::control::control_server_config(&chain.to_pem(), &key).unwrap();
+    let tls = crate::support::control_tls(&ca);
     let root = ca.root_pem().to_owned();
     let (publish, resources) = tokio::sync::watch::channel(Arc::new(ResourceSet::default()));
     let tokens = NodeTokens::parse(&format!("{IDENTITY} {TOKEN}\n")).unwrap();
@@ -254,14 +248,7 @@ async fn a_ztunnel_keeps_its_view_across_age_reconnections() {
     crate::support::two_pod_mesh(&dir, [("frontend", ip(6)), ("cart", ip(7))]);
     let ca = ztunnel::certs::LocalCa::from_dir(&ca_dir, "cluster.local", Duration::from_secs(3600))
         .unwrap();
-    let (chain, key) = ca
-        .authority()
-        .issue_server_cert(
-            &["istiod.istio-system.svc"],
-            Validity::from_now(Duration::from_secs(3600)),
-        )
-        .unwrap();
-    let tls = meshcore::tls::control::control_server_config(&chain.to_pem(), &key).unwrap();
+    let tls = crate::support::control_tls(ca.authority());
     let mut source = istiod_lite::sources::dir::DirSource::new(
         &dir,
         istiod_lite::translate::ClusterInfo::default(),

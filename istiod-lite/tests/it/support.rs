@@ -6,6 +6,19 @@ use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// istiod-lite's serving TLS (`istiod.istio-system.svc`, an hour) signed by `ca`.
+pub fn control_tls(
+    ca: &meshcore::pki::CertificateAuthority,
+) -> std::sync::Arc<rustls::ServerConfig> {
+    let (chain, key) = ca
+        .issue_server_cert(
+            &["istiod.istio-system.svc"],
+            meshcore::pki::Validity::from_now(std::time::Duration::from_secs(3600)),
+        )
+        .unwrap();
+    meshcore::tls::control::control_server_config(&chain.to_pem(), &key).unwrap()
+}
+
 /// Echoes every connection on `addr`.
 pub async fn echo_app(addr: SocketAddr) {
     let app = TcpListener::bind(addr).await.unwrap();

@@ -20,7 +20,6 @@ use meshcore::api::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, No
 use meshcore::api::type_url;
 use meshcore::control::ControlPlane;
 use meshcore::l7::WaypointConfig;
-use meshcore::pki::Validity;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -146,14 +145,7 @@ async fn a_waypoint_gets_its_configuration_over_xds() {
     let ca =
         meshcore::certs::LocalCa::from_dir(&ca_dir, "cluster.local", Duration::from_secs(3600))
             .unwrap();
-    let (chain, key) = ca
-        .authority()
-        .issue_server_cert(
-            &["istiod.istio-system.svc"],
-            Validity::from_now(Duration::from_secs(3600)),
-        )
-        .unwrap();
-    let tls = meshcore::tls::control::control_server_config(&chain.to_pem(), &key).unwrap();
+    let tls = crate::support::control_tls(ca.authority());
     let mut source = DirSource::new(&dir, ClusterInfo::default());
     let first = source.poll().unwrap().expect("first read");
     assert_eq!(first.count(type_url::WAYPOINT_CONFIG), 1);

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use istiod_lite::sources::dir::DirSource;
 use istiod_lite::translate::ClusterInfo;
 use istiod_lite::xds::{grpc, ResourceSet, XdsServer};
-use meshcore::pki::Validity;
 use tokio::net::TcpListener;
 
 use crate::support::{call, echo_app, two_pod_mesh};
@@ -49,14 +48,7 @@ async fn ztunnels_follow_the_manifest_directory_over_xds() {
     // The mesh CA (a development root in CA_DIR) also signs istiod-lite's serving certificate.
     let ca = ztunnel::certs::LocalCa::from_dir(&ca_dir, "cluster.local", Duration::from_secs(3600))
         .unwrap();
-    let (chain, key) = ca
-        .authority()
-        .issue_server_cert(
-            &["istiod.istio-system.svc"],
-            Validity::from_now(Duration::from_secs(3600)),
-        )
-        .unwrap();
-    let tls = meshcore::tls::control::control_server_config(&chain.to_pem(), &key).unwrap();
+    let tls = crate::support::control_tls(ca.authority());
 
     let mut source = DirSource::new(&dir, ClusterInfo::default());
     let status = source.status.clone();

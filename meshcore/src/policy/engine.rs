@@ -9,12 +9,12 @@
 //! ten thousand.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use rustc_hash::FxHashMap;
 
+use super::rule_index::{CidrIndex, RuleRef};
 use super::{Action, Authorization, Connection, Match, StringMatch};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,28 +68,13 @@ impl Decision {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct RuleRef {
-    policy: u32,
-    rule: u32,
-    deny: bool,
-}
-
-/// Source CIDRs of one prefix length, keyed by the masked network address.
-#[derive(Debug)]
-struct CidrTable {
-    prefix_len: u8,
-    v4: bool,
-    rules: FxHashMap<IpAddr, Vec<RuleRef>>,
-}
-
 /// Every enforced rule of a workload, each filed under the keys one of its clauses requires.
 #[derive(Debug)]
 struct RuleIndex {
     by_principal: FxHashMap<Box<str>, Vec<RuleRef>>,
     by_namespace: FxHashMap<Box<str>, Vec<RuleRef>>,
     by_port: FxHashMap<u16, Vec<RuleRef>>,
-    by_source: Vec<CidrTable>,
+    by_source: CidrIndex<RuleRef>,
     /// Rules with no such key (or matching everything): evaluated on every decision.
     scan: Vec<RuleRef>,
     has_allow: bool,
@@ -115,7 +100,7 @@ impl RuleIndex {
             by_principal: FxHashMap::default(),
             by_namespace: FxHashMap::default(),
             by_port: FxHashMap::default(),
-            by_source: Vec::new(),
+            by_source: CidrIndex::default(),
             scan: Vec::new(),
             has_allow: false,
             allow_keys: policies
@@ -152,25 +137,7 @@ impl RuleIndex {
             Key::Principal(k) => self.by_principal.entry(k.into()).or_default().push(at),
             Key::Namespace(k) => self.by_namespace.entry(k.into()).or_default().push(at),
             Key::Port(k) => self.by_port.entry(k).or_default().push(at),
-            Key::Source(net) => {
-                let (prefix_len, v4) = (net.prefix_len(), net.addr().is_ipv4());
-                let table = match self
-                    .by_source
-                    .iter_mut()
-                    .position(|t| t.prefix_len == prefix_len && t.v4 == v4)
-                {
-                    Some(i) => &mut self.by_source[i],
-                    None => {
-                        self.by_source.push(CidrTable {
-                            prefix_len,
-                            v4,
-                            rules: FxHashMap::default(),
-                        });
-                        self.by_source.last_mut().expect("just pushed")
-                    }
-                };
-                table.rules.entry(net.network()).or_default().push(at);
-            }
+            Key::Source(net) => self.by_source.entry(net).push(at),
         }
     }
 
@@ -195,13 +162,7 @@ impl RuleIndex {
             .by_port
             .get(&conn.destination.port())
             .map_or(empty, Vec::as_slice);
-        let by_source = self.by_source.iter().filter_map(|t| {
-            if t.v4 != conn.source_ip.is_ipv4() {
-                return None;
-            }
-            let net = IpNet::new(conn.source_ip, t.prefix_len).ok()?;
-            t.rules.get(&net.network()).map(Vec::as_slice)
-        });
+        let by_source = self.by_source.containing(conn.source_ip);
         let (mut deny, mut allow): (Option<u32>, Option<u32>) = (None, None);
         let candidates = [by_principal, by_namespace, by_port, self.scan.as_slice()]
             .into_iter()

@@ -14,6 +14,7 @@
 pub mod egress;
 pub mod engine;
 pub mod explain;
+mod rule_index;
 #[cfg(test)]
 mod tests;
 

@@ -18,6 +18,7 @@ use ipnet::IpNet;
 use rustc_hash::FxHashMap;
 
 use super::{Action, EgressPolicy, EgressRule, Entity, Peer};
+use crate::policy::rule_index::{CidrIndex, RuleRef};
 use crate::policy::Verdict;
 
 /// A Service by namespace and name.
@@ -253,20 +254,6 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
-#[derive(Debug, Clone, Copy)]
-struct RuleRef {
-    policy: u32,
-    rule: u32,
-    deny: bool,
-}
-
-#[derive(Debug)]
-struct CidrTable {
-    prefix_len: u8,
-    v4: bool,
-    rules: FxHashMap<IpAddr, Vec<RuleRef>>,
-}
-
 /// A peer compiled: FQDN selectors parsed once.
 #[derive(Debug)]
 enum CompiledPeer {
@@ -370,7 +357,7 @@ pub struct CompiledEgress {
     by_ip: FxHashMap<IpAddr, Vec<RuleRef>>,
     /// namespace -> name -> rules (looked up without allocating).
     by_service: FxHashMap<Box<str>, FxHashMap<Box<str>, Vec<RuleRef>>>,
-    by_cidr: Vec<CidrTable>,
+    by_cidr: CidrIndex<RuleRef>,
     scan: Vec<RuleRef>,
     /// The ALLOW policies with default deny, comma separated; `None` when there are none.
     default_deny: Option<Arc<str>>,
@@ -397,7 +384,7 @@ impl CompiledEgress {
             has_fqdn: false,
             by_ip: FxHashMap::default(),
             by_service: FxHashMap::default(),
-            by_cidr: Vec::new(),
+            by_cidr: CidrIndex::default(),
             scan: Vec::new(),
             policies: Vec::new(),
             keys,
@@ -445,26 +432,7 @@ impl CompiledEgress {
                         .or_default();
                     push_once(list, at);
                 }
-                Peer::Cidr { cidr, .. } => {
-                    let (prefix_len, v4) = (cidr.prefix_len(), cidr.addr().is_ipv4());
-                    let i = match self
-                        .by_cidr
-                        .iter()
-                        .position(|t| t.prefix_len == prefix_len && t.v4 == v4)
-                    {
-                        Some(i) => i,
-                        None => {
-                            self.by_cidr.push(CidrTable {
-                                prefix_len,
-                                v4,
-                                rules: FxHashMap::default(),
-                            });
-                            self.by_cidr.len() - 1
-                        }
-                    };
-                    let list = self.by_cidr[i].rules.entry(cidr.network()).or_default();
-                    push_once(list, at);
-                }
+                Peer::Cidr { cidr, .. } => push_once(self.by_cidr.entry(*cidr), at),
                 Peer::Fqdn { .. } | Peer::Entity(_) => unreachable!("scanned"),
             }
         }
@@ -511,16 +479,8 @@ impl CompiledEgress {
             }
             req.lookup.endpoint_services(&mut service);
         }
-        for t in &self.by_cidr {
-            if t.v4 != addr.is_ipv4() {
-                continue;
-            }
-            if let Some(list) = IpNet::new(addr, t.prefix_len)
-                .ok()
-                .and_then(|net| t.rules.get(&net.network()))
-            {
-                list.iter().for_each(&mut consider);
-            }
+        for list in self.by_cidr.containing(addr) {
+            list.iter().for_each(&mut consider);
         }
         self.scan.iter().for_each(&mut consider);
         let named = |(p, r): (u32, u32)| (self.keys[p as usize].clone(), r as usize);
