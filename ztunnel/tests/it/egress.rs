@@ -242,19 +242,7 @@ async fn an_fqdn_peer_allows_what_the_workload_resolved_through_the_dns_proxy() 
     );
 
     // The DNS proxy node mode runs in each pod, here in-process and sharing sleep's names.
-    let dns = DnsProxy {
-        state: sleep.proxy.state.clone(),
-        upstreams: vec![upstream_answering(outside.ip()).await],
-        netns: None,
-        mark: None,
-        namespace: Some("default".into()),
-        domain: "cluster.local".into(),
-        remember: Some(Remember {
-            namespace: "default".into(),
-            name: "sleep".into(),
-            names: Arc::clone(&sleep.proxy.resolved),
-        }),
-    };
+    let dns = sleeps_dns_proxy(&sleep, outside.ip()).await;
     // Names the pattern does not match are remembered but allow nothing.
     dns.resolve(&query(1, "a.b.example.com", TYPE_A))
         .await
@@ -289,9 +277,19 @@ async fn without_an_fqdn_peer_nothing_is_remembered() {
 "#,
     ));
     let sleep = mesh.ztunnel(2, SLEEP).await;
-    let dns = DnsProxy {
+    let dns = sleeps_dns_proxy(&sleep, mesh.ip(5)).await;
+    dns.resolve(&query(1, "api.example.com", TYPE_A))
+        .await
+        .unwrap();
+    assert!(sleep.proxy.resolved.is_empty());
+}
+
+/// The DNS proxy node mode runs in sleep's pod, here in-process: it shares sleep's view and
+/// remembers the names sleep resolves; the upstream answers every query with `ip`.
+async fn sleeps_dns_proxy(sleep: &ztunnel::Ztunnel, ip: IpAddr) -> DnsProxy {
+    DnsProxy {
         state: sleep.proxy.state.clone(),
-        upstreams: vec![upstream_answering(mesh.ip(5)).await],
+        upstreams: vec![upstream_answering(ip).await],
         netns: None,
         mark: None,
         namespace: Some("default".into()),
@@ -301,9 +299,5 @@ async fn without_an_fqdn_peer_nothing_is_remembered() {
             name: "sleep".into(),
             names: Arc::clone(&sleep.proxy.resolved),
         }),
-    };
-    dns.resolve(&query(1, "api.example.com", TYPE_A))
-        .await
-        .unwrap();
-    assert!(sleep.proxy.resolved.is_empty());
+    }
 }
